@@ -1,0 +1,41 @@
+# The two commands a newcomer types: `make run` and `make test`. Both build .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test unit integration lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# The daemon on the embedded default: two local-directory regions, demo SQLite + files sources.
+# Without DRD_KEYS in the environment an ephemeral key is generated for this run only (held in
+# memory, never written): export DRD_KEYS="$$(.venv/bin/drd keygen)" to keep backups readable
+# across runs.
+run: $(STAMP)
+	$(PY) -m drd.demo_setup
+	DRD_KEYS="$${DRD_KEYS:-$$($(VENV)/bin/drd keygen --quiet)}" $(VENV)/bin/drd run --config drd.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .drd

@@ -1,0 +1,84 @@
+"""The error hierarchy. Every error drd raises on purpose is a DrdError.
+
+Each class carries the process exit code the CLI uses for it; the CLI maps errors to exit codes
+in exactly one place (drd.cli.main), and the README's exit-code table mirrors this module.
+Messages must never contain key material, tokens or passwords.
+"""
+
+from __future__ import annotations
+
+
+class DrdError(Exception):
+    """Base class: an expected failure with a clear message for the operator."""
+
+    exit_code = 1
+
+
+class ConfigError(DrdError):
+    """The daemon config or a DR plan is invalid (file, line and field are in the message)."""
+
+    exit_code = 3
+
+
+class KeyringError(DrdError):
+    """Keys are missing, malformed, or the keyring lacks the key a backup was sealed with."""
+
+    exit_code = 4
+
+
+class IntegrityError(DrdError):
+    """A backup failed authentication: tampered, truncated, swapped or forged."""
+
+    exit_code = 5
+
+
+class StorageError(DrdError):
+    """A storage operation failed."""
+
+    exit_code = 6
+
+
+class TransientStorageError(StorageError):
+    """Worth retrying: timeouts, 429/5xx, connection resets."""
+
+
+class PermanentStorageError(StorageError):
+    """Not worth retrying: permission denied, bad request, bucket missing."""
+
+
+class ObjectNotFound(PermanentStorageError):
+    """The object does not exist."""
+
+
+class NotEnoughCopies(StorageError):
+    """A backup could not be committed in min_copies regions."""
+
+
+class SourceError(DrdError):
+    """The source could not be dumped (pg_dump failed, path unreadable, ...)."""
+
+    exit_code = 7
+
+
+class RestoreError(DrdError):
+    """The restore into the target failed; the target was left as it was."""
+
+    exit_code = 7
+
+
+class BackupNotFound(DrdError):
+    """No (complete) backup matches the request."""
+
+    exit_code = 8
+
+
+class TargetExists(DrdError):
+    """The restore target already exists; drd never overwrites."""
+
+    exit_code = 9
+
+
+class UsageError(DrdError):
+    """The command line is wrong."""
+
+    exit_code = 2

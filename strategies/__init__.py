@@ -1,0 +1,28 @@
+"""Source strategies: how each kind of source is backed up and restored.
+
+The registry maps a plan's `kind:` to its Strategy class. Strategies import their heavy
+dependencies lazily so that `drd validate` stays fast.
+"""
+
+from __future__ import annotations
+
+from strategies.base import RestoreOutcome, SourceOptions, Strategy
+
+
+def registry() -> dict[str, type[Strategy]]:
+    from strategies.files import FilesStrategy
+    from strategies.postgres import PostgresStrategy
+    from strategies.sqlite import SqliteStrategy
+
+    return {s.kind: s for s in (PostgresStrategy, SqliteStrategy, FilesStrategy)}
+
+
+def get_strategy(kind: str) -> type[Strategy]:
+    try:
+        return registry()[kind]
+    except KeyError:
+        known = ", ".join(sorted(registry()))
+        raise ValueError(f"unknown source kind {kind!r} (known: {known})") from None
+
+
+__all__ = ["RestoreOutcome", "SourceOptions", "Strategy", "get_strategy", "registry"]

@@ -1,0 +1,74 @@
+"""What a source strategy is: how one kind of source is dumped and restored.
+
+A strategy turns a live source into one plaintext byte stream (dump) and a byte stream back into
+a restored copy (restore). Compression, encryption and storage are the pipeline's business, not
+the strategy's: a strategy never sees keys or regions.
+
+Rules every strategy follows:
+- dump() is an async generator of plaintext chunks with bounded memory whatever the source size.
+  It yields a consistent image of the source (one snapshot). If the source tool fails, it raises
+  SourceError *after* or *instead of* the last chunk, so the pipeline never commits a backup whose
+  dump did not finish cleanly. Closing the generator early (aclose) stops and reaps any child
+  process.
+- restore_metadata() is called after dump() is exhausted; what it returns is stored, authenticated,
+  in the manifest and handed back to restore() (tool versions, formats, statistics).
+- restore() is a classmethod: at 3 a.m. on a fresh machine there may be no plan, only the
+  manifest. It restores into a *new* staging location next to the target and hands it over
+  (rename) only when the stream ended cleanly and the tool succeeded. On any failure (including
+  an IntegrityError raised by the stream mid-way) the staging copy is removed and the target is
+  left exactly as it was. It refuses (TargetExists) a target that already exists.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class SourceOptions(BaseModel):
+    """Fields every source has. Each strategy subclasses this with its own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str
+
+
+@dataclass
+class RestoreOutcome:
+    """What restore() produced, for reports and restore tests."""
+
+    target: str
+    # strategy-specific facts about the restored copy (tables restored, files written, ...)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(abc.ABC):
+    #: the `kind:` value in a plan
+    kind: ClassVar[str]
+    #: the pydantic model of this kind's source entry in a plan
+    Options: ClassVar[type[SourceOptions]]
+
+    def __init__(self, options: SourceOptions) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def dump(self) -> AsyncIterator[bytes]:
+        """Yield the source's consistent plaintext image in chunks."""
+
+    @abc.abstractmethod
+    def restore_metadata(self) -> dict[str, Any]:
+        """JSON-serialisable facts restore() needs; valid once dump() is exhausted."""
+
+    @classmethod
+    @abc.abstractmethod
+    async def restore(
+        cls, chunks: AsyncIterator[bytes], target: str, metadata: Mapping[str, Any]
+    ) -> RestoreOutcome:
+        """Restore the stream into `target` atomically (see module docstring)."""

@@ -1,0 +1,27 @@
+"""Test hygiene shared by every test: no DRD_* variable leaks in from the caller's shell, and no
+Google library ever falls back to ambient credentials (which would probe the metadata server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _scrub_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("DRD_") or name in {
+            "CREDENTIALS_DIRECTORY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "STORAGE_EMULATOR_HOST",
+        }:
+            monkeypatch.delenv(name, raising=False)
+    # If anything ever tried ambient discovery, make it fail fast instead of calling out.
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    yield
