@@ -1,0 +1,150 @@
+"""Key delivery: how the keyring reaches the process. Keys are read once at start-up and then
+held only in memory; drd never reads keys from an arbitrary file path and never writes them.
+
+Three sources:
+- `env`: an environment variable (default DRD_KEYS). The variable is removed from the process
+  environment once read, so that child processes (pg_dump, ...) do not inherit the keys.
+- `credential`: a systemd credential, `$CREDENTIALS_DIRECTORY/<name>` (LoadCredential=,
+  LoadCredentialEncrypted=, SetCredential=): the preferred way for the daemon.
+- `stdin`: key strings piped on standard input (one-off restores from a password manager).
+
+The text holds one or more `drdk1:` key strings (see drd.crypto.Keyring.parse); the first is
+the primary key. Error messages name the source and what is wrong, never the key material.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import MutableMapping
+from typing import TextIO
+
+from drd.crypto import Key, Keyring, generate_key  # Key, generate_key: re-exported
+from drd.errors import KeyringError
+
+__all__ = [
+    "DEFAULT_CREDENTIAL",
+    "DEFAULT_ENV_VAR",
+    "SOURCES",
+    "Key",
+    "Keyring",
+    "generate_key",
+    "load_keyring",
+    "load_keyring_from_credential",
+    "load_keyring_from_env",
+    "load_keyring_from_stdin",
+]
+
+DEFAULT_ENV_VAR = "DRD_KEYS"
+DEFAULT_CREDENTIAL = "drd-keys"
+SOURCES = ("env", "credential", "stdin")
+# A key string is 66 characters: this is room for hundreds of keys plus comments, and keeps a
+# wrongly piped file from being slurped whole.
+MAX_KEYRING_TEXT = 64 * 1024
+
+# Variables this process already read and removed from os.environ, for a clear second-read error.
+_scrubbed: set[str] = set()
+
+
+def load_keyring_from_env(
+    var: str,
+    environ: MutableMapping[str, str] = os.environ,
+    *,
+    scrub: bool = True,
+) -> Keyring:
+    """Parse the keys in environment variable `var`, then (scrub=True) remove the variable from
+    `environ`, even when its value is malformed, so no child process inherits it."""
+    value = environ.get(var)
+    if value is None:
+        if environ is os.environ and var in _scrubbed:
+            raise KeyringError(
+                f"environment variable {var} is not set: this process already read it and removed "
+                "it from the environment (keys are read once, at start-up)"
+            )
+        raise KeyringError(f"environment variable {var} is not set: it must hold the keys")
+    if scrub:
+        del environ[var]
+        if environ is os.environ:
+            _scrubbed.add(var)
+    origin = f"environment variable {var}"
+    if len(value) > MAX_KEYRING_TEXT:
+        raise KeyringError(f"{origin} is longer than {MAX_KEYRING_TEXT} characters")
+    return Keyring.parse(value, origin)
+
+
+def _check_credential_name(name: str) -> None:
+    if not name or name in {".", ".."} or "/" in name or "\0" in name or len(name) > 255:
+        raise KeyringError(
+            f"invalid credential name {name!r}: it must be a plain file name (no '/')"
+        )
+
+
+def load_keyring_from_credential(name: str, credentials_dir: str | None = None) -> Keyring:
+    """Parse the systemd credential `name` from `credentials_dir` (default
+    $CREDENTIALS_DIRECTORY, which systemd sets for units with credentials)."""
+    _check_credential_name(name)
+    origin = f"credential {name!r}"
+    if credentials_dir is None:
+        credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not credentials_dir:
+            raise KeyringError(
+                f"cannot load {origin}: $CREDENTIALS_DIRECTORY is not set (pass the keys with "
+                f"LoadCredential={name}:... or SetCredential= in the systemd unit)"
+            )
+    path = os.path.join(credentials_dir, name)
+    try:
+        # O_NOFOLLOW: the credential must be the file systemd placed there, not a link to some
+        # other file; O_NONBLOCK: opening a FIFO must not hang start-up (checked right after).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KeyringError(f"{origin} not found in {credentials_dir}") from None
+    except OSError as exc:
+        raise KeyringError(f"cannot open {origin} in {credentials_dir}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyringError(f"{origin} in {credentials_dir} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_KEYRING_TEXT + 1)
+    except OSError as exc:
+        raise KeyringError(f"cannot read {origin}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_KEYRING_TEXT:
+        raise KeyringError(f"{origin} is larger than {MAX_KEYRING_TEXT} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # The exception's own text would quote bytes of the credential: not repeated here.
+        raise KeyringError(f"{origin} is not UTF-8 text") from None
+    return Keyring.parse(text, origin)
+
+
+def load_keyring_from_stdin(stream: TextIO) -> Keyring:
+    """Parse keys read from `stream` (normally sys.stdin) until end of file."""
+    origin = "standard input"
+    try:
+        text = stream.read(MAX_KEYRING_TEXT + 1)
+    except UnicodeDecodeError:
+        raise KeyringError(f"{origin} is not UTF-8 text") from None
+    except (OSError, ValueError) as exc:
+        raise KeyringError(f"cannot read keys from {origin}: {type(exc).__name__}") from None
+    if len(text) > MAX_KEYRING_TEXT:
+        raise KeyringError(f"{origin} holds more than {MAX_KEYRING_TEXT} characters")
+    return Keyring.parse(text, origin)
+
+
+def load_keyring(source: str, name: str | None = None) -> Keyring:
+    """Load the keyring from `source` ("env", "credential" or "stdin"). `name` is the variable
+    (default DRD_KEYS) or credential (default drd-keys); stdin takes no name."""
+    if source == "env":
+        return load_keyring_from_env(name or DEFAULT_ENV_VAR)
+    if source == "credential":
+        return load_keyring_from_credential(name or DEFAULT_CREDENTIAL)
+    if source == "stdin":
+        if name:
+            raise KeyringError(f"key source 'stdin' takes no name (got {name!r})")
+        if sys.stdin is None:
+            raise KeyringError("key source 'stdin': the process has no standard input")
+        return load_keyring_from_stdin(sys.stdin)
+    raise KeyringError(f"unknown key source {source!r}: expected one of {', '.join(SOURCES)}")
