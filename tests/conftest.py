@@ -8,9 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
+# Shared fixtures live in tests/support; registered here so every test module can use them.
+pytest_plugins = ["tests.support.blob_strategy", "tests.support.fakegcs"]
+
 
 @pytest.fixture(autouse=True)
-def _scrub_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _scrub_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("DRD_") or name in {
             "CREDENTIALS_DIRECTORY",

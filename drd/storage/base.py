@@ -13,6 +13,10 @@ Contract all backends honour (checked by tests/conformance):
 - `open_reader` streams an object (optionally a byte range) in chunks.
 - Missing objects raise ObjectNotFound; transient faults raise TransientStorageError;
   everything else PermanentStorageError.
+- Keys follow one rule in every backend (`validate_key`), so a key that works in one region
+  works in all; an invalid key raises PermanentStorageError.
+- A writer whose `write` or `commit` failed is dead: later calls raise StorageError and the
+  caller starts a new upload. `abort()` after a successful `commit()` does nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,47 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+
+from drd.errors import PermanentStorageError
+
+# GCS limits object names to 1024 bytes of UTF-8; file systems limit a name to 255 bytes, and
+# LocalStorage adds ~40 bytes of bookkeeping to a segment for its temp files.
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 200
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a valid object key, else raise PermanentStorageError.
+
+    A key is '/'-separated non-empty segments of at most 200 bytes, 1024 bytes in all. No
+    segment starts with '.': that rules out '.' and '..' and leaves dot-names to backends for
+    their bookkeeping (LocalStorage's partial files). No control characters: NUL and newlines
+    are invalid in file names or GCS object names.
+    """
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PermanentStorageError(f"invalid object key {key!r}: not valid UTF-8") from None
+    problem = ""
+    if not key:
+        problem = "empty"
+    elif size > MAX_KEY_BYTES:
+        problem = f"longer than {MAX_KEY_BYTES} bytes"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        problem = "contains a control character"
+    else:
+        for segment in key.split("/"):
+            if not segment:
+                problem = "has an empty segment (leading, trailing or double '/')"
+            elif segment.startswith("."):
+                problem = "has a segment starting with '.'"
+            elif len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+                problem = f"has a segment longer than {MAX_SEGMENT_BYTES} bytes"
+            if problem:
+                break
+    if problem:
+        raise PermanentStorageError(f"invalid object key {key[:120]!r}: {problem}")
+    return key
 
 
 @dataclass(frozen=True)
@@ -44,7 +89,8 @@ class ObjectWriter(abc.ABC):
 
     @abc.abstractmethod
     async def abort(self) -> None:
-        """Discard the upload. Safe to call more than once and after a failed write."""
+        """Discard the upload. Safe to call more than once, after a failed write, and after
+        commit (then it does nothing). Best effort: it does not raise StorageError."""
 
 
 class Storage(abc.ABC):
@@ -59,8 +105,9 @@ class Storage(abc.ABC):
     ) -> ObjectWriter: ...
 
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        ...
+    async def put(
+        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo: ...
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes:
@@ -70,7 +117,13 @@ class Storage(abc.ABC):
     def open_reader(
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream an object's bytes (an async generator)."""
+        """Stream an object's bytes (an async generator: the backends here declare
+        AsyncGenerator, so a caller stopping early can `aclose()` it, or use
+        contextlib.aclosing, to release its file or connection at once).
+
+        Errors, ObjectNotFound included, surface on the first iteration. A range past the end
+        yields nothing; a negative offset or length raises ValueError.
+        """
 
     @abc.abstractmethod
     async def stat(self, key: str) -> ObjectInfo: ...
@@ -86,5 +139,5 @@ class Storage(abc.ABC):
         """Raise StorageError if the region is unreachable or not writable/readable."""
         await self.list("\x00drd-probe/")
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release clients and threads."""
