@@ -21,7 +21,6 @@ from drd.storage.local import LocalStorage
 from drd.storage.memory import MemoryStorage
 from tests.support.fakegcs import make_gcs_storage
 
-
 KIB = 1024
 MIB = 1024 * KIB
 CHUNK = 256 * KIB  # the smallest chunk GCS allows: many chunks with little data

@@ -25,7 +25,6 @@ from drd.storage.registry import open_storage
 from tests.support.fakegcs import FakeGcsServer, StartRegions
 from tests.support.fakegcs import make_gcs_storage as make_storage
 
-
 pytestmark = pytest.mark.integration
 
 BUCKET = "drd-test"
