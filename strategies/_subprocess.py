@@ -1,0 +1,225 @@
+"""Running a source tool (pg_dump, pg_restore, ...) as a child process, streaming its data.
+
+Two shapes, both with bounded memory whatever the data size:
+
+- `stream_stdout`: an async generator of the child's stdout in ~chunk_size pieces. The exit code
+  is checked after stdout reached EOF; a non-zero exit raises ToolError *instead of* ending the
+  stream normally, so a consumer never mistakes a failed dump for a complete one.
+- `feed_stdin`: writes an async iterator of chunks into the child's stdin, then checks the exit
+  code. The iterator is always consumed to its end on success, even when the child stopped
+  reading early: its own end-of-stream check is what proves the data was complete.
+
+Both drain stderr concurrently (a child blocked on a full stderr pipe would deadlock) and keep
+only its last STDERR_TAIL_BYTES for error messages. On any exception, cancellation or aclose()
+the child is killed and reaped before the exception propagates: no orphan keeps a database
+connection or a snapshot open.
+
+The child's environment is passed explicitly; secrets (passwords) travel there, never in argv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+
+STDERR_TAIL_BYTES = 8 * 1024
+# How long cleanup waits for a killed child's pipes to reach EOF (a grandchild could hold them).
+_REAP_TIMEOUT = 10.0
+
+
+class ToolError(Exception):
+    """The child could not be started or exited non-zero.
+
+    `returncode` is None when the program could not be started at all. The message holds the
+    program name, the exit status and the stderr tail, exactly as the tool wrote them: callers
+    must redact secrets before showing it (see `redact`).
+    """
+
+    def __init__(self, program: str, returncode: int | None, stderr_tail: str) -> None:
+        self.program = program
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        if returncode is None:
+            status = "could not be started"
+        elif returncode < 0:
+            status = f"was killed by signal {-returncode}"
+        else:
+            status = f"exited with status {returncode}"
+        detail = f": {stderr_tail}" if stderr_tail else ""
+        super().__init__(f"{program} {status}{detail}")
+
+
+def redact(text: str, secrets: Sequence[str | None]) -> str:
+    """`text` with every non-empty secret replaced by '***'."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _Tail:
+    """The last `limit` bytes written to it."""
+
+    def __init__(self, limit: int = STDERR_TAIL_BYTES) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > self._limit:
+            del self._buf[: len(self._buf) - self._limit]
+
+    def text(self) -> str:
+        return self._buf.decode("utf-8", "replace").strip()
+
+
+async def _collect_stderr(stream: asyncio.StreamReader, tail: _Tail) -> None:
+    while data := await stream.read(64 * 1024):
+        tail.add(data)
+
+
+class _Child:
+    """One started child process plus the task draining its stderr."""
+
+    def __init__(self, program: str, proc: asyncio.subprocess.Process) -> None:
+        self.program = program
+        self.proc = proc
+        self.tail = _Tail()
+        assert proc.stderr is not None
+        self._stderr_task = asyncio.get_running_loop().create_task(
+            _collect_stderr(proc.stderr, self.tail)
+        )
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        limit: int = 2**16,
+    ) -> _Child:
+        program = os.path.basename(argv[0])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env),
+                limit=limit,
+            )
+        except OSError as exc:
+            raise ToolError(program, None, f"{argv[0]}: {exc.strerror or exc}") from None
+        return cls(program, proc)
+
+    async def finish(self) -> None:
+        """Wait for a child whose input is complete; ToolError unless it exited 0."""
+        returncode = await self.proc.wait()
+        await self._stderr_task
+        if returncode != 0:
+            raise ToolError(self.program, returncode, self.tail.text())
+
+    async def kill(self) -> None:
+        """Kill (if still running) and reap the child; close every pipe. Never raises."""
+        proc = self.proc
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        if proc.stdin is not None and not proc.stdin.transport.is_closing():
+            proc.stdin.transport.abort()
+        try:
+            async with asyncio.timeout(_REAP_TIMEOUT):
+                if proc.stdout is not None:
+                    # Reading to EOF lets the transport close itself (no ResourceWarning).
+                    while await proc.stdout.read(2**16):
+                        pass
+                await proc.wait()
+                await self._stderr_task
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            if not self._stderr_task.done():
+                self._stderr_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._stderr_task
+
+
+async def stream_stdout(
+    argv: Sequence[str], env: Mapping[str, str], *, chunk_size: int = 1 << 20
+) -> AsyncGenerator[bytes, None]:
+    """Yield the child's stdout in chunks of `chunk_size` bytes (the last one may be shorter).
+
+    Raises ToolError after stdout's EOF if the child exited non-zero (or could not start).
+    Use with `contextlib.aclosing` so that an early exit kills the child at once.
+    """
+    child = await _Child.start(
+        argv,
+        env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        limit=chunk_size,
+    )
+    stdout = child.proc.stdout
+    assert stdout is not None
+    finished = False
+    try:
+        buf = bytearray()
+        while True:
+            data = await stdout.read(chunk_size - len(buf))
+            if not data:
+                break
+            buf += data
+            if len(buf) >= chunk_size:
+                out = bytes(buf)
+                buf.clear()
+                yield out
+        await child.finish()
+        finished = True
+        if buf:
+            yield bytes(buf)
+    finally:
+        if not finished:
+            await child.kill()
+
+
+async def feed_stdin(
+    argv: Sequence[str], env: Mapping[str, str], chunks: AsyncIterator[bytes]
+) -> str:
+    """Write `chunks` into the child's stdin, close it and wait for the child.
+
+    Returns the child's stderr tail (warnings) on success. Raises ToolError if the child could
+    not start or exited non-zero; any exception raised by `chunks` (and cancellation) kills the
+    child and propagates unchanged. Should the child exit 0 before reading everything, the rest
+    of `chunks` is still consumed (and discarded) so that the iterator's end-of-stream checks run.
+    """
+    child = await _Child.start(
+        argv, env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
+    )
+    stdin = child.proc.stdin
+    assert stdin is not None
+    try:
+        reading = True
+        async for chunk in chunks:
+            if not reading:
+                continue
+            try:
+                stdin.write(chunk)
+                await stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                # The child closed its stdin: either it failed (report that, not EPIPE) or it
+                # has everything it needs; then keep draining the iterator to its end.
+                await child.finish()
+                reading = False
+        if reading:
+            stdin.close()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await stdin.wait_closed()
+        await child.finish()
+    except BaseException:
+        await child.kill()
+        raise
+    return child.tail.text()

@@ -1,0 +1,651 @@
+"""PostgreSQL: one database through pg_dump's custom format, restored with pg_restore.
+
+Dump: `pg_dump --format=custom --compress=0` (the pipeline compresses with zstd itself) streamed
+from its stdout. pg_dump takes one snapshot for the whole dump, so the image is consistent; no
+option that would break that (parallel jobs need a directory archive) is used. Connection
+details travel in the child's environment (PGHOST, PGPASSWORD, ...), never in argv where `ps`
+would show them; argv carries only the database name and those libpq keywords that have no
+environment variable (keepalives, ...), none of them secret. The exit status is checked after
+the stream ended: a failed pg_dump raises SourceError instead of ending the stream.
+
+Restore: into a staging database `<target>_drd_restoring_<random8>` created from template0 with
+the source's encoding and locale, fed to `pg_restore --exit-on-error --single-transaction` from
+stdin, then renamed to the target only once pg_restore succeeded and the chunk stream ended
+cleanly. Any failure (a tool error, an IntegrityError from the stream, cancellation) kills
+pg_restore and drops the staging database WITH (FORCE); the target never exists half-restored.
+
+Ownership and privileges (`owners=`):
+- "keep": restore owners and GRANTs as dumped. Right for a DR restore into the same cluster, or
+  into one where the roles were recreated first (roles are cluster objects; pg_dump of one
+  database does not contain them). Fails when a role is missing.
+- "drop": `--no-owner --no-privileges`: everything is owned by the restoring user, no GRANTs.
+  Right for a scratch server used to verify the data.
+- "auto" (default): the dump records every role its objects refer to (pg_shdepend: owners,
+  ACL grantees, policy roles); when all of them exist on the target server ownership is kept,
+  otherwise it is dropped, with a warning and `details["owners"] == "dropped"` and the missing
+  roles in `details["missing_roles"]`.
+
+Database-level properties that pg_dump keeps for `--create` (owner, comment, `ALTER DATABASE ...
+SET` settings) are recorded in the metadata at dump time and reapplied to the staging database
+(the owner only when ownership is kept). Per-role-per-database settings and the database ACL are
+not (they belong to pg_dumpall's territory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from drd.errors import RestoreError, SourceError, TargetExists
+from strategies._subprocess import ToolError, feed_stdin, redact, stream_stdout
+from strategies.base import RestoreOutcome, SourceOptions, Strategy
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+FORMAT = "pg_dump-custom"
+MAINTENANCE_DB = "postgres"
+STAGING_INFIX = "_drd_restoring_"
+_MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1
+
+# libpq connection keywords and the environment variable each one can be passed in.
+_ENV_FOR_KEYWORD = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "client_encoding": "PGCLIENTENCODING",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "sslmode": "PGSSLMODE",
+    "requiressl": "PGREQUIRESSL",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "sslcertmode": "PGSSLCERTMODE",
+    "requirepeer": "PGREQUIREPEER",
+    "require_auth": "PGREQUIREAUTH",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "krbsrvname": "PGKRBSRVNAME",
+    "channel_binding": "PGCHANNELBINDING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+# Secret keywords without an environment variable: refused rather than put in argv.
+_SECRET_KEYWORDS = frozenset({"sslpassword"})
+
+Owners = Literal["auto", "keep", "drop"]
+
+
+class PostgresOptions(SourceOptions):
+    kind: Literal["postgres"] = "postgres"
+    #: libpq connection string (URL or key=value) naming the database to dump
+    dsn: str = Field(repr=False)
+    #: directory holding pg_dump; default: the newest pg_dump found on this machine
+    pg_bin_dir: str | None = None
+    #: pg_dump --exclude-table patterns
+    exclude_tables: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Conn:
+    """A parsed DSN, split into what goes into the child's environment and argv."""
+
+    params: dict[str, str]
+
+    @classmethod
+    def parse(cls, dsn: str) -> _Conn:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            params = conninfo_to_dict(dsn)
+        except Exception:
+            # libpq quotes the offending part of the string, which may be the password.
+            raise ValueError("not a valid libpq connection string") from None
+        return cls({k: str(v) for k, v in params.items() if v is not None})
+
+    @property
+    def dbname(self) -> str | None:
+        return self.params.get("dbname")
+
+    @property
+    def password(self) -> str | None:
+        return self.params.get("password")
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key, value in self.params.items():
+            if key in _ENV_FOR_KEYWORD:
+                env[_ENV_FOR_KEYWORD[key]] = value
+        return env
+
+    def dbname_arg(self, dbname: str | None = None) -> list[str]:
+        """`--dbname=<conninfo>` with the database name and the keywords without env var."""
+        from psycopg.conninfo import make_conninfo
+
+        secret = _SECRET_KEYWORDS.intersection(self.params)
+        if secret:
+            raise ValueError(f"{', '.join(sorted(secret))} in the DSN is not supported")
+        rest = {k: v for k, v in self.params.items() if k not in _ENV_FOR_KEYWORD}
+        if dbname is not None:
+            rest["dbname"] = dbname
+        return [f"--dbname={make_conninfo('', **rest)}"] if rest else []
+
+    def with_dbname(self, dbname: str) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo("", **{**self.params, "dbname": dbname})
+
+    def describe(self) -> str:
+        """The DSN without its password, for messages and reports."""
+        from psycopg.conninfo import make_conninfo
+
+        shown = {k: v for k, v in self.params.items() if k not in {"password", "sslpassword"}}
+        return make_conninfo("", **shown)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding pg_dump / pg_restore
+
+
+@dataclass(frozen=True)
+class _Tool:
+    path: str
+    version: str
+    version_tuple: tuple[int, ...]
+
+    @property
+    def major(self) -> int:
+        return self.version_tuple[0]
+
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
+
+
+def parse_version(text: str) -> tuple[str, tuple[int, ...]] | None:
+    """('15.20', (15, 20)) from `pg_dump --version` output."""
+    m = _VERSION_RE.search(text)
+    if m is None:
+        return None
+    return m.group(1), tuple(int(p) for p in m.group(1).split("."))
+
+
+async def _probe(path: str) -> _Tool | None:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            path,
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    out, _ = await proc.communicate()
+    parsed = parse_version(out.decode("utf-8", "replace"))
+    if proc.returncode != 0 or parsed is None:
+        return None
+    return _Tool(path, parsed[0], parsed[1])
+
+
+def _candidates(name: str, bin_dir: str | None) -> list[str]:
+    if bin_dir is not None:
+        candidates = [os.path.join(bin_dir, name)]
+    else:
+        candidates = [
+            *sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")),
+            *sorted(glob.glob(f"/usr/pgsql-*/bin/{name}")),
+            f"/usr/local/pgsql/bin/{name}",
+        ]
+        on_path = shutil.which(name)
+        if on_path is not None:
+            candidates.append(on_path)
+    seen: set[str] = set()
+    unique: list[str] = []
+    for c in candidates:
+        real = os.path.realpath(c)
+        if os.access(c, os.X_OK) and real not in seen:
+            seen.add(real)
+            unique.append(c)
+    return unique
+
+
+async def find_tool(name: str, bin_dir: str | None = None) -> _Tool | None:
+    """The newest `name` (pg_dump, pg_restore) on this machine, or the one in `bin_dir`."""
+    unique = _candidates(name, bin_dir)
+    tools = [t for t in await asyncio.gather(*(_probe(c) for c in unique)) if t is not None]
+    if not tools:
+        return None
+    # The newest; on a tie the earlier candidate (the versioned directory) wins.
+    return max(tools, key=lambda t: t.version_tuple)
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts about the source, recorded at dump time
+
+_FACTS_SQL = """
+SELECT current_database(),
+       current_setting('server_version'),
+       current_setting('server_version_num')::int,
+       pg_encoding_to_char(d.encoding),
+       d.datcollate,
+       d.datctype,
+       pg_get_userbyid(d.datdba),
+       shobj_description(d.oid, 'pg_database')
+FROM pg_database d
+WHERE d.datname = current_database()
+"""
+
+# Every role an object of this database refers to (owner, ACL grantee, policy), plus the
+# bootstrap superuser (pinned: owns built-in objects without pg_shdepend rows).
+_ROLES_SQL = """
+SELECT rolname FROM pg_roles
+WHERE oid IN (SELECT refobjid FROM pg_shdepend
+              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND refclassid = 'pg_authid'::regclass)
+   OR oid = 10
+   OR oid = (SELECT datdba FROM pg_database WHERE datname = current_database())
+ORDER BY 1
+"""
+
+_SETTINGS_SQL = """
+SELECT unnest(s.setconfig)
+FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+WHERE d.datname = current_database() AND s.setrole = 0
+"""
+
+
+async def _source_facts(dsn: str) -> dict[str, Any]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(_FACTS_SQL)
+        row = await cur.fetchone()
+        assert row is not None
+        dbname, version, version_num, encoding, collate, ctype, owner, comment = row
+        locale: dict[str, Any] = {"encoding": encoding, "lc_collate": collate, "lc_ctype": ctype}
+        if version_num >= 150000:
+            column = "datlocale" if version_num >= 170000 else "daticulocale"
+            cur = await conn.execute(
+                f"SELECT datlocprovider::text, {column} FROM pg_database "
+                "WHERE datname = current_database()"
+            )
+            loc = await cur.fetchone()
+            assert loc is not None
+            locale["locale_provider"] = {"c": "libc", "i": "icu", "b": "builtin"}.get(
+                loc[0], loc[0]
+            )
+            locale["icu_locale"] = loc[1]
+        cur = await conn.execute(_ROLES_SQL)
+        roles = [r[0] for r in await cur.fetchall()]
+        cur = await conn.execute(_SETTINGS_SQL)
+        settings = [r[0] for r in await cur.fetchall()]
+    return {
+        "database": dbname,
+        "server_version": version,
+        "server_version_num": version_num,
+        **locale,
+        "database_owner": owner,
+        "database_comment": comment,
+        "database_settings": settings,
+        "roles": roles,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Counting:
+    """Passes an async iterator through, counting bytes (no generator left to close)."""
+
+    def __init__(self, inner: AsyncIterator[bytes]) -> None:
+        self._inner = inner
+        self.bytes = 0
+
+    def __aiter__(self) -> _Counting:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._inner.__anext__()
+        self.bytes += len(chunk)
+        return chunk
+
+
+def staging_name(target: str) -> str:
+    """`<target>_drd_restoring_<random8>`, the target part cut so the whole fits 63 bytes."""
+    room = _MAX_IDENT_BYTES - len(STAGING_INFIX) - 8
+    prefix = target.encode()[:room].decode("utf-8", "ignore")
+    return f"{prefix}{STAGING_INFIX}{secrets.token_hex(4)}"
+
+
+class PostgresStrategy(Strategy):
+    kind: ClassVar[str] = "postgres"
+    Options: ClassVar[type[SourceOptions]] = PostgresOptions
+
+    def __init__(self, options: SourceOptions) -> None:
+        if not isinstance(options, PostgresOptions):
+            options = PostgresOptions.model_validate(options.model_dump())
+        super().__init__(options)
+        self.opts: PostgresOptions = options
+        self._metadata: dict[str, Any] | None = None
+
+    # -- dump -----------------------------------------------------------------------------
+
+    async def dump(self) -> AsyncGenerator[bytes, None]:
+        self._metadata = None
+        opts = self.opts
+        where = f"source {opts.name!r}"
+        try:
+            conn = _Conn.parse(opts.dsn)
+            dbname_arg = conn.dbname_arg()
+        except ValueError as exc:
+            raise SourceError(f"{where}: dsn: {exc}") from None
+        tool = await find_tool("pg_dump", opts.pg_bin_dir)
+        if tool is None:
+            place = opts.pg_bin_dir or "/usr/lib/postgresql/*/bin or PATH"
+            raise SourceError(f"{where}: no working pg_dump found in {place}")
+        argv = [
+            tool.path,
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            *(f"--exclude-table={t}" for t in opts.exclude_tables),
+            *dbname_arg,
+        ]
+        size = 0
+        try:
+            async with contextlib.aclosing(
+                stream_stdout(argv, conn.env(), chunk_size=CHUNK_SIZE)
+            ) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    yield chunk
+        except ToolError as exc:
+            raise SourceError(
+                f"{where}: pg_dump failed: {redact(str(exc), [conn.password])}"
+            ) from None
+        try:
+            facts = await _source_facts(opts.dsn)
+        except Exception as exc:
+            raise SourceError(
+                f"{where}: cannot read the server facts after pg_dump: "
+                f"{redact(str(exc), [conn.password])}"
+            ) from None
+        self._metadata = {
+            "format": FORMAT,
+            "pg_dump_version": tool.version,
+            **facts,
+            "exclude_tables": list(opts.exclude_tables),
+            "dump_bytes": size,
+        }
+
+    def restore_metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
+        return dict(self._metadata)
+
+    # -- restore --------------------------------------------------------------------------
+
+    @classmethod
+    async def restore(
+        cls,
+        chunks: AsyncIterator[bytes],
+        target: str,
+        metadata: Mapping[str, Any],
+        *,
+        owners: Owners = "auto",
+        pg_bin_dir: str | None = None,
+    ) -> RestoreOutcome:
+        """Restore into the database `target` (a DSN) names, which must not exist yet.
+
+        `owners` chooses how ownership and privileges are restored (module docstring);
+        `pg_bin_dir` forces a pg_restore, by default the newest one on this machine is used.
+        """
+        import psycopg
+
+        try:
+            conn = _Conn.parse(target)
+            dbname = conn.dbname
+            if not dbname:
+                raise ValueError("it must name the database to create (dbname)")
+            if len(dbname.encode()) > _MAX_IDENT_BYTES:
+                raise ValueError(f"database name longer than {_MAX_IDENT_BYTES} bytes")
+            staging = staging_name(dbname)
+            dbname_arg = conn.dbname_arg(staging)
+        except ValueError as exc:
+            raise RestoreError(f"restore target DSN: {exc}") from None
+        shown = conn.describe()
+        where = f"restore into database {dbname!r} ({shown})"
+        secret = [conn.password]
+
+        fmt = metadata.get("format", FORMAT)
+        if fmt != FORMAT:
+            raise RestoreError(f"{where}: unsupported dump format {fmt!r}")
+        tool = await find_tool("pg_restore", pg_bin_dir)
+        if tool is None:
+            raise RestoreError(f"{where}: no working pg_restore found")
+        parsed = parse_version(f"(PostgreSQL) {metadata.get('pg_dump_version', '0')}")
+        dump_major = parsed[1][0] if parsed else 0
+        if tool.major < dump_major:
+            raise RestoreError(
+                f"{where}: the dump was written by pg_dump {metadata.get('pg_dump_version')}; "
+                f"{tool.path} is {tool.version}: pg_restore {dump_major} or newer is needed"
+            )
+
+        maintenance = conn.with_dbname(MAINTENANCE_DB)
+        staging_created = False
+        counted = _Counting(chunks)
+        try:
+            async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
+                if await _database_exists(db, dbname):
+                    raise TargetExists(f"{where}: the database already exists")
+                missing = await _missing_roles(db, metadata.get("roles") or [])
+                staging_created = True
+                locale_note = await _create_staging(db, staging, metadata)
+
+            keep_owners = owners == "keep" or (owners == "auto" and not missing)
+            if not keep_owners and owners == "auto":
+                log.warning(
+                    "%s: roles %s do not exist on the target server: restoring without owners "
+                    "and privileges (objects will belong to the restoring user)",
+                    where,
+                    ", ".join(missing),
+                )
+            argv = [
+                tool.path,
+                "--format=custom",
+                "--exit-on-error",
+                "--single-transaction",
+                "--no-password",
+                *([] if keep_owners else ["--no-owner", "--no-privileges"]),
+                *dbname_arg,
+            ]
+            warnings = await feed_stdin(argv, conn.env(), counted)
+            if warnings:
+                log.info("%s: pg_restore said: %s", where, redact(warnings, secret))
+            tables = await _finish_staging(
+                conn, maintenance, staging, metadata, keep_owners=keep_owners
+            )
+            await _promote(maintenance, staging, dbname, where)
+        except BaseException as exc:
+            if staging_created:
+                drop = asyncio.ensure_future(_drop_database(maintenance, staging))
+                try:
+                    await asyncio.shield(drop)
+                except Exception as drop_exc:
+                    log.error(
+                        "%s: could not drop the staging database %r: %s",
+                        where,
+                        staging,
+                        redact(str(drop_exc), secret),
+                    )
+            if isinstance(exc, ToolError | psycopg.Error):
+                raise RestoreError(f"{where}: {redact(str(exc), secret)}") from None
+            raise
+        return RestoreOutcome(
+            target=shown,
+            details={
+                "database": dbname,
+                "tables": tables,
+                "bytes": counted.bytes,
+                "owners": "kept" if keep_owners else "dropped",
+                "missing_roles": missing,
+                "pg_restore_version": tool.version,
+                "locale": locale_note,
+            },
+        )
+
+
+async def _database_exists(db: Any, name: str) -> bool:
+    cur = await db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    return await cur.fetchone() is not None
+
+
+async def _missing_roles(db: Any, roles: list[str]) -> list[str]:
+    if not roles:
+        return []
+    cur = await db.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,))
+    present = {r[0] for r in await cur.fetchall()}
+    return [r for r in roles if r not in present]
+
+
+async def _create_staging(db: Any, staging: str, metadata: Mapping[str, Any]) -> str:
+    """Create the staging database like the source's; returns how the locale was chosen."""
+    import psycopg
+    from psycopg import sql
+
+    base = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(staging))
+    encoding = metadata.get("encoding")
+    if not encoding:
+        await db.execute(base)
+        return "server default"
+    parts = [base, sql.SQL("ENCODING {}").format(sql.Literal(encoding))]
+    exact = [*parts]
+    if metadata.get("lc_collate"):
+        exact.append(sql.SQL("LC_COLLATE {}").format(sql.Literal(metadata["lc_collate"])))
+    if metadata.get("lc_ctype"):
+        exact.append(sql.SQL("LC_CTYPE {}").format(sql.Literal(metadata["lc_ctype"])))
+    if metadata.get("locale_provider") == "icu" and metadata.get("icu_locale"):
+        exact.append(
+            sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(metadata["icu_locale"]))
+        )
+    try:
+        await db.execute(sql.SQL(" ").join(exact))
+        return "as the source"
+    except psycopg.Error as exc:
+        # The source's locale may not exist on this machine: C works with every encoding.
+        log.warning(
+            "creating %r with the source's locale failed (%s); using LOCALE 'C'", staging, exc
+        )
+    await db.execute(sql.SQL(" ").join([*parts, sql.SQL("LOCALE 'C'")]))
+    return "C (the source's locale is not available here)"
+
+
+async def _finish_staging(
+    conn: _Conn,
+    maintenance: str,
+    staging: str,
+    metadata: Mapping[str, Any],
+    *,
+    keep_owners: bool,
+) -> int:
+    """Reapply database-level properties; return the number of tables restored."""
+    import psycopg
+    from psycopg import sql
+
+    ident = sql.Identifier(staging)
+    async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
+        owner = metadata.get("database_owner")
+        if keep_owners and owner:
+            await db.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner))
+            )
+        comment = metadata.get("database_comment")
+        if comment:
+            await db.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(comment))
+            )
+        for setting in metadata.get("database_settings") or []:
+            name, _, value = str(setting).partition("=")
+            try:
+                # set_config parses the value exactly as the server stored it (lists with
+                # quoted elements included); FROM CURRENT then stores it on the database.
+                async with db.transaction():
+                    await db.execute("SELECT set_config(%s, %s, true)", (name, value))
+                    await db.execute(
+                        sql.SQL("ALTER DATABASE {} SET {} FROM CURRENT").format(
+                            ident, sql.Identifier(name)
+                        )
+                    )
+            except psycopg.Error as exc:
+                log.warning("could not reapply the database setting %s: %s", name, exc)
+    async with await psycopg.AsyncConnection.connect(
+        conn.with_dbname(staging), autocommit=True
+    ) as db:
+        cur = await db.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
+            "'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'"
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _promote(maintenance: str, staging: str, target: str, where: str) -> None:
+    """Rename the finished staging database to the target."""
+    import psycopg
+    from psycopg import errors, sql
+
+    old, new = sql.Identifier(staging), sql.Identifier(target)
+    async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
+        # RENAME needs the database to be unused; an autovacuum worker may have connected.
+        await db.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(old))
+        for attempt in range(50):
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (staging,),
+            )
+            try:
+                await db.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, new))
+                break
+            except errors.DuplicateDatabase:
+                raise TargetExists(f"{where}: the database appeared during the restore") from None
+            except errors.ObjectInUse:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+        await db.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(new))
+
+
+async def _drop_database(maintenance: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
+        await db.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
