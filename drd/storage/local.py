@@ -361,13 +361,25 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._error(exc, "delete", key, path) from exc
 
-    @staticmethod
-    def _delete(path: Path) -> None:
+    def _delete(self, path: Path) -> None:
         # Data first: once it is gone the object is gone; a leftover info is swept by
         # remove_partials.
         for victim in (path, _info_path(path)):
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
+        self._prune_empty_dirs(path.parent)
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        """Remove `directory` and its parents up to the root while they are empty, so deleted
+        backups leave no empty folders behind. rmdir only ever removes an empty directory, and
+        an upload creates its own directory right before writing into it, so this cannot take
+        a directory away from a writer that already started."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
 
     async def check(self) -> None:
         try:
@@ -397,6 +409,7 @@ class LocalStorage(Storage):
     def _remove_partials(self, prefix: str, older_than: float) -> int:
         cutoff = time.time() - older_than
         removed = 0
+        emptied: builtins.list[Path] = []
         for directory, dir_key in self._walk(prefix):
             with os.scandir(directory) as entries:
                 candidates = [e for e in entries if e.name.startswith(".") and e.is_file()]
@@ -408,6 +421,9 @@ class LocalStorage(Storage):
                     if entry.stat().st_mtime <= cutoff:
                         os.unlink(entry.path)
                         removed += 1
+                        emptied.append(directory)
+        for directory in emptied:
+            self._prune_empty_dirs(directory)
         return removed
 
 

@@ -1,0 +1,215 @@
+"""Taking one backup: the whole data path in one readable function.
+
+    strategy.dump() --plaintext--> zstd --> AES-256-GCM segments --> every region at once
+    then: verify each region's stored object, seal the manifest, write it (last) everywhere.
+
+A backup is complete only when its manifest is committed in at least `min_copies` regions.
+Until then nothing is visible to `drd list`; if that bar is missed the copies already written
+are removed again, so a failed backup never looks complete and never leaves a manifest behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from drd import __version__, crypto
+from drd.errors import NotEnoughCopies
+from drd.fanout import FanOut
+from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
+from drd.manifest import Manifest, ManifestBody, ManifestPublic
+from drd.sealing import COMPRESSION, Sealer
+from drd.storage.base import Storage
+from strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RegionCopy:
+    region: str
+    committed: bool
+    error: str = ""
+
+
+@dataclass
+class BackupResult:
+    ref: SourceRef
+    backup_id: str
+    manifest: Manifest
+    copies: list[RegionCopy] = field(default_factory=list)
+
+    @property
+    def committed_regions(self) -> list[str]:
+        return [c.region for c in self.copies if c.committed]
+
+    @property
+    def missing(self) -> list[RegionCopy]:
+        return [c for c in self.copies if not c.committed]
+
+
+async def run_backup(
+    ref: SourceRef,
+    strategy: Strategy,
+    regions: Sequence[Storage],
+    keyring: crypto.Keyring,
+    *,
+    min_copies: int,
+    segment_size: int = crypto.DEFAULT_SEGMENT_SIZE,
+    zstd_level: int = 3,
+    clock: Clock = utcnow,
+) -> BackupResult:
+    if not 1 <= min_copies <= len(regions):
+        raise ValueError(f"min_copies {min_copies} outside 1..{len(regions)}")
+    started = clock()
+    backup_id = new_backup_id(started)
+    where = f"backup {ref}@{backup_id}"
+    data_key = crypto.new_data_key()
+    kek = keyring.primary
+    sealer = Sealer(
+        data_key,
+        backup_id=backup_id,
+        key_id=kek.key_id,
+        object_name=DATA_OBJECT,
+        segment_size=segment_size,
+        level=zstd_level,
+    )
+    fan = FanOut(regions, ref.data_key(backup_id))
+    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies)
+    try:
+        await fan.open(metadata={"drd-backup-id": backup_id})
+        _require(fan, min_copies, where, "before the upload started")
+        dump = strategy.dump()
+        try:
+            async for chunk in dump:
+                await fan.send(await asyncio.to_thread(sealer.feed, chunk))
+                _require(fan, min_copies, where, "during the upload")
+        finally:
+            await close_stream(dump)
+        await fan.send(await asyncio.to_thread(sealer.finish))
+        await fan.commit()
+        for u in fan.uploads:
+            # The backend verified its own checksum on commit; the size check ties the stored
+            # object to exactly the bytes this process produced.
+            if u.info is not None and u.info.size != sealer.ciphertext_size:
+                u.error = RuntimeError(
+                    f"stored size {u.info.size} != written {sealer.ciphertext_size}"
+                )
+        _require(fan, min_copies, where, "after the upload")
+    except BaseException:
+        await fan.abort()
+        await _delete_quietly(
+            [u.storage for u in fan.uploads if u.info is not None], ref.data_key(backup_id)
+        )
+        raise
+
+    manifest = Manifest(
+        ManifestPublic(
+            backup_id=backup_id,
+            plan=ref.plan,
+            source=ref.source,
+            kind=strategy.kind,
+            key_id=kek.key_id,
+            started_at=started.isoformat(),
+            completed_at=clock().isoformat(),
+        ),
+        ManifestBody(
+            wrapped_data_key=crypto.wrap_data_key(kek, data_key, backup_id),
+            segment_size=segment_size,
+            compression=COMPRESSION,
+            plaintext_size=sealer.plaintext_size,
+            plaintext_sha256=sealer.plaintext_sha256,
+            ciphertext_size=sealer.ciphertext_size,
+            ciphertext_sha256=sealer.ciphertext_sha256,
+            strategy_metadata={**strategy.restore_metadata(), "host": socket.gethostname()},
+            drd_version=__version__,
+        ),
+    )
+    sealed = manifest.seal(keyring)
+    good = [u for u in fan.uploads if u.alive and u.info is not None]
+    copies = {
+        u.storage.name: RegionCopy(u.storage.name, False, u.describe_error()) for u in fan.uploads
+    }
+
+    async def commit_manifest(storage: Storage) -> None:
+        try:
+            await storage.put(
+                ref.manifest_key(backup_id), sealed, metadata={"drd-backup-id": backup_id}
+            )
+            copies[storage.name].committed = True
+        except Exception as exc:
+            copies[storage.name].error = f"manifest write failed: {exc}"
+            log.warning("%s: region %s: manifest write failed: %s", where, storage.name, exc)
+
+    try:
+        await asyncio.gather(*(commit_manifest(u.storage) for u in good))
+    except BaseException:
+        # Cancelled while committing: take back whatever manifests landed, then the data.
+        await _rollback(ref, backup_id, [u.storage for u in good])
+        raise
+    committed = [c for c in copies.values() if c.committed]
+    if len(committed) < min_copies:
+        await _rollback(ref, backup_id, [u.storage for u in good])
+        raise NotEnoughCopies(
+            f"{where}: committed in {len(committed)} of {len(regions)} regions, "
+            f"min_copies is {min_copies}; " + _reasons(copies.values())
+        )
+    result = BackupResult(ref, backup_id, manifest, list(copies.values()))
+    log.info(
+        "%s: complete: %d bytes -> %d stored, regions %s%s",
+        where,
+        sealer.plaintext_size,
+        sealer.ciphertext_size,
+        ",".join(result.committed_regions),
+        f"; MISSING {_reasons(result.missing)}" if result.missing else "",
+    )
+    return result
+
+
+async def close_stream(stream: AsyncIterator[bytes]) -> None:
+    """Stop a strategy's dump early (reaps its child process); a no-op once it is exhausted."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _require(fan: FanOut, min_copies: int, where: str, when: str) -> None:
+    alive = fan.alive
+    if len(alive) < min_copies:
+        reasons = "; ".join(
+            f"{u.storage.name}: {u.describe_error()}" for u in fan.uploads if not u.alive
+        )
+        raise NotEnoughCopies(
+            f"{where}: only {len(alive)} of {len(fan.uploads)} regions still writable {when}, "
+            f"min_copies is {min_copies}; {reasons}"
+        )
+
+
+def _reasons(copies: Iterable[RegionCopy]) -> str:
+    return "; ".join(f"{c.region}: {c.error or 'not committed'}" for c in copies if not c.committed)
+
+
+async def _rollback(ref: SourceRef, backup_id: str, regions: Sequence[Storage]) -> None:
+    # Manifest first: once it is gone the backup is invisible, whatever happens to the data.
+    await _delete_quietly(regions, ref.manifest_key(backup_id))
+    await _delete_quietly(regions, ref.data_key(backup_id))
+
+
+async def _delete_quietly(regions: Sequence[Storage], key: str) -> None:
+    async def one(storage: Storage) -> None:
+        try:
+            await storage.delete(key)
+        except Exception as exc:
+            log.warning("region %s: could not delete %s (swept later): %s", storage.name, key, exc)
+
+    await asyncio.shield(asyncio.gather(*(one(s) for s in regions)))

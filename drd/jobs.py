@@ -1,0 +1,49 @@
+"""Jobs shared by the CLI and the daemon: one source's backup, with its lock and clean-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from drd import crypto
+from drd.backup import BackupResult, Clock, run_backup, utcnow
+from drd.config import Plan
+from drd.errors import ConfigError
+from drd.janitor import remove_orphans
+from drd.layout import SourceRef
+from drd.locks import source_lock
+from drd.storage.base import Storage
+from strategies import get_strategy
+from strategies.base import SourceOptions
+
+log = logging.getLogger(__name__)
+
+
+def plan_regions(plan: Plan, regions: Mapping[str, Storage]) -> list[Storage]:
+    try:
+        return [regions[name] for name in plan.storage.regions]
+    except KeyError as exc:
+        raise ConfigError(f"plan {plan.name}: region {exc.args[0]} is not defined") from None
+
+
+async def backup_source(
+    plan: Plan,
+    source: SourceOptions,
+    regions: Mapping[str, Storage],
+    keyring: crypto.Keyring,
+    state_dir: Path,
+    *,
+    clock: Clock = utcnow,
+) -> BackupResult:
+    ref = SourceRef(plan.name, source.name)
+    targets: Sequence[Storage] = plan_regions(plan, regions)
+    strategy = get_strategy(source.kind)(source)
+    with source_lock(state_dir, ref):
+        # Holding the lock, nothing else writes this source: leftovers are dead work.
+        removed = await remove_orphans(ref, targets)
+        if removed:
+            log.info("%s: removed %d leftover objects of interrupted backups", ref, removed)
+        return await run_backup(
+            ref, strategy, targets, keyring, min_copies=plan.storage.min_copies, clock=clock
+        )

@@ -1,0 +1,37 @@
+"""Per-source locks so that two backups of one source never overlap, also across processes
+(the daemon and a `drd backup` on the same host). flock is released by the kernel when the
+holder dies, so a kill -9 never leaves a stale lock behind."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from drd.errors import DrdError
+from drd.layout import SourceRef
+
+
+class LockBusy(DrdError):
+    exit_code = 10
+
+
+@contextlib.contextmanager
+def source_lock(state_dir: Path, ref: SourceRef) -> Iterator[None]:
+    lock_dir = state_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = lock_dir / f"{ref.plan}.{ref.source}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise LockBusy(f"{ref}: a backup is already running (held by pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,169 @@
+"""Restoring one backup: storage -> AES-256-GCM -> zstd -> strategy.restore(target).
+
+Works from nothing but the regions and the keyring: the manifest says which strategy restores
+the backup and carries everything it needs. Copies are tried region by region: a region that is
+down, or whose copy fails authentication, is reported and the next copy is used, because in a
+disaster one bad copy must not stop the restore. The strategy restores into a staging location
+and hands it over only when the whole stream authenticated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from drd import crypto
+from drd.backup import close_stream
+from drd.catalog import CatalogEntry, build_catalog
+from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError
+from drd.layout import DATA_OBJECT, SourceRef
+from drd.manifest import Manifest
+from drd.sealing import Opener
+from drd.storage.base import Storage
+from strategies import get_strategy
+from strategies.base import RestoreOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestoreResult:
+    ref: SourceRef
+    backup_id: str
+    region: str
+    target: str
+    outcome: RestoreOutcome
+    seconds: float
+    # regions tried before the one that worked, with why they were skipped
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+async def stream_plaintext(
+    storage: Storage, ref: SourceRef, manifest: Manifest, keyring: crypto.Keyring
+) -> AsyncIterator[bytes]:
+    """Authenticated plaintext of a backup's data object, read from one region."""
+    pub, body = manifest.public, manifest.body
+    where = f"backup {ref}@{pub.backup_id} in region {storage.name}"
+    try:
+        data_key = crypto.unwrap_data_key(keyring, pub.key_id, body.wrapped_data_key, pub.backup_id)
+        opener = Opener(
+            data_key,
+            backup_id=pub.backup_id,
+            key_id=pub.key_id,
+            object_name=DATA_OBJECT,
+            expect_ciphertext=(body.ciphertext_size, body.ciphertext_sha256),
+            expect_plaintext=(body.plaintext_size, body.plaintext_sha256),
+        )
+        reader = storage.open_reader(ref.data_key(pub.backup_id))
+        try:
+            async for chunk in reader:
+                out = opener.feed(chunk)
+                if out:
+                    yield out
+        finally:
+            await close_stream(reader)
+        out = opener.finish()
+        if out:
+            yield out
+    except IntegrityError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    except StorageError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+async def find_backup(
+    ref: SourceRef,
+    regions: Sequence[Storage],
+    keyring: crypto.Keyring,
+    backup_id: str | None = None,
+) -> CatalogEntry:
+    """The backup to restore: `backup_id`, or the newest one with a verified manifest.
+
+    The newest backup is never skipped silently: if every copy of it is damaged the restore
+    fails and names the older backups, so the operator chooses to lose more data knowingly.
+    """
+    catalog = await build_catalog(regions, keyring, ref.prefix)
+    entries = catalog.for_source(ref)
+    unreachable = _region_note(catalog.region_errors)
+    if backup_id is not None:
+        entries = [e for e in entries if e.backup_id == backup_id]
+        if not entries:
+            raise BackupNotFound(f"no backup {backup_id} of {ref} in any region{unreachable}")
+    verified = [e for e in entries if e.verified]
+    if not verified:
+        if not entries:
+            raise BackupNotFound(f"no backup of {ref} in any region{unreachable}")
+        newest = entries[-1]
+        assert newest.verify_error is not None
+        raise type(newest.verify_error)(f"backup {ref}@{newest.backup_id}: {newest.verify_error}")
+    entry = verified[-1]
+    if not entry.complete_regions:
+        problems = "; ".join(f"{r}: {p}" for r, p in entry.copy_problems().items())
+        older = [e.backup_id for e in verified[:-1] if e.complete_regions]
+        hint = f"; older intact backups: {', '.join(older[-3:])} (use --backup)" if older else ""
+        raise IntegrityError(
+            f"backup {ref}@{entry.backup_id}: no intact copy in any region ({problems}){hint}"
+            f"{unreachable}"
+        )
+    return entry
+
+
+def _region_note(errors: dict[str, str]) -> str:
+    if not errors:
+        return ""
+    return " (unreachable: " + "; ".join(f"{r}: {e}" for r, e in errors.items()) + ")"
+
+
+async def restore_backup(
+    ref: SourceRef,
+    regions: Sequence[Storage],
+    keyring: crypto.Keyring,
+    target: str,
+    *,
+    backup_id: str | None = None,
+    prefer_region: str | None = None,
+) -> RestoreResult:
+    entry = await find_backup(ref, regions, keyring, backup_id)
+    by_name = {r.name: r for r in regions}
+    order = sorted(entry.complete_regions, key=lambda name: name != prefer_region)
+    strategy = get_strategy(entry.public.kind)
+    skipped: dict[str, str] = {}
+    first_error: DrdError | None = None
+    for region in order:
+        storage = by_name[region]
+        where = f"{region}:{ref.manifest_key(entry.backup_id)}"
+        started = time.monotonic()
+        try:
+            # Each region's own manifest is verified before its data is trusted.
+            manifest = Manifest.open(
+                keyring, await storage.get(ref.manifest_key(entry.backup_id)), where
+            )
+            metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
+            outcome = await strategy.restore(
+                stream_plaintext(storage, ref, manifest, keyring), target, metadata
+            )
+        except (IntegrityError, StorageError) as exc:
+            log.error("restore %s@%s from %s failed: %s", ref, entry.backup_id, region, exc)
+            skipped[region] = str(exc)
+            first_error = first_error or exc
+            continue
+        result = RestoreResult(
+            ref, entry.backup_id, region, target, outcome, time.monotonic() - started, skipped
+        )
+        log.info(
+            "restored %s@%s from %s into %s in %.1fs",
+            ref,
+            entry.backup_id,
+            region,
+            target,
+            result.seconds,
+        )
+        return result
+    assert first_error is not None
+    detail = "; ".join(f"{r}: {e}" for r, e in skipped.items())
+    raise type(first_error)(
+        f"restore of {ref}@{entry.backup_id} failed from every region ({detail})"
+    )

@@ -1,0 +1,138 @@
+"""The byte transforms of the data path: plaintext <-> zstd <-> segmented AEAD, with digests.
+
+These run in worker threads (zstd and AES-GCM release the GIL), one call per chunk, never
+concurrently on one instance. Encryption itself is drd.crypto's; this module only chains it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import zstandard
+
+from drd import crypto
+from drd.errors import IntegrityError
+
+COMPRESSION = "zstd"
+# Decompressed output per call is bounded by feeding the decompressor slices of this size:
+# authenticated input cannot be a decompression bomb, but a highly compressible dump can still
+# expand a 1 MiB segment many-fold.
+_DECOMPRESS_SLICE = 128 * 1024
+
+
+class Sealer:
+    """plaintext -> zstd -> encrypted segments, hashing both ends."""
+
+    def __init__(
+        self,
+        data_key: bytes,
+        *,
+        backup_id: str,
+        key_id: str,
+        object_name: str,
+        segment_size: int,
+        level: int = 3,
+    ) -> None:
+        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
+        self._encryptor = crypto.StreamEncryptor(
+            data_key,
+            backup_id=backup_id,
+            key_id=key_id,
+            object_name=object_name,
+            segment_size=segment_size,
+        )
+        self._plain = hashlib.sha256()
+        self._cipher = hashlib.sha256()
+        self.plaintext_size = 0
+        self.ciphertext_size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._plain.update(chunk)
+        self.plaintext_size += len(chunk)
+        return self._count(self._encryptor.update(self._compressor.compress(chunk)))
+
+    def finish(self) -> bytes:
+        tail = self._encryptor.update(self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+        return self._count(tail + self._encryptor.finalize())
+
+    def _count(self, out: bytes) -> bytes:
+        self._cipher.update(out)
+        self.ciphertext_size += len(out)
+        return out
+
+    @property
+    def plaintext_sha256(self) -> str:
+        return self._plain.hexdigest()
+
+    @property
+    def ciphertext_sha256(self) -> str:
+        return self._cipher.hexdigest()
+
+
+class Opener:
+    """encrypted segments -> zstd -> plaintext, checking sizes and digests at the end.
+
+    Plaintext is only ever released from authenticated segments (the decryptor's promise); the
+    final size and digest checks are a second line against a manifest/data mix-up.
+    """
+
+    def __init__(
+        self,
+        data_key: bytes,
+        *,
+        backup_id: str,
+        key_id: str,
+        object_name: str,
+        expect_ciphertext: tuple[int, str],
+        expect_plaintext: tuple[int, str],
+    ) -> None:
+        self._decryptor = crypto.StreamDecryptor(
+            data_key, backup_id=backup_id, key_id=key_id, object_name=object_name
+        )
+        self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+        self._expect_ciphertext = expect_ciphertext
+        self._expect_plaintext = expect_plaintext
+        self._plain = hashlib.sha256()
+        self._cipher = hashlib.sha256()
+        self.plaintext_size = 0
+        self.ciphertext_size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._cipher.update(chunk)
+        self.ciphertext_size += len(chunk)
+        if self.ciphertext_size > self._expect_ciphertext[0]:
+            raise IntegrityError(
+                f"data object is longer than the manifest says ({self._expect_ciphertext[0]} bytes)"
+            )
+        return self._decompress(self._decryptor.update(chunk))
+
+    def finish(self) -> bytes:
+        size, digest = self._expect_ciphertext
+        if self.ciphertext_size != size:
+            raise IntegrityError(f"data object truncated: {self.ciphertext_size} of {size} bytes")
+        # Authentication first: its message names the segment that was altered.
+        final = self._decryptor.finalize()
+        if self._cipher.hexdigest() != digest:
+            raise IntegrityError("data object digest does not match the manifest")
+        out = self._decompress(final)
+        if not self._decompressor.eof:
+            raise IntegrityError("compressed stream ended early")
+        size, digest = self._expect_plaintext
+        if self.plaintext_size != size or self._plain.hexdigest() != digest:
+            raise IntegrityError("restored plaintext does not match the manifest's digest")
+        return out
+
+    def _decompress(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        view = memoryview(data)
+        try:
+            out = b"".join(
+                self._decompressor.decompress(view[i : i + _DECOMPRESS_SLICE])
+                for i in range(0, len(view), _DECOMPRESS_SLICE)
+            )
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"compressed stream is corrupt: {exc}") from None
+        self._plain.update(out)
+        self.plaintext_size += len(out)
+        return out
