@@ -5,12 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration lint bench clean
+.PHONY: venv run test unit integration lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+venv: $(STAMP)
 
 # The daemon on the embedded default: two local-directory regions, demo SQLite + files sources.
 # Without DRD_KEYS in the environment an ephemeral key is generated for this run only (held in

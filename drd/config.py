@@ -320,6 +320,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+DEFAULT_GCS_RETRY_DEADLINE = timedelta(seconds=15)
+
+
 class RegionConfig(_Model):
     """One region: an independent place to keep backup copies.
 
@@ -337,6 +340,11 @@ class RegionConfig(_Model):
     credentials: GcsCredentials | None = None
     #: read/write chunk size in bytes (for gs:// a multiple of 256KiB); None: backend default
     chunk_size: Size | None = None
+    #: per-request timeout (gs:// only); None: backend default (60s)
+    timeout: PositiveDuration | None = None
+    #: how long transient failures of one request are retried (gs:// only); None: 15s.
+    #: Kept short: a region that is down should be reported, not waited for.
+    retry_deadline: PositiveDuration | None = None
 
     @field_validator("url")
     @classmethod
@@ -365,7 +373,7 @@ class RegionConfig(_Model):
         if self.chunk_size is not None and self.chunk_size <= 0:
             raise _rule("chunk_size", "must be more than 0 bytes")
         if self.scheme != "gs":
-            for name in ("project", "endpoint", "credentials"):
+            for name in ("project", "endpoint", "credentials", "timeout", "retry_deadline"):
                 if getattr(self, name) is not None:
                     raise _rule(name, "only applies to gs:// regions")
             return self
@@ -422,6 +430,11 @@ class RegionConfig(_Model):
         options: dict[str, Any] = {}
         if self.chunk_size is not None:
             options["chunk_size"] = self.chunk_size
+        if self.timeout is not None:
+            options["timeout"] = self.timeout.total_seconds()
+        if self.scheme == "gs":
+            deadline = self.retry_deadline or DEFAULT_GCS_RETRY_DEADLINE
+            options["retry_deadline"] = deadline.total_seconds()
         return RegionSpec(
             name=self.name,
             url=self.url,

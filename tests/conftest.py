@@ -9,7 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 # Shared fixtures live in tests/support; registered here so every test module can use them.
-pytest_plugins = ["tests.support.blob_strategy", "tests.support.fakegcs"]
+pytest_plugins = [
+    "tests.support.blob_strategy",
+    "tests.support.fakegcs",
+    "tests.support.pg",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,16 @@
-"""Wrappers composed around every region (in drd.regions): bounded retries of idempotent
-operations, then per-operation metrics. Streaming uploads are not retried here: a failed upload
-is restarted whole by the job's own retry, never resumed from a guess."""
+"""The wrapper composed around every region (in drd.runtime): per-operation metrics.
+
+Retries are not added here: the backends retry their own transient failures within a short,
+bounded deadline (GCS), and a job that still fails is retried whole by the daemon. Stacking a
+second retry layer would multiply how long a region that is down holds every backup up.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
-
-from drd.errors import ObjectNotFound, StorageError, TransientStorageError
+from drd.errors import ObjectNotFound, StorageError
 from drd.storage.base import ObjectInfo, ObjectWriter, Storage
 
 T = TypeVar("T")
@@ -25,23 +20,12 @@ Observer = Callable[[str, str, str], None]
 
 
 class ObservedStorage(Storage):
-    """Retries transient failures of whole-object operations and reports every outcome."""
+    """Reports the outcome of every operation to `observe(region, operation, result)`."""
 
-    def __init__(
-        self,
-        inner: Storage,
-        observe: Observer | None = None,
-        *,
-        attempts: int = 4,
-        max_delay: float = 30.0,
-        initial_wait: float = 0.2,
-    ) -> None:
+    def __init__(self, inner: Storage, observe: Observer | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self._observe = observe or (lambda region, op, result: None)
-        self._attempts = attempts
-        self._max_delay = max_delay
-        self._initial_wait = initial_wait
 
     def _record(self, op: str, exc: BaseException | None) -> None:
         if exc is None:
@@ -52,18 +36,9 @@ class ObservedStorage(Storage):
             result = "error"
         self._observe(self.name, op, result)
 
-    async def _call(self, op: str, fn: Callable[[], Any], retry: bool = True) -> Any:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts if retry else 1)
-            | stop_after_delay(self._max_delay),
-            wait=wait_exponential_jitter(initial=self._initial_wait, max=5.0),
-            retry=retry_if_exception_type(TransientStorageError),
-            reraise=True,
-        )
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            async for attempt in retrying:
-                with attempt:
-                    result = await fn()
+            result = await fn()
         except BaseException as exc:
             self._record(op, exc)
             raise
@@ -109,8 +84,7 @@ class ObservedStorage(Storage):
         await self._call("delete", lambda: self.inner.delete(key))
 
     async def check(self) -> None:
-        # No retries: readiness wants to know about the region now.
-        await self._call("check", self.inner.check, retry=False)
+        await self._call("check", self.inner.check)
 
     async def close(self) -> None:
         await self.inner.close()

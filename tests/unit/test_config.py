@@ -910,7 +910,7 @@ def test_region_spec_for_open_region(workdir: Path) -> None:
     assert spec.endpoint == "http://127.0.0.1:4443"
     assert spec.project == "acme"
     assert spec.credentials == {"source": "anonymous"}
-    assert spec.options == {"chunk_size": 16 * 1024 * 1024}
+    assert spec.options == {"chunk_size": 16 * 1024 * 1024, "retry_deadline": 15.0}
 
 
 def test_finding_rendering() -> None:

@@ -1,0 +1,153 @@
+"""The `drd` command line. Errors are mapped to exit codes here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from drd import __version__
+from drd.errors import DrdError, UsageError
+
+log = logging.getLogger("drd")
+
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drd", description="Disaster-recovery backups you can prove.")
+    p.add_argument("--version", action="version", version=f"drd {__version__}")
+    p.add_argument("--config", "-c", help="daemon config (default: $DRD_CONFIG or ./drd.yaml)")
+    p.add_argument("--log-level", default=os.environ.get("DRD_LOG_LEVEL", "info"))
+    p.add_argument("--log-format", choices=["text", "json"], default=None)
+    # --config is accepted before or after the command (`drd --config X run`, `drd run -c X`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    kg = command("keygen", "print a new key-encryption key")
+    kg.add_argument("--quiet", "-q", action="store_true", help="print only the key")
+
+    command("validate", "check drd.yaml and every plan; non-zero exit on any error")
+
+    def keys_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--keys",
+            metavar="SOURCE",
+            help="where the keyring comes from: env:VAR, credential:NAME or stdin "
+            "(default: the config's keys, else env:DRD_KEYS)",
+        )
+
+    def storage_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--storage",
+            action="append",
+            default=[],
+            metavar="[NAME=]URL",
+            help="read these regions instead of drd.yaml's (repeatable): file:PATH, "
+            "gs://BUCKET/PREFIX?endpoint=URL&credentials=env:VAR",
+        )
+
+    bk = command("backup", "back up PLAN or PLAN/SOURCE now")
+    bk.add_argument("what", metavar="PLAN[/SOURCE]")
+    keys_arg(bk)
+
+    ls = command("list", "list backups (rebuilt from storage)")
+    ls.add_argument("plan", nargs="?", metavar="PLAN[/SOURCE]")
+    ls.add_argument("--json", action="store_true")
+    keys_arg(ls)
+    storage_arg(ls)
+
+    rs = command("restore", "restore a backup into a new database or directory")
+    rs.add_argument("what", metavar="PLAN/SOURCE")
+    rs.add_argument("--to", required=True, metavar="TARGET", help="a DSN or a path; must not exist")
+    rs.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rs.add_argument("--region", help="read this region first")
+    keys_arg(rs)
+    storage_arg(rs)
+
+    run = command("run", "run the daemon")
+    keys_arg(run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from drd.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format or os.environ.get("DRD_LOG_FORMAT", "text"))
+    try:
+        return _dispatch(args)
+    except DrdError as exc:
+        print(f"drd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("drd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from drd import commands
+
+    if args.command == "keygen":
+        return commands.keygen(quiet=args.quiet)
+    if args.command == "validate":
+        return commands.validate(_config_path(args, required=True))
+    if args.command == "backup":
+        return asyncio.run(commands.backup(_config_path(args, required=True), args.what, args.keys))
+    if args.command == "list":
+        return asyncio.run(
+            commands.list_backups(
+                _config_path(args, required=not args.storage),
+                args.plan,
+                args.keys,
+                args.storage,
+                as_json=args.json,
+            )
+        )
+    if args.command == "restore":
+        return asyncio.run(
+            commands.restore(
+                _config_path(args, required=not args.storage),
+                args.what,
+                args.keys,
+                args.storage,
+                target=args.to,
+                backup_id=args.backup,
+                region=args.region,
+            )
+        )
+    if args.command == "run":
+        from drd.daemon import run_daemon
+
+        return run_daemon(_config_path(args, required=True), args.keys)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _config_path(args: argparse.Namespace, *, required: bool) -> Path | None:
+    explicit = args.config or os.environ.get("DRD_CONFIG")
+    path = Path(explicit) if explicit else Path("drd.yaml")
+    if path.is_file():
+        return path
+    if explicit or required:
+        raise UsageError(f"config file {path} not found (use --config or DRD_CONFIG)")
+    return None
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

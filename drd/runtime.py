@@ -1,0 +1,65 @@
+"""Assembling what commands and the daemon run with: the keyring and the wrapped regions.
+
+This is the one place where storage wrappers are composed (retries, then metrics), so every
+region behaves the same whichever command opened it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from drd import crypto
+from drd.config import Config
+from drd.errors import UsageError
+from drd.keys import load_keyring
+from drd.metrics import Metrics
+from drd.regions import RegionSpec, open_region, parse_storage_arg
+from drd.storage.base import Storage
+from drd.storage.instrumented import ObservedStorage
+
+
+def keyring_for(cfg: Config | None, keys: str | None) -> crypto.Keyring:
+    """`--keys SOURCE[:NAME]` wins over the config's `keys:`; the fallback is env DRD_KEYS."""
+    if keys:
+        source, _, name = keys.partition(":")
+        return load_keyring(source, name or None)
+    if cfg is not None:
+        return load_keyring(cfg.keys.source, cfg.keys.name)
+    return load_keyring("env", "DRD_KEYS")
+
+
+def region_specs(cfg: Config | None, storage_args: Sequence[str]) -> list[RegionSpec]:
+    if storage_args:
+        specs = [parse_storage_arg(a) for a in storage_args]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise UsageError("--storage: region names collide; name them NAME=URL")
+        return specs
+    if cfg is None:
+        raise UsageError("no regions: give --config or --storage")
+    return [r.spec() for r in cfg.regions]
+
+
+async def open_regions(
+    stack: AsyncExitStack,
+    cfg: Config | None,
+    storage_args: Sequence[str],
+    *,
+    metrics: Metrics | None = None,
+) -> list[Storage]:
+    base = cfg.path.parent if cfg is not None else Path.cwd()
+    observe = None
+    if metrics is not None:
+        counter = metrics.storage_operations
+
+        def observe(region: str, op: str, result: str) -> None:
+            counter.labels(region, op, result).inc()
+
+    regions: list[Storage] = []
+    for spec in region_specs(cfg, storage_args):
+        storage = ObservedStorage(open_region(spec, base), observe)
+        stack.push_async_callback(storage.close)
+        regions.append(storage)
+    return regions
