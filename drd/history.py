@@ -1,0 +1,90 @@
+"""Job history in a small SQLite database in the state directory.
+
+Storage stays the source of truth for which backups exist (the catalog is rebuilt from it on
+start); this file only remembers what storage cannot tell: failed attempts, durations, and
+jobs that were interrupted (a row with no finish time after a restart is marked 'interrupted').
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    source TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    result TEXT,
+    backup_id TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (kind, plan, source, id);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    kind: str
+    plan: str
+    source: str
+    started_at: float
+    finished_at: float | None
+    result: str | None
+    backup_id: str | None
+    detail: str | None
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.executescript(_SCHEMA)
+        # A row without finish time belongs to a process that died mid-job.
+        self._db.execute(
+            "UPDATE jobs SET finished_at = started_at, result = 'interrupted' "
+            "WHERE finished_at IS NULL"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def start(self, kind: str, plan: str, source: str, now: float | None = None) -> int:
+        cur = self._db.execute(
+            "INSERT INTO jobs (kind, plan, source, started_at) VALUES (?, ?, ?, ?)",
+            (kind, plan, source, time.time() if now is None else now),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def finish(
+        self,
+        job_id: int,
+        result: str,
+        *,
+        backup_id: str | None = None,
+        detail: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        self._db.execute(
+            "UPDATE jobs SET finished_at = ?, result = ?, backup_id = ?, detail = ? WHERE id = ?",
+            (time.time() if now is None else now, result, backup_id, detail, job_id),
+        )
+
+    def last(self, kind: str, plan: str, source: str) -> JobRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND source = ? "
+            "AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (kind, plan, source),
+        ).fetchone()
+        return JobRecord(*row) if row else None
+
+    def recent(self, limit: int = 50) -> list[JobRecord]:
+        rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [JobRecord(*r) for r in rows]

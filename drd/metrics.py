@@ -1,0 +1,148 @@
+"""Every Prometheus metric drd exports, defined in one place.
+
+Dashboards and alert rules (monitoring/) rely on these names and labels. Labels are limited to
+plan, source, region, operation and result: all bounded by the config, never by data (no backup
+ids, no error strings).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from drd import __version__
+
+PS = ("plan", "source")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        self.build_info = Info("drd_build", "drd build information", registry=r)
+        self.build_info.info({"version": __version__})
+
+        # Backups
+        self.backup_last_success = Gauge(
+            "drd_backup_last_success_timestamp_seconds",
+            "Completion time of the last successful backup",
+            PS,
+            registry=r,
+        )
+        self.backup_last_status = Gauge(
+            "drd_backup_last_status",
+            "1 if the last backup succeeded, 0 if it failed",
+            PS,
+            registry=r,
+        )
+        self.backups = Counter(
+            "drd_backups", "Backups attempted, by result", (*PS, "result"), registry=r
+        )
+        self.backup_duration = Histogram(
+            "drd_backup_duration_seconds",
+            "Wall time of a backup",
+            PS,
+            registry=r,
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+        )
+        self.backup_size = Gauge(
+            "drd_backup_size_bytes",
+            "Stored (compressed, encrypted) size of the newest backup",
+            PS,
+            registry=r,
+        )
+        self.backup_source_size = Gauge(
+            "drd_backup_source_bytes", "Size of the newest backup's source dump", PS, registry=r
+        )
+        self.backup_copies = Gauge(
+            "drd_backup_copies",
+            "1 if the newest complete backup has a committed copy in the region",
+            (*PS, "region"),
+            registry=r,
+        )
+        self.plan_min_copies = Gauge(
+            "drd_plan_min_copies",
+            "Copies a backup needs to count as complete",
+            ("plan",),
+            registry=r,
+        )
+
+        # Objectives
+        self.rpo = Gauge(
+            "drd_rpo_seconds",
+            "Now minus the capture time of the newest backup committed in at least "
+            "min_copies regions",
+            PS,
+            registry=r,
+        )
+        self.rpo_target = Gauge("drd_rpo_target_seconds", "The plan's RPO target", PS, registry=r)
+        self.rto = Gauge(
+            "drd_rto_seconds",
+            "Duration of the last successful restore test, fetch to checks passed",
+            PS,
+            registry=r,
+        )
+        self.rto_target = Gauge("drd_rto_target_seconds", "The plan's RTO target", PS, registry=r)
+
+        # Restore tests (fed by the restore-test scheduler)
+        self.restore_test_last_success = Gauge(
+            "drd_restore_test_last_success_timestamp_seconds",
+            "Completion time of the last passing restore test",
+            PS,
+            registry=r,
+        )
+        self.restore_test_last_status = Gauge(
+            "drd_restore_test_last_status",
+            "1 if the last restore test passed, 0 if it failed",
+            PS,
+            registry=r,
+        )
+        self.restore_tests = Counter(
+            "drd_restore_tests", "Restore tests, by result", (*PS, "result"), registry=r
+        )
+        self.restore_test_interval = Gauge(
+            "drd_restore_test_interval_seconds",
+            "How often the plan tests its restores",
+            PS,
+            registry=r,
+        )
+
+        # Retention (fed by the retention sweeper)
+        self.retention_oldest_age = Gauge(
+            "drd_retention_oldest_copy_age_seconds",
+            "Age of the oldest backup copy in a region",
+            ("plan", "region"),
+            registry=r,
+        )
+        self.retention_max_age = Gauge(
+            "drd_retention_max_age_seconds", "The plan's retention max_age", ("plan",), registry=r
+        )
+        self.retention_deleted = Counter(
+            "drd_retention_deleted",
+            "Backup copies destroyed by retention",
+            ("plan", "region"),
+            registry=r,
+        )
+        self.retention_delete_failures = Counter(
+            "drd_retention_delete_failures",
+            "Failed attempts to destroy an expired copy",
+            ("plan", "region"),
+            registry=r,
+        )
+
+        # Storage and plans
+        self.storage_operations = Counter(
+            "drd_storage_operations",
+            "Storage operations by region, operation and result",
+            ("region", "operation", "result"),
+            registry=r,
+        )
+        self.region_up = Gauge(
+            "drd_region_up", "1 if the region answered the last probe", ("region",), registry=r
+        )
+        self.plan_review_age = Gauge(
+            "drd_plan_review_age_seconds",
+            "Seconds since the plan's reviewed_on date",
+            ("plan",),
+            registry=r,
+        )
