@@ -20,9 +20,11 @@ venv: $(STAMP)
 # across runs.
 run: $(STAMP)
 	$(PY) -m drd.demo_setup
+	@[ -n "$${DRD_KEYS:-}" ] || echo "note: DRD_KEYS is not set: this run uses an ephemeral key, and its backups become unreadable when it stops (see README)."
 	DRD_KEYS="$${DRD_KEYS:-$$($(VENV)/bin/drd keygen --quiet)}" $(VENV)/bin/drd run --config drd.yaml
 
 test: $(STAMP)
+	bash monitoring/ensure-promtool.sh >/dev/null
 	$(PY) -m pytest
 
 unit: $(STAMP)

@@ -85,7 +85,8 @@ async def run_backup(
         level=zstd_level,
     )
     fan = FanOut(regions, ref.data_key(backup_id))
-    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies)
+    ctx = {"plan": ref.plan, "source": ref.source, "backup_id": backup_id}
+    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies, extra=ctx)
     try:
         await fan.open(metadata={"drd-backup-id": backup_id})
         _require(fan, min_copies, where, "before the upload started")
@@ -172,6 +173,7 @@ async def run_backup(
         sealer.ciphertext_size,
         ",".join(result.committed_regions),
         f"; MISSING {_reasons(result.missing)}" if result.missing else "",
+        extra=ctx,
     )
     return result
 

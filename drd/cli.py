@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drd", description="Disaster-recovery backups you can prove.")
     p.add_argument("--version", action="version", version=f"drd {__version__}")
     p.add_argument("--config", "-c", help="daemon config (default: $DRD_CONFIG or ./drd.yaml)")
-    p.add_argument("--log-level", default=os.environ.get("DRD_LOG_LEVEL", "info"))
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error")
     p.add_argument("--log-format", choices=["text", "json"], default=None)
     # --config is accepted before or after the command (`drd --config X run`, `drd run -c X`).
     common = argparse.ArgumentParser(add_help=False)
@@ -85,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from drd.logs import setup_logging
 
-    setup_logging(args.log_level, args.log_format or os.environ.get("DRD_LOG_FORMAT", "text"))
+    # Flags, then DRD_LOG_*, then (for `drd run`) the config's `log:` section, then defaults.
+    args.log_level = args.log_level or os.environ.get("DRD_LOG_LEVEL")
+    args.log_format = args.log_format or os.environ.get("DRD_LOG_FORMAT")
+    setup_logging(args.log_level or "info", args.log_format or "text")
     try:
         return _dispatch(args)
     except DrdError as exc:
@@ -130,7 +133,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from drd.daemon import run_daemon
 
-        return run_daemon(_config_path(args, required=True), args.keys)
+        return run_daemon(
+            _config_path(args, required=True), args.keys, log=(args.log_level, args.log_format)
+        )
     raise UsageError(f"unknown command {args.command}")
 
 

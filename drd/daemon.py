@@ -106,6 +106,7 @@ class Daemon:
             m.retention_max_age.labels(plan.name).set(plan.retention.max_age.total_seconds())
             for source in plan.sources:
                 labels = (plan.name, source.name)
+                m.declare_source(plan.name, source.name, list(plan.storage.regions))
                 m.rpo_target.labels(*labels).set(plan.targets.rpo.total_seconds())
                 m.rto_target.labels(*labels).set(plan.targets.rto.total_seconds())
                 m.restore_test_interval.labels(*labels).set(plan.restore_test.every.total_seconds())
@@ -127,6 +128,10 @@ class Daemon:
                     st.copies = {r: r in entry.complete_regions for r in plan.storage.regions}
                     st.stored_bytes = entry.manifest.body.ciphertext_size
                     st.source_bytes = entry.manifest.body.plaintext_size
+                    completed = datetime.fromisoformat(entry.public.completed_at)
+                    self.metrics.backup_last_success.labels(plan.name, source.name).set(
+                        completed.timestamp()
+                    )
                 last = self.history.last("backup", plan.name, source.name)
                 if last is not None:
                     st.last_status = last.result
@@ -249,7 +254,12 @@ class Daemon:
             detail = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 detail = f"timed out after {d.job_timeout}"
-            log.error("backup %s failed: %s", st.ref, detail)
+            log.error(
+                "backup %s failed: %s",
+                st.ref,
+                detail,
+                extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
+            )
             self.history.finish(job_id, "failure", detail=detail)
             self.metrics.backups.labels(*labels, "failure").inc()
             self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
@@ -333,18 +343,24 @@ class Daemon:
         return dict(zip(names, results, strict=True))
 
 
-def run_daemon(config_path: Path | None, keys: str | None) -> int:
+def run_daemon(
+    config_path: Path | None, keys: str | None, log: tuple[str | None, str | None] = (None, None)
+) -> int:
     assert config_path is not None
-    return asyncio.run(_main(config_path, keys))
+    return asyncio.run(_main(config_path, keys, log))
 
 
-async def _main(config_path: Path, keys: str | None) -> int:
+async def _main(
+    config_path: Path, keys: str | None, log_flags: tuple[str | None, str | None]
+) -> int:
     from contextlib import AsyncExitStack
 
     from drd.http import start_http
+    from drd.logs import setup_logging
     from drd.runtime import keyring_for, open_regions
 
     cfg = load_config(config_path)
+    setup_logging(log_flags[0] or cfg.log.level, log_flags[1] or cfg.log.format)
     keyring = keyring_for(cfg, keys)
     notifier = Notifier()
     stop = asyncio.Event()

@@ -14,6 +14,10 @@ DEMO = Path(".drd/demo")
 
 
 def setup(root: Path = DEMO) -> None:
+    # The two local regions of drd.yaml: drd refuses to create a missing region root itself
+    # (a missing root is usually an unmounted volume), so the demo creates them.
+    for region in ("a", "b"):
+        (root.parent / "regions" / region).mkdir(parents=True, exist_ok=True)
     uploads = root / "uploads"
     (uploads / "invoices" / "2026").mkdir(parents=True, exist_ok=True)
     (uploads / "empty").mkdir(exist_ok=True)

@@ -7,7 +7,15 @@ ids, no error strings).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from drd import __version__
 
@@ -18,6 +26,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        if registry is None:
+            # process_* (restarts, memory, open files) and python_info, as the default
+            # registry would have them.
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
 
         self.build_info = Info("drd_build", "drd build information", registry=r)
         self.build_info.info({"version": __version__})
@@ -146,3 +159,13 @@ class Metrics:
             ("plan",),
             registry=r,
         )
+
+    def declare_source(self, plan: str, source: str, regions: list[str]) -> None:
+        """Create a source's counter series at zero, so rate() and increase() see the first
+        failure instead of the series merely appearing."""
+        for result in ("success", "failure"):
+            self.backups.labels(plan, source, result)
+            self.restore_tests.labels(plan, source, result)
+        for region in regions:
+            self.retention_deleted.labels(plan, region)
+            self.retention_delete_failures.labels(plan, region)

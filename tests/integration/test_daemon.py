@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,6 +155,15 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
     wait_for(lambda: successes() > before, 20, "the next backup")
     rpo_b = value(scrape(d.base), "drd_rpo_seconds", **labels)
     assert rpo_a is not None and rpo_b is not None and rpo_b < rpo_a + 3
+
+    # The real scrape passes Prometheus' own linter.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: run monitoring/ensure-promtool.sh"
+    text = http_get(d.base + "/metrics")[1]
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
     status, body = http_get(d.base + "/api/v1/status")
     assert status == 200
