@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from drd import __version__, crypto
-from drd.errors import NotEnoughCopies
+from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.fanout import FanOut
 from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
 from drd.manifest import Manifest, ManifestBody, ManifestPublic
@@ -142,6 +142,8 @@ async def run_backup(
         u.storage.name: RegionCopy(u.storage.name, False, u.describe_error()) for u in fan.uploads
     }
 
+    manifest_errors: dict[str, BaseException] = {}
+
     async def commit_manifest(storage: Storage) -> None:
         try:
             await storage.put(
@@ -149,6 +151,7 @@ async def run_backup(
             )
             copies[storage.name].committed = True
         except Exception as exc:
+            manifest_errors[storage.name] = exc
             copies[storage.name].error = f"manifest write failed: {exc}"
             log.warning("%s: region %s: manifest write failed: %s", where, storage.name, exc)
 
@@ -163,7 +166,8 @@ async def run_backup(
         await _rollback(ref, backup_id, [u.storage for u in good])
         raise NotEnoughCopies(
             f"{where}: committed in {len(committed)} of {len(regions)} regions, "
-            f"min_copies is {min_copies}; " + _reasons(copies.values())
+            f"min_copies is {min_copies}; " + _reasons(copies.values()),
+            transient=_any_transient(manifest_errors.values()),
         )
     result = BackupResult(ref, backup_id, manifest, list(copies.values()))
     log.info(
@@ -188,13 +192,18 @@ async def close_stream(stream: AsyncIterator[bytes]) -> None:
 def _require(fan: FanOut, min_copies: int, where: str, when: str) -> None:
     alive = fan.alive
     if len(alive) < min_copies:
-        reasons = "; ".join(
-            f"{u.storage.name}: {u.describe_error()}" for u in fan.uploads if not u.alive
-        )
+        failed = [u for u in fan.uploads if not u.alive]
+        reasons = "; ".join(f"{u.storage.name}: {u.describe_error()}" for u in failed)
         raise NotEnoughCopies(
             f"{where}: only {len(alive)} of {len(fan.uploads)} regions still writable {when}, "
-            f"min_copies is {min_copies}; {reasons}"
+            f"min_copies is {min_copies}; {reasons}",
+            transient=_any_transient(u.error for u in failed),
         )
+
+
+def _any_transient(errors: Iterable[BaseException | None]) -> bool:
+    """Could a retry succeed? Only permanent storage errors say no."""
+    return any(not isinstance(e, PermanentStorageError) for e in errors if e is not None)
 
 
 def _reasons(copies: Iterable[RegionCopy]) -> str:

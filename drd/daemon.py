@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from drd import crypto
 from drd.backup import BackupResult, Clock, utcnow
@@ -37,8 +37,13 @@ from strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
 
-# Worth another attempt inside the same job: a region or the source may be back in seconds.
-RETRYABLE = (TransientStorageError, NotEnoughCopies, SourceError)
+def is_retryable(exc: BaseException) -> bool:
+    """Worth another attempt inside the same job: a region or the source may be back in
+    seconds. Key, config and integrity errors, and regions that refuse for good, are not."""
+    if isinstance(exc, NotEnoughCopies):
+        return exc.transient
+    return isinstance(exc, (TransientStorageError, SourceError))
+
 FAILURE_BACKOFF = (timedelta(seconds=30), timedelta(minutes=15))
 
 
@@ -295,7 +300,7 @@ class Daemon:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(d.retries + 1),
             wait=wait_exponential(multiplier=d.retry_wait.total_seconds(), max=300),
-            retry=retry_if_exception_type(RETRYABLE),
+            retry=retry_if_exception(is_retryable),
             reraise=True,
         )
         async for attempt in retrying:

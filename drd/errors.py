@@ -51,7 +51,15 @@ class ObjectNotFound(PermanentStorageError):
 
 
 class NotEnoughCopies(StorageError):
-    """A backup could not be committed in min_copies regions."""
+    """A backup could not be committed in min_copies regions.
+
+    `transient` is False when every failed region failed permanently (permission denied, a
+    missing bucket, a full disk): retrying the job then only repeats the failure.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SourceError(DrdError):
