@@ -15,13 +15,13 @@ the primary key. Error messages name the source and what is wrong, never the key
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from collections.abc import MutableMapping
 from typing import TextIO
 
 from drd.crypto import Key, Keyring, generate_key  # Key, generate_key: re-exported
 from drd.errors import KeyringError
+from drd.secret_source import read_credential
 
 __all__ = [
     "DEFAULT_CREDENTIAL",
@@ -73,51 +73,11 @@ def load_keyring_from_env(
     return Keyring.parse(value, origin)
 
 
-def _check_credential_name(name: str) -> None:
-    if not name or name in {".", ".."} or "/" in name or "\0" in name or len(name) > 255:
-        raise KeyringError(
-            f"invalid credential name {name!r}: it must be a plain file name (no '/')"
-        )
-
-
 def load_keyring_from_credential(name: str, credentials_dir: str | None = None) -> Keyring:
     """Parse the systemd credential `name` from `credentials_dir` (default
     $CREDENTIALS_DIRECTORY, which systemd sets for units with credentials)."""
-    _check_credential_name(name)
-    origin = f"credential {name!r}"
-    if credentials_dir is None:
-        credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not credentials_dir:
-            raise KeyringError(
-                f"cannot load {origin}: $CREDENTIALS_DIRECTORY is not set (pass the keys with "
-                f"LoadCredential={name}:... or SetCredential= in the systemd unit)"
-            )
-    path = os.path.join(credentials_dir, name)
-    try:
-        # O_NOFOLLOW: the credential must be the file systemd placed there, not a link to some
-        # other file; O_NONBLOCK: opening a FIFO must not hang start-up (checked right after).
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise KeyringError(f"{origin} not found in {credentials_dir}") from None
-    except OSError as exc:
-        raise KeyringError(f"cannot open {origin} in {credentials_dir}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyringError(f"{origin} in {credentials_dir} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_KEYRING_TEXT + 1)
-    except OSError as exc:
-        raise KeyringError(f"cannot read {origin}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_KEYRING_TEXT:
-        raise KeyringError(f"{origin} is larger than {MAX_KEYRING_TEXT} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # The exception's own text would quote bytes of the credential: not repeated here.
-        raise KeyringError(f"{origin} is not UTF-8 text") from None
-    return Keyring.parse(text, origin)
+    text = read_credential(name, what="keys", error=KeyringError, credentials_dir=credentials_dir)
+    return Keyring.parse(text, f"credential {name!r}")
 
 
 def load_keyring_from_stdin(stream: TextIO) -> Keyring:

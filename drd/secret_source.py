@@ -7,13 +7,69 @@ the config or next to it. Values are returned to the caller and never logged.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from drd.errors import ConfigError
+from drd.errors import ConfigError, DrdError
 
 SOURCES = ("env", "credential", "stdin")
+# Room for a service-account JSON or hundreds of keys; keeps a wrongly named file from being
+# slurped whole.
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def read_credential(
+    name: str,
+    *,
+    what: str,
+    error: type[DrdError],
+    credentials_dir: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Read systemd credential `name` from `credentials_dir` (default $CREDENTIALS_DIRECTORY).
+
+    Errors are raised as `error` (ConfigError, KeyringError, ...) and never quote the content.
+    """
+    if not name or name in {".", ".."} or "/" in name or "\0" in name or len(name) > 255:
+        raise error(f"{what}: invalid credential name {name!r}: a plain file name (no '/')")
+    origin = f"credential {name!r}"
+    if credentials_dir is None:
+        credentials_dir = (os.environ if environ is None else environ).get("CREDENTIALS_DIRECTORY")
+        if not credentials_dir:
+            raise error(
+                f"{what}: cannot load {origin}: $CREDENTIALS_DIRECTORY is not set (pass it with "
+                f"LoadCredential={name}:... or SetCredential= in the systemd unit)"
+            )
+    path = os.path.join(credentials_dir, name)
+    try:
+        # O_NOFOLLOW: the credential must be the file systemd placed there, not a link to some
+        # other file; O_NONBLOCK: opening a FIFO must not hang start-up (checked right after).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise error(f"{what}: {origin} not found in {credentials_dir}") from None
+    except OSError as exc:
+        raise error(f"{what}: cannot open {origin} in {credentials_dir}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{what}: {origin} in {credentials_dir} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise error(f"{what}: cannot read {origin}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SECRET_BYTES:
+        raise error(f"{what}: {origin} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # The exception's own text would quote bytes of the credential: not repeated here.
+        raise error(f"{what}: {origin} is not UTF-8 text") from None
+    if not text.strip():
+        raise error(f"{what}: {origin} is empty")
+    return text
 
 
 def read_secret(
@@ -34,23 +90,7 @@ def read_secret(
             raise ConfigError(f"{what}: environment variable {name} is not set or empty")
         return value
     if source == "credential":
-        if not name or "/" in name or name in {".", ".."}:
-            raise ConfigError(f"{what}: credential name must be a plain file name, got {name!r}")
-        directory = env.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(
-                f"{what}: credential {name!r} requested but $CREDENTIALS_DIRECTORY is not set "
-                "(run under systemd with LoadCredential=)"
-            )
-        path = os.path.join(directory, name)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read()
-        except OSError as exc:
-            raise ConfigError(f"{what}: cannot read credential {name!r}: {exc.strerror}") from None
-        if not value.strip():
-            raise ConfigError(f"{what}: credential {name!r} is empty")
-        return value
+        return read_credential(name or "", what=what, error=ConfigError, environ=env)
     if source == "stdin":
         stream = stdin if stdin is not None else sys.stdin
         value = stream.read()
