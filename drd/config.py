@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import glob
-import ipaddress
 import os
 import re
 import types
@@ -52,6 +51,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from drd.durations import format_duration, parse_duration, parse_size
 from drd.errors import ConfigError
+from drd.regions import is_loopback_host
 from drd.yamlsource import Loc, YamlDocument, YamlSourceError, load_yaml
 from strategies import SourceOptions, get_strategy
 from strategies.base import NAME_PATTERN
@@ -311,15 +311,6 @@ def _parse_region_url(url: str) -> tuple[str, str, str]:
     raise ValueError("unsupported region URL: use file:PATH, gs://BUCKET/PREFIX or mem://NAME")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 DEFAULT_GCS_RETRY_DEADLINE = timedelta(seconds=15)
 
 
@@ -384,7 +375,7 @@ class RegionConfig(_Model):
                 "credentials", "field required for gs:// regions (source: credential or env)"
             )
         endpoint = urlsplit(self.endpoint) if self.endpoint else None
-        loopback = endpoint is not None and _is_loopback(endpoint.hostname or "")
+        loopback = endpoint is not None and is_loopback_host(endpoint.hostname or "")
         if self.credentials.source == "anonymous" and not loopback:
             raise _rule(
                 "credentials.source",

@@ -31,14 +31,18 @@ class RegionSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only places drd talks to without real credentials."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def google_credentials(spec: RegionSpec) -> Any:
