@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
     command("validate", "check drd.yaml and every plan; non-zero exit on any error")
 
+    tk = command("token", "make an API bearer token; prints the token and its config entry")
+    tk.add_argument("--name", required=True, help="who holds it (shown in the audit trail)")
+    tk.add_argument("--role", required=True, choices=["viewer", "operator", "coordinator"])
+
     def keys_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--keys",
@@ -104,6 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "keygen":
         return commands.keygen(quiet=args.quiet)
+    if args.command == "token":
+        return commands.token(args.name, args.role)
     if args.command == "validate":
         return commands.validate(_config_path(args, required=True))
     if args.command == "backup":

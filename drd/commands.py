@@ -34,6 +34,21 @@ def keygen(*, quiet: bool) -> int:
     return 0
 
 
+def token(name: str, role: str) -> int:
+    from drd.auth import generate_token, token_hash
+
+    check_name("token", name)
+    secret = generate_token()
+    print(secret)
+    print(
+        "# Give the token above to its holder (deliver it like a key: an environment variable\n"
+        "# or a systemd credential). Add this entry under `api: tokens:` in drd.yaml:\n"
+        f"#   - {{name: {name}, role: {role}, sha256: {token_hash(secret)}}}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def validate(config_path: Path | None) -> int:
     assert config_path is not None
     findings = validate_config(config_path)

@@ -229,9 +229,33 @@ class KeysConfig(_Model):
         return self
 
 
+class ApiToken(_Model):
+    """A bearer token the API accepts, stored only as its SHA-256 (`drd token` makes one)."""
+
+    name: Name
+    role: Literal["viewer", "operator", "coordinator"]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ApiConfig(_Model):
     #: "host:port" ("[::1]:9187" for IPv6); port 0 picks a free port
     listen: str = "127.0.0.1:9187"
+    #: who may call the API; tokens themselves are never in the config, only their hashes
+    tokens: list[ApiToken] = Field(default_factory=list)
+    #: read-only endpoints (status, drill reports) without a token
+    public_read: bool = False
+    #: /metrics without a token (Prometheus scrapes it)
+    public_metrics: bool = True
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, value: list[ApiToken]) -> list[ApiToken]:
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        if len({t.sha256 for t in value}) != len(value):
+            raise ValueError("two tokens have the same hash")
+        return value
 
     @field_validator("listen")
     @classmethod

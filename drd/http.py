@@ -88,12 +88,15 @@ async def status(request: web.Request) -> web.Response:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    from drd import api
+
+    app = web.Application(client_max_size=api.MAX_BODY)
     app[DAEMON_KEY] = daemon
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/metrics", metrics, name="metrics")
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/api/v1/status", status, name="status")
+    api.install(app, daemon)
     return app
 
 

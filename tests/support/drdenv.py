@@ -24,6 +24,7 @@ class DrdEnv:
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     daemon: dict[str, Any] = field(default_factory=dict)
     api_listen: str = "127.0.0.1:0"
+    api: dict[str, Any] = field(default_factory=lambda: {"public_read": True})
 
     @property
     def config_path(self) -> Path:
@@ -78,7 +79,7 @@ class DrdEnv:
             "state_dir": str(self.root / "state"),
             "plans": ["plans/*.yaml"],
             "keys": {"source": "env", "name": "DRD_KEYS"},
-            "api": {"listen": self.api_listen},
+            "api": {"listen": self.api_listen, **self.api},
             "regions": self.regions,
         }
         if self.daemon:
