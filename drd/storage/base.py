@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from drd.errors import PermanentStorageError
 
@@ -75,6 +76,36 @@ class ObjectInfo:
     # "sha256:<hex>", ...); None when the backend does not compute one.
     checksum: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeletionSettings:
+    """What a region does with an object after `delete()`: the settings that keep deleted bytes
+    around (GCS soft delete, object versioning, retention policies and holds). drd.retention
+    turns them into how much earlier than max_age a backup must be deleted.
+
+    The default is what memory and local-directory regions do: the bytes are gone at once.
+    """
+
+    #: deleted objects stay restorable this long (GCS soft delete)
+    soft_delete: timedelta = timedelta(0)
+    #: a delete keeps the object as a noncurrent version (GCS object versioning)
+    versioning: bool = False
+    #: a lifecycle rule deletes noncurrent versions this long after they became noncurrent
+    #: (an upper bound); None: no rule does
+    noncurrent_deleted_after: timedelta | None = None
+    #: a lifecycle rule deletes live objects at this age; None: no rule does
+    live_deleted_after: timedelta | None = None
+    #: objects cannot be deleted before this age (bucket retention policy)
+    retention_period: timedelta = timedelta(0)
+    #: new objects are held until someone releases them (default event-based hold)
+    event_based_hold: bool = False
+    #: objects may carry their own retention lock (GCS object retention)
+    object_retention: bool = False
+    #: False when the settings could not be read and these values are an assumption
+    known: bool = True
+    #: why the settings are unknown, or where they were read
+    note: str = ""
 
 
 class ObjectWriter(abc.ABC):
@@ -138,6 +169,11 @@ class Storage(abc.ABC):
     async def check(self) -> None:
         """Raise StorageError if the region is unreachable or not writable/readable."""
         await self.list("\x00drd-probe/")
+
+    async def deletion_settings(self) -> DeletionSettings:
+        """How long deleted objects linger in this region. Raises StorageError if the region
+        cannot be asked. Default: deleted bytes are gone at once (memory, local directory)."""
+        return DeletionSettings()
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release clients and threads."""

@@ -5,9 +5,10 @@
     faulty.fail_writer_after(1024, PermanentStorageError("disk full"))
     faulty.add_latency(0.05, op="get")
 
-Operations: open_writer put get open_reader stat list delete check (the Storage methods) and
-write commit abort (the writer's). `match` is a key prefix (for list: compared with the listing
-prefix). `times=None` fails forever. Every call is recorded in `calls` as (op, key).
+Operations: open_writer put get open_reader stat list delete check deletion_settings (the
+Storage methods) and write commit abort (the writer's). `match` is a key prefix (for list:
+compared with the listing prefix). `times=None` fails forever. Every call is recorded in
+`calls` as (op, key).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import builtins
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
-from drd.storage.base import ObjectInfo, ObjectWriter, Storage
+from drd.storage.base import DeletionSettings, ObjectInfo, ObjectWriter, Storage
 
 OPS = frozenset(
     {"open_writer", "put", "get", "open_reader", "stat", "list", "delete", "check"}
-    | {"write", "commit", "abort"}
+    | {"deletion_settings", "write", "commit", "abort"}
 )
 
 
@@ -148,6 +149,10 @@ class FaultyStorage(Storage):
     async def check(self) -> None:
         await self._enter("check", "")
         await self.inner.check()
+
+    async def deletion_settings(self) -> DeletionSettings:
+        await self._enter("deletion_settings", "")
+        return await self.inner.deletion_settings()
 
     async def close(self) -> None:
         await self.inner.close()

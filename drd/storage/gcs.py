@@ -32,7 +32,9 @@ import functools
 import logging
 import re
 import time
+import warnings
 from collections.abc import AsyncGenerator, Callable, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import google_crc32c
@@ -51,7 +53,14 @@ from drd.errors import (
     StorageError,
     TransientStorageError,
 )
-from drd.storage.base import ObjectInfo, ObjectWriter, Storage, validate_key
+from drd.layout import DATA_OBJECT, MANIFEST_OBJECT
+from drd.storage.base import (
+    DeletionSettings,
+    ObjectInfo,
+    ObjectWriter,
+    Storage,
+    validate_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +116,88 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return exc.code in _RETRY_STATUS or (exc.code or 0) >= 500
     return False
+
+
+# New buckets get this soft-delete duration unless told otherwise; assumed when a bucket's
+# settings cannot be read.
+GCS_DEFAULT_SOFT_DELETE = timedelta(days=7)
+# Lifecycle conditions that only narrow a rule by name or time; any other condition
+# (storage class, custom time, created before, newer versions) means the rule may never
+# delete drd's objects, so it is not counted on.
+_BOUNDING_CONDITIONS = {
+    "age",
+    "daysSinceNoncurrentTime",
+    "isLive",
+    "matchesPrefix",
+    "matchesSuffix",
+}
+
+
+def deletion_settings_from_bucket(bucket: Any, object_prefix: str = "") -> DeletionSettings:
+    """DeletionSettings from a google.cloud.storage Bucket (its properties as loaded).
+
+    Lifecycle Delete rules count only when they certainly apply to every object drd writes
+    under `object_prefix`; their bounds are upper bounds (a rule on `age` deletes a noncurrent
+    version at most that long after drd's delete, since the object was created before)."""
+    noncurrent: timedelta | None = None
+    live: timedelta | None = None
+    with warnings.catch_warnings():
+        # Rule types this library version does not know are warned about; they are not Delete.
+        warnings.simplefilter("ignore", UserWarning)
+        rules = [dict(rule) for rule in bucket.lifecycle_rules]
+    for rule in rules:
+        if (rule.get("action") or {}).get("type") != "Delete":
+            continue
+        bounds = _delete_rule_bounds(dict(rule.get("condition") or {}), object_prefix)
+        if bounds is None:
+            continue
+        live_bound, noncurrent_bound = bounds
+        if live_bound is not None:
+            live = live_bound if live is None else min(live, live_bound)
+        if noncurrent_bound is not None:
+            noncurrent = (
+                noncurrent_bound if noncurrent is None else min(noncurrent, noncurrent_bound)
+            )
+    soft = bucket.soft_delete_policy.retention_duration_seconds or 0
+    return DeletionSettings(
+        soft_delete=timedelta(seconds=int(soft)),
+        versioning=bool(bucket.versioning_enabled),
+        noncurrent_deleted_after=noncurrent,
+        live_deleted_after=live,
+        retention_period=timedelta(seconds=int(bucket.retention_period or 0)),
+        event_based_hold=bool(bucket.default_event_based_hold),
+        object_retention=bucket.object_retention_mode == "Enabled",
+        note=f"gs://{bucket.name}",
+    )
+
+
+def _delete_rule_bounds(
+    condition: dict[str, Any], object_prefix: str
+) -> tuple[timedelta | None, timedelta | None] | None:
+    """(age at which live objects are deleted, time after a delete until the noncurrent version
+    is deleted) for one Delete rule; None when the rule may not apply to drd's objects."""
+    if set(condition) - _BOUNDING_CONDITIONS:
+        return None
+    prefixes = condition.get("matchesPrefix")
+    if prefixes is not None and not any(object_prefix.startswith(p) for p in prefixes):
+        return None
+    suffixes = condition.get("matchesSuffix")
+    if suffixes is not None and not all(
+        any(name.endswith(suffix) for suffix in suffixes) for name in (DATA_OBJECT, MANIFEST_OBJECT)
+    ):
+        return None
+    age = condition.get("age")
+    since_noncurrent = condition.get("daysSinceNoncurrentTime")
+    is_live = condition.get("isLive")
+    live = timedelta(days=int(age)) if age is not None and since_noncurrent is None else None
+    if live is None and age is None and since_noncurrent is None:
+        live = timedelta(0)
+    days = max(int(age or 0), int(since_noncurrent or 0))
+    noncurrent = timedelta(days=days)
+    return (
+        live if is_live is not False else None,
+        noncurrent if is_live is not True else None,
+    )
 
 
 class _RetryableStatus(Exception):
@@ -513,6 +604,28 @@ class GCSStorage(Storage):
         )
         for _ in blobs:
             break
+
+    async def deletion_settings(self) -> DeletionSettings:
+        """The bucket's soft delete, versioning, lifecycle, retention and hold settings. Needs
+        storage.buckets.get; without it the GCS default (7 days of soft delete) is assumed and
+        the settings are marked unknown."""
+        bucket = await self._run("deletion_settings", "", self._get_bucket_settings)
+        if bucket is None:
+            return DeletionSettings(
+                soft_delete=GCS_DEFAULT_SOFT_DELETE,
+                known=False,
+                note=f"gs://{self.bucket_name}: no permission to read the bucket's settings "
+                "(storage.buckets.get); assuming the GCS default soft delete",
+            )
+        return deletion_settings_from_bucket(bucket, self._object_prefix)
+
+    def _get_bucket_settings(self) -> Any:
+        try:
+            return self._client.get_bucket(
+                self.bucket_name, timeout=self._timeout, retry=self._retry
+            )
+        except api_exceptions.Forbidden:
+            return None
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from drd.errors import ObjectNotFound, StorageError
-from drd.storage.base import ObjectInfo, ObjectWriter, Storage
+from drd.storage.base import DeletionSettings, ObjectInfo, ObjectWriter, Storage
 
 T = TypeVar("T")
 
@@ -85,6 +85,13 @@ class ObservedStorage(Storage):
 
     async def check(self) -> None:
         await self._call("check", self.inner.check)
+
+    async def deletion_settings(self) -> DeletionSettings:
+        # Explicit: the base class has a default, so __getattr__ would never reach the inner one.
+        settings: DeletionSettings = await self._call(
+            "deletion_settings", self.inner.deletion_settings
+        )
+        return settings
 
     async def close(self) -> None:
         await self.inner.close()
