@@ -90,3 +90,10 @@ class UsageError(DrdError):
     """The command line is wrong."""
 
     exit_code = 2
+
+
+class RestoreTestFailed(DrdError):
+    """A restore test ran and failed: the backup could not be fetched, authenticated or
+    restored, a check did not hold, or the test timed out (the report says which)."""
+
+    exit_code = 11

@@ -77,11 +77,14 @@ class History:
             (time.time() if now is None else now, result, backup_id, detail, job_id),
         )
 
-    def last(self, kind: str, plan: str, source: str) -> JobRecord | None:
+    def last(
+        self, kind: str, plan: str, source: str, result: str | None = None
+    ) -> JobRecord | None:
+        """The newest finished job of this kind and source (with this result, if given)."""
         row = self._db.execute(
             "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND source = ? "
-            "AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
-            (kind, plan, source),
+            "AND finished_at IS NOT NULL AND (? IS NULL OR result = ?) ORDER BY id DESC LIMIT 1",
+            (kind, plan, source, result, result),
         ).fetchone()
         return JobRecord(*row) if row else None
 

@@ -14,6 +14,7 @@ from drd.janitor import remove_orphans
 from drd.layout import SourceRef
 from drd.locks import source_lock
 from drd.storage.base import Storage
+from restore_tests.spec import capture_queries
 from strategies import get_strategy
 from strategies.base import SourceOptions
 
@@ -39,6 +40,8 @@ async def backup_source(
     ref = SourceRef(plan.name, source.name)
     targets: Sequence[Storage] = plan_regions(plan, regions)
     strategy = get_strategy(source.kind)(source)
+    # The plan's "matches the source" checks compare with results taken during the dump.
+    strategy.capture_queries = capture_queries(plan.restore_test.checks_for(source.name))
     with source_lock(state_dir, ref):
         # Holding the lock, nothing else writes this source: leftovers are dead work.
         removed = await remove_orphans(ref, targets)

@@ -9,9 +9,10 @@ and hands it over only when the whole stream authenticated.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +42,69 @@ class RestoreResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class StreamMeter:
+    """Where the time of a streamed restore goes, for restore tests' phases. The stream is one
+    pipeline in one task (read a chunk, open it, hand it to the restore, repeat), so the time
+    splits cleanly: reading from storage, opening (decrypt + decompress), and the rest of the
+    restore's wall time, which is the restore tool itself (including its backpressure)."""
+
+    #: awaiting the storage: time to first byte plus every read
+    fetch_seconds: float = 0.0
+    #: authenticating, decrypting and decompressing
+    open_seconds: float = 0.0
+    ciphertext_bytes: int = 0
+    plaintext_bytes: int = 0
+    #: the whole object was read and authenticated, and matched the manifest
+    complete: bool = False
+
+
+class _TimedReads:
+    """Passes a storage reader through, adding the time spent waiting for it to the meter."""
+
+    def __init__(self, inner: AsyncIterator[bytes], meter: StreamMeter) -> None:
+        self._inner = inner
+        self._meter = meter
+
+    def __aiter__(self) -> _TimedReads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        started = time.perf_counter()
+        try:
+            chunk = await self._inner.__anext__()
+        finally:
+            self._meter.fetch_seconds += time.perf_counter() - started
+        self._meter.ciphertext_bytes += len(chunk)
+        return chunk
+
+
+def _metered(meter: StreamMeter, step: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
+    """The plaintext pieces `step()` releases (the Opener decompresses lazily, piece by piece),
+    adding the time spent producing them to the meter."""
+    started = time.perf_counter()
+    pieces = step()
+    while True:
+        piece = next(pieces, None)
+        meter.open_seconds += time.perf_counter() - started
+        if piece is None:
+            return
+        meter.plaintext_bytes += len(piece)
+        yield piece
+        started = time.perf_counter()
+
+
 async def stream_plaintext(
-    storage: Storage, ref: SourceRef, manifest: Manifest, keyring: crypto.Keyring
+    storage: Storage,
+    ref: SourceRef,
+    manifest: Manifest,
+    keyring: crypto.Keyring,
+    *,
+    meter: StreamMeter | None = None,
 ) -> AsyncIterator[bytes]:
-    """Authenticated plaintext of a backup's data object, read from one region."""
+    """Authenticated plaintext of a backup's data object, read from one region. `meter`, if
+    given, accumulates where the time went."""
+    meter = meter if meter is not None else StreamMeter()
     pub, body = manifest.public, manifest.body
     where = f"backup {ref}@{pub.backup_id} in region {storage.name}"
     try:
@@ -59,15 +119,14 @@ async def stream_plaintext(
         )
         reader = storage.open_reader(ref.data_key(pub.backup_id))
         try:
-            async for chunk in reader:
-                out = opener.feed(chunk)
-                if out:
-                    yield out
+            async for chunk in _TimedReads(reader, meter):
+                for piece in _metered(meter, functools.partial(opener.feed, chunk)):
+                    yield piece
         finally:
             await close_stream(reader)
-        out = opener.finish()
-        if out:
-            yield out
+        for piece in _metered(meter, opener.finish):
+            yield piece
+        meter.complete = True
     except IntegrityError as exc:
         raise IntegrityError(f"{where}: {exc}") from None
     except StorageError as exc:

@@ -12,6 +12,10 @@ Rules every strategy follows:
   process.
 - restore_metadata() is called after dump() is exhausted; what it returns is stored, authenticated,
   in the manifest and handed back to restore() (tool versions, formats, statistics).
+  Statistics for restore tests go under its "statistics" key, taken from the same consistent
+  image the dump is (row counts, a schema fingerprint, file digests), together with the
+  results of `capture_queries` (see restore_tests/): restore tests compare them with the
+  restored copy. Failing to take them never fails the dump; the error is recorded instead.
 - restore() is a classmethod: at 3 a.m. on a fresh machine there may be no plan, only the
   manifest. It restores into a *new* staging location next to the target and hands it over
   (rename) only when the stream ended cleanly and the tool succeeded. On any failure (including
@@ -57,6 +61,10 @@ class Strategy(abc.ABC):
 
     def __init__(self, options: SourceOptions) -> None:
         self.options = options
+        #: SQL queries (id -> query) whose results restore tests compare with the restored copy
+        #: ("matches the source"); the caller sets them before dump(). Kinds without SQL ignore
+        #: them.
+        self.capture_queries: dict[str, str] = {}
 
     @abc.abstractmethod
     def dump(self) -> AsyncIterator[bytes]:

@@ -42,6 +42,7 @@ import ctypes
 import errno
 import fnmatch
 import grp
+import hashlib
 import logging
 import os
 import pwd
@@ -61,6 +62,7 @@ from pydantic import Field
 
 from drd.errors import RestoreError, SourceError, TargetExists
 from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from strategies.file_digests import DigestList
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +302,8 @@ class _ExactReader:
         self._f = f
         self._left = size
         self.short = False
+        # the archived bytes' digest, for the restore test's per-file digest list
+        self.sha256 = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         want = self._left if n < 0 else min(n, self._left)
@@ -315,7 +319,9 @@ class _ExactReader:
             parts.append(data)
             got += len(data)
         self._left -= got
-        return b"".join(parts)
+        out = b"".join(parts)
+        self.sha256.update(out)
+        return out
 
 
 class _Walker:
@@ -336,6 +342,8 @@ class _Walker:
             "changed": 0,
         }
         self._links: dict[tuple[int, int], str] = {}
+        self.digests = DigestList()
+        self._link_digests: dict[str, str] = {}
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
 
@@ -441,6 +449,7 @@ class _Walker:
             tar.addfile(info)
             self.stats["file_count"] += 1
             self.stats["hardlink_count"] += 1
+            self.digests.add(rel, self._link_digests[info.linkname])
             return
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
@@ -468,8 +477,11 @@ class _Walker:
                 " (it shrank: padded with zeros)" if reader.short else "",
             )
             self.stats["changed"] += 1
+        digest = reader.sha256.hexdigest()
+        self.digests.add(rel, digest)
         if st.st_nlink > 1:
             self._links[key] = rel
+            self._link_digests[rel] = digest
         self.stats["file_count"] += 1
         self.stats["total_bytes"] += st.st_size
 
@@ -686,7 +698,12 @@ class FilesStrategy(Strategy):
         finally:
             channel.close()
             await worker.settle()
-        self._metadata = {"format": FORMAT, "mtime_precision": "ns", **stats}
+        self._metadata = {
+            "format": FORMAT,
+            "mtime_precision": "ns",
+            **stats,
+            "statistics": {"file_digests": walker.digests.as_json()},
+        }
 
     def restore_metadata(self) -> dict[str, Any]:
         if self._metadata is None:

@@ -1,8 +1,11 @@
 """PostgreSQL: one database through pg_dump's custom format, restored with pg_restore.
 
 Dump: `pg_dump --format=custom --compress=0` (the pipeline compresses with zstd itself) streamed
-from its stdout. pg_dump takes one snapshot for the whole dump, so the image is consistent; no
-option that would break that (parallel jobs need a directory archive) is used. Connection
+from its stdout. pg_dump uses one snapshot for the whole dump, so the image is consistent; no
+option that would break that (parallel jobs need a directory archive) is used. The snapshot is
+exported by a read-only transaction drd holds open (`--snapshot`), in which the statistics for
+restore tests (row counts, schema fingerprint, captured query results) are taken meanwhile, so
+they describe exactly the dumped data (strategies.postgres_stats). Connection
 details travel in the child's environment (PGHOST, PGPASSWORD, ...), never in argv where `ps`
 would show them; argv carries only the database name and those libpq keywords that have no
 environment variable (keepalives, ...), none of them secret. The exit status is checked after
@@ -315,6 +318,71 @@ async def _source_facts(dsn: str) -> dict[str, Any]:
     }
 
 
+class _Snapshot:
+    """A REPEATABLE READ READ ONLY transaction whose exported snapshot pg_dump imports, and in
+    which the restore-test statistics are taken while pg_dump runs. Held open until the dump
+    ended (pg_dump needs it only to start, the statistics until they are done)."""
+
+    def __init__(self, db: Any, snapshot_id: str) -> None:
+        self._db = db
+        self.id = snapshot_id
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, dsn: str, where: str, password: str | None) -> AsyncIterator[_Snapshot]:
+        import psycopg
+
+        try:
+            db = await psycopg.AsyncConnection.connect(dsn)
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"{where}: pg_dump failed: cannot connect: {redact(str(exc), [password])}"
+            ) from None
+        snapshot: _Snapshot | None = None
+        try:
+            try:
+                await db.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                await db.set_read_only(True)
+                cur = await db.execute("SELECT pg_catalog.pg_export_snapshot()")
+                row = await cur.fetchone()
+                assert row is not None
+                # The statistics may finish long before pg_dump: stay open while idle.
+                await db.execute("SET idle_in_transaction_session_timeout = 0")
+            except psycopg.Error as exc:
+                raise SourceError(
+                    f"{where}: cannot export a snapshot for pg_dump: {redact(str(exc), [password])}"
+                ) from None
+            snapshot = cls(db, str(row[0]))
+            yield snapshot
+        finally:
+            if snapshot is not None:
+                await snapshot._stop()
+            await db.close()
+
+    def start_statistics(self, queries: Mapping[str, str]) -> None:
+        from strategies import postgres_stats
+
+        self._task = asyncio.ensure_future(postgres_stats.collect(self._db, dict(queries)))
+
+    async def statistics(self) -> dict[str, Any]:
+        """The statistics, or {"error": ...} if the session failed (never fails the dump)."""
+        from strategies.statistics import error_text
+
+        if self._task is None:
+            return {"error": "not taken"}
+        try:
+            return await self._task
+        except Exception as exc:
+            return {"error": error_text(exc)}
+
+    async def _stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -376,17 +444,23 @@ class PostgresStrategy(Strategy):
             *dbname_arg,
         ]
         size = 0
-        try:
-            async with contextlib.aclosing(
-                stream_stdout(argv, conn.env(), chunk_size=CHUNK_SIZE)
-            ) as stream:
-                async for chunk in stream:
-                    size += len(chunk)
-                    yield chunk
-        except ToolError as exc:
-            raise SourceError(
-                f"{where}: pg_dump failed: {redact(str(exc), [conn.password])}"
-            ) from None
+        # pg_dump imports the snapshot of a transaction held open here, in which the restore-test
+        # statistics are taken meanwhile: both see the same data (strategies.postgres_stats).
+        async with _Snapshot.open(opts.dsn, where, conn.password) as snapshot:
+            argv.insert(1, f"--snapshot={snapshot.id}")
+            snapshot.start_statistics(self.capture_queries)
+            try:
+                async with contextlib.aclosing(
+                    stream_stdout(argv, conn.env(), chunk_size=CHUNK_SIZE)
+                ) as stream:
+                    async for chunk in stream:
+                        size += len(chunk)
+                        yield chunk
+            except ToolError as exc:
+                raise SourceError(
+                    f"{where}: pg_dump failed: {redact(str(exc), [conn.password])}"
+                ) from None
+            statistics = await snapshot.statistics()
         try:
             facts = await _source_facts(opts.dsn)
         except Exception as exc:
@@ -400,6 +474,7 @@ class PostgresStrategy(Strategy):
             **facts,
             "exclude_tables": list(opts.exclude_tables),
             "dump_bytes": size,
+            "statistics": statistics,
         }
 
     def restore_metadata(self) -> dict[str, Any]:

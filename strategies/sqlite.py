@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
 from drd.errors import RestoreError, SourceError, TargetExists
+from strategies import sqlite_stats
 from strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 CHUNK_SIZE = 1 << 20
@@ -49,8 +50,9 @@ def _uri(path: Path, **params: str) -> str:
     return f"{path.absolute().as_uri()}?{query}"
 
 
-def _backup(source: Path, dest: Path) -> dict[str, Any]:
-    """Copy `source` into the new database file `dest`; facts about the copy."""
+def _backup(source: Path, dest: Path, queries: Mapping[str, str]) -> dict[str, Any]:
+    """Copy `source` into the new database file `dest`; facts about the copy, and the
+    restore-test statistics taken from it (strategies.sqlite_stats)."""
     src = sqlite3.connect(_uri(source, mode="ro"), uri=True, timeout=60)
     try:
         dst = sqlite3.connect(dest)
@@ -61,6 +63,7 @@ def _backup(source: Path, dest: Path) -> dict[str, Any]:
             page_size = dst.execute("PRAGMA page_size").fetchone()[0]
             page_count = dst.execute("PRAGMA page_count").fetchone()[0]
             user_version = dst.execute("PRAGMA user_version").fetchone()[0]
+            statistics = sqlite_stats.collect(dst, queries)
         finally:
             dst.close()
         journal_mode = src.execute("PRAGMA journal_mode").fetchone()[0]
@@ -71,6 +74,7 @@ def _backup(source: Path, dest: Path) -> dict[str, Any]:
         "page_count": page_count,
         "user_version": user_version,
         "journal_mode": journal_mode,
+        "statistics": statistics,
     }
 
 
@@ -106,7 +110,8 @@ class SqliteStrategy(Strategy):
         copy = tmpdir / "copy.sqlite"
         # The backup runs in a thread that cannot be interrupted: on cancellation, wait for it
         # before removing the directory it writes into.
-        backup = asyncio.ensure_future(asyncio.to_thread(_backup, source, copy))
+        queries = dict(self.capture_queries)
+        backup = asyncio.ensure_future(asyncio.to_thread(_backup, source, copy, queries))
         f: BinaryIO | None = None
         try:
             try:

@@ -1,0 +1,5 @@
+"""Scratch environments for restore tests: where a backup is restored to be checked, never the
+source (guard). Each kind is an async context manager that registers its resource before
+creating it and destroys it however the block ends (ephemeral_postgres, postgres_server,
+tempdir); `environment.open_scratch` picks the one a plan asks for; `registry` finds and
+removes what a killed drd left behind."""

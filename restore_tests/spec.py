@@ -1,0 +1,297 @@
+"""The plan's `restore_test:` section, beyond its schedule: where a source is restored to
+(scratch) and what is checked afterwards (checks). drd.config validates and loads them; the
+rules that need the plan's sources (a scratch environment must never be the source itself, a
+check must fit its source's kind) live there, in `_check_restore_test_sources`.
+
+    restore_test:
+      every: 24h
+      timeout: 30m
+      also_random_older: true          # also test one randomly chosen older backup
+      scratch:                         # by source name or by source kind; a name wins
+        postgres: {kind: ephemeral-postgres}
+        main-db: {kind: postgres-server, dsn: "host=10.0.0.9 dbname=postgres"}
+        files: {kind: tempdir, dir: /var/tmp/drd}
+      checks:                          # by source name
+        main-db:
+          - sql: SELECT count(*) FROM billing.invoices
+            expect: {at_least: 1000}
+          - name: ledger-total
+            sql: SELECT sum(amount) FROM billing.ledger
+            expect: {matches_source: true}   # the same query's result at backup time
+          - freshness: {table: billing.invoices, column: created_at, within: 2h}
+          - command: [./checks/invoices.sh]  # PG* variables name the restored database
+        uploads:
+          - file: {path: logo.png, min_size: 1KiB}
+
+Defaults: postgres sources get an ephemeral server of the backup's major version, sqlite and
+files sources a temporary directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from drd.durations import parse_duration, parse_size
+
+SCRATCH_KINDS = ("ephemeral-postgres", "postgres-server", "tempdir")
+#: which scratch kinds can hold which source kinds
+SCRATCH_FOR_SOURCE: dict[str, tuple[str, ...]] = {
+    "postgres": ("ephemeral-postgres", "postgres-server"),
+    "sqlite": ("tempdir",),
+    "files": ("tempdir",),
+}
+#: which check kinds fit which source kinds ("command" fits every kind)
+CHECKS_FOR_SOURCE: dict[str, tuple[str, ...]] = {
+    "postgres": ("sql", "freshness", "command"),
+    "sqlite": ("sql", "freshness", "command"),
+    "files": ("file", "command"),
+}
+CHECK_KINDS = ("sql", "freshness", "file", "command")
+
+
+def _rule(field_path: str, message: str) -> PydanticCustomError:
+    """An error about one field of the model (drd.config reports it at that field's line)."""
+    return PydanticCustomError("drd_rule", message, {"drd_field": field_path})
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+def _to_size(value: Any) -> int:
+    return parse_size(value)
+
+
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
+Size = Annotated[int, BeforeValidator(_to_size)]
+Argv = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+_CHECK_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Scratch environments
+
+
+#: the optional fields each scratch kind takes
+_APPLIES: dict[str, tuple[str, ...]] = {
+    "ephemeral-postgres": ("dir", "bin_dir", "user"),
+    "postgres-server": ("dsn",),
+    "tempdir": ("dir",),
+}
+
+
+class ScratchSpec(_Spec):
+    """Where a restore test restores to. Never the source: drd.config refuses a scratch
+    server database or directory that is the source's own."""
+
+    kind: Literal["ephemeral-postgres", "postgres-server", "tempdir"]
+    #: postgres-server: a libpq DSN of the scratch server's maintenance database (no password:
+    #: libpq reads PGPASSWORD or ~/.pgpass); drd creates and drops its own database there
+    dsn: str | None = Field(default=None, repr=False)
+    #: ephemeral-postgres, tempdir: the directory the scratch copy is made in (default: the
+    #: system's temp directory); it needs room for the restored copy
+    dir: Path | None = None
+    #: ephemeral-postgres: directory of initdb/pg_ctl/postgres (default: those of the backup's
+    #: major version, /usr/lib/postgresql/<major>/bin)
+    bin_dir: Path | None = None
+    #: ephemeral-postgres: the OS user the server runs as when drd runs as root (default
+    #: postgres; PostgreSQL refuses to run as root)
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Self:
+        for name in ("dsn", "dir", "bin_dir", "user"):
+            if getattr(self, name) is not None and name not in _APPLIES[self.kind]:
+                kinds = [k for k in SCRATCH_KINDS if name in _APPLIES[k]]
+                raise _rule(name, f"only applies to kind: {' or '.join(kinds)}")
+        if self.kind == "postgres-server":
+            if self.dsn is None:
+                raise _rule(
+                    "dsn", "field required for kind: postgres-server (its maintenance database)"
+                )
+            try:
+                from psycopg.conninfo import conninfo_to_dict
+
+                conninfo_to_dict(self.dsn)
+            except Exception:
+                raise _rule("dsn", "not a valid libpq connection string") from None
+        return self
+
+
+def default_scratch(source_kind: str) -> ScratchSpec:
+    return ScratchSpec(kind="ephemeral-postgres" if source_kind == "postgres" else "tempdir")
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+class Expectation(_Spec):
+    """What a check query's result must be. `at_least` and `at_most` may be combined (a range);
+    the others stand alone."""
+
+    #: the result (one value, or a list of rows) equals this
+    equals: Any = None
+    #: the (numeric) result is at least / at most this
+    at_least: float | None = None
+    at_most: float | None = None
+    #: the query returns at least one row
+    non_empty: Literal[True] | None = None
+    #: the result equals the same query's result on the source, captured at backup time
+    matches_source: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        given = [name for name in type(self).model_fields if name in self.model_fields_set]
+        if not given:
+            raise _rule("", "give one of equals, at_least, at_most, non_empty or matches_source")
+        if len(given) > 1 and set(given) != {"at_least", "at_most"}:
+            raise _rule(given[1], f"cannot be combined with {given[0]}")
+        low, high = self.at_least, self.at_most
+        if low is not None and high is not None and low > high:
+            raise _rule("at_most", "is smaller than at_least")
+        return self
+
+    @property
+    def kind(self) -> str:
+        given = [name for name in type(self).model_fields if name in self.model_fields_set]
+        return "range" if len(given) == 2 else given[0]
+
+
+class FreshnessSpec(_Spec):
+    """The newest value of a timestamp column is no older than the backup's capture time minus
+    `within`. Either `table` and `column` (the newest is max(column)), or `sql` returning it."""
+
+    table: str | None = None
+    column: str | None = None
+    sql: str | None = None
+    within: PositiveDuration
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.sql is not None and (self.table is not None or self.column is not None):
+            raise _rule("sql", "give either sql or table and column, not both")
+        if self.sql is None:
+            if self.table is None:
+                raise _rule("table", "field required (or give sql)")
+            if self.column is None:
+                raise _rule("column", "field required with table")
+        return self
+
+
+class FileSpec(_Spec):
+    """A file of the restored tree: it exists (or not), with a size or digest."""
+
+    #: relative to the restored tree's root
+    path: str = Field(min_length=1)
+    exists: bool = True
+    size: Size | None = None
+    min_size: Size | None = None
+    max_size: Size | None = None
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        parts = self.path.split("/")
+        if self.path.startswith("/") or ".." in parts:
+            raise _rule("path", "must be relative to the restored tree, without '..'")
+        if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
+            raise _rule("sha256", "expected 64 lowercase hex digits")
+        if not self.exists:
+            for name in ("size", "min_size", "max_size", "sha256"):
+                if getattr(self, name) is not None:
+                    raise _rule(name, "cannot be checked on a file that must not exist")
+        if self.size is not None and (self.min_size is not None or self.max_size is not None):
+            raise _rule("size", "give size, or min_size/max_size, not both")
+        return self
+
+
+class CheckSpec(_Spec):
+    """One declarative check: exactly one of sql (with expect), freshness, file or command."""
+
+    #: shown in reports; default "<kind>-<n>" (n counts from 1 within the source)
+    name: Annotated[str, Field(pattern=_CHECK_NAME)] | None = None
+    #: a failing non-critical check is reported but does not fail the restore test
+    critical: bool = True
+    sql: Annotated[str, Field(min_length=1)] | None = None
+    expect: Expectation | None = None
+    freshness: FreshnessSpec | None = None
+    file: FileSpec | None = None
+    #: run against the restored copy: argv (a list) or a shell command line (a string); its
+    #: exit code decides. PG* variables (postgres) or DRD_RESTORED_PATH (files, sqlite) say
+    #: where the copy is; the working directory is drd.yaml's.
+    command: Argv | str | None = None
+    #: how long the check may take
+    timeout: PositiveDuration = timedelta(minutes=5)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _check_command(cls, value: Any) -> Any:
+        # One clear message instead of one per member of the list | str union.
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError("expected a command line, or a non-empty list of arguments")
+        if not all(isinstance(arg, str) and arg for arg in value):
+            raise ValueError("every argument must be a non-empty string")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [kind for kind in CHECK_KINDS if getattr(self, kind) is not None]
+        if not given:
+            raise _rule("", "give one of sql, freshness, file or command")
+        if len(given) > 1:
+            raise _rule(given[1], f"cannot be combined with {given[0]} in one check")
+        if self.sql is not None and self.expect is None:
+            raise _rule("expect", "field required with sql")
+        if self.sql is None and self.expect is not None:
+            raise _rule("expect", "only applies to sql checks")
+        if isinstance(self.command, str) and not self.command.strip():
+            raise _rule("command", "must not be empty")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in CHECK_KINDS if getattr(self, kind) is not None)
+
+    def display_name(self, number: int) -> str:
+        return self.name or f"{self.kind}-{number}"
+
+
+def capture_key(query: str) -> str:
+    """The id a "matches the source" query's result is stored under in the manifest: derived
+    from the query text, so renaming a check keeps its captured values and changing the query
+    does not compare against a result of the old one."""
+    return "q-" + hashlib.sha256(query.strip().encode()).hexdigest()[:24]
+
+
+def capture_queries(checks: list[CheckSpec]) -> dict[str, str]:
+    """The queries whose source results a backup must capture: those of matches_source checks."""
+    return {
+        capture_key(check.sql): check.sql
+        for check in checks
+        if check.sql is not None and check.expect is not None and check.expect.matches_source
+    }
