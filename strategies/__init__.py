@@ -10,11 +10,24 @@ from strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 
 def registry() -> dict[str, type[Strategy]]:
+    from strategies.cloudsql import CloudSqlStrategy
     from strategies.files import FilesStrategy
+    from strategies.gcs_bucket import GcsBucketStrategy
+    from strategies.mysql import MysqlStrategy
     from strategies.postgres import PostgresStrategy
     from strategies.sqlite import SqliteStrategy
 
-    return {s.kind: s for s in (PostgresStrategy, SqliteStrategy, FilesStrategy)}
+    return {
+        s.kind: s
+        for s in (
+            PostgresStrategy,
+            SqliteStrategy,
+            FilesStrategy,
+            MysqlStrategy,
+            GcsBucketStrategy,
+            CloudSqlStrategy,
+        )
+    }
 
 
 def get_strategy(kind: str) -> type[Strategy]:
