@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     keys_arg(rs)
     storage_arg(rs)
 
+    pr = command("prune", "destroy expired backups in every region now, and say why")
+    pr.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
+    pr.add_argument("--dry-run", action="store_true", help="only show what would be destroyed")
+
+    command("doctor", "check that every region can destroy backups within max_age")
+
+    rt = command("restore-test", "restore into a scratch environment, check, time it (RTO)")
+    rt.add_argument("what", metavar="PLAN[/SOURCE]")
+    rt.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rt.add_argument("--region", help="read this region's copy (default: each region in turn)")
+    rt.add_argument("--json", action="store_true", help="print the full reports as JSON")
+    keys_arg(rt)
+
     run = command("run", "run the daemon")
     keys_arg(run)
     return p
@@ -134,6 +147,23 @@ def _dispatch(args: argparse.Namespace) -> int:
                 target=args.to,
                 backup_id=args.backup,
                 region=args.region,
+            )
+        )
+    if args.command == "prune":
+        return asyncio.run(
+            commands.prune(_config_path(args, required=True), args.plan, dry_run=args.dry_run)
+        )
+    if args.command == "doctor":
+        return asyncio.run(commands.doctor(_config_path(args, required=True)))
+    if args.command == "restore-test":
+        return asyncio.run(
+            commands.restore_test(
+                _config_path(args, required=True),
+                args.what,
+                args.keys,
+                backup_id=args.backup,
+                region=args.region,
+                as_json=args.json,
             )
         )
     if args.command == "run":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from drd.errors import ConfigError, DrdError, UsageError
 from drd.jobs import backup_source
 from drd.layout import SourceRef, check_name
 from drd.restore import restore_backup
+from drd.restore_report import latest_summaries
 from drd.runtime import keyring_for, open_regions
 from strategies.base import SourceOptions
 
@@ -115,9 +116,10 @@ def find_source(plan: Plan, name: str) -> SourceOptions:
         raise UsageError(f"plan {plan.name} has no source {name!r} (sources: {known})") from None
 
 
-def _entry_json(entry: CatalogEntry) -> dict[str, Any]:
+def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) -> dict[str, Any]:
     body = entry.manifest.body if entry.manifest else None
     return {
+        "last_restore_test": dict(tested) if tested else None,
         "plan": entry.ref.plan,
         "source": entry.ref.source,
         "backup_id": entry.backup_id,
@@ -134,13 +136,16 @@ def _entry_json(entry: CatalogEntry) -> dict[str, Any]:
     }
 
 
-def _print_catalog(catalog: Catalog, as_json: bool) -> None:
+def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None = None) -> None:
     from drd.cli import print_json
 
+    tests = tests or {}
     if as_json:
         print_json(
             {
-                "backups": [_entry_json(e) for e in catalog.entries],
+                "backups": [
+                    _entry_json(e, tests.get((e.ref, e.backup_id))) for e in catalog.entries
+                ],
                 "unreachable_regions": catalog.region_errors,
             }
         )
@@ -155,6 +160,9 @@ def _print_catalog(catalog: Catalog, as_json: bool) -> None:
         damaged = e.copy_problems()
         if damaged:
             status += "  DAMAGED: " + "; ".join(f"{r}: {p}" for r, p in damaged.items())
+        tested = tests.get((e.ref, e.backup_id))
+        if tested:
+            status += "  " + _test_summary(tested)
         print(
             f"{e.ref!s:<28} {e.backup_id:<26} {e.public.started:%Y-%m-%d %H:%M:%S}  "
             f"{_human(body.plaintext_size) if body else '?':>10} "
@@ -163,6 +171,22 @@ def _print_catalog(catalog: Catalog, as_json: bool) -> None:
         )
     for region, error in catalog.region_errors.items():
         print(f"warning: region {region} unreachable: {error}", file=sys.stderr)
+
+
+#: the newest restore test report of each backup (drd.restore_report.latest_summaries)
+TestSummaries = Mapping[tuple[SourceRef, str], Mapping[str, Any]]
+
+
+def _test_summary(tested: Mapping[str, Any]) -> str:
+    """`TESTED passed 2026-11-28 14:42 (region a, RTO 0.3s)` / `TESTED FAILED ...: timeout`."""
+    result = "passed" if tested.get("result") == "passed" else "FAILED"
+    when = str(tested.get("tested_at") or "")[:16].replace("T", " ")
+    rto = tested.get("rto_seconds")
+    text = f"TESTED {result} {when} (region {tested.get('region') or '-'}"
+    text += f", RTO {rto:.1f}s)" if isinstance(rto, int | float) else ")"
+    if tested.get("failure_category"):
+        text += f": {tested['failure_category']}"
+    return text
 
 
 def _human(n: int) -> str:
@@ -198,7 +222,8 @@ async def list_backups(
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, storage_args)
         catalog = await build_catalog(regions, keyring, prefix)
-    _print_catalog(catalog, as_json)
+        tests = await latest_summaries(catalog, regions, keyring)
+    _print_catalog(catalog, as_json, tests)
     return 0
 
 
@@ -232,4 +257,107 @@ async def restore(
     )
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
+    return 0
+
+
+async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> int:
+    """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
+    from drd.backup import utcnow
+    from drd.errors import StorageError
+    from drd.retention import DEFAULT_ORPHAN_GRACE
+    from drd.retention_loop import lock_free_sources
+    from drd.retention_report import format_sweep
+    from drd.sweeper import sweep
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    plans = [find_plan(cfg, what)] if what else list(cfg.plans)
+    grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
+    now = utcnow()
+    failed = False
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        for plan in plans:
+            with lock_free_sources(cfg.state_dir, plan) as busy:
+                report = await sweep(
+                    plan,
+                    regions,
+                    now=now,
+                    dry_run=dry_run,
+                    orphan_grace=grace,
+                    skip_sources=() if dry_run else busy,
+                )
+            print("\n".join(format_sweep(report)))
+            failed = failed or not report.ok
+    return StorageError.exit_code if failed else 0
+
+
+async def doctor(config_path: Path | None) -> int:
+    """Check that every region can destroy backups in time (its deletion settings)."""
+    from drd.retention_report import check_deletion, format_doctor
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    async with AsyncExitStack() as stack:
+        regions = await open_regions(stack, cfg, [])
+        report = await check_deletion(cfg, regions)
+    print("\n".join(format_doctor(report, cfg)))
+    return EXIT_FAILED if report.failed else 0
+
+
+async def restore_test(
+    config_path: Path | None,
+    what: str,
+    keys: str | None,
+    *,
+    backup_id: str | None,
+    region: str | None,
+    as_json: bool,
+) -> int:
+    """Restore tests of PLAN or PLAN/SOURCE now; exit 11 if any failed (drd.restore_test)."""
+    from drd.cli import print_json
+    from drd.errors import RestoreTestFailed
+    from drd.restore_test import configured_scratch_dsns, restore_tests_for
+    from drd.scratch.registry import sweep_leftovers
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    plan_name, _, source_name = what.partition("/")
+    plan = find_plan(cfg, plan_name)
+    sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
+    if region is not None and region not in plan.storage.regions:
+        raise UsageError(f"plan {plan.name} has no region {region!r}")
+    keyring = keyring_for(cfg, keys)
+    # What a killed test left behind (its owner is dead) goes first.
+    await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
+    reports = []
+    errors: list[DrdError] = []
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        for source in sources:
+            try:
+                found = await restore_tests_for(
+                    plan,
+                    source,
+                    regions,
+                    keyring,
+                    state_dir=cfg.state_dir,
+                    base_dir=cfg.path.parent,
+                    backup_id=backup_id,
+                    region=region,
+                )
+            except DrdError as exc:
+                errors.append(exc)
+                print(f"FAILED {plan.name}/{source.name}: {exc}", file=sys.stderr)
+                continue
+            reports.extend(found)
+            if not as_json:
+                for report in found:
+                    print("\n".join(report.summary_lines()))
+    if as_json:
+        print_json({"reports": [r.as_json() for r in reports]})
+    if any(not r.passed for r in reports):
+        return RestoreTestFailed.exit_code
+    if errors:
+        return errors[0].exit_code if len(errors) == len(sources) else EXIT_FAILED
     return 0

@@ -53,6 +53,13 @@ from drd.durations import format_duration, parse_duration, parse_size
 from drd.errors import ConfigError
 from drd.regions import is_loopback_host
 from drd.yamlsource import Loc, YamlDocument, YamlSourceError, load_yaml
+from restore_tests.spec import (
+    CHECKS_FOR_SOURCE,
+    SCRATCH_FOR_SOURCE,
+    CheckSpec,
+    ScratchSpec,
+    default_scratch,
+)
 from strategies import SourceOptions, get_strategy
 from strategies.base import NAME_PATTERN
 
@@ -566,10 +573,25 @@ class Retention(_Model):
 
 
 class RestoreTest(_Model):
+    """How each source's backups are proven restorable (restore_tests.spec documents the
+    scratch and checks entries)."""
+
     every: PositiveDuration = timedelta(hours=24)
+    #: the whole test (scratch set-up, fetch, restore, checks); then it is stopped and cleaned up
     timeout: PositiveDuration = timedelta(minutes=30)
-    #: where restore tests restore to; free-form for now (must not hold secrets)
-    scratch: dict[str, Any] = Field(default_factory=dict)
+    #: also test one randomly chosen older complete backup on each run
+    also_random_older: bool = False
+    #: where a source is restored to, by source name or by source kind (a name wins)
+    scratch: dict[str, ScratchSpec] = Field(default_factory=dict)
+    #: declarative checks, by source name
+    checks: dict[str, list[CheckSpec]] = Field(default_factory=dict)
+
+    def scratch_for(self, source: SourceOptions) -> ScratchSpec:
+        spec = self.scratch.get(source.name) or self.scratch.get(source.kind)
+        return spec or default_scratch(source.kind)
+
+    def checks_for(self, source_name: str) -> list[CheckSpec]:
+        return list(self.checks.get(source_name, []))
 
 
 class _PlanFile(_Model):
@@ -816,10 +838,11 @@ def _load_plan(
     _check_source_names(report, raw.get("sources"))
     _check_dsn_passwords(report, raw.get("sources"))
     _check_secret_values(report, raw)
-    _check_secret_keys(report, _get(raw, "restore_test", "scratch"), ("restore_test", "scratch"))
+    _check_restore_test_sources(report, sections.get("restore_test"), sources, config_path.parent)
 
     if header is None or report.has_errors or None in sections.values():
         return None
+    sections["restore_test"] = _absolute_scratch_dirs(sections["restore_test"], config_path.parent)
     return Plan(
         name=header.name,
         owner=header.owner,
@@ -965,6 +988,95 @@ def _check_restore_test(
     )
 
 
+def _absolute_scratch_dirs(restore_test: RestoreTest, base: Path) -> RestoreTest:
+    """Relative scratch directories, made absolute against the daemon config's directory."""
+    scratch = {
+        key: spec.model_copy(
+            update={
+                name: _normalized(base / value)
+                for name in ("dir", "bin_dir")
+                if (value := getattr(spec, name)) is not None and not value.is_absolute()
+            }
+        )
+        for key, spec in restore_test.scratch.items()
+    }
+    return restore_test.model_copy(update={"scratch": scratch})
+
+
+def _check_restore_test_sources(
+    report: _FileReport,
+    restore_test: RestoreTest | None,
+    sources: list[SourceOptions],
+    base: Path,
+) -> None:
+    """The restore_test entries that name sources or kinds: they must exist, fit the source's
+    kind, and a scratch environment must never be the source itself (drd.scratch.guard)."""
+    from drd.scratch.guard import refusal
+
+    if restore_test is None:
+        return
+    by_name = {source.name: source for source in sources}
+    kinds = sorted(SCRATCH_FOR_SOURCE)
+    for key, spec in restore_test.scratch.items():
+        loc: Loc = ("restore_test", "scratch", key)
+        if key not in by_name and key not in kinds:
+            report.error(
+                loc,
+                f"neither a source of this plan ({', '.join(by_name) or 'none'}) nor a source "
+                f"kind ({', '.join(kinds)})",
+                key=True,
+            )
+        if spec.dsn is not None and _has_inline_password(spec.dsn):
+            report.warning(
+                (*loc, "dsn"),
+                "the DSN contains a password: put the password in PGPASSWORD/.pgpass, not the plan",
+            )
+    for source in sources:
+        key = source.name if source.name in restore_test.scratch else source.kind
+        spec = restore_test.scratch_for(source)
+        loc = ("restore_test", "scratch", key)
+        if key not in restore_test.scratch:
+            continue  # the default always fits
+        fitting = SCRATCH_FOR_SOURCE.get(source.kind, ())
+        if spec.kind not in fitting:
+            report.error(
+                (*loc, "kind"),
+                f"{spec.kind} cannot hold source {source.name} (kind {source.kind}; use "
+                f"{' or '.join(fitting) or 'none'})",
+            )
+            continue
+        if spec.dir is not None and not spec.dir.is_absolute():
+            spec = spec.model_copy(update={"dir": _normalized(base / spec.dir)})
+        refused = refusal(spec, source)
+        if refused is not None:
+            report.error((*loc, refused[0]), refused[1])
+    for name, checks in restore_test.checks.items():
+        checked = by_name.get(name)
+        if checked is None:
+            report.error(
+                ("restore_test", "checks", name),
+                f"not a source of this plan ({', '.join(by_name) or 'none'})",
+                key=True,
+            )
+            continue
+        seen: dict[str, int] = {}
+        for index, check in enumerate(checks):
+            loc = ("restore_test", "checks", name, index)
+            fitting = CHECKS_FOR_SOURCE.get(checked.kind, ("command",))
+            if check.kind not in fitting:
+                report.error(
+                    (*loc, check.kind),
+                    f"{check.kind} checks do not apply to source {name} (kind {checked.kind}; "
+                    f"use {', '.join(fitting)})",
+                )
+            label = check.display_name(index + 1)
+            if label in seen:
+                report.error(
+                    (*loc, "name"), f"duplicate check name {label!r} (also [{seen[label]}])"
+                )
+            seen.setdefault(label, index)
+
+
 def _check_source_names(report: _FileReport, raw_sources: Any) -> None:
     seen: dict[str, int] = {}
     for index, entry in enumerate(_list(raw_sources)):
@@ -1030,19 +1142,6 @@ _NOT_IN_CONFIG_MESSAGE = (
 
 def _looks_secret(field_name: str) -> bool:
     return any(word in _SECRET_WORDS for word in re.split(r"[^a-z0-9]+", field_name.lower()))
-
-
-def _check_secret_keys(report: _FileReport, data: Any, loc: Loc) -> None:
-    """Free-form mappings (restore_test.scratch) must not have secret-looking fields either."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if _looks_secret(key):
-                report.error((*loc, key), _NOT_IN_CONFIG_MESSAGE, key=True)
-            else:
-                _check_secret_keys(report, value, (*loc, key))
-    elif isinstance(data, list):
-        for index, item in enumerate(data):
-            _check_secret_keys(report, item, (*loc, index))
 
 
 def _check_secret_values(report: _FileReport, data: Any, loc: Loc = ()) -> None:

@@ -30,6 +30,8 @@ from drd.history import History
 from drd.jobs import backup_source, plan_regions
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.restore_test_loop import RestoreTestScheduler
+from drd.retention_loop import RetentionLoop
 from drd.schedule import Schedule, next_due
 from drd.sdnotify import Notifier
 from drd.storage.base import Storage
@@ -37,12 +39,14 @@ from strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
 
+
 def is_retryable(exc: BaseException) -> bool:
     """Worth another attempt inside the same job: a region or the source may be back in
     seconds. Key, config and integrity errors, and regions that refuse for good, are not."""
     if isinstance(exc, NotEnoughCopies):
         return exc.transient
     return isinstance(exc, (TransientStorageError, SourceError))
+
 
 FAILURE_BACKOFF = (timedelta(seconds=30), timedelta(minutes=15))
 
@@ -101,6 +105,28 @@ class Daemon:
         self.stopping = False
         self.started_at = time.time()
         self._publish_static_metrics()
+        # Retention (sweep + repair) runs as its own task: see drd.retention_loop.
+        self.retention = RetentionLoop(
+            cfg,
+            self.regions,
+            keyring,
+            self.metrics,
+            clock=clock,
+            is_busy=self._retention_busy,
+            on_copies=self._retention_copies_changed,
+        )
+        # Restore tests run on their own per-plan schedule: see drd.restore_test_loop.
+        self.restore_tests = RestoreTestScheduler(
+            cfg,
+            self.regions,
+            keyring,
+            self.metrics,
+            self.history,
+            slots=self._slots,
+            wake=self._wake,
+            has_backup=lambda ref: self.sources[ref].last_capture is not None,
+            clock=clock,
+        )
 
     # -- state --------------------------------------------------------------------------------
 
@@ -152,6 +178,7 @@ class Daemon:
                 seed=str(st.ref),
             )
             log.info("%s: next backup due %s", st.ref, st.next_due.isoformat())
+        self.restore_tests.load_state()
 
     def _publish_source(self, st: SourceState) -> None:
         m, labels = self.metrics, (st.ref.plan, st.ref.source)
@@ -174,6 +201,26 @@ class Daemon:
         for plan in self.cfg.plans:
             age = now.date() - plan.reviewed_on
             self.metrics.plan_review_age.labels(plan.name).set(age.total_seconds())
+        self.retention.publish(now)
+
+    def _retention_busy(self, ref: SourceRef) -> bool:
+        """Retention leaves a source alone while its backup runs, and when one is about to
+        start: the sweep holds the source lock for a moment, and a backup starting then would
+        fail on it."""
+        st = self.sources.get(ref)
+        if st is None:
+            return False
+        soon = self.clock() + timedelta(seconds=30)
+        return st.running or (st.next_due is not None and st.next_due <= soon)
+
+    def _retention_copies_changed(
+        self, ref: SourceRef, backup_id: str, region: str, present: bool
+    ) -> None:
+        """A copy was repaired or destroyed: drd_backup_copies follows for the newest backup."""
+        st = self.sources.get(ref)
+        if st is not None and st.last_backup_id == backup_id:
+            st.copies[region] = present
+            self._publish_source(st)
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -207,9 +254,16 @@ class Daemon:
 
     async def serve(self, stop: asyncio.Event) -> None:
         watchdog = self.notifier.watchdog_interval
+        self.retention.start(stop)
         while not stop.is_set():
             self.run_once()
-            timeout = min(self.seconds_until_next(), watchdog or 60.0, 60.0)
+            self.restore_tests.run_once()
+            timeout = min(
+                self.seconds_until_next(),
+                self.restore_tests.seconds_until_next(),
+                watchdog or 60.0,
+                60.0,
+            )
             self._wake.clear()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
             await asyncio.wait(
@@ -223,7 +277,10 @@ class Daemon:
         """Stop scheduling, give running jobs `grace` seconds, then cancel them."""
         self.stopping = True
         self.notifier.stopping()
+        await self.retention.close()  # no grace needed: the next sweep finishes its work
+        self.restore_tests.stopping = True
         tasks = [st.task for st in self.sources.values() if st.task and not st.task.done()]
+        tasks += self.restore_tests.tasks()
         if tasks:
             log.info("shutdown: waiting up to %.0fs for %d running job(s)", grace, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -362,7 +419,9 @@ async def _main(
 
     from drd.http import start_http
     from drd.logs import setup_logging
+    from drd.restore_test import configured_scratch_dsns
     from drd.runtime import keyring_for, open_regions
+    from drd.scratch.registry import sweep_leftovers
 
     cfg = load_config(config_path)
     setup_logging(log_flags[0] or cfg.log.level, log_flags[1] or cfg.log.format)
@@ -378,6 +437,8 @@ async def _main(
         daemon = Daemon(
             cfg, keyring, {r.name: r for r in region_list}, metrics=metrics, notifier=notifier
         )
+        # Scratch environments of restore tests a crash interrupted go first.
+        await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
         await daemon.load_state()
         runner = await start_http(daemon, cfg.api.listen)
         stack.push_async_callback(runner.cleanup)

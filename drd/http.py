@@ -25,22 +25,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = keys loaded, plans valid (both true once the daemon runs), every region answers."""
+    """Ready = keys loaded, plans valid (both true once the daemon runs), every region answers,
+    and no region's deletion settings (as of the last retention sweep) break the promise that
+    backups are destroyed within max_age."""
     daemon = request.app[DAEMON_KEY]
     problems = {name: p for name, p in (await daemon.probe_regions()).items() if p}
+    retention = daemon.retention.problems()
     checks: dict[str, Any] = {
         "keys": "ok",
         "plans": "ok",
         "regions": {name: problems.get(name, "ok") for name in daemon.regions},
+        "retention": {name: "; ".join(retention.get(name, [])) or "ok" for name in daemon.regions},
     }
+    reasons = []
     if problems:
+        reasons.append("unreachable region(s): " + ", ".join(sorted(problems)))
+    if retention:
+        reasons.append(
+            "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))
+        )
+    if reasons:
         return web.json_response(
-            {
-                "status": "unready",
-                "reason": "unreachable region(s): " + ", ".join(sorted(problems)),
-                "checks": checks,
-            },
-            status=503,
+            {"status": "unready", "reason": "; ".join(reasons), "checks": checks}, status=503
         )
     return web.json_response({"status": "ready", "checks": checks})
 
@@ -80,9 +86,8 @@ async def status(request: web.Request) -> web.Response:
             },
             "running": st.running,
             "next_due": st.next_due.isoformat() if st.next_due else None,
-            # Filled in by restore tests once they run (restore-test issue).
-            "rto_seconds": None,
-            "last_restore_test": None,
+            # rto_seconds, rto_ok, last_restore_test (phases, region, result), restore_test
+            **daemon.restore_tests.status(st.ref),
         }
     return web.json_response({"now": now.isoformat(), "plans": plans})
 

@@ -20,6 +20,14 @@ from prometheus_client.process_collector import ProcessCollector
 from drd import __version__
 
 PS = ("plan", "source")
+#: why a restore test failed (drd.restore_report.CATEGORIES)
+RESTORE_TEST_FAILURE_REASONS = (
+    "fetch_failed",
+    "integrity_failed",
+    "restore_failed",
+    "check_failed",
+    "timeout",
+)
 
 
 class Metrics:
@@ -119,6 +127,19 @@ class Metrics:
             PS,
             registry=r,
         )
+        self.restore_test_failures = Counter(
+            "drd_restore_test_failures",
+            "Failed restore tests, by reason (" + ", ".join(RESTORE_TEST_FAILURE_REASONS) + ")",
+            (*PS, "reason"),
+            registry=r,
+        )
+        self.restore_test_phase = Gauge(
+            "drd_restore_test_phase_seconds",
+            "Duration of each phase of the last restore test (fetch, decrypt_decompress, "
+            "restore and checks make the RTO; scratch_setup and teardown are test overhead)",
+            (*PS, "phase"),
+            registry=r,
+        )
 
         # Retention (fed by the retention sweeper)
         self.retention_oldest_age = Gauge(
@@ -140,6 +161,18 @@ class Metrics:
             "drd_retention_delete_failures",
             "Failed attempts to destroy an expired copy",
             ("plan", "region"),
+            registry=r,
+        )
+        self.retention_last_sweep = Gauge(
+            "drd_retention_last_sweep_timestamp_seconds",
+            "When the retention sweeper last finished a sweep of the plan",
+            ("plan",),
+            registry=r,
+        )
+        self.copy_repairs = Counter(
+            "drd_copy_repairs",
+            "Missing backup copies copied from another region, by result",
+            ("plan", "region", "result"),
             registry=r,
         )
 
@@ -166,6 +199,8 @@ class Metrics:
         for result in ("success", "failure"):
             self.backups.labels(plan, source, result)
             self.restore_tests.labels(plan, source, result)
+        for reason in RESTORE_TEST_FAILURE_REASONS:
+            self.restore_test_failures.labels(plan, source, reason)
         for region in regions:
             self.retention_deleted.labels(plan, region)
             self.retention_delete_failures.labels(plan, region)

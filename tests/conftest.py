@@ -13,6 +13,8 @@ pytest_plugins = [
     "tests.support.blob_strategy",
     "tests.support.fakegcs",
     "tests.support.pg",
+    "tests.support.mariadb",
+    "tests.cloudsql_fake",
 ]
 
 
