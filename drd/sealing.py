@@ -7,6 +7,7 @@ concurrently on one instance. Encryption itself is drd.crypto's; this module onl
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import zstandard
 
@@ -14,10 +15,12 @@ from drd import crypto
 from drd.errors import IntegrityError
 
 COMPRESSION = "zstd"
-# Decompressed output per call is bounded by feeding the decompressor slices of this size:
-# authenticated input cannot be a decompression bomb, but a highly compressible dump can still
-# expand a 1 MiB segment many-fold.
-_DECOMPRESS_SLICE = 128 * 1024
+# Decompressed output is bounded by feeding the decompressor slices of this size and handing
+# its output on in pieces of about _PIECE_SIZE: authenticated input cannot be a decompression
+# bomb, but a highly compressible dump can still expand many-fold (pgbench's blank-padded rows:
+# ~120x, so one 1 MiB segment is ~120 MiB of plaintext; a 16 KiB slice stays near 2 MiB).
+_DECOMPRESS_SLICE = 16 * 1024
+_PIECE_SIZE = 1024 * 1024
 
 
 class Sealer:
@@ -74,6 +77,11 @@ class Opener:
 
     Plaintext is only ever released from authenticated segments (the decryptor's promise); the
     final size and digest checks are a second line against a manifest/data mix-up.
+
+    feed() and finish() authenticate and decrypt at once and return an iterator that
+    decompresses lazily, in pieces of about 1 MiB, so memory stays bounded however well the
+    dump compressed. Exhaust each iterator before the next call. The stream is complete and
+    checked only once finish()'s iterator is exhausted without raising IntegrityError.
     """
 
     def __init__(
@@ -97,7 +105,7 @@ class Opener:
         self.plaintext_size = 0
         self.ciphertext_size = 0
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
         self._cipher.update(chunk)
         self.ciphertext_size += len(chunk)
         if self.ciphertext_size > self._expect_ciphertext[0]:
@@ -106,7 +114,7 @@ class Opener:
             )
         return self._decompress(self._decryptor.update(chunk))
 
-    def finish(self) -> bytes:
+    def finish(self) -> Iterator[bytes]:
         size, digest = self._expect_ciphertext
         if self.ciphertext_size != size:
             raise IntegrityError(f"data object truncated: {self.ciphertext_size} of {size} bytes")
@@ -114,25 +122,33 @@ class Opener:
         final = self._decryptor.finalize()
         if self._cipher.hexdigest() != digest:
             raise IntegrityError("data object digest does not match the manifest")
-        out = self._decompress(final)
+        return self._last_pieces(final)
+
+    def _last_pieces(self, final: bytes) -> Iterator[bytes]:
+        yield from self._decompress(final)
         if not self._decompressor.eof:
             raise IntegrityError("compressed stream ended early")
         size, digest = self._expect_plaintext
         if self.plaintext_size != size or self._plain.hexdigest() != digest:
             raise IntegrityError("restored plaintext does not match the manifest's digest")
-        return out
 
-    def _decompress(self, data: bytes) -> bytes:
-        if not data:
-            return b""
+    def _decompress(self, data: bytes) -> Iterator[bytes]:
         view = memoryview(data)
-        try:
-            out = b"".join(
-                self._decompressor.decompress(view[i : i + _DECOMPRESS_SLICE])
-                for i in range(0, len(view), _DECOMPRESS_SLICE)
-            )
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"compressed stream is corrupt: {exc}") from None
-        self._plain.update(out)
-        self.plaintext_size += len(out)
-        return out
+        pending: list[bytes] = []
+        pending_size = 0
+        for i in range(0, len(view), _DECOMPRESS_SLICE):
+            try:
+                out = self._decompressor.decompress(view[i : i + _DECOMPRESS_SLICE])
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"compressed stream is corrupt: {exc}") from None
+            if not out:
+                continue
+            self._plain.update(out)
+            self.plaintext_size += len(out)
+            pending.append(out)
+            pending_size += len(out)
+            if pending_size >= _PIECE_SIZE:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+        if pending:
+            yield b"".join(pending)

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
 STDERR_TAIL_BYTES = 8 * 1024
 # How long cleanup waits for a killed child's pipes to reach EOF (a grandchild could hold them).
 _REAP_TIMEOUT = 10.0
+# Pipes to and from the child: Linux's default 64 KiB makes the child and this process take
+# turns in 64 KiB steps (a wakeup and an event-loop round per step); 1 MiB (the unprivileged
+# maximum, /proc/sys/fs/pipe-max-size) lets both run at once and read in large pieces.
+PIPE_SIZE = 1 << 20
 
 
 class ToolError(Exception):
@@ -57,6 +62,15 @@ def redact(text: str, secrets: Sequence[str | None]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def _enlarge_pipe(transport: asyncio.BaseTransport | None) -> None:
+    """Best effort: give the pipe behind `transport` PIPE_SIZE bytes of buffer."""
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 class _Tail:
@@ -114,6 +128,15 @@ class _Child:
             )
         except OSError as exc:
             raise ToolError(program, None, f"{argv[0]}: {exc.strerror or exc}") from None
+        # asyncio has no public handle on the child's stdout pipe; without it the pipe keeps
+        # the default size, which is only slower.
+        subprocess_transport = getattr(proc, "_transport", None)
+        if stdout == asyncio.subprocess.PIPE and isinstance(
+            subprocess_transport, asyncio.SubprocessTransport
+        ):
+            _enlarge_pipe(subprocess_transport.get_pipe_transport(1))
+        if proc.stdin is not None:
+            _enlarge_pipe(proc.stdin.transport)
         return cls(program, proc)
 
     async def finish(self) -> None:
@@ -167,20 +190,18 @@ async def stream_stdout(
     assert stdout is not None
     finished = False
     try:
-        buf = bytearray()
         while True:
-            data = await stdout.read(chunk_size - len(buf))
-            if not data:
+            try:
+                # One copy out of the reader's buffer, straight into the chunk handed on.
+                chunk = await stdout.readexactly(chunk_size)
+            except asyncio.IncompleteReadError as exc:  # EOF: what is left is the last chunk
+                tail = exc.partial
                 break
-            buf += data
-            if len(buf) >= chunk_size:
-                out = bytes(buf)
-                buf.clear()
-                yield out
+            yield chunk
         await child.finish()
         finished = True
-        if buf:
-            yield bytes(buf)
+        if tail:
+            yield tail
     finally:
         if not finished:
             await child.kill()
