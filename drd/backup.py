@@ -24,7 +24,7 @@ from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
 from drd.manifest import Manifest, ManifestBody, ManifestPublic
 from drd.sealing import COMPRESSION, Sealer
 from drd.storage.base import Storage
-from strategies.base import Strategy
+from strategies.base import AnyStrategy
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class BackupResult:
 
 async def run_backup(
     ref: SourceRef,
-    strategy: Strategy,
+    strategy: AnyStrategy,
     regions: Sequence[Storage],
     keyring: crypto.Keyring,
     *,

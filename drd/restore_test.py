@@ -61,7 +61,7 @@ from restore_tests import builtin
 from restore_tests.runner import CheckTarget, run_checks
 from restore_tests.spec import ScratchSpec
 from strategies import get_strategy
-from strategies.base import SourceOptions, Strategy
+from strategies.base import AnyStrategy, SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ async def _restore_and_check(
     keyring: crypto.Keyring,
     manifest: Manifest,
     metadata: dict[str, Any],
-    strategy: type[Strategy],
+    strategy: type[AnyStrategy],
     meter: StreamMeter,
     env: ScratchEnv,
     base_dir: Path,

@@ -6,10 +6,10 @@ dependencies lazily so that `drd validate` stays fast.
 
 from __future__ import annotations
 
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from strategies.base import AnyStrategy, RestoreOutcome, SourceOptions, Strategy
 
 
-def registry() -> dict[str, type[Strategy]]:
+def registry() -> dict[str, type[AnyStrategy]]:
     from strategies.cloudsql import CloudSqlStrategy
     from strategies.files import FilesStrategy
     from strategies.gcs_bucket import GcsBucketStrategy
@@ -30,7 +30,7 @@ def registry() -> dict[str, type[Strategy]]:
     }
 
 
-def get_strategy(kind: str) -> type[Strategy]:
+def get_strategy(kind: str) -> type[AnyStrategy]:
     try:
         return registry()[kind]
     except KeyError:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,14 +53,24 @@ class RestoreOutcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Strategy(abc.ABC):
+OptionsT = TypeVar("OptionsT", bound=SourceOptions)
+
+
+class Strategy(abc.ABC, Generic[OptionsT]):
     #: the `kind:` value in a plan
     kind: ClassVar[str]
-    #: the pydantic model of this kind's source entry in a plan
+    #: the pydantic model of this kind's source entry in a plan (the class of OptionsT)
     Options: ClassVar[type[SourceOptions]]
 
     def __init__(self, options: SourceOptions) -> None:
+        if not isinstance(options, self.Options):
+            # A plain SourceOptions (e.g. built by hand): validate it as this kind's model.
+            options = self.Options.model_validate(options.model_dump())
         self.options = options
+        #: the options as this kind's own model
+        self.opts: OptionsT = cast(OptionsT, options)
+        #: what restore_metadata() returns, set when dump() finishes
+        self._metadata: dict[str, Any] | None = None
         #: SQL queries (id -> query) whose results restore tests compare with the restored copy
         #: ("matches the source"); the caller sets them before dump(). Kinds without SQL ignore
         #: them.
@@ -80,3 +90,7 @@ class Strategy(abc.ABC):
         cls, chunks: AsyncIterator[bytes], target: str, metadata: Mapping[str, Any]
     ) -> RestoreOutcome:
         """Restore the stream into `target` atomically (see module docstring)."""
+
+
+#: a strategy of any kind, for code that handles them all alike
+AnyStrategy = Strategy[Any]

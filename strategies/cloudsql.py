@@ -365,16 +365,9 @@ class CopyRowCounter:
 # ---------------------------------------------------------------------------------------------
 
 
-class CloudSqlStrategy(Strategy):
+class CloudSqlStrategy(Strategy[CloudSqlOptions]):
     kind: ClassVar[str] = "cloudsql"
     Options: ClassVar[type[SourceOptions]] = CloudSqlOptions
-
-    def __init__(self, options: SourceOptions) -> None:
-        if not isinstance(options, CloudSqlOptions):
-            options = CloudSqlOptions.model_validate(options.model_dump())
-        super().__init__(options)
-        self.opts: CloudSqlOptions = options
-        self._metadata: dict[str, Any] | None = None
 
     def _poll(self) -> PollPolicy:
         o = self.opts

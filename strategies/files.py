@@ -660,16 +660,9 @@ def _install(staging: Path, path: Path, where: str) -> None:
         os.close(fd)
 
 
-class FilesStrategy(Strategy):
+class FilesStrategy(Strategy[FilesOptions]):
     kind: ClassVar[str] = "files"
     Options: ClassVar[type[SourceOptions]] = FilesOptions
-
-    def __init__(self, options: SourceOptions) -> None:
-        if not isinstance(options, FilesOptions):
-            options = FilesOptions.model_validate(options.model_dump())
-        super().__init__(options)
-        self.opts: FilesOptions = options
-        self._metadata: dict[str, Any] | None = None
 
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None

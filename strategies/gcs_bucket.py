@@ -289,16 +289,9 @@ class _Archived:
     archived: bool = False
 
 
-class GcsBucketStrategy(Strategy):
+class GcsBucketStrategy(Strategy[GcsBucketOptions]):
     kind: ClassVar[str] = "gcs-bucket"
     Options: ClassVar[type[SourceOptions]] = GcsBucketOptions
-
-    def __init__(self, options: SourceOptions) -> None:
-        if not isinstance(options, GcsBucketOptions):
-            options = GcsBucketOptions.model_validate(options.model_dump())
-        super().__init__(options)
-        self.opts: GcsBucketOptions = options
-        self._metadata: dict[str, Any] | None = None
 
     def _open(self, where: str) -> _Bucket:
         opts = self.opts

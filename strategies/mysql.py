@@ -612,16 +612,9 @@ def _server_from_options(opts: MysqlOptions, where: str) -> Server:
     return Server(opts.host, opts.port, opts.user, opts.socket, password, env_name)
 
 
-class MysqlStrategy(Strategy):
+class MysqlStrategy(Strategy[MysqlOptions]):
     kind: ClassVar[str] = "mysql"
     Options: ClassVar[type[SourceOptions]] = MysqlOptions
-
-    def __init__(self, options: SourceOptions) -> None:
-        if not isinstance(options, MysqlOptions):
-            options = MysqlOptions.model_validate(options.model_dump())
-        super().__init__(options)
-        self.opts: MysqlOptions = options
-        self._metadata: dict[str, Any] | None = None
 
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None

@@ -409,16 +409,9 @@ def staging_name(target: str) -> str:
     return f"{prefix}{STAGING_INFIX}{secrets.token_hex(4)}"
 
 
-class PostgresStrategy(Strategy):
+class PostgresStrategy(Strategy[PostgresOptions]):
     kind: ClassVar[str] = "postgres"
     Options: ClassVar[type[SourceOptions]] = PostgresOptions
-
-    def __init__(self, options: SourceOptions) -> None:
-        if not isinstance(options, PostgresOptions):
-            options = PostgresOptions.model_validate(options.model_dump())
-        super().__init__(options)
-        self.opts: PostgresOptions = options
-        self._metadata: dict[str, Any] | None = None
 
     # -- dump -----------------------------------------------------------------------------
 

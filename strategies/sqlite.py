@@ -90,16 +90,9 @@ def _check(path: Path) -> tuple[list[str], int]:
     return messages, int(tables[0])
 
 
-class SqliteStrategy(Strategy):
+class SqliteStrategy(Strategy[SqliteOptions]):
     kind: ClassVar[str] = "sqlite"
     Options: ClassVar[type[SourceOptions]] = SqliteOptions
-
-    def __init__(self, options: SourceOptions) -> None:
-        if not isinstance(options, SqliteOptions):
-            options = SqliteOptions.model_validate(options.model_dump())
-        super().__init__(options)
-        self.opts: SqliteOptions = options
-        self._metadata: dict[str, Any] | None = None
 
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None
