@@ -80,9 +80,12 @@ class Strategy(abc.ABC, Generic[OptionsT]):
     def dump(self) -> AsyncIterator[bytes]:
         """Yield the source's consistent plaintext image in chunks."""
 
-    @abc.abstractmethod
     def restore_metadata(self) -> dict[str, Any]:
-        """JSON-serialisable facts restore() needs; valid once dump() is exhausted."""
+        """JSON-serialisable facts restore() needs; valid once dump() is exhausted (dump()
+        sets self._metadata as its last step)."""
+        if self._metadata is None:
+            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
+        return dict(self._metadata)
 
     @classmethod
     @abc.abstractmethod

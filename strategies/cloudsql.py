@@ -520,11 +520,6 @@ class CloudSqlStrategy(Strategy[CloudSqlOptions]):
                 await asyncio.shield(asyncio.ensure_future(staging.delete(key)))
             await staging.close()
 
-    def restore_metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
-        return dict(self._metadata)
-
     # -- restore --------------------------------------------------------------------------
 
     @classmethod

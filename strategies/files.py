@@ -698,11 +698,6 @@ class FilesStrategy(Strategy[FilesOptions]):
             "statistics": {"file_digests": walker.digests.as_json()},
         }
 
-    def restore_metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
-        return dict(self._metadata)
-
     @classmethod
     async def restore(
         cls, chunks: AsyncIterator[bytes], target: str, metadata: Mapping[str, Any]

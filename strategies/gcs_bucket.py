@@ -436,11 +436,6 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
         digests.add(rel, object_digest(sha.hexdigest(), props))
         done.archived = True
 
-    def restore_metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
-        return dict(self._metadata)
-
     # -- restore --------------------------------------------------------------------------
 
     @classmethod

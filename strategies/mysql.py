@@ -708,11 +708,6 @@ class MysqlStrategy(Strategy[MysqlOptions]):
             "statistics": statistics,
         }
 
-    def restore_metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
-        return dict(self._metadata)
-
     @classmethod
     async def restore(
         cls,

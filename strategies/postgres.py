@@ -470,11 +470,6 @@ class PostgresStrategy(Strategy[PostgresOptions]):
             "statistics": statistics,
         }
 
-    def restore_metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
-        return dict(self._metadata)
-
     # -- restore --------------------------------------------------------------------------
 
     @classmethod

@@ -131,11 +131,6 @@ class SqliteStrategy(Strategy[SqliteOptions]):
                     await asyncio.shield(backup)
             shutil.rmtree(tmpdir, ignore_errors=True)
 
-    def restore_metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            raise RuntimeError("restore_metadata() is only valid once dump() is exhausted")
-        return dict(self._metadata)
-
     @classmethod
     async def restore(
         cls, chunks: AsyncIterator[bytes], target: str, metadata: Mapping[str, Any]
