@@ -1036,6 +1036,13 @@ def _check_restore_test_sources(
         spec = restore_test.scratch_for(source)
         loc = ("restore_test", "scratch", key)
         if key not in restore_test.scratch:
+            if source.kind == "cloudsql":
+                report.warning(
+                    ("restore_test", "scratch"),
+                    f"source {source.name} (kind cloudsql) has no scratch environment: its "
+                    "restore tests fail until one is given ({kind: cloudsql-scratch-project, "
+                    "project: ...})",
+                )
             continue  # the default always fits
         fitting = SCRATCH_FOR_SOURCE.get(source.kind, ())
         if spec.kind not in fitting:

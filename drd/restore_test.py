@@ -59,7 +59,7 @@ from drd.scratch.guard import refusal
 from drd.storage.base import Storage
 from restore_tests import builtin
 from restore_tests.runner import CheckTarget, run_checks
-from restore_tests.spec import ScratchSpec
+from restore_tests.spec import SCRATCH_FOR_SOURCE, ScratchSpec
 from strategies import get_strategy
 from strategies.base import AnyStrategy, SourceOptions
 
@@ -235,6 +235,14 @@ async def _run(
         report.region = next_region(state_dir, ref, order, available)
     storage = next(s for s in storages if s.name == report.region)
     spec = plan.restore_test.scratch_for(source)
+    fitting = SCRATCH_FOR_SOURCE.get(source.kind)
+    if fitting is not None and spec.kind not in fitting:
+        report.fail(
+            "restore_failed",
+            f"no scratch environment for source {source.name} (kind {source.kind}): add "
+            f"restore_test.scratch.{source.name} with kind {' or '.join(fitting)}",
+        )
+        return
     refused = refusal(spec, source)
     if refused is not None:
         report.fail("restore_failed", f"scratch {refused[0]} {refused[1]}")
@@ -285,7 +293,12 @@ async def _fetch_restore_check(
     teardown_from: float | None = None
     try:
         async with open_scratch(
-            spec, manifest.public.kind, metadata, state_dir=state_dir, label=str(ref)
+            spec,
+            manifest.public.kind,
+            metadata,
+            state_dir=state_dir,
+            label=str(ref),
+            source=source,
         ) as env:
             phases.scratch_setup = time.perf_counter() - started
             report.scratch = {
@@ -353,9 +366,11 @@ async def _restore_and_check(
     report.checks.append(
         builtin.integrity(meter.complete, meter.ciphertext_bytes, meter.plaintext_bytes)
     )
+    if env.after_restore is not None:
+        report.checks.extend(await env.after_restore())
     target = CheckTarget(
         kind=manifest.public.kind,
-        target=env.dsn if env.dsn is not None else str(env.path),
+        target=env.dsn if env.dsn is not None else str(env.path or env.target),
         metadata=metadata,
         captured_at=manifest.public.started,
         server_major=env.server_major,

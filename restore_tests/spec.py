@@ -48,12 +48,13 @@ from pydantic_core import PydanticCustomError
 
 from drd.durations import parse_duration, parse_size
 
-SCRATCH_KINDS = ("ephemeral-postgres", "postgres-server", "tempdir")
+SCRATCH_KINDS = ("ephemeral-postgres", "postgres-server", "tempdir", "cloudsql-scratch-project")
 #: which scratch kinds can hold which source kinds
 SCRATCH_FOR_SOURCE: dict[str, tuple[str, ...]] = {
     "postgres": ("ephemeral-postgres", "postgres-server"),
     "sqlite": ("tempdir",),
     "files": ("tempdir",),
+    "cloudsql": ("cloudsql-scratch-project",),
 }
 #: which check kinds fit which source kinds ("command" fits every kind)
 CHECKS_FOR_SOURCE: dict[str, tuple[str, ...]] = {
@@ -99,6 +100,7 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "ephemeral-postgres": ("dir", "bin_dir", "user"),
     "postgres-server": ("dsn",),
     "tempdir": ("dir",),
+    "cloudsql-scratch-project": ("project", "staging", "tier", "region", "connect"),
 }
 
 
@@ -106,7 +108,7 @@ class ScratchSpec(_Spec):
     """Where a restore test restores to. Never the source: drd.config refuses a scratch
     server database or directory that is the source's own."""
 
-    kind: Literal["ephemeral-postgres", "postgres-server", "tempdir"]
+    kind: Literal["ephemeral-postgres", "postgres-server", "tempdir", "cloudsql-scratch-project"]
     #: postgres-server: a libpq DSN of the scratch server's maintenance database (no password:
     #: libpq reads PGPASSWORD or ~/.pgpass); drd creates and drops its own database there
     dsn: str | None = Field(default=None, repr=False)
@@ -119,10 +121,37 @@ class ScratchSpec(_Spec):
     #: ephemeral-postgres: the OS user the server runs as when drd runs as root (default
     #: postgres; PostgreSQL refuses to run as root)
     user: str | None = None
+    #: cloudsql-scratch-project: the GCP project the scratch instances are created in (never
+    #: the source's own); drd.scratch.cloudsql
+    project: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    #: cloudsql-scratch-project: the GCS staging of the import (strategies.cloudsql
+    #: StagingOptions: bucket, prefix, project, endpoint, credentials); default: the source's
+    staging: dict[str, Any] | None = None
+    #: cloudsql-scratch-project: the scratch instance's machine tier (default db-f1-micro)
+    tier: str | None = Field(default=None, min_length=1)
+    #: cloudsql-scratch-project: the scratch instance's region (default: the source's)
+    region: str | None = Field(default=None, min_length=1)
+    #: cloudsql-scratch-project: how drd reaches the scratch instance's PostgreSQL for the row
+    #: count check: a libpq DSN template with {ip} (the instance's private address, else its
+    #: primary one), {database}, {instance}, {project} and {connection_name}, e.g. "host={ip}
+    #: dbname={database} user=drd sslmode=require" (password in PGPASSWORD/.pgpass), or
+    #: "host=127.0.0.1 port=5433 dbname={database} user=drd" behind a Cloud SQL Auth Proxy.
+    #: Without it the row counts are skipped (the API's checks still run).
+    connect: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> Self:
-        for name in ("dsn", "dir", "bin_dir", "user"):
+        for name in (
+            "dsn",
+            "dir",
+            "bin_dir",
+            "user",
+            "project",
+            "staging",
+            "tier",
+            "region",
+            "connect",
+        ):
             if getattr(self, name) is not None and name not in _APPLIES[self.kind]:
                 kinds = [k for k in SCRATCH_KINDS if name in _APPLIES[k]]
                 raise _rule(name, f"only applies to kind: {' or '.join(kinds)}")
@@ -137,6 +166,34 @@ class ScratchSpec(_Spec):
                 conninfo_to_dict(self.dsn)
             except Exception:
                 raise _rule("dsn", "not a valid libpq connection string") from None
+        if self.kind == "cloudsql-scratch-project":
+            if self.project is None:
+                raise _rule(
+                    "project",
+                    "field required for kind: cloudsql-scratch-project (the scratch GCP project)",
+                )
+            if self.staging is not None:
+                from pydantic import ValidationError
+
+                from strategies.cloudsql import StagingOptions
+
+                try:
+                    StagingOptions.model_validate(self.staging)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    raise _rule(f"staging.{where}".rstrip("."), first["msg"]) from None
+            if self.connect is not None:
+                try:
+                    self.connect.format(
+                        ip="", database="", instance="", project="", connection_name=""
+                    )
+                except (KeyError, IndexError, ValueError):
+                    raise _rule(
+                        "connect",
+                        "unknown placeholder: use {ip}, {database}, {instance}, {project}, "
+                        "{connection_name}",
+                    ) from None
         return self
 
 

@@ -101,16 +101,21 @@ async def scratch_instance(
         )
         yield ScratchInstance(project, name, scratch_id)
     finally:
-        deleted = asyncio.ensure_future(delete_instance(api, project, name, poll))
-        try:
-            await asyncio.shield(deleted)
-        except Exception as exc:
-            log.error("scratch instance %s/%s was not deleted: %s", project, name, exc)
-            if registration is not None:
-                registration.abandon()  # the next sweep retries
-        else:
-            if registration is not None:
-                registration.release()
+        from drd.scratch.teardown import run_to_completion
+
+        async def teardown() -> None:
+            try:
+                await delete_instance(api, project, name, poll)
+            except Exception as exc:
+                log.error("scratch instance %s/%s was not deleted: %s", project, name, exc)
+                if registration is not None:
+                    registration.abandon()  # the next sweep retries
+            else:
+                if registration is not None:
+                    registration.release()
+
+        # Runs to its end even when the test is cancelled (timeout, shutdown) meanwhile.
+        await run_to_completion(teardown())
 
 
 async def delete_instance(api: SqlAdmin, project: str, name: str, poll: PollPolicy) -> None:

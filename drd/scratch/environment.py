@@ -9,12 +9,13 @@ roles of the source need not exist on a scratch server, and checks read as its s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drd.errors import RestoreError
+from restore_tests.results import CheckResult
 from restore_tests.spec import ScratchSpec
 
 # libpq keywords a command check gets as PG* variables (drd.scratch never passes the rest).
@@ -56,6 +57,11 @@ class ScratchEnv:
     server_major: int | None = None
     #: what the environment wants known in the report (e.g. another major version was used)
     note: str = ""
+    #: the environment's own checks of the restored copy, run right after the restore (a
+    #: Cloud SQL scratch instance: the API's view; it may set `dsn` for the checks after it)
+    after_restore: Callable[[], Awaitable[list[CheckResult]]] | None = field(
+        default=None, repr=False
+    )
 
     def command_env(self) -> dict[str, str]:
         """Where the restored copy is, for a command check (added to its environment)."""
@@ -98,9 +104,16 @@ async def open_scratch(
     *,
     state_dir: Path,
     label: str,
+    source: Any = None,
 ) -> AsyncIterator[ScratchEnv]:
-    """The scratch environment for restoring a backup of `source_kind`; destroyed on exit."""
-    if spec.kind == "ephemeral-postgres":
+    """The scratch environment for restoring a backup of `source_kind`; destroyed on exit.
+    `source` (its SourceOptions) is needed by kinds that act with its credentials (cloudsql)."""
+    if spec.kind == "cloudsql-scratch-project":
+        from drd.scratch.cloudsql_env import open_cloudsql_scratch
+
+        async with open_cloudsql_scratch(spec, source, metadata, state_dir=state_dir) as env:
+            yield env
+    elif spec.kind == "ephemeral-postgres":
         from drd.scratch.ephemeral_postgres import ephemeral_postgres
 
         major = _major(metadata)

@@ -9,6 +9,8 @@ test applies it again before it creates anything, in case a plan was built some 
 - tempdir: the directory must not be the source path, nor lie inside a files source's tree (the
   restore would write into the live tree, and its copy would end up in the next backup). A
   parent of the source is fine: drd creates a new uniquely named directory in it.
+- cloudsql-scratch-project: the scratch project must not be the source's own project: scratch
+  instances (created, restored into, deleted) never live next to the instance they copy.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def path_conflict(directory: Path, source_path: str, source_kind: str) -> str | 
 def refusal(spec: ScratchSpec, source: Any) -> tuple[str, str] | None:
     """(field, message) when `spec` points at `source` (a SourceOptions), else None."""
     name = getattr(source, "name", "?")
+    same_project = spec.project is not None and spec.project == getattr(source, "project", None)
+    if spec.kind == "cloudsql-scratch-project" and same_project:
+        return (
+            "project",
+            f"is the project of source {name} itself: restore tests never touch their source; "
+            "name a separate scratch project (drd creates and deletes its instances there)",
+        )
     if spec.kind == "postgres-server" and spec.dsn is not None:
         source_dsn = getattr(source, "dsn", None)
         if isinstance(source_dsn, str) and same_database(spec.dsn, source_dsn):

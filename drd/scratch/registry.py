@@ -208,4 +208,6 @@ def describe(record: Mapping[str, Any]) -> str:
         return f"ephemeral PostgreSQL server in {record.get('root')}"
     if kind == "postgres-server":
         return f"scratch database {record.get('database')} ({record.get('dsn')})"
+    if kind == "cloudsql-instance":
+        return f"Cloud SQL scratch instance {record.get('project')}/{record.get('instance')}"
     return f"scratch directory {record.get('path')}"

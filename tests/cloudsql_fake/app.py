@@ -37,6 +37,9 @@ Semantics:
   with an error), `hang_next(op_type)` (it stays RUNNING until cancelled), `http_errors(n,
   status)` (the next n requests fail with that status before doing anything).
 - `requests`: every (method, path) served, for tests that check only v1 paths were used.
+- Connection info: instances carry `ipAddresses` (PRIMARY 127.0.0.1); databases carry a
+  non-standard `drdLocalDsn` (the local database behind them), which drd.scratch.cloudsql reads
+  only from a loopback endpoint, to check row counts of a restored scratch instance.
 """
 
 from __future__ import annotations
@@ -454,6 +457,7 @@ class FakeCloudSql:
             "settings": {"kind": "sql#settings", "tier": "db-f1-micro", **settings},
             "selfLink": f"{self.base_url}/v1/projects/{project}/instances/{name}",
             "connectionName": f"{project}:europe-west1:{name}",
+            "ipAddresses": [{"type": "PRIMARY", "ipAddress": PG_HOST}],
             "createTime": _now(),
         }
 
@@ -631,6 +635,9 @@ class FakeCloudSql:
             "charset": "UTF8",
             "collation": "en_US.UTF8",
             "selfLink": f"{inst.body['selfLink']}/databases/{name}",
+            # Not Google's: where the fake keeps this database (a local PostgreSQL database
+            # named cs_<hash>), so that a client on a loopback endpoint can read it.
+            "drdLocalDsn": pg_dsn(pg_database_name(inst.project, inst.name, name)),
         }
 
     async def databases_list(self, request: web.Request) -> web.Response:

@@ -78,7 +78,7 @@ CASES = [
         "restore_test:\n  scratch:\n    nope: {kind: tempdir}\n",
         [
             f"{P}:10: restore_test.scratch.nope: neither a source of this plan (main-db, "
-            "uploads) nor a source kind (files, postgres, sqlite)"
+            "uploads) nor a source kind (cloudsql, files, postgres, sqlite)"
         ],
         id="scratch-for-an-unknown-source",
     ),
@@ -102,7 +102,7 @@ CASES = [
         "restore_test:\n  scratch:\n    main-db: {kind: docker}\n",
         [
             f"{P}:10: restore_test.scratch.main-db.kind: must be 'ephemeral-postgres', "
-            "'postgres-server' or 'tempdir'"
+            "'postgres-server', 'tempdir' or 'cloudsql-scratch-project'"
         ],
         id="unknown-scratch-kind",
     ),
