@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", action="store_true", help="print the full reports as JSON")
     keys_arg(rt)
 
+    dr = command("drill", "failover drill: restore every source of PLAN, check, measure RTO/RPO")
+    dr.add_argument("plan", metavar="PLAN")
+    dr.add_argument(
+        "--lose-region", metavar="R", help="simulate losing region R: it is not read at all"
+    )
+    dr.add_argument("--json", action="store_true", help="print the full report as JSON")
+    keys_arg(dr)
+
     run = command("run", "run the daemon")
     keys_arg(run)
     return p
@@ -163,6 +171,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                 args.keys,
                 backup_id=args.backup,
                 region=args.region,
+                as_json=args.json,
+            )
+        )
+    if args.command == "drill":
+        return asyncio.run(
+            commands.drill(
+                _config_path(args, required=True),
+                args.plan,
+                args.keys,
+                lose_region=args.lose_region,
                 as_json=args.json,
             )
         )

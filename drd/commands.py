@@ -361,3 +361,59 @@ async def restore_test(
     if errors:
         return errors[0].exit_code if len(errors) == len(sources) else EXIT_FAILED
     return 0
+
+
+async def drill(
+    config_path: Path | None,
+    plan_name: str,
+    keys: str | None,
+    *,
+    lose_region: str | None,
+    as_json: bool,
+) -> int:
+    """A failover drill of PLAN, in this process; exit 12 if it failed (drd.drill)."""
+    import getpass
+
+    from drd.audit import AuditLog
+    from drd.cli import print_json
+    from drd.drill import new_report, render_markdown, run_drill
+    from drd.drill_manager import audit_drill
+    from drd.errors import DrillFailed
+    from drd.restore_test import configured_scratch_dsns
+    from drd.scratch.registry import sweep_leftovers
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    plan = find_plan(cfg, plan_name)
+    if lose_region is not None and lose_region not in plan.storage.regions:
+        raise UsageError(f"plan {plan.name} has no region {lose_region!r}")
+    keyring = keyring_for(cfg, keys)
+    await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
+    report = new_report(
+        plan, lose_region=lose_region, requested_by={"user": getpass.getuser(), "via": "cli"}
+    )
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        # The trail goes to the surviving regions only: a lost region is not touched.
+        audit = AuditLog(
+            cfg.state_dir / "audit.jsonl",
+            {n: s for n, s in regions.items() if n != lose_region},
+            keyring,
+        )
+        await audit_drill(audit, report, "start", outcome="started")
+        try:
+            await run_drill(
+                plan,
+                regions,
+                keyring,
+                state_dir=cfg.state_dir,
+                base_dir=cfg.path.parent,
+                report=report,
+            )
+        finally:
+            await audit_drill(audit, report, "finish")
+    if as_json:
+        print_json(report.as_json())
+    else:
+        print(render_markdown(report))
+    return 0 if report.passed else DrillFailed.exit_code

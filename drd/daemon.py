@@ -22,9 +22,11 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from drd import crypto
+from drd.audit import AuditLog
 from drd.backup import BackupResult, Clock, utcnow
 from drd.catalog import build_catalog
 from drd.config import Config, Plan, load_config
+from drd.drill_manager import DrillManager
 from drd.errors import DrdError, NotEnoughCopies, SourceError, TransientStorageError
 from drd.history import History
 from drd.jobs import backup_source, plan_regions
@@ -115,6 +117,11 @@ class Daemon:
             is_busy=self._retention_busy,
             on_copies=self._retention_copies_changed,
         )
+        # The audit trail (API calls, drills) and failover drills: see drd.drill_manager.
+        self.audit = AuditLog(cfg.state_dir / "audit.jsonl", self.regions, keyring)
+        self.drills = DrillManager(
+            cfg, self.regions, keyring, self.metrics, self.audit, clock=clock
+        )
         # Restore tests run on their own per-plan schedule: see drd.restore_test_loop.
         self.restore_tests = RestoreTestScheduler(
             cfg,
@@ -179,6 +186,7 @@ class Daemon:
             )
             log.info("%s: next backup due %s", st.ref, st.next_due.isoformat())
         self.restore_tests.load_state()
+        await self.drills.load_state()
 
     def _publish_source(self, st: SourceState) -> None:
         m, labels = self.metrics, (st.ref.plan, st.ref.source)
@@ -279,6 +287,7 @@ class Daemon:
         self.notifier.stopping()
         await self.retention.close()  # no grace needed: the next sweep finishes its work
         self.restore_tests.stopping = True
+        await self.drills.shutdown(grace)  # cancelled at once: they clean up and say so
         tasks = [st.task for st in self.sources.values() if st.task and not st.task.done()]
         tasks += self.restore_tests.tasks()
         if tasks:

@@ -97,3 +97,10 @@ class RestoreTestFailed(DrdError):
     restored, a check did not hold, or the test timed out (the report says which)."""
 
     exit_code = 11
+
+
+class DrillFailed(DrdError):
+    """A failover drill ran and failed: a source did not restore or a check did not hold, or
+    the achieved RTO or RPO missed the plan's target (the report says why)."""
+
+    exit_code = 12

@@ -141,6 +141,32 @@ class Metrics:
             registry=r,
         )
 
+        # Failover drills (fed by drd.drill): one series per plan
+        self.drill_last_status = Gauge(
+            "drd_drill_last_status",
+            "1 if the plan's last failover drill passed, 0 if it failed",
+            ("plan",),
+            registry=r,
+        )
+        self.drill_last_timestamp = Gauge(
+            "drd_drill_last_timestamp_seconds",
+            "When the plan's last failover drill finished (passed or failed)",
+            ("plan",),
+            registry=r,
+        )
+        self.drill_rto = Gauge(
+            "drd_drill_rto_seconds",
+            "RTO achieved by the plan's last drill: its start to the last check passing",
+            ("plan",),
+            registry=r,
+        )
+        self.drill_rpo = Gauge(
+            "drd_drill_rpo_seconds",
+            "RPO achieved by the plan's last drill: the restored data's age at its start",
+            ("plan",),
+            registry=r,
+        )
+
         # Retention (fed by the retention sweeper)
         self.retention_oldest_age = Gauge(
             "drd_retention_oldest_copy_age_seconds",
