@@ -27,6 +27,7 @@ from drd.backup import BackupResult, Clock, utcnow
 from drd.catalog import build_catalog
 from drd.config import Config, Plan, load_config
 from drd.drill_manager import DrillManager
+from drd.due import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import DrdError, NotEnoughCopies, SourceError, TransientStorageError
 from drd.history import History
 from drd.jobs import backup_source, plan_regions
@@ -53,26 +54,19 @@ def is_retryable(exc: BaseException) -> bool:
 FAILURE_BACKOFF = (timedelta(seconds=30), timedelta(minutes=15))
 
 
-@dataclass
-class SourceState:
+@dataclass(kw_only=True)
+class SourceState(JobSlot):
     plan: Plan
     source: SourceOptions
-    ref: SourceRef
     last_capture: datetime | None = None
     last_backup_id: str | None = None
     copies: dict[str, bool] = field(default_factory=dict)
     stored_bytes: int | None = None
     source_bytes: int | None = None
-    next_due: datetime | None = None
-    task: asyncio.Task[None] | None = None
     last_status: str | None = None  # "success" | "failure" | "interrupted"
     last_error: str | None = None
     last_finished: datetime | None = None
     consecutive_failures: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 def plan_schedule(plan: Plan) -> Schedule:
@@ -101,7 +95,7 @@ class Daemon:
         for plan in cfg.plans:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
-                self.sources[ref] = SourceState(plan, source, ref)
+                self.sources[ref] = SourceState(ref=ref, plan=plan, source=source)
         self._slots = asyncio.Semaphore(cfg.daemon.max_concurrent_jobs)
         self._wake = asyncio.Event()
         self.stopping = False
@@ -236,29 +230,14 @@ class Daemon:
         """Start every due job that is not already running; return what was started."""
         if self.stopping:
             return []
-        now = self.clock()
-        started = []
-        for st in self.sources.values():
-            if st.running or st.next_due is None or st.next_due > now:
-                continue
-            st.task = asyncio.create_task(self._backup_job(st), name=f"backup:{st.ref}")
-            started.append(st.ref)
-        return started
+        return start_due(self.sources.values(), self.clock(), self._backup_job, "backup")
 
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a backup now (API, tests). False if one is already running."""
-        st = self.sources[ref]
-        if st.running:
-            return False
-        st.next_due = self.clock()
-        self._wake.set()
-        return True
+        return request_now(self.sources[ref], self.clock(), self._wake)
 
     def seconds_until_next(self) -> float:
-        dues = [st.next_due for st in self.sources.values() if st.next_due and not st.running]
-        if not dues:
-            return 60.0
-        return max(0.0, (min(dues) - self.clock()).total_seconds())
+        return seconds_until_due(self.sources.values(), self.clock())
 
     async def serve(self, stop: asyncio.Event) -> None:
         watchdog = self.notifier.watchdog_interval

@@ -26,6 +26,7 @@ from typing import Any
 from drd import crypto
 from drd.backup import Clock, utcnow
 from drd.config import Config, Plan
+from drd.due import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import BackupNotFound
 from drd.history import History
 from drd.layout import SourceRef
@@ -44,13 +45,10 @@ JOB_KIND = "restore-test"
 RETRY_AFTER = timedelta(minutes=5)
 
 
-@dataclass
-class SourceTests:
+@dataclass(kw_only=True)
+class SourceTests(JobSlot):
     plan: Plan
     source: SourceOptions
-    ref: SourceRef
-    next_due: datetime | None = None
-    task: asyncio.Task[None] | None = None
     #: summaries of the last run's reports (newest backup first)
     last: list[Mapping[str, Any]] = field(default_factory=list)
     last_finished: datetime | None = None
@@ -58,10 +56,6 @@ class SourceTests:
     last_error: str | None = None
     #: the last passing test's RTO
     rto_seconds: float | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
     def schedule(self) -> Schedule:
         return Schedule(every=self.plan.restore_test.every)
@@ -95,7 +89,7 @@ class RestoreTestScheduler:
         for plan in cfg.plans:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
-                self.sources[ref] = SourceTests(plan, source, ref)
+                self.sources[ref] = SourceTests(ref=ref, plan=plan, source=source)
 
     def load_state(self) -> None:
         """The last results from the job history; when each source is next due."""
@@ -126,35 +120,18 @@ class RestoreTestScheduler:
         """Start every due test (of a source that has a backup) not already running."""
         if self.stopping:
             return []
-        now = self.clock()
-        started = []
-        for st in self.sources.values():
-            if st.running or st.next_due is None or st.next_due > now:
-                continue
-            if not self._has_backup(st.ref):
-                continue  # tested once its first backup is there
-            st.task = asyncio.create_task(self._job(st), name=f"restore-test:{st.ref}")
-            started.append(st.ref)
-        return started
+        # A source is tested once its first backup is there.
+        return start_due(self.sources.values(), self.clock(), self._job, JOB_KIND, self._eligible)
+
+    def _eligible(self, st: SourceTests) -> bool:
+        return self._has_backup(st.ref)
 
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a restore test of `ref` now. False if one is already running."""
-        st = self.sources[ref]
-        if st.running:
-            return False
-        st.next_due = self.clock()
-        self._wake.set()
-        return True
+        return request_now(self.sources[ref], self.clock(), self._wake)
 
     def seconds_until_next(self) -> float:
-        dues = [
-            st.next_due
-            for st in self.sources.values()
-            if st.next_due is not None and not st.running and self._has_backup(st.ref)
-        ]
-        if not dues:
-            return 60.0
-        return max(0.0, (min(dues) - self.clock()).total_seconds())
+        return seconds_until_due(self.sources.values(), self.clock(), self._eligible)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [st.task for st in self.sources.values() if st.task and not st.task.done()]

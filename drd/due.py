@@ -1,0 +1,71 @@
+"""Per-source job slots shared by the daemon's schedulers (backups, restore tests).
+
+Each source has at most one job task and a `next_due` time; starting what is due, asking for a
+job now, and computing how long the loop may sleep are the same for every kind of job, so they
+live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from drd.layout import SourceRef
+
+#: how long the loop sleeps when nothing is scheduled at all
+IDLE_SECONDS = 60.0
+
+
+@dataclass
+class JobSlot:
+    """What every per-source job state has (subclasses add the job's own facts)."""
+
+    ref: SourceRef
+    next_due: datetime | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+S = TypeVar("S", bound=JobSlot)
+
+
+def start_due(
+    slots: Iterable[S],
+    now: datetime,
+    job: Callable[[S], Coroutine[Any, Any, None]],
+    name: str,
+    eligible: Callable[[S], bool] = lambda slot: True,
+) -> list[SourceRef]:
+    """Start `job` for every eligible slot that is due and idle; return the refs started.
+    Never a second task for a source whose job still runs: runs of one source never overlap."""
+    started = []
+    for slot in slots:
+        if slot.running or slot.next_due is None or slot.next_due > now or not eligible(slot):
+            continue
+        slot.task = asyncio.create_task(job(slot), name=f"{name}:{slot.ref}")
+        started.append(slot.ref)
+    return started
+
+
+def request_now(slot: JobSlot, now: datetime, wake: asyncio.Event) -> bool:
+    """Make `slot` due now and wake the loop; False if its job is already running."""
+    if slot.running:
+        return False
+    slot.next_due = now
+    wake.set()
+    return True
+
+
+def seconds_until_due(
+    slots: Iterable[S], now: datetime, eligible: Callable[[S], bool] = lambda slot: True
+) -> float:
+    dues = [s.next_due for s in slots if s.next_due is not None and not s.running and eligible(s)]
+    if not dues:
+        return IDLE_SECONDS
+    return max(0.0, (min(dues) - now).total_seconds())
