@@ -244,3 +244,20 @@ async def feed_stdin(
         await child.kill()
         raise
     return child.tail.text()
+
+
+class CountingStream:
+    """Passes an async iterator of chunks through, counting bytes. A plain iterator rather than
+    a generator, so there is nothing left to close when the consumer stops early."""
+
+    def __init__(self, inner: AsyncIterator[bytes]) -> None:
+        self._inner = inner
+        self.bytes = 0
+
+    def __aiter__(self) -> CountingStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._inner.__anext__()
+        self.bytes += len(chunk)
+        return chunk

@@ -74,7 +74,7 @@ from pydantic import Field
 
 from drd.errors import ConfigError, RestoreError, SourceError, TargetExists
 from strategies._secrets import SecretRef
-from strategies._subprocess import ToolError, feed_stdin, redact, stream_stdout
+from strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from strategies.base import RestoreOutcome, SourceOptions, Strategy
 from strategies.statistics import digest, error_text, result_value
 
@@ -748,7 +748,7 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                     "--batch",
                     f"--database={staging}",
                 ]
-                counted = _Counting(chunks)
+                counted = CountingStream(chunks)
                 warnings = await feed_stdin(argv, client_env(server), counted)
             if warnings:
                 log.info("%s: the client said: %s", where, redact(warnings, secret))
@@ -780,20 +780,6 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                 "checks": {"row_counts": "ok", "schema": "ok"},
             },
         )
-
-
-class _Counting:
-    def __init__(self, inner: AsyncIterator[bytes]) -> None:
-        self._inner = inner
-        self.bytes = 0
-
-    def __aiter__(self) -> _Counting:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self._inner.__anext__()
-        self.bytes += len(chunk)
-        return chunk
 
 
 async def _server_facts(client: Client, database: str) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from drd.errors import RestoreError, SourceError, TargetExists
-from strategies._subprocess import ToolError, feed_stdin, redact, stream_stdout
+from strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 log = logging.getLogger(__name__)
@@ -386,22 +386,6 @@ class _Snapshot:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Counting:
-    """Passes an async iterator through, counting bytes (no generator left to close)."""
-
-    def __init__(self, inner: AsyncIterator[bytes]) -> None:
-        self._inner = inner
-        self.bytes = 0
-
-    def __aiter__(self) -> _Counting:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self._inner.__anext__()
-        self.bytes += len(chunk)
-        return chunk
-
-
 def staging_name(target: str) -> str:
     """`<target>_drd_restoring_<random8>`, the target part cut so the whole fits 63 bytes."""
     room = _MAX_IDENT_BYTES - len(STAGING_INFIX) - 8
@@ -520,7 +504,7 @@ class PostgresStrategy(Strategy[PostgresOptions]):
 
         maintenance = conn.with_dbname(MAINTENANCE_DB)
         staging_created = False
-        counted = _Counting(chunks)
+        counted = CountingStream(chunks)
         try:
             async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
                 if await _database_exists(db, dbname):
