@@ -249,7 +249,11 @@ class _ResumableUpload:
                 size = "*" if total is None else str(total)
                 headers = {"X-Goog-Hash": f"crc32c={crc32c}"} if crc32c else {}
                 span = f"bytes {start}-{end}/{size}" if count else f"bytes */{size}"
-                return self._handle(self._put(bytes(self.buffer[:count]), span, headers))
+                # One copy of the chunk, not two (a bytearray slice is a copy of its own);
+                # the view is released before the buffer is resized.
+                with memoryview(self.buffer) as view:
+                    body = bytes(view[:count])
+                return self._handle(self._put(body, span, headers))
             except (*_NETWORK_ERRORS, _RetryableStatus) as exc:
                 if time.monotonic() + delay > give_up:
                     raise TransientStorageError(
