@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +150,21 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
         >= 2
     )
 
-    # RPO grows between backups and falls after the next one.
-    before = successes()
-    rpo_a = value(scrape(d.base), "drd_rpo_seconds", **labels)
-    wait_for(lambda: successes() > before, 20, "the next backup")
-    rpo_b = value(scrape(d.base), "drd_rpo_seconds", **labels)
-    assert rpo_a is not None and rpo_b is not None and rpo_b < rpo_a + 3
+    # RPO is the age of the newest backup: it falls when the next one lands.
+    def captured_at() -> datetime:
+        body = json.loads(http_get(d.base + "/api/v1/status")[1])
+        stamp = body["plans"]["billing"]["sources"]["db"]["last_backup"]["captured_at"]
+        return datetime.fromisoformat(stamp)
+
+    first = captured_at()
+    wait_for(lambda: captured_at() > first, 20, "the next backup")
+    second = captured_at()
+    rpo = value(scrape(d.base), "drd_rpo_seconds", **labels)
+    age_first = (datetime.now(UTC) - first).total_seconds()
+    age_second = (datetime.now(UTC) - second).total_seconds()
+    assert rpo is not None
+    assert abs(rpo - age_second) < 1.0, (rpo, age_second)
+    assert rpo < age_first - 0.5, (rpo, age_first)
 
     # The real scrape passes Prometheus' own linter.
     promtool = shutil.which("promtool")
