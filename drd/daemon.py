@@ -409,6 +409,7 @@ async def _main(
     from drd.logs import setup_logging
     from drd.restore_test import configured_scratch_dsns
     from drd.runtime import keyring_for, open_regions
+    from drd.scratch.cloudsql_env import sweep_labelled_instances
     from drd.scratch.registry import sweep_leftovers
 
     cfg = load_config(config_path)
@@ -427,6 +428,7 @@ async def _main(
         )
         # Scratch environments of restore tests a crash interrupted go first.
         await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
+        await sweep_labelled_instances(cfg)
         await daemon.load_state()
         runner = await start_http(daemon, cfg.api.listen)
         stack.push_async_callback(runner.cleanup)

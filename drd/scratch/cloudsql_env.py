@@ -41,13 +41,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from drd.errors import ConfigError, RestoreError
 from drd.scratch.environment import ScratchEnv
 from restore_tests.results import CheckResult
 from restore_tests.spec import ScratchSpec
+
+if TYPE_CHECKING:
+    from drd.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +289,48 @@ async def open_cloudsql_scratch(
         raise RestoreError(f"scratch instance in {spec.project}: {exc}") from None
     finally:
         await asyncio.to_thread(api.close)
+
+
+async def sweep_labelled_instances(cfg: Config) -> list[str]:
+    """Delete labelled drd-scratch instances left in every configured scratch project.
+
+    The leftover registry covers a crash after an instance was recorded; this covers the rest:
+    an instance whose create request was still in flight when its test was cancelled or the
+    process died. Only instances older than twice the plan's restore-test timeout are taken, so
+    a test running elsewhere (the CLI, another host) is never touched. Failures are logged: a
+    scratch project that cannot be listed must not keep the daemon from starting.
+    """
+    from drd.scratch.cloudsql import sweep_scratch_instances
+    from strategies.cloudsql import CloudSqlOptions, PollPolicy, open_api
+
+    gone: list[str] = []
+    for plan in cfg.plans:
+        for source in plan.sources:
+            if not isinstance(source, CloudSqlOptions):
+                continue
+            spec = plan.restore_test.scratch_for(source)
+            if spec.kind != "cloudsql-scratch-project" or spec.project is None:
+                continue
+            try:
+                api = open_api(
+                    source.credentials,
+                    source.endpoint,
+                    what=f"source {source.name!r}: credentials",
+                    request_deadline=source.request_deadline,
+                )
+                poll = PollPolicy(source.operation_timeout, source.poll_initial, source.poll_max)
+                older_than = 2 * plan.restore_test.timeout.total_seconds()
+                try:
+                    gone += await sweep_scratch_instances(
+                        api, spec.project, poll=poll, older_than=older_than
+                    )
+                finally:
+                    api.close()
+            except Exception as exc:  # reported, retried at the next start
+                log.warning(
+                    "plan %s: cannot sweep scratch instances in %s: %s",
+                    plan.name,
+                    spec.project,
+                    exc,
+                )
+    return gone

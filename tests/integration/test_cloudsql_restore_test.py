@@ -200,3 +200,33 @@ def test_a_test_that_times_out_deletes_the_instance(tmp_path: Path, world: World
     assert world.scratch_instances() == []
     assert world.staging_objects() == []
     assert list((tmp_path / "state" / "scratch").glob("*.json")) == []
+
+
+async def test_labelled_instances_without_a_record_are_swept_when_old(
+    tmp_path: Path, world: World
+) -> None:
+    """An instance whose create was in flight when its test died has no registry record: the
+    daemon's start-up sweep finds it by label, but leaves young ones (a test running elsewhere)
+    and anything drd did not label."""
+    from drd.config import load_config
+    from drd.scratch.cloudsql import LABEL
+    from drd.scratch.cloudsql_env import sweep_labelled_instances
+
+    env = make_env(tmp_path, world)
+
+    def scratch_instance(name: str, *, labelled: bool, created: str | None) -> None:
+        inst = world.api.add_instance(SCRATCH_PROJECT, name)
+        if labelled:
+            inst.body["settings"]["userLabels"] = {LABEL: "true"}
+        if created:
+            inst.body["createTime"] = created
+
+    scratch_instance("drd-scratch-old000000000", labelled=True, created="2026-01-01T00:00:00Z")
+    scratch_instance("drd-scratch-new000000000", labelled=True, created=None)  # now
+    scratch_instance("drd-scratch-nolabel00000", labelled=False, created="2026-01-01T00:00:00Z")
+    gone = await sweep_labelled_instances(load_config(env.config_path))
+    assert gone == ["drd-scratch-old000000000"]
+    assert sorted(world.scratch_instances()) == [
+        "drd-scratch-new000000000",
+        "drd-scratch-nolabel00000",
+    ]
