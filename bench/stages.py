@@ -120,8 +120,8 @@ def measure_stages(dump_file: Path, limit: int = 256 * MIB, runs: int = 3) -> li
             backup_id="bench",
             key_id="bench",
             object_name="data",
-            expect_ciphertext=(sealer.ciphertext_size, sealer.ciphertext_sha256),
-            expect_plaintext=(sealer.plaintext_size, sealer.plaintext_sha256),
+            expect_ciphertext=(sealer.ciphertext_size, sealer.ciphertext_digest),
+            expect_plaintext=(sealer.plaintext_size, sealer.plaintext_digest),
         )
         n = sum(len(piece) for chunk in _chunks(sealed) for piece in o.feed(bytes(chunk)))
         return n + sum(len(piece) for piece in o.finish())

@@ -1,3 +1,3 @@
 """drd: disaster-recovery and backup-verification daemon."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -105,12 +105,23 @@ async def run_backup(
         await fan.send(await asyncio.to_thread(sealer.finish))
         await fan.commit()
         for u in fan.uploads:
-            # The backend verified its own checksum on commit; the size check ties the stored
-            # object to exactly the bytes this process produced.
-            if u.info is not None and u.info.size != sealer.ciphertext_size:
+            # Size and checksum tie each stored object to exactly the bytes this process
+            # produced (GCS computes its CRC32C on the server, from what it received).
+            if u.info is None:
+                continue
+            if u.info.size != sealer.ciphertext_size:
                 u.error = RuntimeError(
                     f"stored size {u.info.size} != written {sealer.ciphertext_size}"
                 )
+            elif u.info.checksum and u.info.checksum != sealer.ciphertext_checksum:
+                u.error = RuntimeError(
+                    f"stored checksum {u.info.checksum} != written {sealer.ciphertext_checksum}"
+                )
+        # A copy that does not match is never referenced by a manifest: remove it now.
+        await _delete_quietly(
+            [u.storage for u in fan.uploads if u.info is not None and not u.alive],
+            ref.data_key(backup_id),
+        )
         _require(fan, min_copies, where, "after the upload")
     except BaseException:
         await fan.abort()
@@ -134,9 +145,9 @@ async def run_backup(
             segment_size=segment_size,
             compression=COMPRESSION,
             plaintext_size=sealer.plaintext_size,
-            plaintext_sha256=sealer.plaintext_sha256,
+            plaintext_digest=sealer.plaintext_digest,
             ciphertext_size=sealer.ciphertext_size,
-            ciphertext_sha256=sealer.ciphertext_sha256,
+            ciphertext_digest=sealer.ciphertext_digest,
             strategy_metadata={**strategy.restore_metadata(), "host": socket.gethostname()},
             drd_version=__version__,
         ),

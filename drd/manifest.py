@@ -48,14 +48,22 @@ class ManifestBody:
     segment_size: int
     compression: str
     plaintext_size: int
-    plaintext_sha256: str
+    #: `<algorithm>:<hex>` (drd.digests): of the uncompressed dump
+    plaintext_digest: str
     ciphertext_size: int
-    ciphertext_sha256: str
+    #: `<algorithm>:<hex>`: of the whole data object as stored
+    ciphertext_digest: str
     strategy_metadata: dict[str, Any] = field(default_factory=dict)
     drd_version: str = ""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> ManifestBody:
+        raw = dict(raw)
+        # Manifests written before drd 0.2 name their (SHA-256) digests by algorithm.
+        for part in ("plaintext", "ciphertext"):
+            legacy = raw.pop(f"{part}_sha256", None)
+            if isinstance(legacy, str) and f"{part}_digest" not in raw:
+                raw[f"{part}_digest"] = f"sha256:{legacy}"
         try:
             return cls(**{f: raw[f] for f in cls.__dataclass_fields__ if f in raw})
         except TypeError as exc:

@@ -20,7 +20,6 @@ Memory stays constant: the data streams chunk by chunk from reader to writer.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from drd import crypto
 from drd.backup import close_stream
 from drd.catalog import CatalogEntry, build_catalog
 from drd.config import Plan
+from drd.digests import ContentDigest, Crc32c, short
 from drd.errors import DrdError, IntegrityError, StorageError
 from drd.layout import backup_id_time
 from drd.manifest import Manifest
@@ -63,22 +63,28 @@ class _SourceDamaged(IntegrityError):
 
 
 async def _copy_data(
-    src: Storage, dst: Storage, key: str, size: int, sha256: str, backup_id: str
+    src: Storage, dst: Storage, key: str, size: int, expected: str, backup_id: str
 ) -> None:
+    """Copy `key`, checking it against the manifest's size and tagged digest `expected`."""
+    try:
+        digest = ContentDigest.like(expected)
+    except ValueError as exc:
+        raise IntegrityError(f"manifest of {key}: {exc}") from None
+    crc, count = Crc32c(), 0
     reader = src.open_reader(key)
     writer = await dst.open_writer(key, metadata={"drd-backup-id": backup_id})
-    digest, count = hashlib.sha256(), 0
     try:
         async for chunk in reader:
             count += len(chunk)
             if count > size:
                 raise _SourceDamaged(f"region {src.name}: {key} is longer than {size} bytes")
             digest.update(chunk)
+            crc.update(chunk)
             await writer.write(chunk)
-        if count != size or digest.hexdigest() != sha256:
+        if count != size or not digest.matches(expected):
             raise _SourceDamaged(
                 f"region {src.name}: {key} does not match its manifest "
-                f"({count} of {size} bytes, sha256 {digest.hexdigest()[:16]}...)"
+                f"({count} of {size} bytes, {short(digest.tagged())})"
             )
         info = await writer.commit()
     except BaseException:
@@ -88,7 +94,7 @@ async def _copy_data(
         await close_stream(reader)
     if info.size != size:
         raise StorageError(f"region {dst.name}: stored {info.size} bytes of {key}, sent {size}")
-    if info.checksum and info.checksum.startswith("sha256:") and info.checksum[7:] != sha256:
+    if info.checksum and info.checksum.startswith("crc32c:") and info.checksum != crc.checksum():
         raise StorageError(f"region {dst.name}: stored checksum of {key} differs from the sent")
 
 
@@ -108,7 +114,7 @@ async def _copy_backup(
         dst,
         ref.data_key(backup_id),
         body.ciphertext_size,
-        body.ciphertext_sha256,
+        body.ciphertext_digest,
         backup_id,
     )
     try:

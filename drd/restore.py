@@ -114,8 +114,8 @@ async def stream_plaintext(
             backup_id=pub.backup_id,
             key_id=pub.key_id,
             object_name=DATA_OBJECT,
-            expect_ciphertext=(body.ciphertext_size, body.ciphertext_sha256),
-            expect_plaintext=(body.plaintext_size, body.plaintext_sha256),
+            expect_ciphertext=(body.ciphertext_size, body.ciphertext_digest),
+            expect_plaintext=(body.plaintext_size, body.plaintext_digest),
         )
         reader = storage.open_reader(ref.data_key(pub.backup_id))
         try:

@@ -6,12 +6,12 @@ concurrently on one instance. Encryption itself is drd.crypto's; this module onl
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import zstandard
 
 from drd import crypto
+from drd.digests import ContentDigest, Crc32c
 from drd.errors import IntegrityError
 
 COMPRESSION = "zstd"
@@ -44,8 +44,11 @@ class Sealer:
             object_name=object_name,
             segment_size=segment_size,
         )
-        self._plain = hashlib.sha256()
-        self._cipher = hashlib.sha256()
+        self._plain = ContentDigest()
+        self._cipher = ContentDigest()
+        # What every storage backend reports for the object (drd.digests): compared after
+        # the upload, it ties each stored copy to exactly these bytes.
+        self._cipher_crc = Crc32c()
         self.plaintext_size = 0
         self.ciphertext_size = 0
 
@@ -60,16 +63,21 @@ class Sealer:
 
     def _count(self, out: bytes) -> bytes:
         self._cipher.update(out)
+        self._cipher_crc.update(out)
         self.ciphertext_size += len(out)
         return out
 
     @property
-    def plaintext_sha256(self) -> str:
-        return self._plain.hexdigest()
+    def plaintext_digest(self) -> str:
+        return self._plain.tagged()
 
     @property
-    def ciphertext_sha256(self) -> str:
-        return self._cipher.hexdigest()
+    def ciphertext_digest(self) -> str:
+        return self._cipher.tagged()
+
+    @property
+    def ciphertext_checksum(self) -> str:
+        return self._cipher_crc.checksum()
 
 
 class Opener:
@@ -94,14 +102,19 @@ class Opener:
         expect_ciphertext: tuple[int, str],
         expect_plaintext: tuple[int, str],
     ) -> None:
+        """`expect_*`: (size, tagged digest) from the manifest; the digests' algorithms say
+        how to hash (BLAKE3, or SHA-256 for manifests older than drd 0.2)."""
         self._decryptor = crypto.StreamDecryptor(
             data_key, backup_id=backup_id, key_id=key_id, object_name=object_name
         )
         self._decompressor = zstandard.ZstdDecompressor().decompressobj()
         self._expect_ciphertext = expect_ciphertext
         self._expect_plaintext = expect_plaintext
-        self._plain = hashlib.sha256()
-        self._cipher = hashlib.sha256()
+        try:
+            self._plain = ContentDigest.like(expect_plaintext[1])
+            self._cipher = ContentDigest.like(expect_ciphertext[1])
+        except ValueError as exc:
+            raise IntegrityError(f"manifest digest: {exc}") from None
         self.plaintext_size = 0
         self.ciphertext_size = 0
 
@@ -120,7 +133,7 @@ class Opener:
             raise IntegrityError(f"data object truncated: {self.ciphertext_size} of {size} bytes")
         # Authentication first: its message names the segment that was altered.
         final = self._decryptor.finalize()
-        if self._cipher.hexdigest() != digest:
+        if not self._cipher.matches(digest):
             raise IntegrityError("data object digest does not match the manifest")
         return self._last_pieces(final)
 
@@ -129,7 +142,7 @@ class Opener:
         if not self._decompressor.eof:
             raise IntegrityError("compressed stream ended early")
         size, digest = self._expect_plaintext
-        if self.plaintext_size != size or self._plain.hexdigest() != digest:
+        if self.plaintext_size != size or not self._plain.matches(digest):
             raise IntegrityError("restored plaintext does not match the manifest's digest")
 
     def _decompress(self, data: bytes) -> Iterator[bytes]:

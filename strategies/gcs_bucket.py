@@ -43,7 +43,6 @@ crc32c; disk use is bounded by the largest object.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -56,9 +55,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, ClassVar, Literal, TypeVar
 
-import google_crc32c
 from pydantic import Field, field_validator
 
+from drd.digests import Crc32c
 from drd.errors import ConfigError, DrdError, RestoreError, SourceError, TargetExists
 from strategies._google import STORAGE_SCOPES, GoogleCredentials, build_credentials, check_endpoint
 from strategies.base import RestoreOutcome, SourceOptions, Strategy
@@ -117,17 +116,6 @@ class GcsBucketOptions(SourceOptions):
 def _object_prefix(prefix: str) -> str:
     prefix = prefix.strip("/")
     return prefix + "/" if prefix else ""
-
-
-class _Crc32c:
-    def __init__(self) -> None:
-        self._c = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
-
-    def update(self, data: bytes) -> None:
-        self._c.update(data)  # type: ignore[no-untyped-call]
-
-    def b64(self) -> str:
-        return base64.b64encode(self._c.digest()).decode()  # type: ignore[no-untyped-call]
 
 
 def object_digest(content_sha256: str, properties: Mapping[str, Any]) -> str:
@@ -409,7 +397,7 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
             pax[f"{PAX}md5"] = str(blob.md5_hash)
         updated: datetime | None = blob.updated
         yield _member_header(rel, size, updated.timestamp() if updated else 0, pax)
-        crc, sha = _Crc32c(), hashlib.sha256()
+        crc, sha = Crc32c(), hashlib.sha256()
         position = 0
         data = first
         while True:
@@ -559,7 +547,7 @@ async def _upload(
         props["metadata"] = json.loads(pax.get(f"{PAX}metadata", "{}"))
     except ValueError:
         raise RestoreError(f"{where}: {name}: malformed metadata record") from None
-    crc, sha = _Crc32c(), hashlib.sha256()
+    crc, sha = Crc32c(), hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         async for piece in reader.pieces(size):
             crc.update(piece)

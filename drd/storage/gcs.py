@@ -23,7 +23,6 @@ and a retry bounded by `retry_deadline` (the library default retries for 120 s).
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import concurrent.futures
 import contextlib
@@ -37,7 +36,6 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import google_crc32c
 import requests  # type: ignore[import-untyped,unused-ignore]
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
@@ -47,6 +45,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from drd.digests import Crc32c
 from drd.errors import (
     ObjectNotFound,
     PermanentStorageError,
@@ -84,21 +83,6 @@ _UPLOAD_ID = re.compile(r"upload_id=[^&\s'\"]+")
 
 def _redact(text: str) -> str:
     return _UPLOAD_ID.sub("upload_id=<redacted>", text)
-
-
-class _Crc32c:
-    """google_crc32c is typed but unannotated; keep the ignores in one place."""
-
-    def __init__(self) -> None:
-        self._checksum = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
-
-    def update(self, data: bytes) -> None:
-        self._checksum.update(data)  # type: ignore[no-untyped-call]
-
-    def b64(self) -> str:
-        """The encoding GCS uses in object resources and X-Goog-Hash."""
-        digest = self._checksum.digest()  # type: ignore[no-untyped-call]
-        return base64.b64encode(digest).decode("ascii")
 
 
 def _describe(exc: BaseException) -> str:
@@ -307,7 +291,7 @@ class GCSWriter(ObjectWriter):
         self._key = key
         self._upload = upload
         self._metadata = metadata
-        self._crc = _Crc32c()
+        self._crc = Crc32c()
         self._size = 0
         self._state = "open"
 
@@ -523,7 +507,7 @@ class GCSStorage(Storage):
         # Pin the generation: an overwrite mid-read gives 404, never a mix of two objects.
         blob = self._bucket.blob(name, generation=generation)
         whole = offset == 0 and end == size
-        crc = _Crc32c()
+        crc = Crc32c()
         position = offset
         while position < end:
             stop = min(position + self._chunk_size, end)

@@ -2,9 +2,9 @@
 
 Layout under `root`: the key `a/b/c` is the file `root/a/b/c`, byte for byte, so an operator
 can copy objects with ordinary tools. Beside each object lives `.c.drd-info` (JSON: size,
-sha256, metadata). Uploads go to `.c.drd-partial-<random>` in the same directory and are
-renamed into place on commit. Every dot-name is bookkeeping: keys never start a segment with
-'.' (`validate_key`), so `list()` can skip them all.
+crc32c checksum as GCS gives it, metadata). Uploads go to `.c.drd-partial-<random>` in the
+same directory and are renamed into place on commit. Every dot-name is bookkeeping: keys never
+start a segment with '.' (`validate_key`), so `list()` can skip them all.
 
 Commit order: fsync data, write+fsync info, rename info, rename data, fsync directory. The
 data rename is the commit point, so a crash never shows a new object without its info. The
@@ -19,7 +19,6 @@ import asyncio
 import builtins
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import secrets
@@ -28,6 +27,7 @@ import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from pathlib import Path
 
+from drd.digests import Crc32c
 from drd.errors import (
     ObjectNotFound,
     PermanentStorageError,
@@ -90,7 +90,7 @@ class LocalWriter(ObjectWriter):
         self._metadata = dict(metadata)
         self._temp = path.with_name(f".{path.name}{PARTIAL_MARK}{secrets.token_hex(8)}")
         self._fd: int | None = None
-        self._hash = hashlib.sha256()
+        self._crc = Crc32c()
         self._size = 0
         self._state = "open"
 
@@ -114,7 +114,7 @@ class LocalWriter(ObjectWriter):
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
         _write_all(self._fd, data)
-        self._hash.update(data)
+        self._crc.update(data)
         self._size += len(data)
 
     async def commit(self) -> ObjectInfo:
@@ -134,7 +134,7 @@ class LocalWriter(ObjectWriter):
         st = os.fstat(self._fd)
         os.close(self._fd)
         self._fd = None
-        checksum = "sha256:" + self._hash.hexdigest()
+        checksum = self._crc.checksum()
         record = {
             "id": [st.st_ino, st.st_size, st.st_mtime_ns],
             "checksum": checksum,

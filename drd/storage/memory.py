@@ -2,15 +2,15 @@
 
 It honours the whole contract, so tests that run against it exercise the same semantics as
 the disk and cloud backends: writes stay invisible until commit, readers stream in chunks,
-keys are validated, and every object carries a sha256 checksum.
+keys are validated, and every object carries a crc32c checksum, as the other backends do.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
+from drd.digests import Crc32c
 from drd.errors import ObjectNotFound, PermanentStorageError
 from drd.storage.base import ObjectInfo, ObjectWriter, Storage, validate_key
 
@@ -24,7 +24,7 @@ class _Object:
 
 
 def _make_object(key: str, data: bytes, metadata: Mapping[str, str] | None) -> _Object:
-    checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+    checksum = Crc32c(data).checksum()
     return _Object(data, ObjectInfo(key, len(data), checksum, dict(metadata or {})))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import drd
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
 from tests.support.pg import PgDatabaseFactory, populate_rich_database
@@ -144,7 +145,7 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
     assert value(samples, "drd_rpo_target_seconds", **labels) == 30
     assert value(samples, "drd_backup_size_bytes", **labels) > 0
     assert value(samples, "drd_backup_source_bytes", **labels) > 0
-    assert value(samples, "drd_build_info", version="0.1.0") == 1
+    assert value(samples, "drd_build_info", version=drd.__version__) == 1
     assert (
         value(samples, "drd_storage_operations_total", region="ew1", operation="put", result="ok")
         >= 2

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict
 from datetime import UTC, datetime
 
+import blake3
 import pytest
 
 from drd import crypto
 from drd.backup import run_backup
 from drd.catalog import build_catalog
+from drd.digests import Crc32c
 from drd.errors import IntegrityError, KeyringError, NotEnoughCopies, TransientStorageError
 from drd.layout import SourceRef
+from drd.manifest import Manifest
 from drd.restore import restore_backup
+from drd.storage.base import ObjectInfo, ObjectWriter
 from drd.storage.faults import FaultyStorage
 from drd.storage.memory import MemoryStorage
 from tests.support.blob_strategy import RESTORED, BlobOptions, BlobStrategy, blob_bytes
@@ -256,3 +262,94 @@ async def test_rotated_key_still_reads_old_backups(blob_strategy, keyring) -> No
     rotated = crypto.Keyring([crypto.Keyring.parse(new, "n").primary, old_line])
     await restore_backup(REF, rs, rotated, "target")
     assert RESTORED["target"] == blob_bytes(60_000)
+
+
+# -- digests: BLAKE3 in new manifests, SHA-256 manifests (drd < 0.2) still verified ------------
+
+
+async def test_manifest_digests_are_blake3_of_the_dump_and_the_stored_object(
+    blob_strategy, keyring
+) -> None:
+    rs = regions()
+    result = await _backup(rs, keyring)
+    body = result.manifest.body
+    assert body.plaintext_digest == "blake3:" + blake3.blake3(blob_bytes(60_000)).hexdigest()
+    for region in rs:
+        stored = await region.get(REF.data_key(result.backup_id))
+        assert body.ciphertext_digest == "blake3:" + blake3.blake3(stored).hexdigest()
+        info = await region.stat(REF.data_key(result.backup_id))
+        assert info.checksum == Crc32c(stored).checksum()
+
+
+async def _rewrite_as_legacy(
+    region: MemoryStorage, keyring: crypto.Keyring, backup_id: str, plaintext: bytes
+) -> None:
+    """Re-seal the backup's manifest as drd 0.1 wrote it: `*_sha256` digests, no algorithm."""
+    key = REF.manifest_key(backup_id)
+    manifest = Manifest.open(keyring, await region.get(key), key)
+    body = asdict(manifest.body)
+    del body["plaintext_digest"], body["ciphertext_digest"]
+    body["plaintext_sha256"] = hashlib.sha256(plaintext).hexdigest()
+    body["ciphertext_sha256"] = hashlib.sha256(
+        await region.get(REF.data_key(backup_id))
+    ).hexdigest()
+    await region.put(key, crypto.seal_manifest(keyring, asdict(manifest.public), body))
+
+
+async def test_a_legacy_sha256_manifest_still_restores(blob_strategy, keyring) -> None:
+    rs = regions(1)
+    result = await _backup(rs, keyring)
+    await _rewrite_as_legacy(rs[0], keyring, result.backup_id, blob_bytes(60_000))
+    (entry,) = (await build_catalog(rs, keyring)).entries
+    assert entry.manifest is not None
+    assert entry.manifest.body.plaintext_digest.startswith("sha256:")
+    await restore_backup(REF, rs, keyring, "target")
+    assert RESTORED["target"] == blob_bytes(60_000)
+
+
+async def test_a_legacy_sha256_digest_that_does_not_match_is_refused(blob_strategy, keyring):
+    rs = regions(1)
+    result = await _backup(rs, keyring)
+    # The digest of other bytes: everything authenticates, only the final check can catch it.
+    await _rewrite_as_legacy(rs[0], keyring, result.backup_id, blob_bytes(60_000, seed=1))
+    with pytest.raises(IntegrityError, match="does not match the manifest's digest"):
+        await restore_backup(REF, rs, keyring, "target")
+
+
+class _CorruptingWriter(ObjectWriter):
+    """Stores one byte altered, with a correct checksum of what it stored: silent corruption
+    between this process and the disk, which only a comparison with the sent bytes catches."""
+
+    def __init__(self, inner: ObjectWriter) -> None:
+        self._inner = inner
+        self._first = True
+
+    async def write(self, data: bytes) -> None:
+        if self._first and data:
+            data = bytes([data[0] ^ 1]) + data[1:]
+            self._first = False
+        await self._inner.write(data)
+
+    async def commit(self) -> ObjectInfo:
+        return await self._inner.commit()
+
+    async def abort(self) -> None:
+        await self._inner.abort()
+
+
+class _CorruptingStorage(MemoryStorage):
+    async def open_writer(self, key, metadata=None):  # type: ignore[no-untyped-def]
+        return _CorruptingWriter(await super().open_writer(key, metadata))
+
+
+async def test_a_copy_stored_with_other_bytes_is_not_counted_and_removed(blob_strategy, keyring):
+    good, bad = MemoryStorage("r0", chunk_size=1000), _CorruptingStorage("r1", chunk_size=1000)
+    result = await run_backup(
+        REF, strategy(60_000), [good, bad], keyring, min_copies=1, segment_size=SEG
+    )
+    assert result.committed_regions == ["r0"]
+    assert "stored checksum" in result.missing[0].error
+    assert await bad.list() == []
+    with pytest.raises(NotEnoughCopies, match="stored checksum"):
+        await run_backup(REF, strategy(60_000), [good, bad], keyring, min_copies=2)
+    assert await bad.list() == []
