@@ -5,10 +5,12 @@ that the library creates, because the contract needs three things the library's 
 give together: the object must appear only when commit() sends the final chunk, abort() must
 cancel the session, and recovery and retries must stay within a deadline we choose.
 
-- write() buffers; each full `chunk_size` (a multiple of 256 KiB) goes out as a non-final chunk
-  (`Content-Range: bytes a-b/*`). Bytes leave the buffer only once the server confirms them
-  (308 + `Range`), so after a timeout or a reset we ask the server what it has (`bytes */*`)
-  and resend from there, within `retry_deadline`. Memory: about two chunks.
+- write() keeps the pieces it is given (no copy: the fan-out hands every region the same
+  bytes objects); each full `chunk_size` (a multiple of 256 KiB) goes out as a non-final chunk
+  (`Content-Range: bytes a-b/*`) sent straight from those pieces. Bytes are dropped only once
+  the server confirms them (308 + `Range`), so after a timeout or a reset we ask the server
+  what it has (`bytes */*`) and resend from there, within `retry_deadline`. Memory: one chunk
+  plus one piece per region.
 - commit() sends the rest with the total size and `X-Goog-Hash: crc32c=...` (computed locally
   while streaming), so real GCS refuses to finalize bytes that do not match. It then checks the
   finalized object's size and crc32c against the local values; on a mismatch it deletes that
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -32,7 +35,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -188,10 +191,69 @@ class _RetryableStatus(Exception):
     """A 408/429/5xx answer inside the upload protocol."""
 
 
+class _Unconfirmed:
+    """The bytes the server has not confirmed yet, kept as the pieces written, never joined.
+
+    A chunk is sent as a `_Body` over these pieces; the bytes of a piece cut at a chunk
+    boundary stay a view of it, so nothing is copied on the normal path.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        if data:
+            # Kept until confirmed, so it must not change meanwhile: only bytes are immutable.
+            self._pieces.append(data if type(data) is bytes else bytes(data))
+            self.size += len(data)
+
+    def head(self, count: int) -> _Body:
+        """The first `count` bytes (count <= size), as a request body."""
+        parts: list[bytes | memoryview] = []
+        wanted = count
+        for piece in self._pieces:
+            if not wanted:
+                break
+            part = piece if len(piece) <= wanted else memoryview(piece)[:wanted]
+            parts.append(part)
+            wanted -= len(part)
+        return _Body(parts, count)
+
+    def drop(self, count: int) -> None:
+        """Forget the first `count` bytes (the server has them)."""
+        self.size -= count
+        while count:
+            piece = self._pieces.popleft()
+            if len(piece) > count:
+                self._pieces.appendleft(memoryview(piece)[count:])
+                return
+            count -= len(piece)
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self.size = 0
+
+
+class _Body:
+    """A request body made of pieces. requests sends any sized iterable as is, with a
+    Content-Length of len() (urllib3 writes the pieces one by one): no joined copy."""
+
+    def __init__(self, parts: list[bytes | memoryview], length: int) -> None:
+        self._parts = parts
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        return iter(self._parts)
+
+
 class _ResumableUpload:
     """The resumable-upload protocol on one session URI. Blocking: runs on a pool thread.
 
-    `buffer` holds the bytes from `persisted` on, which the server has not confirmed yet.
+    `pending` holds the bytes from `persisted` on, which the server has not confirmed yet.
     """
 
     def __init__(
@@ -203,12 +265,12 @@ class _ResumableUpload:
         self._timeout = timeout
         self._deadline = deadline
         self.persisted = 0
-        self.buffer = bytearray()
+        self.pending = _Unconfirmed()
 
     def send(self, total: int | None = None, crc32c: str | None = None) -> dict[str, Any] | None:
         """Send full chunks, or with `total` everything and finalize; the object resource then."""
-        while total is not None or len(self.buffer) >= self.chunk_size:
-            count = len(self.buffer) if total is not None else self.chunk_size
+        while total is not None or self.pending.size >= self.chunk_size:
+            count = self.pending.size if total is not None else self.chunk_size
             resource = self._exchange(count, total, crc32c)
             if resource is not None:
                 if total is None:
@@ -233,10 +295,8 @@ class _ResumableUpload:
                 size = "*" if total is None else str(total)
                 headers = {"X-Goog-Hash": f"crc32c={crc32c}"} if crc32c else {}
                 span = f"bytes {start}-{end}/{size}" if count else f"bytes */{size}"
-                # One copy of the chunk, not two (a bytearray slice is a copy of its own);
-                # the view is released before the buffer is resized.
-                with memoryview(self.buffer) as view:
-                    body = bytes(view[:count])
+                # An empty _Body would be sent chunked (no length): b"" has Content-Length 0.
+                body = self.pending.head(count) if count else b""
                 return self._handle(self._put(body, span, headers))
             except (*_NETWORK_ERRORS, _RetryableStatus) as exc:
                 if time.monotonic() + delay > give_up:
@@ -248,7 +308,7 @@ class _ResumableUpload:
                 delay = min(delay * 2, 4.0)
                 in_doubt = True
 
-    def _put(self, body: bytes, content_range: str, headers: dict[str, str]) -> Any:
+    def _put(self, body: bytes | _Body, content_range: str, headers: dict[str, str]) -> Any:
         return self._http.request(
             "PUT",
             self._url,
@@ -262,12 +322,12 @@ class _ResumableUpload:
         if status == 308:
             confirmed_range = response.headers.get("Range", "")  # "bytes=0-N"; none: nothing kept
             confirmed = int(confirmed_range.rpartition("-")[2]) + 1 if confirmed_range else 0
-            if not self.persisted <= confirmed <= self.persisted + len(self.buffer):
+            if not self.persisted <= confirmed <= self.persisted + self.pending.size:
                 raise PermanentStorageError(
                     f"the server reports {confirmed} bytes received, expected "
-                    f"{self.persisted}..{self.persisted + len(self.buffer)}"
+                    f"{self.persisted}..{self.persisted + self.pending.size}"
                 )
-            del self.buffer[: confirmed - self.persisted]
+            self.pending.drop(confirmed - self.persisted)
             self.persisted = confirmed
             return None
         if status in (200, 201):
@@ -305,8 +365,8 @@ class GCSWriter(ObjectWriter):
         self._check_open()
         self._crc.update(data)
         self._size += len(data)
-        self._upload.buffer += data
-        if len(self._upload.buffer) < self._upload.chunk_size:
+        self._upload.pending.append(data)
+        if self._upload.pending.size < self._upload.chunk_size:
             return  # nothing to send yet: no thread hop
         try:
             await self._storage._run("write", self._key, self._upload.send)
@@ -352,7 +412,7 @@ class GCSWriter(ObjectWriter):
         if self._state not in ("open", "failed"):
             return
         self._state = "aborted"
-        self._upload.buffer = bytearray()
+        self._upload.pending.clear()
         try:
             await self._storage._run("abort", self._key, self._upload.cancel)
         except StorageError as exc:

@@ -237,7 +237,7 @@ def test_failed_and_hanging_operations(tmp_path: Path, world: World) -> None:
     env = DrdEnv(tmp_path)
     env.add_local_region("a")
     env.add_local_region("b")
-    env.add_plan("billing", [world.source(operation_timeout=1.5)])
+    env.add_plan("billing", [world.source()])
     env.write()
     world.api.fail_next("EXPORT", "Could not export: disk quota exceeded")
     proc = env.run("backup", "billing/main-db")
@@ -245,6 +245,13 @@ def test_failed_and_hanging_operations(tmp_path: Path, world: World) -> None:
     assert "disk quota exceeded" in proc.stderr and "instances.export" in proc.stderr
     assert world.staging_objects() == []
 
+    # A hang, with a timeout short enough for a test (the failure above needs a long one:
+    # its operation must have time to fail on a loaded machine).
+    env = DrdEnv(tmp_path / "hang")
+    env.add_local_region("a")
+    env.add_local_region("b")
+    env.add_plan("billing", [world.source(operation_timeout=1.5)])
+    env.write()
     world.api.hang_next("EXPORT")
     proc = env.run("backup", "billing/main-db")
     assert proc.returncode == 7, proc.stderr

@@ -198,7 +198,8 @@ async def test_dead_server_retries_are_bounded(gcs_region: FakeGcsServer) -> Non
             started = time.monotonic()
             with pytest.raises(TransientStorageError):
                 await operation
-            assert time.monotonic() - started < 2.0 + 2.0, "not the library's 120 s"
+            # Far below the library's 120 s, with room for a loaded machine.
+            assert time.monotonic() - started < 2.0 + 8.0, "not the library's 120 s"
     finally:
         await store.close()
 
@@ -216,8 +217,10 @@ async def test_upload_corrupted_in_transit_is_deleted(
     send = http.request
 
     def flip_a_bit_in_the_last_chunk(method: str, url: str, **kwargs: Any) -> Any:
-        data = kwargs.get("data")
-        if method == "PUT" and data and not kwargs["headers"]["Content-Range"].endswith("/*"):
+        body = kwargs.get("data")
+        if method == "PUT" and body and not kwargs["headers"]["Content-Range"].endswith("/*"):
+            # Chunks go out as a sized iterable of the pieces written (no joined copy).
+            data = b"".join(bytes(piece) for piece in body)
             kwargs["data"] = bytes([data[0] ^ 1]) + data[1:]
         return send(method, url, **kwargs)
 
@@ -267,7 +270,11 @@ class GcsLikeSession:
         headers = {"Range": f"bytes=0-{len(self.data) - 1}"} if self.data else {}
         return _Response(308, headers)
 
-    def request(self, method: str, url: str, data: bytes = b"", **kwargs: Any) -> _Response:
+    def request(self, method: str, url: str, data: Any = b"", **kwargs: Any) -> _Response:
+        # A chunk arrives as a sized iterable of pieces; its length is the Content-Length.
+        length = len(data)
+        data = data if isinstance(data, bytes) else b"".join(bytes(p) for p in data)
+        assert len(data) == length
         content_range = kwargs["headers"]["Content-Range"]
         self.log.append(content_range)
         if self.fail_statuses:
@@ -301,7 +308,7 @@ def test_resumes_after_a_lost_response_without_duplicating_bytes() -> None:
     upload = _upload(session)
     data = payload(3 * CHUNK_UNIT + 10)
     session.drop_response_after_storing = 1
-    upload.buffer += data
+    upload.pending.append(data)
     assert upload.send() is None
     assert upload.persisted == 3 * CHUNK_UNIT
     session.drop_response_after_storing = 1  # the final chunk lands, its answer is lost
@@ -315,7 +322,7 @@ def test_resends_what_the_server_did_not_keep() -> None:
     upload = _upload(session)
     data = payload(2 * CHUNK_UNIT)
     session.keep_at_most = CHUNK_UNIT // 2
-    upload.buffer += data
+    upload.pending.append(data)
     upload.send()
     # half of the first chunk kept, so the next chunk starts there and is kept whole
     assert upload.persisted == CHUNK_UNIT + CHUNK_UNIT // 2
@@ -331,14 +338,14 @@ def test_retries_server_errors_then_gives_up_within_the_deadline() -> None:
     session = GcsLikeSession()
     session.fail_statuses = [503, 429]
     upload = _upload(session)
-    upload.buffer += b"small"
+    upload.pending.append(b"small")
     assert upload.send(total=5, crc32c="x") is not None
     assert bytes(session.data) == b"small"
 
     dead = GcsLikeSession()
     dead.fail_statuses = [503] * 1000
     upload = _upload(dead, deadline=1.0)
-    upload.buffer += b"small"
+    upload.pending.append(b"small")
     started = time.monotonic()
     with pytest.raises(TransientStorageError, match="gave up after 1s"):
         upload.send(total=5, crc32c="x")
@@ -349,7 +356,7 @@ def test_lost_session_and_refusals() -> None:
     session = GcsLikeSession()
     session.fail_statuses = [404]
     upload = _upload(session)
-    upload.buffer += b"x"
+    upload.pending.append(b"x")
     with pytest.raises(TransientStorageError, match="session lost"):
         upload.send(total=1, crc32c="x")
     session.fail_statuses = [403]
