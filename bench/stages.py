@@ -7,7 +7,6 @@ this is what one core can do, the ceiling for that stage in the data path.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import zstandard
 
 from drd import crypto
 from drd.backup import ZSTD_LEVEL
+from drd.digests import ContentDigest, Crc32c
 from drd.sealing import Opener, Sealer
 
 CHUNK = 1 << 20
@@ -79,11 +79,20 @@ def measure_stages(dump_file: Path, limit: int = 256 * MIB, runs: int = 3) -> li
         )
         return sum(len(e.update(chunk)) for chunk in _chunks(compressed)) + len(e.finalize())
 
-    def sha256() -> int:
-        h = hashlib.sha256()
+    def digest(algorithm: str) -> Callable[[], int]:
+        def run() -> int:
+            h = ContentDigest(algorithm)
+            for chunk in _chunks(plain):
+                h.update(bytes(chunk))
+            return len(h.tagged())
+
+        return run
+
+    def crc32c() -> int:
+        c = Crc32c()
         for chunk in _chunks(plain):
-            h.update(chunk)
-        return len(h.digest())
+            c.update(bytes(chunk))
+        return len(c.b64())
 
     def seal() -> int:
         s = Sealer(
@@ -130,9 +139,11 @@ def measure_stages(dump_file: Path, limit: int = 256 * MIB, runs: int = 3) -> li
     if ZSTD_LEVEL != 3:
         add("zstd level 3 compress (for comparison)", len(plain), zstd_compress(3))
     add("AES-256-GCM encrypt (1 MiB segments)", len(compressed), aes_encrypt)
-    add("SHA-256", len(plain), sha256)
-    add("Sealer: SHA-256 + zstd + AES-GCM + SHA-256 (backup chain)", len(plain), seal)
+    add("BLAKE3 (drd's content digest)", len(plain), digest("blake3"))
+    add("SHA-256 (drd 0.1's digest, for comparison)", len(plain), digest("sha256"))
+    add("CRC32C (storage checksum)", len(plain), crc32c)
+    add("Sealer: BLAKE3 + zstd + AES-GCM + BLAKE3 + CRC32C (backup chain)", len(plain), seal)
     add("zstd decompress", len(compressed), zstd_decompress)
     add("AES-256-GCM decrypt", len(sealed), aes_decrypt)
-    add("Opener: SHA-256 + AES-GCM + zstd + SHA-256 (restore chain)", len(sealed), open_)
+    add("Opener: BLAKE3 + AES-GCM + zstd + BLAKE3 (restore chain)", len(sealed), open_)
     return results

@@ -25,6 +25,8 @@ import fcntl
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
+from drd.bytequeue import ByteQueue
+
 STDERR_TAIL_BYTES = 8 * 1024
 # How long cleanup waits for a killed child's pipes to reach EOF (a grandchild could hold them).
 _REAP_TIMEOUT = 10.0
@@ -94,12 +96,121 @@ async def _collect_stderr(stream: asyncio.StreamReader, tail: _Tail) -> None:
         tail.add(data)
 
 
+class _Pieces:
+    """A child's stdout as the bytes objects the event loop read from the pipe.
+
+    asyncio's StreamReader copies every byte twice on the way (into its buffer, then out of it
+    for readexactly), on the event loop's thread, under the GIL; a dump is gigabytes. Here a
+    chunk is handed on as read whenever one read filled it (the pipe was full: the consumer is
+    the bottleneck), and joined from smaller reads otherwise. Reading pauses above
+    `high_water` bytes, so memory stays bounded.
+    """
+
+    def __init__(self, high_water: int) -> None:
+        self._queue = ByteQueue()
+        self._high_water = high_water
+        self.eof = False
+        self._pipe: asyncio.ReadTransport | None = None
+        self._paused = False
+        self._discarding = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def attach(self, pipe: asyncio.ReadTransport, read_size: int) -> None:
+        self._pipe = pipe
+        # One read per callback of up to a whole chunk (asyncio reads 256 KiB by default).
+        with contextlib.suppress(AttributeError):
+            pipe.max_size = read_size  # type: ignore[attr-defined]
+
+    @property
+    def size(self) -> int:
+        return self._queue.size
+
+    def feed(self, data: bytes) -> None:
+        if self._discarding or not data:
+            return
+        self._queue.append(data)
+        if self.size >= self._high_water and not self._paused and self._pipe is not None:
+            self._pipe.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait_for(self, size: int) -> None:
+        """Until `size` bytes are buffered or the pipe reached EOF."""
+        while self.size < size and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def take(self, size: int) -> bytes:
+        """Exactly `size` bytes (size <= self.size)."""
+        chunk = self._queue.take(size)
+        if self._paused and self.size < self._high_water // 2 and self._pipe is not None:
+            self._paused = False
+            self._pipe.resume_reading()
+        return chunk
+
+    def take_all(self) -> bytes:
+        return self.take(self.size) if self.size else b""
+
+    def discard(self) -> None:
+        """Drop what is buffered and whatever comes, reading on to EOF (cleanup)."""
+        self._discarding = True
+        self._queue.clear()
+        if self._paused and self._pipe is not None:
+            self._paused = False
+            with contextlib.suppress(RuntimeError):
+                self._pipe.resume_reading()
+
+
+class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's own subprocess protocol, except that stdout goes to `_Pieces` if given."""
+
+    def __init__(
+        self, limit: int, loop: asyncio.AbstractEventLoop, stdout: _Pieces | None, read_size: int
+    ) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._pieces = stdout
+        self._read_size = read_size
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        pipe = transport.get_pipe_transport(1)
+        if self._pieces is not None and isinstance(pipe, asyncio.ReadTransport):
+            self._pieces.attach(pipe, self._read_size)
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd == 1 and self._pieces is not None:
+            assert isinstance(data, bytes)
+            self._pieces.feed(data)
+        else:
+            super().pipe_data_received(fd, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and self._pieces is not None:
+            self._pieces.feed_eof()
+        super().pipe_connection_lost(fd, exc)
+
+
 class _Child:
     """One started child process plus the task draining its stderr."""
 
-    def __init__(self, program: str, proc: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self, program: str, proc: asyncio.subprocess.Process, stdout: _Pieces | None = None
+    ) -> None:
         self.program = program
         self.proc = proc
+        self.stdout = stdout
         self.tail = _Tail()
         assert proc.stderr is not None
         self._stderr_task = asyncio.get_running_loop().create_task(
@@ -115,17 +226,22 @@ class _Child:
         stdin: int,
         stdout: int,
         limit: int = 2**16,
+        pieces: _Pieces | None = None,
     ) -> _Child:
+        """`pieces`: collect stdout there (stdout must be PIPE) instead of in proc.stdout."""
         program = os.path.basename(argv[0])
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            # What asyncio.create_subprocess_exec does, with our protocol.
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ChildProtocol(limit, loop, pieces, limit),
                 *argv,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=asyncio.subprocess.PIPE,
                 env=dict(env),
-                limit=limit,
             )
+            proc = asyncio.subprocess.Process(transport, protocol, loop)
         except OSError as exc:
             raise ToolError(program, None, f"{argv[0]}: {exc.strerror or exc}") from None
         # asyncio has no public handle on the child's stdout pipe; without it the pipe keeps
@@ -137,7 +253,7 @@ class _Child:
             _enlarge_pipe(subprocess_transport.get_pipe_transport(1))
         if proc.stdin is not None:
             _enlarge_pipe(proc.stdin.transport)
-        return cls(program, proc)
+        return cls(program, proc, pieces)
 
     async def finish(self) -> None:
         """Wait for a child whose input is complete; ToolError unless it exited 0."""
@@ -154,6 +270,8 @@ class _Child:
                 proc.kill()
         if proc.stdin is not None and not proc.stdin.transport.is_closing():
             proc.stdin.transport.abort()
+        if self.stdout is not None:
+            self.stdout.discard()
         try:
             async with asyncio.timeout(_REAP_TIMEOUT):
                 if proc.stdout is not None:
@@ -179,27 +297,25 @@ async def stream_stdout(
     Raises ToolError after stdout's EOF if the child exited non-zero (or could not start).
     Use with `contextlib.aclosing` so that an early exit kills the child at once.
     """
+    pieces = _Pieces(high_water=2 * chunk_size)
     child = await _Child.start(
         argv,
         env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         limit=chunk_size,
+        pieces=pieces,
     )
-    stdout = child.proc.stdout
-    assert stdout is not None
     finished = False
     try:
         while True:
-            try:
-                # One copy out of the reader's buffer, straight into the chunk handed on.
-                chunk = await stdout.readexactly(chunk_size)
-            except asyncio.IncompleteReadError as exc:  # EOF: what is left is the last chunk
-                tail = exc.partial
+            await pieces.wait_for(chunk_size)
+            if pieces.size < chunk_size:  # EOF: what is left is the last chunk
                 break
-            yield chunk
+            yield pieces.take(chunk_size)
         await child.finish()
         finished = True
+        tail = pieces.take_all()
         if tail:
             yield tail
     finally:

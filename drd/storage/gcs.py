@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -48,6 +47,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from drd.bytequeue import ByteQueue, Piece
 from drd.digests import Crc32c
 from drd.errors import (
     ObjectNotFound,
@@ -191,62 +191,18 @@ class _RetryableStatus(Exception):
     """A 408/429/5xx answer inside the upload protocol."""
 
 
-class _Unconfirmed:
-    """The bytes the server has not confirmed yet, kept as the pieces written, never joined.
-
-    A chunk is sent as a `_Body` over these pieces; the bytes of a piece cut at a chunk
-    boundary stay a view of it, so nothing is copied on the normal path.
-    """
-
-    def __init__(self) -> None:
-        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
-        self.size = 0
-
-    def append(self, data: bytes) -> None:
-        if data:
-            # Kept until confirmed, so it must not change meanwhile: only bytes are immutable.
-            self._pieces.append(data if type(data) is bytes else bytes(data))
-            self.size += len(data)
-
-    def head(self, count: int) -> _Body:
-        """The first `count` bytes (count <= size), as a request body."""
-        parts: list[bytes | memoryview] = []
-        wanted = count
-        for piece in self._pieces:
-            if not wanted:
-                break
-            part = piece if len(piece) <= wanted else memoryview(piece)[:wanted]
-            parts.append(part)
-            wanted -= len(part)
-        return _Body(parts, count)
-
-    def drop(self, count: int) -> None:
-        """Forget the first `count` bytes (the server has them)."""
-        self.size -= count
-        while count:
-            piece = self._pieces.popleft()
-            if len(piece) > count:
-                self._pieces.appendleft(memoryview(piece)[count:])
-                return
-            count -= len(piece)
-
-    def clear(self) -> None:
-        self._pieces.clear()
-        self.size = 0
-
-
 class _Body:
     """A request body made of pieces. requests sends any sized iterable as is, with a
     Content-Length of len() (urllib3 writes the pieces one by one): no joined copy."""
 
-    def __init__(self, parts: list[bytes | memoryview], length: int) -> None:
+    def __init__(self, parts: list[Piece], length: int) -> None:
         self._parts = parts
         self._length = length
 
     def __len__(self) -> int:
         return self._length
 
-    def __iter__(self) -> Iterator[bytes | memoryview]:
+    def __iter__(self) -> Iterator[Piece]:
         return iter(self._parts)
 
 
@@ -265,7 +221,7 @@ class _ResumableUpload:
         self._timeout = timeout
         self._deadline = deadline
         self.persisted = 0
-        self.pending = _Unconfirmed()
+        self.pending = ByteQueue()
 
     def send(self, total: int | None = None, crc32c: str | None = None) -> dict[str, Any] | None:
         """Send full chunks, or with `total` everything and finalize; the object resource then."""
@@ -296,7 +252,7 @@ class _ResumableUpload:
                 headers = {"X-Goog-Hash": f"crc32c={crc32c}"} if crc32c else {}
                 span = f"bytes {start}-{end}/{size}" if count else f"bytes */{size}"
                 # An empty _Body would be sent chunked (no length): b"" has Content-Length 0.
-                body = self.pending.head(count) if count else b""
+                body = _Body(self.pending.peek(count), count) if count else b""
                 return self._handle(self._put(body, span, headers))
             except (*_NETWORK_ERRORS, _RetryableStatus) as exc:
                 if time.monotonic() + delay > give_up:

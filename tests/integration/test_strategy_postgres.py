@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -334,6 +335,35 @@ async def test_stream_stdout_withholds_the_last_chunk_of_a_failed_child() -> Non
     assert err.value.stderr_tail.endswith("oops")
     assert len(err.value.stderr_tail) <= 8192  # bounded
     assert "first" not in err.value.stderr_tail
+
+
+_PATTERN_SCRIPT = (
+    "import sys\nfor i in range(150):\n    sys.stdout.buffer.write(bytes([i % 251]) * 70001)\n"
+)
+
+
+@pytest.mark.parametrize("consumer_delay", [0.0, 0.01])
+async def test_stream_stdout_hands_on_every_byte_in_order_at_any_pace(
+    consumer_delay: float,
+) -> None:
+    """A fast consumer gets chunks joined from small reads; a slow one (the pipe fills) gets
+    whole reads handed on; both get exactly the child's bytes, in full chunks but the last."""
+    got: list[bytes] = []
+    async for chunk in stream_stdout([sys.executable, "-c", _PATTERN_SCRIPT], dict(os.environ)):
+        got.append(chunk)
+        await asyncio.sleep(consumer_delay)
+    assert b"".join(got) == b"".join(bytes([i % 251]) * 70001 for i in range(150))
+    assert {len(c) for c in got[:-1]} == {1 << 20}
+
+
+async def test_stream_stdout_closed_early_kills_an_endless_child() -> None:
+    stream = stream_stdout(["yes", "drd"], dict(os.environ), chunk_size=1 << 16)
+    for _ in range(3):
+        assert (await anext(stream)).startswith(b"drd\n")
+    await asyncio.sleep(0.2)  # the reader pauses: far more than its high-water mark is ready
+    started = time.monotonic()
+    await stream.aclose()  # kills and reaps `yes`, which is blocked on a full pipe
+    assert time.monotonic() - started < 10
 
 
 async def test_feed_stdin_consumes_everything_even_if_the_child_stops_reading() -> None:
