@@ -195,9 +195,9 @@ class _Body:
     """A request body made of pieces. requests sends any sized iterable as is, with a
     Content-Length of len() (urllib3 writes the pieces one by one): no joined copy."""
 
-    def __init__(self, parts: list[Piece], length: int) -> None:
+    def __init__(self, parts: list[Piece]) -> None:
         self._parts = parts
-        self._length = length
+        self._length = sum(len(p) for p in parts)
 
     def __len__(self) -> int:
         return self._length
@@ -252,7 +252,7 @@ class _ResumableUpload:
                 headers = {"X-Goog-Hash": f"crc32c={crc32c}"} if crc32c else {}
                 span = f"bytes {start}-{end}/{size}" if count else f"bytes */{size}"
                 # An empty _Body would be sent chunked (no length): b"" has Content-Length 0.
-                body = _Body(self.pending.peek(count), count) if count else b""
+                body = _Body(self.pending.peek(count)) if count else b""
                 return self._handle(self._put(body, span, headers))
             except (*_NETWORK_ERRORS, _RetryableStatus) as exc:
                 if time.monotonic() + delay > give_up:
