@@ -17,6 +17,9 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+# ~10 s on a healthy machine; CI has run on hosts 15x slower than that, so the bound only
+# guards against a hang.
+@pytest.mark.timeout(900)
 def test_bench_harness_runs_on_a_tiny_database(tmp_path: Path) -> None:
     tools = ["floor", "drd-local"] + (["gpg"] if shutil.which("gpg") else [])
     md, js = tmp_path / "RESULTS.md", tmp_path / "results.json"
@@ -50,7 +53,7 @@ def test_bench_harness_runs_on_a_tiny_database(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=840,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
