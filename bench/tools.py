@@ -544,6 +544,9 @@ class PgBackRestPeer(Tool):
             f"repo1-cipher-pass={PASSPHRASE}\n"
             "repo1-retention-full=1\n"
             "start-fast=y\n"
+            # The default 60 s for the backup's last WAL segment to be archived was too short
+            # on a slow shared host: the backup failed instead of being measured.
+            "archive-timeout=600\n"
             "log-level-console=warn\n"
             "log-level-file=off\n"
             f"log-path={self.root / 'log'}\n"
