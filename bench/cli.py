@@ -48,6 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_TOOLS = ",".join(ALL_TOOLS)
 PEER_PACKAGES = {"gpg": ("gpg", "gnupg"), "restic": ("restic", "restic")}
 PEER_PACKAGES["pgbackrest"] = ("pgbackrest", "pgbackrest")
+PEER_PACKAGES["floor-zstd"] = ("zstd", "zstd")
 
 
 def _env_int(name: str, default: int) -> int:

@@ -312,7 +312,7 @@ def _spread_args(d: dict[str, float]) -> dict[str, Any]:
 
 def _ratio_table(results: dict[str, Any]) -> list[str]:
     summaries = {(s["tool"], s["op"]): s for s in results["summary"]}
-    others = [t for t in ("floor", *PEERS) if (t, "backup") in summaries]
+    others = [t for t in ("floor", "floor-zstd", *PEERS) if (t, "backup") in summaries]
     lines = [
         "## Ratios (drd's median wall time / the other's; below 1.00 means drd is faster)",
         "",

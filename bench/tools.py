@@ -2,6 +2,8 @@
 database (or, for pgBackRest, a new cluster), measured the same way.
 
 - floor:       `pg_dump -Fc -Z0` to /dev/null; `pg_restore` from a local uncompressed dump file
+- floor-zstd:  `pg_dump -Fc -Z0 | zstd -1` to a file; `zstd -d | pg_restore`: a reference, not a
+               peer (no encryption, one copy): what compressing at drd's level costs by itself
 - drd-local:   drd's CLI, two local-directory regions; restore from one of them
 - drd-gcs:     drd's CLI, two fake-gcs-server regions; restore from one of them
 - gpg:         `pg_dump -Fc | gpg --symmetric` (the classic cron script); `gpg -d | pg_restore`
@@ -189,6 +191,54 @@ class Floor(Tool):
             )
         )
         return m
+
+
+class FloorZstd(Tool):
+    name = "floor-zstd"
+    description = "pg_dump -Fc -Z0 | zstd -1 > file; zstd -d | pg_restore (no encryption)"
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("zstd") else "zstd is not installed"
+
+    def setup(self) -> None:
+        self.out = self.ctx.work / "floor.dump.zst"
+
+    def backup(self, rep: int) -> Measurement:
+        m = run_pipeline(
+            [
+                Stage(
+                    [pg("pg_dump"), "-Fc", "-Z0", f"--dbname={self.ctx.dataset.dsn}"],
+                    "pg_dump",
+                    "pg",
+                ),
+                # One thread, as drd compresses: a second would compete for the same 2 cores.
+                Stage(["zstd", "-1", "-T1", "-q", "-c"], "zstd"),
+            ],
+            stdout_path=self.out,
+        )
+        m.stored_bytes = self.out.stat().st_size
+        return m
+
+    def restore(self, rep: int) -> Measurement:
+        target = self.ctx.target_name(self.name, rep)
+        m = timed(lambda: create_database(target))
+        m.add(
+            run_pipeline(
+                [
+                    Stage(["zstd", "-d", "-q", "-c"], "zstd"),
+                    Stage(
+                        [pg("pg_restore"), *restore_flags(), f"--dbname={dsn_for(target)}"],
+                        "pg_restore",
+                        "pg",
+                    ),
+                ],
+                stdin_path=self.out,
+            )
+        )
+        return m
+
+    def after_rep(self, rep: int) -> None:
+        self.out.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ drd
@@ -671,5 +721,5 @@ class PgBackRestPeer(Tool):
 
 
 ALL_TOOLS: dict[str, type[Tool]] = {
-    t.name: t for t in (Floor, DrdLocal, DrdGcs, GpgPeer, ResticPeer, PgBackRestPeer)
+    t.name: t for t in (Floor, FloorZstd, DrdLocal, DrdGcs, GpgPeer, ResticPeer, PgBackRestPeer)
 }

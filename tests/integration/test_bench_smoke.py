@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 # guards against a hang.
 @pytest.mark.timeout(900)
 def test_bench_harness_runs_on_a_tiny_database(tmp_path: Path) -> None:
-    tools = ["floor", "drd-local"] + (["gpg"] if shutil.which("gpg") else [])
+    optional = {"gpg": "gpg", "floor-zstd": "zstd"}  # tool -> the program it needs
+    tools = ["floor", "drd-local"] + [t for t, prog in optional.items() if shutil.which(prog)]
     md, js = tmp_path / "RESULTS.md", tmp_path / "results.json"
     proc = subprocess.run(
         [
