@@ -154,6 +154,23 @@ def restore_flags() -> list[str]:
     return ["--exit-on-error", "--single-transaction", "--no-password"]
 
 
+def pg_restore_from(
+    ctx: RunContext, tool: str, rep: int, source: Path, decoders: list[Stage]
+) -> Measurement:
+    """CREATE DATABASE for this repetition, then `source | decoders... | pg_restore`."""
+    target = ctx.target_name(tool, rep)
+    m = timed(lambda: create_database(target))
+    restore = Stage(
+        [pg("pg_restore"), *restore_flags(), f"--dbname={dsn_for(target)}"],
+        "pg_restore",
+        # pg_restore is the floor's tool itself; behind a decoder it is the peer's PostgreSQL
+        # client, reported apart (ProcUsage roles).
+        role="pg" if decoders else "tool",
+    )
+    m.add(run_pipeline([*decoders, restore], stdin_path=source))
+    return m
+
+
 # ------------------------------------------------------------------------------ the floor
 
 
@@ -177,20 +194,7 @@ class Floor(Tool):
         return m
 
     def restore(self, rep: int) -> Measurement:
-        target = self.ctx.target_name(self.name, rep)
-        m = timed(lambda: create_database(target))
-        m.add(
-            run_pipeline(
-                [
-                    Stage(
-                        [pg("pg_restore"), *restore_flags(), f"--dbname={dsn_for(target)}"],
-                        "pg_restore",
-                    )
-                ],
-                stdin_path=self.dump_file,
-            )
-        )
-        return m
+        return pg_restore_from(self.ctx, self.name, rep, self.dump_file, [])
 
 
 class FloorZstd(Tool):
@@ -220,22 +224,8 @@ class FloorZstd(Tool):
         return m
 
     def restore(self, rep: int) -> Measurement:
-        target = self.ctx.target_name(self.name, rep)
-        m = timed(lambda: create_database(target))
-        m.add(
-            run_pipeline(
-                [
-                    Stage(["zstd", "-d", "-q", "-c"], "zstd"),
-                    Stage(
-                        [pg("pg_restore"), *restore_flags(), f"--dbname={dsn_for(target)}"],
-                        "pg_restore",
-                        "pg",
-                    ),
-                ],
-                stdin_path=self.out,
-            )
-        )
-        return m
+        decode = Stage(["zstd", "-d", "-q", "-c"], "zstd")
+        return pg_restore_from(self.ctx, self.name, rep, self.out, [decode])
 
     def after_rep(self, rep: int) -> None:
         self.out.unlink(missing_ok=True)
@@ -447,22 +437,8 @@ class GpgPeer(Tool):
         return m
 
     def restore(self, rep: int) -> Measurement:
-        target = self.ctx.target_name(self.name, rep)
-        m = timed(lambda: create_database(target))
-        m.add(
-            run_pipeline(
-                [
-                    Stage(self.gpg("--decrypt"), "gpg"),
-                    Stage(
-                        [pg("pg_restore"), *restore_flags(), f"--dbname={dsn_for(target)}"],
-                        "pg_restore",
-                        "pg",
-                    ),
-                ],
-                stdin_path=self.out,
-            )
-        )
-        return m
+        decrypt = Stage(self.gpg("--decrypt"), "gpg")
+        return pg_restore_from(self.ctx, self.name, rep, self.out, [decrypt])
 
     def after_rep(self, rep: int) -> None:
         self.out.unlink(missing_ok=True)

@@ -5,7 +5,6 @@ and SIGTERM mid-backup leaving no partial backup."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -18,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -199,18 +199,22 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
 
 
 def test_sigterm_mid_backup_exits_within_grace_and_leaves_no_partial_backup(
-    tmp_path: Path, daemon_factory: Callable[[DrdEnv, int], Daemon]
+    tmp_path: Path,
+    daemon_factory: Callable[[DrdEnv, int], Daemon],
+    pg_database_factory: PgDatabaseFactory,
 ) -> None:
     port = free_port()
     env = DrdEnv(tmp_path, api_listen=f"127.0.0.1:{port}")
     env.add_local_region("a")
     env.add_local_region("b")
-    src = tmp_path / "src"
-    src.mkdir()
-    with open(src / "big.bin", "wb") as fh:
-        for _ in range(400):
-            fh.write(os.urandom(1 << 20))
-    env.add_plan("app", [{"name": "files", "kind": "files", "path": str(src)}])
+    source = pg_database_factory("drdsrc")
+    # The backup is mid-way for as long as the test wants, on any machine: the regions' objects
+    # are open (before the dump starts) and pg_dump waits for the lock this test holds.
+    holder = psycopg.connect(source.dsn)
+    holder.execute("CREATE TABLE held (id int)")
+    holder.commit()
+    holder.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+    env.add_plan("app", [{"name": "db", "kind": "postgres", "dsn": source.dsn}])
     env.daemon = {"shutdown_grace": "1s"}
     env.write()
     d = daemon_factory(env, port)
@@ -218,11 +222,14 @@ def test_sigterm_mid_backup_exits_within_grace_and_leaves_no_partial_backup(
     def partial() -> bool:
         return any(".drd-partial" in p.name for p in (tmp_path / "regions").rglob("*"))
 
-    wait_for(partial, 30, "the backup to start uploading")
-    started = time.monotonic()
-    d.proc.send_signal(signal.SIGTERM)
-    assert d.proc.wait(20) == 0, d.output()
-    assert time.monotonic() - started < 10
+    try:
+        wait_for(partial, 30, "the backup to start")
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(20) == 0, d.output()
+        assert time.monotonic() - started < 10
+    finally:
+        holder.close()
     assert "cancelling" in d.output()
     listing = json.loads(env.ok("list", "--json").stdout)
     assert listing["backups"] == []
