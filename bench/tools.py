@@ -197,38 +197,52 @@ class Floor(Tool):
         return pg_restore_from(self.ctx, self.name, rep, self.dump_file, [])
 
 
-class FloorZstd(Tool):
-    name = "floor-zstd"
-    description = "pg_dump -Fc -Z0 | zstd -1 > file; zstd -d | pg_restore (no encryption)"
+class _DumpThroughFilter(Tool):
+    """`pg_dump ARGS | encode > file`, restored by `decode < file | pg_restore`; the file is
+    removed after each repetition. `program` is what must be installed."""
+
+    program: ClassVar[str]
+    dump_args: ClassVar[tuple[str, ...]]
+    out_name: ClassVar[str]
 
     def unavailable(self) -> str | None:
-        return None if shutil.which("zstd") else "zstd is not installed"
+        return None if shutil.which(self.program) else f"{self.program} is not installed"
 
     def setup(self) -> None:
-        self.out = self.ctx.work / "floor.dump.zst"
+        self.out = self.ctx.work / self.out_name
+
+    @abstractmethod
+    def encode(self) -> Stage: ...
+
+    @abstractmethod
+    def decode(self) -> Stage: ...
 
     def backup(self, rep: int) -> Measurement:
-        m = run_pipeline(
-            [
-                Stage(
-                    [pg("pg_dump"), "-Fc", "-Z0", f"--dbname={self.ctx.dataset.dsn}"],
-                    "pg_dump",
-                    "pg",
-                ),
-                # One thread, as drd compresses: a second would compete for the same 2 cores.
-                Stage(["zstd", "-1", "-T1", "-q", "-c"], "zstd"),
-            ],
-            stdout_path=self.out,
-        )
+        dump = [pg("pg_dump"), *self.dump_args, f"--dbname={self.ctx.dataset.dsn}"]
+        m = run_pipeline([Stage(dump, "pg_dump", "pg"), self.encode()], stdout_path=self.out)
         m.stored_bytes = self.out.stat().st_size
         return m
 
     def restore(self, rep: int) -> Measurement:
-        decode = Stage(["zstd", "-d", "-q", "-c"], "zstd")
-        return pg_restore_from(self.ctx, self.name, rep, self.out, [decode])
+        return pg_restore_from(self.ctx, self.name, rep, self.out, [self.decode()])
 
     def after_rep(self, rep: int) -> None:
         self.out.unlink(missing_ok=True)
+
+
+class FloorZstd(_DumpThroughFilter):
+    name = "floor-zstd"
+    description = "pg_dump -Fc -Z0 | zstd -1 > file; zstd -d | pg_restore (no encryption)"
+    program = "zstd"
+    dump_args = ("-Fc", "-Z0")
+    out_name = "floor.dump.zst"
+
+    def encode(self) -> Stage:
+        # One thread, as drd compresses: a second would compete for the same 2 cores.
+        return Stage(["zstd", "-1", "-T1", "-q", "-c"], "zstd")
+
+    def decode(self) -> Stage:
+        return Stage(["zstd", "-d", "-q", "-c"], "zstd")
 
 
 # ------------------------------------------------------------------------------ drd
@@ -395,19 +409,19 @@ class DrdGcs(_Drd):
 # ------------------------------------------------------------------------------ peers
 
 
-class GpgPeer(Tool):
+class GpgPeer(_DumpThroughFilter):
     name = "gpg"
     description = "pg_dump -Fc | gpg --symmetric (AES256, gpg defaults otherwise) to a file"
-
-    def unavailable(self) -> str | None:
-        return None if shutil.which("gpg") else "gpg is not installed"
+    program = "gpg"
+    dump_args = ("-Fc",)  # pg_dump's default compression, as the classic script has it
+    out_name = "gpg-backup.dump.gpg"
 
     def setup(self) -> None:
+        super().setup()
         self.home = self.ctx.work / "gnupg"
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.passfile = self.ctx.work / "gpg-passphrase"
         self.passfile.write_text(PASSPHRASE)
-        self.out = self.ctx.work / "gpg-backup.dump.gpg"
 
     def gpg(self, *args: str) -> list[str]:
         return [
@@ -425,23 +439,11 @@ class GpgPeer(Tool):
             *args,
         ]
 
-    def backup(self, rep: int) -> Measurement:
-        m = run_pipeline(
-            [
-                Stage([pg("pg_dump"), "-Fc", f"--dbname={self.ctx.dataset.dsn}"], "pg_dump", "pg"),
-                Stage(self.gpg("--symmetric", "--cipher-algo", "AES256", "-o", "-"), "gpg"),
-            ],
-            stdout_path=self.out,
-        )
-        m.stored_bytes = self.out.stat().st_size
-        return m
+    def encode(self) -> Stage:
+        return Stage(self.gpg("--symmetric", "--cipher-algo", "AES256", "-o", "-"), "gpg")
 
-    def restore(self, rep: int) -> Measurement:
-        decrypt = Stage(self.gpg("--decrypt"), "gpg")
-        return pg_restore_from(self.ctx, self.name, rep, self.out, [decrypt])
-
-    def after_rep(self, rep: int) -> None:
-        self.out.unlink(missing_ok=True)
+    def decode(self) -> Stage:
+        return Stage(self.gpg("--decrypt"), "gpg")
 
     def teardown(self) -> None:
         # gpg starts an agent for the passphrase even with --no-symkey-cache; it daemonizes.
