@@ -175,12 +175,11 @@ class _Pieces:
 class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
     """asyncio's own subprocess protocol, except that stdout goes to `_Pieces` if given."""
 
-    def __init__(
-        self, limit: int, loop: asyncio.AbstractEventLoop, stdout: _Pieces | None, read_size: int
-    ) -> None:
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop, stdout: _Pieces | None) -> None:
         super().__init__(limit=limit, loop=loop)
         self._pieces = stdout
-        self._read_size = read_size
+        # `limit` is the chunk size the caller reads in: one pipe read may fill a whole chunk.
+        self._read_size = limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -234,7 +233,7 @@ class _Child:
         try:
             # What asyncio.create_subprocess_exec does, with our protocol.
             transport, protocol = await loop.subprocess_exec(
-                lambda: _ChildProtocol(limit, loop, pieces, limit),
+                lambda: _ChildProtocol(limit, loop, pieces),
                 *argv,
                 stdin=stdin,
                 stdout=stdout,

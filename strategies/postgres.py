@@ -32,11 +32,11 @@ Restore speed (`toast_compression=`): a restore's time is the server's single ba
 the data, and for wide text a large part of that is compressing TOAST values again (pglz). By
 default ("lz4") pg_restore's session runs with `default_toast_compression=lz4` when the target
 server offers it (PostgreSQL 14 and newer built with lz4, as Debian's and PGDG's packages are):
-the 1 GB bench database restored in 7.3 s instead of 10.0 s. Values read back identically; only
-their on-disk compression differs from a pglz source. Columns with an explicit `SET COMPRESSION`
-keep theirs (pg_dump restores it), and a `default_toast_compression` in the DSN's `options`
-wins. "server" leaves the server's default alone. `details["toast_compression"]` says which
-applied.
+pg_restore of the 1 GB bench dump took 7.1-7.4 s instead of 9.9-10.2 s. Values read back the
+same; only their on-disk compression differs from a pglz source. Columns with an explicit
+`SET COMPRESSION` keep theirs (pg_dump restores it), and a `default_toast_compression` in the
+DSN's `options` wins. "server" leaves the server's default alone. `details["toast_compression"]`
+says which applied.
 
 Database-level properties that pg_dump keeps for `--create` (owner, comment, `ALTER DATABASE ...
 SET` settings) are recorded in the metadata at dump time and reapplied to the staging database
