@@ -361,9 +361,11 @@ async def test_stream_stdout_closed_early_kills_an_endless_child() -> None:
     for _ in range(3):
         assert (await anext(stream)).startswith(b"drd\n")
     await asyncio.sleep(0.2)  # the reader pauses: far more than its high-water mark is ready
+    assert len(child_processes("yes")) == 1
     started = time.monotonic()
     await stream.aclose()  # kills and reaps `yes`, which is blocked on a full pipe
     assert time.monotonic() - started < 10
+    assert child_processes("yes") == []  # gone, not even a zombie
 
 
 async def test_feed_stdin_consumes_everything_even_if_the_child_stops_reading() -> None:
