@@ -19,14 +19,14 @@ venv: $(STAMP)
 # the package from source at start (about a second on a slow machine). Up-to-date files are
 # skipped, so this is cheap.
 bytecode: $(STAMP)
-	$(PY) -m compileall -q drd strategies restore_tests bench
+	$(PY) -m compileall -q drd bench
 
 # The daemon on the embedded default: two local-directory regions, demo SQLite + files sources.
 # Without DRD_KEYS in the environment an ephemeral key is generated for this run only (held in
 # memory, never written): export DRD_KEYS="$$(.venv/bin/drd keygen)" to keep backups readable
 # across runs.
 run: bytecode
-	$(PY) -m drd.demo_setup
+	$(PY) -m drd.cli.demo_setup
 	@[ -n "$${DRD_KEYS:-}" ] || echo "note: DRD_KEYS is not set: this run uses an ephemeral key, and its backups become unreadable when it stops (see README)."
 	DRD_KEYS="$${DRD_KEYS:-$$($(VENV)/bin/drd keygen --quiet)}" $(VENV)/bin/drd run --config drd.yaml
 

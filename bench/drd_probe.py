@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         args = args[1:]
     code = 1
     try:
-        from drd.cli import main as drd_main
+        from drd.cli.main import main as drd_main
 
         code = drd_main(args)
     finally:

@@ -18,7 +18,7 @@ import zstandard
 from drd import crypto
 from drd.backup import ZSTD_LEVEL
 from drd.digests import ContentDigest, Crc32c
-from drd.sealing import Opener, Sealer
+from drd.repository.sealing import Opener, Sealer
 
 CHUNK = 1 << 20
 MIB = 1024 * 1024

@@ -257,7 +257,7 @@ class _Drd(Tool):
         self.home = self.ctx.work / "drd"
         self.home.mkdir(parents=True, exist_ok=True)
         self.key = subprocess.run(
-            [self.ctx.python, "-m", "drd.cli", "keygen", "--quiet"],
+            [self.ctx.python, "-m", "drd.cli.main", "keygen", "--quiet"],
             check=True,
             capture_output=True,
             text=True,

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 
 from drd import __version__, crypto
 from drd.errors import NotEnoughCopies, PermanentStorageError
-from drd.fanout import FanOut
 from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
-from drd.manifest import Manifest, ManifestBody, ManifestPublic
-from drd.sealing import COMPRESSION, Sealer
+from drd.repository.fanout import FanOut
+from drd.repository.manifest import Manifest, ManifestBody, ManifestPublic
+from drd.repository.sealing import COMPRESSION, Sealer
 from drd.storage.base import Storage
-from strategies.base import AnyStrategy
+from drd.strategies.base import AnyStrategy
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The error hierarchy. Every error drd raises on purpose is a DrdError.
 
 Each class carries the process exit code the CLI uses for it; the CLI maps errors to exit codes
-in exactly one place (drd.cli.main), and the README's exit-code table mirrors this module.
+in exactly one place (drd.cli.main.main), and the README's exit-code table mirrors this module.
 Messages must never contain key material, tokens or passwords.
 """
 

@@ -10,13 +10,13 @@ from drd import crypto
 from drd.backup import BackupResult, Clock, run_backup, utcnow
 from drd.config import Plan
 from drd.errors import ConfigError
-from drd.janitor import remove_orphans
 from drd.layout import SourceRef
 from drd.locks import source_lock
+from drd.repository.leftovers import remove_orphans
+from drd.restore_tests.spec import capture_queries
 from drd.storage.base import Storage
-from restore_tests.spec import capture_queries
-from strategies import get_strategy
-from strategies.base import SourceOptions
+from drd.strategies import get_strategy
+from drd.strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
 

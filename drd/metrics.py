@@ -20,7 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from drd import __version__
 
 PS = ("plan", "source")
-#: why a restore test failed (drd.restore_report.CATEGORIES)
+#: why a restore test failed (drd.verify.restore_report.CATEGORIES)
 RESTORE_TEST_FAILURE_REASONS = (
     "fetch_failed",
     "integrity_failed",
@@ -141,7 +141,7 @@ class Metrics:
             registry=r,
         )
 
-        # Failover drills (fed by drd.drill): one series per plan
+        # Failover drills (fed by drd.verify.drill): one series per plan
         self.drill_last_status = Gauge(
             "drd_drill_last_status",
             "1 if the plan's last failover drill passed, 0 if it failed",

@@ -18,14 +18,14 @@ from typing import Any
 
 from drd import crypto
 from drd.backup import close_stream
-from drd.catalog import CatalogEntry, build_catalog
 from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError
 from drd.layout import DATA_OBJECT, SourceRef
-from drd.manifest import Manifest
-from drd.sealing import Opener
+from drd.repository.catalog import CatalogEntry, build_catalog
+from drd.repository.manifest import Manifest
+from drd.repository.sealing import Opener
 from drd.storage.base import Storage
-from strategies import get_strategy
-from strategies.base import RestoreOutcome
+from drd.strategies import get_strategy
+from drd.strategies.base import RestoreOutcome
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from drd.config import Config
 from drd.errors import UsageError
 from drd.keys import load_keyring
 from drd.metrics import Metrics
-from drd.regions import RegionSpec, open_region, parse_storage_arg
 from drd.storage.base import Storage
 from drd.storage.instrumented import ObservedStorage
+from drd.storage.regions import RegionSpec, open_region, parse_storage_arg
 
 
 def keyring_for(cfg: Config | None, keys: str | None) -> crypto.Keyring:

@@ -1,6 +1,6 @@
 """The checks every restore test runs, whatever the plan says: the stream authenticated from
 its first byte to its last, and the restored copy matches the statistics taken from the source
-at backup time (strategies.*_stats, strategies.file_digests). Pure comparisons: the runner
+at backup time (drd.strategies.*_stats, drd.strategies.file_digests). Pure comparisons: the runner
 gathers the figures from the restored copy.
 
 A backup without statistics (taken by an older drd) skips the comparison; statistics that
@@ -15,8 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from restore_tests.results import CheckResult, failed, passed, skipped
-from strategies import file_digests
+from drd.restore_tests.results import CheckResult, failed, passed, skipped
+from drd.strategies import file_digests
 
 _SHOW = 20  # differences listed in a report
 

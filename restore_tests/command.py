@@ -17,8 +17,8 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from restore_tests.results import CheckResult
-from restore_tests.spec import CheckSpec
+from drd.restore_tests.results import CheckResult
+from drd.restore_tests.spec import CheckSpec
 
 _OUTPUT_TAIL = 2000
 

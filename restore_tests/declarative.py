@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from restore_tests import databases
-from restore_tests.expectations import QueryOutcome, Verdict, evaluate, evaluate_freshness
-from restore_tests.results import CheckResult
-from restore_tests.spec import CheckSpec, FileSpec, FreshnessSpec, capture_key
-from strategies.statistics import CAPTURE_ROW_LIMIT, json_value, result_value
+from drd.restore_tests import databases
+from drd.restore_tests.expectations import QueryOutcome, Verdict, evaluate, evaluate_freshness
+from drd.restore_tests.results import CheckResult
+from drd.restore_tests.spec import CheckSpec, FileSpec, FreshnessSpec, capture_key
+from drd.strategies.statistics import CAPTURE_ROW_LIMIT, json_value, result_value
 
 
 @dataclass(frozen=True)

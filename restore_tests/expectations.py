@@ -1,6 +1,6 @@
 """Judging a check query's result against its expectation: pure functions, no database.
 
-Results arrive in canonical JSON form (strategies.statistics.json_value): one value for a result
+Results arrive in canonical JSON form (drd.strategies.statistics.json_value): one value for a result
 of one row and one column, else a list of rows. Numbers compare by value whatever their form
 (12.5, "12.50" from a numeric column, 12.500): a check written in YAML should not fail on how a
 driver renders a decimal. Everything else compares exactly.
@@ -19,9 +19,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from restore_tests.results import Status
-from restore_tests.spec import Expectation
-from strategies.statistics import json_value
+from drd.restore_tests.results import Status
+from drd.restore_tests.spec import Expectation
+from drd.strategies.statistics import json_value
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from restore_tests import builtin
-from restore_tests.command import command_check
-from restore_tests.declarative import (
+from drd.restore_tests import builtin
+from drd.restore_tests.command import command_check
+from drd.restore_tests.declarative import (
     Restored,
     file_check,
     freshness_check,
     freshness_query,
     sql_check,
 )
-from restore_tests.results import CheckResult
-from restore_tests.spec import CheckSpec
-from strategies import file_digests, postgres_stats, sqlite_stats
-from strategies.statistics import error_text
+from drd.restore_tests.results import CheckResult
+from drd.restore_tests.spec import CheckSpec
+from drd.strategies import file_digests, postgres_stats, sqlite_stats
+from drd.strategies.statistics import error_text
 
 #: how long the built-in checks may take together (they scan every table of the copy)
 BUILTIN_TIMEOUT = timedelta(hours=1)

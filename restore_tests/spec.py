@@ -122,9 +122,9 @@ class ScratchSpec(_Spec):
     #: postgres; PostgreSQL refuses to run as root)
     user: str | None = None
     #: cloudsql-scratch-project: the GCP project the scratch instances are created in (never
-    #: the source's own); drd.scratch.cloudsql
+    #: the source's own); drd.verify.scratch.cloudsql
     project: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-    #: cloudsql-scratch-project: the GCS staging of the import (strategies.cloudsql
+    #: cloudsql-scratch-project: the GCS staging of the import (drd.strategies.cloudsql
     #: StagingOptions: bucket, prefix, project, endpoint, credentials); default: the source's
     staging: dict[str, Any] | None = None
     #: cloudsql-scratch-project: the scratch instance's machine tier (default db-f1-micro)
@@ -175,7 +175,7 @@ class ScratchSpec(_Spec):
             if self.staging is not None:
                 from pydantic import ValidationError
 
-                from strategies.cloudsql import StagingOptions
+                from drd.strategies.cloudsql import StagingOptions
 
                 try:
                     StagingOptions.model_validate(self.staging)

@@ -6,16 +6,16 @@ dependencies lazily so that `drd validate` stays fast.
 
 from __future__ import annotations
 
-from strategies.base import AnyStrategy, RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.base import AnyStrategy, RestoreOutcome, SourceOptions, Strategy
 
 
 def registry() -> dict[str, type[AnyStrategy]]:
-    from strategies.cloudsql import CloudSqlStrategy
-    from strategies.files import FilesStrategy
-    from strategies.gcs_bucket import GcsBucketStrategy
-    from strategies.mysql import MysqlStrategy
-    from strategies.postgres import PostgresStrategy
-    from strategies.sqlite import SqliteStrategy
+    from drd.strategies.cloudsql import CloudSqlStrategy
+    from drd.strategies.files import FilesStrategy
+    from drd.strategies.gcs_bucket import GcsBucketStrategy
+    from drd.strategies.mysql import MysqlStrategy
+    from drd.strategies.postgres import PostgresStrategy
+    from drd.strategies.sqlite import SqliteStrategy
 
     return {
         s.kind: s

@@ -1,5 +1,5 @@
 """Google credentials and endpoints for the strategies that call Google APIs (gcs-bucket,
-cloudsql), with the same rules as drd.regions: always explicit.
+cloudsql), with the same rules as drd.storage.regions: always explicit.
 
 - `{source: env, name: VAR}` / `{source: credential, name: NAME}`: a service-account JSON key
   delivered like drd's keys (an environment variable or a systemd credential), read when the
@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from drd.errors import ConfigError
-from drd.regions import is_loopback_url
 from drd.secret_source import read_secret
-from strategies._secrets import SecretRef
+from drd.storage.regions import is_loopback_url
+from drd.strategies._secrets import SecretRef
 
 STORAGE_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 CLOUD_PLATFORM_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)

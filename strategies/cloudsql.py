@@ -21,7 +21,7 @@ are polled (operations.get) with backoff from `poll_initial` to `poll_max` until
 `operation_timeout`; one that ends with `error` fails with its messages; one that does not
 finish in time is cancelled (operations.cancel, best effort) and fails.
 
-Credentials are explicit (strategies._google): a service-account JSON from an environment
+Credentials are explicit (drd.strategies._google): a service-account JSON from an environment
 variable or a systemd credential, or anonymous for a loopback endpoint (the local fake API in
 tests). Never ambient discovery.
 
@@ -38,7 +38,7 @@ credential:NAME or anonymous; staging credentials default to the API's).
   target must be an instance with no database besides `postgres` (a fresh scratch instance).
 
 Scratch instances for restore tests (create, restore, check, delete, sweep) are in
-drd.scratch.cloudsql.
+drd.verify.scratch.cloudsql.
 """
 
 from __future__ import annotations
@@ -58,14 +58,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drd.errors import ConfigError, DrdError, RestoreError, SourceError, TargetExists
-from strategies._google import (
+from drd.strategies._google import (
     CLOUD_PLATFORM_SCOPES,
     STORAGE_SCOPES,
     GoogleCredentials,
     build_credentials,
     check_endpoint,
 )
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class SqlAdmin:
         import httplib2  # type: ignore[import-untyped]
         from googleapiclient import discovery
 
-        from drd.regions import is_loopback_url
+        from drd.storage.regions import is_loopback_url
 
         local = endpoint is not None and is_loopback_url(endpoint)
         http = httplib2.Http(
@@ -321,7 +321,7 @@ _COPY_RE = re.compile(rb"^COPY (.+?)(?: \(.*\))? FROM stdin;$")
 class CopyRowCounter:
     """Counts the rows of every `COPY t (...) FROM stdin;` block of a plain pg_dump stream
     (one row per line; the block ends with a line `\\.`). Keys are the names as pg_dump writes
-    them (quote_ident'ed, schema-qualified: strategies.postgres_stats uses the same)."""
+    them (quote_ident'ed, schema-qualified: drd.strategies.postgres_stats uses the same)."""
 
     _SQL_LINE_LIMIT = 64 << 10
 

@@ -61,8 +61,8 @@ from typing import IO, Any, BinaryIO, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import Field
 
 from drd.errors import RestoreError, SourceError, TargetExists
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
-from strategies.file_digests import DigestList
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.file_digests import DigestList
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ generation); one deleted before it was read is skipped with a warning, one repla
 being read fails the dump (the next attempt will do).
 
 restore_metadata: counts, bytes, and under `statistics.objects` the object list in the form
-strategies.file_digests uses (count, an order-independent digest of the whole list, and
+drd.strategies.file_digests uses (count, an order-independent digest of the whole list, and
 name -> digest for up to FILE_LIST_LIMIT objects), where an object's digest covers its content
 (sha256) and its properties (content type, encoding, metadata, ...).
 
@@ -59,10 +59,15 @@ from pydantic import Field, field_validator
 
 from drd.digests import Crc32c
 from drd.errors import ConfigError, DrdError, RestoreError, SourceError, TargetExists
-from strategies._google import STORAGE_SCOPES, GoogleCredentials, build_credentials, check_endpoint
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
-from strategies.file_digests import FILE_LIST_LIMIT, DigestList
-from strategies.file_digests import compare as compare_digests
+from drd.strategies._google import (
+    STORAGE_SCOPES,
+    GoogleCredentials,
+    build_credentials,
+    check_endpoint,
+)
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.file_digests import FILE_LIST_LIMIT, DigestList
+from drd.strategies.file_digests import compare as compare_digests
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +488,7 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
 def open_target(target: str) -> tuple[_Bucket, str, str]:
     """The bucket client, the object prefix ("" or ending in "/") and a printable target."""
     from drd.errors import UsageError
-    from drd.regions import parse_storage_arg
+    from drd.storage.regions import parse_storage_arg
 
     try:
         spec = parse_storage_arg(target)

@@ -13,7 +13,7 @@ it restores into any database name.
 
 What the metadata records (restore_metadata):
 - `tables`: every table and view with its type (BASE TABLE, VIEW, SEQUENCE, ...).
-- `statistics` (the shape strategies.statistics defines for every kind, for restore tests):
+- `statistics` (the shape drd.strategies.statistics defines for every kind, for restore tests):
   - `row_counts`: rows per table (quoted name) *in the dump*: counted while the dump streams by
     (`_RowCounter` recognises mysqldump's data statements), so they belong to the dump's own
     snapshot; a restore compares them with `COUNT(*)` in the restored copy.
@@ -73,10 +73,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pydantic import Field
 
 from drd.errors import ConfigError, RestoreError, SourceError, TargetExists
-from strategies._secrets import SecretRef
-from strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
-from strategies.statistics import digest, error_text, result_value
+from drd.strategies._secrets import SecretRef
+from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.statistics import digest, error_text, result_value
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class SchemaInfo:
     sections: dict[str, list[list[Any]]]
 
     def fingerprint(self) -> dict[str, Any]:
-        """{"digest": sha256, "parts": {section: sha256}} (the shape strategies.statistics
+        """{"digest": sha256, "parts": {section: sha256}} (the shape drd.strategies.statistics
         uses for every kind)."""
         parts = {name: digest(self.sections[name]) for name in sorted(self.sections)}
         return {"digest": digest(sorted(parts.items())), "parts": parts}
@@ -1043,7 +1043,7 @@ async def capture_queries(
 ) -> dict[str, Any]:
     """id -> {"value": ...} or {"error": ...}, each query in a read-only consistent snapshot.
 
-    Values are the client's text form (strategies.statistics.result_value); NULL and the
+    Values are the client's text form (drd.strategies.statistics.result_value); NULL and the
     string 'NULL' read the same, on both sides alike."""
     out: dict[str, Any] = {}
     for key, sql in queries.items():

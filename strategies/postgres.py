@@ -5,7 +5,7 @@ from its stdout. pg_dump uses one snapshot for the whole dump, so the image is c
 option that would break that (parallel jobs need a directory archive) is used. The snapshot is
 exported by a read-only transaction drd holds open (`--snapshot`), in which the statistics for
 restore tests (row counts, schema fingerprint, captured query results) are taken meanwhile, so
-they describe exactly the dumped data (strategies.postgres_stats). Connection
+they describe exactly the dumped data (drd.strategies.postgres_stats). Connection
 details travel in the child's environment (PGHOST, PGPASSWORD, ...), never in argv where `ps`
 would show them; argv carries only the database name and those libpq keywords that have no
 environment variable (keepalives, ...), none of them secret. The exit status is checked after
@@ -61,8 +61,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from drd.errors import RestoreError, SourceError, TargetExists
-from strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -380,13 +380,13 @@ class _Snapshot:
             await db.close()
 
     def start_statistics(self, queries: Mapping[str, str]) -> None:
-        from strategies import postgres_stats
+        from drd.strategies import postgres_stats
 
         self._task = asyncio.ensure_future(postgres_stats.collect(self._db, dict(queries)))
 
     async def statistics(self) -> dict[str, Any]:
         """The statistics, or {"error": ...} if the session failed (never fails the dump)."""
-        from strategies.statistics import error_text
+        from drd.strategies.statistics import error_text
 
         if self._task is None:
             return {"error": "not taken"}
@@ -441,7 +441,7 @@ class PostgresStrategy(Strategy[PostgresOptions]):
         ]
         size = 0
         # pg_dump imports the snapshot of a transaction held open here, in which the restore-test
-        # statistics are taken meanwhile: both see the same data (strategies.postgres_stats).
+        # statistics are taken meanwhile: both see the same data (drd.strategies.postgres_stats).
         async with _Snapshot.open(opts.dsn, where, conn.password) as snapshot:
             argv.insert(1, f"--snapshot={snapshot.id}")
             snapshot.start_statistics(self.capture_queries)

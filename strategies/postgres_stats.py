@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from strategies.statistics import digest, error_text, result_value
+from drd.strategies.statistics import digest, error_text, result_value
 
 # Every user table that holds rows (plain tables and partitions), as quote_ident() names them.
 _TABLES_SQL = r"""
@@ -122,7 +122,7 @@ async def schema_fingerprint(conn: Any) -> dict[str, Any]:
 
 
 async def run_query(conn: Any, query: str) -> Any:
-    """The result of one check query as a JSON value (strategies.statistics.result_value)."""
+    """The result of one check query as a JSON value (drd.strategies.statistics.result_value)."""
     cur = await conn.execute(query)
     rows = await cur.fetchmany(1001) if cur.description is not None else []
     return result_value(rows)

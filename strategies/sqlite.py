@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
 from drd.errors import RestoreError, SourceError, TargetExists
-from strategies import sqlite_stats
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies import sqlite_stats
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 CHUNK_SIZE = 1 << 20
 FORMAT = "sqlite3-database-file"
@@ -52,7 +52,7 @@ def _uri(path: Path, **params: str) -> str:
 
 def _backup(source: Path, dest: Path, queries: Mapping[str, str]) -> dict[str, Any]:
     """Copy `source` into the new database file `dest`; facts about the copy, and the
-    restore-test statistics taken from it (strategies.sqlite_stats)."""
+    restore-test statistics taken from it (drd.strategies.sqlite_stats)."""
     src = sqlite3.connect(_uri(source, mode="ro"), uri=True, timeout=60)
     try:
         dst = sqlite3.connect(dest)

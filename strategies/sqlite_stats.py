@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from strategies.statistics import digest, error_text, result_value
+from drd.strategies.statistics import digest, error_text, result_value
 
 
 def _quote(name: str) -> str:

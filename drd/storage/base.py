@@ -81,7 +81,7 @@ class ObjectInfo:
 @dataclass(frozen=True)
 class DeletionSettings:
     """What a region does with an object after `delete()`: the settings that keep deleted bytes
-    around (GCS soft delete, object versioning, retention policies and holds). drd.retention
+    around (GCS soft delete, object versioning, retention policies and holds). drd.retention.policy
     turns them into how much earlier than max_age a backup must be deleted.
 
     The default is what memory and local-directory regions do: the bytes are gone at once.

@@ -38,7 +38,8 @@ Semantics:
   status)` (the next n requests fail with that status before doing anything).
 - `requests`: every (method, path) served, for tests that check only v1 paths were used.
 - Connection info: instances carry `ipAddresses` (PRIMARY 127.0.0.1); databases carry a
-  non-standard `drdLocalDsn` (the local database behind them), which drd.scratch.cloudsql reads
+  non-standard `drdLocalDsn` (the local database behind them), which drd.verify.scratch.cloudsql
+  reads
   only from a loopback endpoint, to check row counts of a restored scratch instance.
 """
 

@@ -19,9 +19,8 @@ from drd import crypto
 from drd.errors import SourceError
 from drd.layout import SourceRef
 from drd.restore import find_backup, stream_plaintext
-from drd.scratch.cloudsql import restore_test, scratch_instance, sweep_scratch_instances
 from drd.storage.local import LocalStorage
-from strategies.cloudsql import (
+from drd.strategies.cloudsql import (
     CloudSqlOptions,
     CloudSqlStrategy,
     OperationFailed,
@@ -29,6 +28,7 @@ from strategies.cloudsql import (
     StagingOptions,
     open_api,
 )
+from drd.verify.scratch.cloudsql import restore_test, scratch_instance, sweep_scratch_instances
 from tests.cloudsql_fake import FakeCloudSql, StartCloudSql
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
@@ -325,7 +325,7 @@ async def test_scratch_instance_is_deleted_whatever_happens(world: World) -> Non
 async def test_fake_api_isolates_projects(world: World) -> None:
     api = open_api({"source": "anonymous"}, world.api.base_url, what="test")
     try:
-        from strategies.cloudsql import CloudSqlError
+        from drd.strategies.cloudsql import CloudSqlError
 
         with pytest.raises(CloudSqlError, match="404"):
             await api.call("get", lambda s: s.instances().get(project="other", instance="prod-db"))

@@ -209,8 +209,8 @@ async def test_labelled_instances_without_a_record_are_swept_when_old(
     daemon's start-up sweep finds it by label, but leaves young ones (a test running elsewhere)
     and anything drd did not label."""
     from drd.config import load_config
-    from drd.scratch.cloudsql import LABEL
-    from drd.scratch.cloudsql_env import sweep_labelled_instances
+    from drd.verify.scratch.cloudsql import LABEL
+    from drd.verify.scratch.cloudsql_env import sweep_labelled_instances
 
     env = make_env(tmp_path, world)
 

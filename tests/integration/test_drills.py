@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 
 from drd import crypto
-from drd.auth import generate_token, token_hash
 from drd.config import load_config
-from drd.drill import MARKDOWN_OBJECT, REPORT_OBJECT, drill_prefix, open_report, run_drill
 from drd.metrics import Metrics
 from drd.runtime import open_regions
+from drd.server.auth import generate_token, token_hash
 from drd.storage.base import Storage
+from drd.verify.drill import MARKDOWN_OBJECT, REPORT_OBJECT, drill_prefix, open_report, run_drill
 from tests.integration.test_daemon import (
     Daemon,
     daemon_factory,  # noqa: F401 - the fixture

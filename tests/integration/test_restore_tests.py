@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from drd.scratch.registry import DB_PREFIX, sweep_leftovers
+from drd.verify.scratch.registry import DB_PREFIX, sweep_leftovers
 from tests.integration.test_daemon import (
     Daemon,
     daemon_factory,  # noqa: F401 - the fixture
@@ -522,8 +522,8 @@ def test_sweep_drops_the_staging_copy_of_a_restore_killed_mid_way(tmp_path: Path
     scratch database itself: the sweep drops both, and nothing that is not drd's."""
     import asyncio
 
-    from drd.scratch.postgres_server import public_dsn
-    from drd.scratch.registry import new_id, register
+    from drd.verify.scratch.postgres_server import public_dsn
+    from drd.verify.scratch.registry import new_id, register
     from tests.support.pg import create_database, drop_database
 
     resource_id = new_id()

@@ -25,16 +25,16 @@ from google.cloud import storage as gcs
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.catalog import build_catalog
 from drd.config import Plan, PlanStorage, Retention, Schedule, Targets, load_config
-from drd.daemon import Daemon
+from drd.daemon.service import Daemon
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.repository.catalog import build_catalog
 from drd.restore import restore_backup
+from drd.retention.sweep import RetentionMemory, sweep
 from drd.storage.base import DeletionSettings, Storage
 from drd.storage.faults import FaultyStorage
 from drd.storage.gcs import GCSStorage
-from drd.sweeper import RetentionMemory, sweep
 from tests.support.blob_strategy import RESTORED, BlobOptions, BlobStrategy, blob_bytes
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions, make_gcs_storage

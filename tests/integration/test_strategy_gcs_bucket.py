@@ -18,9 +18,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from drd.errors import IntegrityError, SourceError, TargetExists
-from strategies import get_strategy
-from strategies.file_digests import compare
-from strategies.gcs_bucket import GcsBucketOptions, GcsBucketStrategy, restored_statistics
+from drd.strategies import get_strategy
+from drd.strategies.file_digests import compare
+from drd.strategies.gcs_bucket import GcsBucketOptions, GcsBucketStrategy, restored_statistics
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
 
@@ -144,7 +144,7 @@ async def test_round_trip_between_two_servers(
 
     # What a restore test reads back equals what the dump recorded.
     stats = await restored_statistics(target(scratch, "scratch-bucket", "restored/x"))
-    from strategies.file_digests import DigestList
+    from drd.strategies.file_digests import DigestList
 
     digests = DigestList()
     for name, digest in stats["objects"]["files"].items():

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
-from strategies import mysql as mysql_mod
-from strategies.mysql import MysqlOptions, MysqlStrategy, restored_statistics
+from drd.strategies import mysql as mysql_mod
+from drd.strategies.mysql import MysqlOptions, MysqlStrategy, restored_statistics
 from tests.support.mariadb import (
     MariaDbFactory,
     database_exists,

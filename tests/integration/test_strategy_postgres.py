@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
-from strategies import get_strategy
-from strategies._subprocess import ToolError, feed_stdin, stream_stdout
-from strategies.postgres import PostgresOptions, PostgresStrategy, staging_name
+from drd.strategies import get_strategy
+from drd.strategies._subprocess import ToolError, feed_stdin, stream_stdout
+from drd.strategies.postgres import PostgresOptions, PostgresStrategy, staging_name
 from tests.support.pg import (
     ADMIN_DSN,
     PgDatabase,
@@ -318,7 +318,7 @@ async def test_exclude_tables(pg_db: PgDatabase, pg_database_factory: PgDatabase
     assert restored["sales.orders"] == database_fingerprint(pg_db.dsn)["tables"]["sales.orders"]
 
 
-# -- the child-process helper pg_dump and pg_restore run through (strategies._subprocess) ------
+# -- the child-process helper pg_dump and pg_restore run through (drd.strategies._subprocess) ------
 
 
 async def test_stream_stdout_withholds_the_last_chunk_of_a_failed_child() -> None:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 RESTORED: dict[str, bytes] = {}
 
@@ -68,7 +68,8 @@ class BlobStrategy(Strategy):
 
 @pytest.fixture
 def blob_strategy(monkeypatch: pytest.MonkeyPatch) -> type[BlobStrategy]:
-    import strategies
+
+    from drd import strategies
 
     RESTORED.clear()
     monkeypatch.setattr(strategies, "registry", lambda: {"blob": BlobStrategy})

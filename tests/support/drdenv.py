@@ -101,7 +101,7 @@ class DrdEnv:
         return [
             sys.executable,
             "-m",
-            "drd.cli",
+            "drd.cli.main",
             *(["--config", str(self.config_path)] if config else []),
             *args,
         ]

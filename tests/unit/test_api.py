@@ -13,12 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from drd import crypto
-from drd.audit import open_audit_object
-from drd.auth import generate_token, token_hash
 from drd.config import load_config
-from drd.daemon import Daemon
-from drd.http import make_app
+from drd.daemon.service import Daemon
 from drd.metrics import Metrics
+from drd.server.app import make_app
+from drd.server.audit import open_audit_object
+from drd.server.auth import generate_token, token_hash
 from drd.storage.memory import MemoryStorage
 from tests.support.drdenv import DrdEnv
 

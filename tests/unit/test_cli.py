@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from drd import crypto
-from drd.cli import main
+from drd.cli.main import main
 from tests.support.drdenv import DrdEnv
 
 

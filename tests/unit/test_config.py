@@ -1,4 +1,5 @@
-"""drd.config and drd.yamlsource: every kind of mistake is reported as `file:line: field: message`.
+"""drd.config and drd.config.yamlsource: every kind of mistake is reported as `file:line: field:
+message`.
 
 Most tests run against small fake strategies (so that the messages asserted here do not depend
 on how the real strategies word theirs); test_examples_with_real_strategies checks the example
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import ConfigDict
 
-import strategies
+from drd import strategies
 from drd.config import (
     Config,
     Finding,
@@ -25,9 +26,9 @@ from drd.config import (
     load_config,
     validate,
 )
+from drd.config.yamlsource import Position, YamlSourceError, parse_yaml
 from drd.errors import ConfigError
-from drd.yamlsource import Position, YamlSourceError, parse_yaml
-from strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = date(2026, 11, 28)

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from drd import crypto
 from drd.backup import run_backup
 from drd.config import Config, load_config
-from drd.daemon import Daemon
+from drd.daemon.service import Daemon
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics

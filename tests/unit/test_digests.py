@@ -8,7 +8,7 @@ import blake3
 import pytest
 
 from drd.digests import ContentDigest, Crc32c, short, split
-from drd.manifest import ManifestBody
+from drd.repository.manifest import ManifestBody
 
 
 def test_blake3_is_the_default_and_streams_like_one_update() -> None:

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from drd.audit import open_audit_object
-from drd.catalog import build_catalog
-from drd.daemon import Daemon
-from drd.drill import REPORT_OBJECT, drill_prefix, open_report, render_markdown
-from drd.drill_manager import DrillManager
+from drd.daemon.drill_loop import DrillManager
+from drd.daemon.service import Daemon
 from drd.jobs import backup_source
 from drd.metrics import Metrics
-from drd.sweeper import sweep
+from drd.repository.catalog import build_catalog
+from drd.retention.sweep import sweep
+from drd.server.audit import open_audit_object
+from drd.verify.drill import REPORT_OBJECT, drill_prefix, open_report, render_markdown
 from tests.support.blob_strategy import BlobStrategy
 from tests.unit.test_api import TOKENS, bearer, client  # noqa: F401 - the fixture
 
@@ -332,7 +332,7 @@ async def test_stored_reports_outlive_the_process_and_retention(
 def test_markdown_has_no_check_values() -> None:
     from datetime import UTC, datetime
 
-    from drd.drill import DrillReport, SourceResult
+    from drd.verify.drill import DrillReport, SourceResult
 
     report = DrillReport(
         "20260601T120000Z-1a2b3c4d",

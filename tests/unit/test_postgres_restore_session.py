@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from strategies.postgres import _Conn, _restore_session
+from drd.strategies.postgres import _Conn, _restore_session
 
 
 class _Server:

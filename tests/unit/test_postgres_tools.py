@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from strategies import postgres
+from drd.strategies import postgres
 
 
 def _wrapper_on_path(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 
-from restore_tests import builtin
-from restore_tests.declarative import Restored, file_check, freshness_query
-from restore_tests.expectations import (
+from drd.restore_tests import builtin
+from drd.restore_tests.declarative import Restored, file_check, freshness_query
+from drd.restore_tests.expectations import (
     QueryOutcome,
     as_utc,
     evaluate,
     evaluate_freshness,
     same,
 )
-from restore_tests.results import CheckResult
-from restore_tests.spec import CheckSpec, Expectation, FileSpec, FreshnessSpec, capture_key
-from strategies.file_digests import DigestList, tree_digests
-from strategies.statistics import json_value, result_value
+from drd.restore_tests.results import CheckResult
+from drd.restore_tests.spec import CheckSpec, Expectation, FileSpec, FreshnessSpec, capture_key
+from drd.strategies.file_digests import DigestList, tree_digests
+from drd.strategies.statistics import json_value, result_value
 
 UTC = dt.UTC
 PLUS_ONE = dt.timezone(dt.timedelta(hours=1))

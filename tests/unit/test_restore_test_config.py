@@ -1,6 +1,6 @@
 """The plan's restore_test section: scratch environments and checks, validated with
 `file:line: field: message` like the rest of the config; a scratch environment that is the
-source itself is refused at validation time. Uses test_config's files and fake strategies."""
+source itself is refused at validation time. Uses test_config's files and fake drd.strategies."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from drd.config import load_config
-from drd.scratch.guard import path_conflict, same_database
-from restore_tests.spec import capture_queries
+from drd.config.guard import path_conflict, same_database
+from drd.restore_tests.spec import capture_queries
 from tests.unit.test_config import (  # noqa: F401 - fixtures
     PLAN,
     TODAY,

@@ -1,4 +1,5 @@
-"""drd.restore_test on in-memory regions with the blob strategy: backup choice, region rotation,
+"""drd.verify.restore_run on in-memory regions with the blob strategy: backup choice, region
+rotation,
 failure categories, teardown on every path, the sealed report next to the backup, metrics."""
 
 from __future__ import annotations
@@ -13,21 +14,21 @@ import pytest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.catalog import build_catalog
 from drd.config import Plan, PlanStorage, RestoreTest, Schedule, Targets
 from drd.errors import BackupNotFound, IntegrityError
 from drd.layout import SourceRef
 from drd.locks import LockBusy, restore_test_lock
 from drd.metrics import Metrics
-from drd.restore_report import latest_summaries, read_report, report_keys
-from drd.restore_test import (
+from drd.repository.catalog import build_catalog
+from drd.restore_tests.spec import CheckSpec
+from drd.storage.memory import MemoryStorage
+from drd.verify.restore_report import latest_summaries, read_report, report_keys
+from drd.verify.restore_run import (
     choose_backups,
     next_region,
     restore_tests_for,
     run_restore_test,
 )
-from drd.storage.memory import MemoryStorage
-from restore_tests.spec import CheckSpec
 from tests.support.blob_strategy import RESTORED, BlobOptions, BlobStrategy, blob_bytes
 
 REF = SourceRef("billing", "db")

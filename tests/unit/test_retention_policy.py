@@ -1,4 +1,5 @@
-"""drd.retention: the pure policy (table-driven, injected `now`), and deletion settings: what a
+"""drd.retention.policy: the pure policy (table-driven, injected `now`), and deletion settings:
+what a
 bucket's soft delete, versioning, lifecycle, retention policy and holds mean for the promise.
 
 fake-gcs-server implements none of those bucket settings, so they are tested here against the
@@ -15,7 +16,7 @@ import pytest
 from google.cloud import storage
 
 from drd.layout import SourceRef
-from drd.retention import (
+from drd.retention.policy import (
     LIFECYCLE_LAG,
     Backup,
     RetentionPolicy,

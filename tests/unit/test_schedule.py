@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from drd.schedule import Schedule, jitter_offset, next_due, slot_after
+from drd.daemon.schedule import Schedule, jitter_offset, next_due, slot_after
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 H = timedelta(hours=1)

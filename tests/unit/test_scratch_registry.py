@@ -1,4 +1,4 @@
-"""drd.scratch.registry and the temporary-directory environment: a live owner's resources are
+"""drd.verify.scratch.registry and the temporary-directory environment: a live owner's resources are
 never swept, a dead owner's always are, and teardown survives the cancellation that stops a
 test."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from drd.scratch.registry import DIR_PREFIX, new_id, register, sweep_leftovers
-from drd.scratch.teardown import run_to_completion
-from drd.scratch.tempdir import scratch_dir
+from drd.verify.scratch.registry import DIR_PREFIX, new_id, register, sweep_leftovers
+from drd.verify.scratch.teardown import run_to_completion
+from drd.verify.scratch.tempdir import scratch_dir
 
 
 def records(state: Path) -> list[Path]:
@@ -53,7 +53,7 @@ def test_a_dead_owners_leftovers_are_swept(tmp_path: Path) -> None:
         f"""
         import asyncio, os
         from pathlib import Path
-        from drd.scratch.tempdir import scratch_dir
+        from drd.verify.scratch.tempdir import scratch_dir
 
         async def main():
             async with scratch_dir(Path({str(state)!r}), Path({str(tmp_path)!r}), label="x") as d:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from drd.sdnotify import Notifier
+from drd.daemon.sdnotify import Notifier
 
 
 def test_ready_stopping_watchdog_reach_the_socket(tmp_path: Path) -> None:

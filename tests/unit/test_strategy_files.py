@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
-from strategies import files as files_module
-from strategies import get_strategy
-from strategies.files import FilesOptions, FilesStrategy
+from drd.strategies import files as files_module
+from drd.strategies import get_strategy
+from drd.strategies.files import FilesOptions, FilesStrategy
 
 BASE_NS = 1_700_000_000_123_456_789  # 2023-11-14, with nanoseconds
 
@@ -367,7 +367,7 @@ async def test_special_files_skipped_with_warning(
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(src / "sock"))
-        with caplog.at_level(logging.WARNING, logger="strategies.files"):
+        with caplog.at_level(logging.WARNING, logger="drd.strategies.files"):
             strategy = strategy_for(src)
             chunks = await collect(strategy.dump())
     finally:
@@ -400,7 +400,7 @@ async def test_entries_vanishing_during_the_dump_are_skipped(
 
     monkeypatch.setattr(files_module._Walker, "_listing", listing_then_delete)
     strategy = strategy_for(src)
-    with caplog.at_level(logging.WARNING, logger="strategies.files"):
+    with caplog.at_level(logging.WARNING, logger="drd.strategies.files"):
         chunks = await collect(strategy.dump())
     assert strategy.restore_metadata()["skipped"] == 2
     assert sum("vanished" in r.getMessage() for r in caplog.records) == 2

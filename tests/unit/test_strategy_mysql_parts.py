@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from drd.errors import ConfigError
-from strategies import get_strategy
-from strategies.mysql import (
+from drd.strategies import get_strategy
+from drd.strategies.mysql import (
     MysqlOptions,
     MysqlStrategy,
     Server,

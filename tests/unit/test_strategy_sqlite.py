@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
-from strategies import get_strategy
-from strategies.sqlite import SqliteOptions, SqliteStrategy
+from drd.strategies import get_strategy
+from drd.strategies.sqlite import SqliteOptions, SqliteStrategy
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""drd.sweeper and drd.repair on in-memory regions, with an injected clock: backups are made by
+"""drd.retention.sweep and drd.retention.repair on in-memory regions, with an injected clock:
+backups are made by
 the real pipeline (run_backup with a clock in the past) and swept at a chosen `now`."""
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import pytest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.catalog import build_catalog
 from drd.config import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
-from drd.repair import repair
+from drd.repository.catalog import build_catalog
 from drd.restore import restore_backup
-from drd.retention_report import format_sweep
+from drd.retention.repair import repair
+from drd.retention.report import format_sweep
+from drd.retention.sweep import RetentionMemory, sweep
 from drd.storage.base import DeletionSettings, Storage
 from drd.storage.faults import FaultyStorage
 from drd.storage.local import LocalStorage
 from drd.storage.memory import MemoryStorage
-from drd.sweeper import RetentionMemory, sweep
 from tests.support.blob_strategy import RESTORED, BlobOptions, BlobStrategy, blob_bytes
 
 NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
@@ -502,7 +503,7 @@ async def load(daemon) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def daemon_setup(tmp_path: Path, blob_strategy, keyring):  # type: ignore[no-untyped-def]
     from drd.config import load_config
-    from drd.daemon import Daemon
+    from drd.daemon.service import Daemon
     from tests.support.drdenv import DrdEnv
 
     env = DrdEnv(tmp_path)
@@ -590,7 +591,7 @@ async def test_daemon_leaves_a_source_whose_backup_holds_the_lock(daemon_setup, 
 async def test_readyz_reports_a_region_that_cannot_destroy_in_time(daemon_setup) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from drd.http import make_app
+    from drd.server.app import make_app
 
     daemon = daemon_setup[0]
     daemon.regions["as1"] = daemon.retention.regions["as1"] = SoftDeleting("as1", 30 * D)
@@ -613,7 +614,7 @@ async def test_readyz_reports_a_region_that_cannot_destroy_in_time(daemon_setup)
 def test_prune_and_doctor_commands(
     tmp_path: Path, blob_strategy, keyring, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from drd.cli import main
+    from drd.cli.main import main
     from tests.support.drdenv import DrdEnv
 
     env = DrdEnv(tmp_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from drd import cli
+from drd.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "drd.service"
@@ -19,7 +19,7 @@ SYSUSERS = REPO / "systemd" / "drd.sysusers.conf"
 README = REPO / "systemd" / "README.md"
 
 # The largest daemon.shutdown_grace the unit supports, and how long drd then waits for cancelled
-# jobs (drd.daemon.Daemon.shutdown). TimeoutStopSec must cover both, with a margin.
+# jobs (drd.daemon.service.Daemon.shutdown). TimeoutStopSec must cover both, with a margin.
 MAX_GRACE_SECONDS = 120
 CANCEL_WAIT_SECONDS = 30
 

@@ -1,0 +1,205 @@
+"""The `drd` command line. Errors are mapped to exit codes here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from drd import __version__
+from drd.errors import DrdError, UsageError
+
+log = logging.getLogger("drd")
+
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drd", description="Disaster-recovery backups you can prove.")
+    p.add_argument("--version", action="version", version=f"drd {__version__}")
+    p.add_argument("--config", "-c", help="daemon config (default: $DRD_CONFIG or ./drd.yaml)")
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    p.add_argument("--log-format", choices=["text", "json"], default=None)
+    # --config is accepted before or after the command (`drd --config X run`, `drd run -c X`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    kg = command("keygen", "print a new key-encryption key")
+    kg.add_argument("--quiet", "-q", action="store_true", help="print only the key")
+
+    command("validate", "check drd.yaml and every plan; non-zero exit on any error")
+
+    tk = command("token", "make an API bearer token; prints the token and its config entry")
+    tk.add_argument("--name", required=True, help="who holds it (shown in the audit trail)")
+    tk.add_argument("--role", required=True, choices=["viewer", "operator", "coordinator"])
+
+    def keys_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--keys",
+            metavar="SOURCE",
+            help="where the keyring comes from: env:VAR, credential:NAME or stdin "
+            "(default: the config's keys, else env:DRD_KEYS)",
+        )
+
+    def storage_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--storage",
+            action="append",
+            default=[],
+            metavar="[NAME=]URL",
+            help="read these regions instead of drd.yaml's (repeatable): file:PATH, "
+            "gs://BUCKET/PREFIX?endpoint=URL&credentials=env:VAR",
+        )
+
+    bk = command("backup", "back up PLAN or PLAN/SOURCE now")
+    bk.add_argument("what", metavar="PLAN[/SOURCE]")
+    keys_arg(bk)
+
+    ls = command("list", "list backups (rebuilt from storage)")
+    ls.add_argument("plan", nargs="?", metavar="PLAN[/SOURCE]")
+    ls.add_argument("--json", action="store_true")
+    keys_arg(ls)
+    storage_arg(ls)
+
+    rs = command("restore", "restore a backup into a new database or directory")
+    rs.add_argument("what", metavar="PLAN/SOURCE")
+    rs.add_argument("--to", required=True, metavar="TARGET", help="a DSN or a path; must not exist")
+    rs.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rs.add_argument("--region", help="read this region first")
+    keys_arg(rs)
+    storage_arg(rs)
+
+    pr = command("prune", "destroy expired backups in every region now, and say why")
+    pr.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
+    pr.add_argument("--dry-run", action="store_true", help="only show what would be destroyed")
+
+    command("doctor", "check that every region can destroy backups within max_age")
+
+    rt = command("restore-test", "restore into a scratch environment, check, time it (RTO)")
+    rt.add_argument("what", metavar="PLAN[/SOURCE]")
+    rt.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rt.add_argument("--region", help="read this region's copy (default: each region in turn)")
+    rt.add_argument("--json", action="store_true", help="print the full reports as JSON")
+    keys_arg(rt)
+
+    dr = command("drill", "failover drill: restore every source of PLAN, check, measure RTO/RPO")
+    dr.add_argument("plan", metavar="PLAN")
+    dr.add_argument(
+        "--lose-region", metavar="R", help="simulate losing region R: it is not read at all"
+    )
+    dr.add_argument("--json", action="store_true", help="print the full report as JSON")
+    keys_arg(dr)
+
+    run = command("run", "run the daemon")
+    keys_arg(run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from drd.logs import setup_logging
+
+    # Flags, then DRD_LOG_*, then (for `drd run`) the config's `log:` section, then defaults.
+    args.log_level = args.log_level or os.environ.get("DRD_LOG_LEVEL")
+    args.log_format = args.log_format or os.environ.get("DRD_LOG_FORMAT")
+    setup_logging(args.log_level or "info", args.log_format or "text")
+    try:
+        return _dispatch(args)
+    except DrdError as exc:
+        print(f"drd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("drd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from drd.cli import commands
+
+    if args.command == "keygen":
+        return commands.keygen(quiet=args.quiet)
+    if args.command == "token":
+        return commands.token(args.name, args.role)
+    if args.command == "validate":
+        return commands.validate(_config_path(args, required=True))
+    if args.command == "backup":
+        return asyncio.run(commands.backup(_config_path(args, required=True), args.what, args.keys))
+    if args.command == "list":
+        return asyncio.run(
+            commands.list_backups(
+                _config_path(args, required=not args.storage),
+                args.plan,
+                args.keys,
+                args.storage,
+                as_json=args.json,
+            )
+        )
+    if args.command == "restore":
+        return asyncio.run(
+            commands.restore(
+                _config_path(args, required=not args.storage),
+                args.what,
+                args.keys,
+                args.storage,
+                target=args.to,
+                backup_id=args.backup,
+                region=args.region,
+            )
+        )
+    if args.command == "prune":
+        return asyncio.run(
+            commands.prune(_config_path(args, required=True), args.plan, dry_run=args.dry_run)
+        )
+    if args.command == "doctor":
+        return asyncio.run(commands.doctor(_config_path(args, required=True)))
+    if args.command == "restore-test":
+        return asyncio.run(
+            commands.restore_test(
+                _config_path(args, required=True),
+                args.what,
+                args.keys,
+                backup_id=args.backup,
+                region=args.region,
+                as_json=args.json,
+            )
+        )
+    if args.command == "drill":
+        return asyncio.run(
+            commands.drill(
+                _config_path(args, required=True),
+                args.plan,
+                args.keys,
+                lose_region=args.lose_region,
+                as_json=args.json,
+            )
+        )
+    if args.command == "run":
+        from drd.daemon.service import run_daemon
+
+        return run_daemon(
+            _config_path(args, required=True), args.keys, log=(args.log_level, args.log_format)
+        )
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _config_path(args: argparse.Namespace, *, required: bool) -> Path | None:
+    explicit = args.config or os.environ.get("DRD_CONFIG")
+    path = Path(explicit) if explicit else Path("drd.yaml")
+    if path.is_file():
+        return path
+    if explicit or required:
+        raise UsageError(f"config file {path} not found (use --config or DRD_CONFIG)")
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

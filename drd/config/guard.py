@@ -1,0 +1,101 @@
+"""A restore test must never touch its source: the rule, in one place.
+
+drd.config applies it when a plan is validated (an error naming the field), and the restore
+test applies it again before it creates anything, in case a plan was built some other way.
+
+- postgres-server: the scratch server's DSN must not name the source's own database (same host,
+  port and database). The same server is fine: drd only ever creates and drops its own uniquely
+  named database there.
+- tempdir: the directory must not be the source path, nor lie inside a files source's tree (the
+  restore would write into the live tree, and its copy would end up in the next backup). A
+  parent of the source is fine: drd creates a new uniquely named directory in it.
+- cloudsql-scratch-project: the scratch project must not be the source's own project: scratch
+  instances (created, restored into, deleted) never live next to the instance they copy.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Any
+
+from drd.restore_tests.spec import ScratchSpec
+
+_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+
+
+def _server_and_db(dsn: str) -> tuple[frozenset[tuple[str, str]], str] | None:
+    """({(host, port), ...}, dbname) of a DSN, with libpq's defaults; None if unparsable.
+
+    A local socket, localhost and the loopback addresses all count as one host ("local"): on
+    one machine they reach the same server."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    except Exception:
+        return None
+    hosts = (params.get("host") or params.get("hostaddr") or "").split(",")
+    ports = (params.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    servers = set()
+    for host, port in zip(hosts, ports, strict=False):
+        host = host.strip()
+        local = host in _LOCAL_HOSTS or host.startswith("/") or host.startswith("@")
+        servers.add(("local" if local else host.lower(), port.strip() or "5432"))
+    user = params.get("user") or getpass.getuser()
+    return frozenset(servers), params.get("dbname") or user
+
+
+def same_database(scratch_dsn: str, source_dsn: str) -> bool:
+    a, b = _server_and_db(scratch_dsn), _server_and_db(source_dsn)
+    if a is None or b is None:
+        return False
+    return a[1] == b[1] and bool(a[0] & b[0])
+
+
+def _real(path: Path | str) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def path_conflict(directory: Path, source_path: str, source_kind: str) -> str | None:
+    """Why `directory` cannot hold scratch copies of the source at `source_path` (or None)."""
+    scratch, source = _real(directory), _real(source_path)
+    if scratch == source:
+        return "is the source's own path"
+    if source_kind == "files" and scratch.is_relative_to(source):
+        return "is inside the source's directory tree"
+    return None
+
+
+def refusal(spec: ScratchSpec, source: Any) -> tuple[str, str] | None:
+    """(field, message) when `spec` points at `source` (a SourceOptions), else None."""
+    name = getattr(source, "name", "?")
+    same_project = spec.project is not None and spec.project == getattr(source, "project", None)
+    if spec.kind == "cloudsql-scratch-project" and same_project:
+        return (
+            "project",
+            f"is the project of source {name} itself: restore tests never touch their source; "
+            "name a separate scratch project (drd creates and deletes its instances there)",
+        )
+    if spec.kind == "postgres-server" and spec.dsn is not None:
+        source_dsn = getattr(source, "dsn", None)
+        if isinstance(source_dsn, str) and same_database(spec.dsn, source_dsn):
+            return (
+                "dsn",
+                f"names the database of source {name} itself (same host, port and database): "
+                "restore tests never touch their source; name the scratch server's maintenance "
+                "database (e.g. dbname=postgres), drd creates its own database there",
+            )
+    if spec.dir is not None:
+        source_path = getattr(source, "path", None)
+        if source_path is not None:
+            problem = path_conflict(spec.dir, str(source_path), str(getattr(source, "kind", "")))
+            if problem is not None:
+                return (
+                    "dir",
+                    f"{problem} (source {name}): restore tests never write to their source",
+                )
+    return None

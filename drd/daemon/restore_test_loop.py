@@ -1,0 +1,218 @@
+"""The daemon's restore-test scheduler: every source is tested on its plan's own schedule.
+
+- Each source's tests run every `restore_test.every` (default daily), on slots anchored like
+  backups (drd.daemon.schedule), first as soon as the source has a backup. A test interrupted by a
+  crash counts as run at its start, so a restart does not redo it at once.
+- Never two tests of one source at once: one task per source here, and the cross-process
+  restore-test lock (a `drd restore-test` on the same host) in drd.verify.restore_run.
+- Tests share the daemon's job slots (daemon.max_concurrent_jobs) with backups.
+- `run_once()` is the scheduling step (the daemon's serve loop calls it); `trigger(ref)` asks for
+  a test now (the API).
+- Results go to the job history (kind "restore-test", the reports' summaries as detail), the
+  restore-test metrics (drd.verify.restore_run.record_metrics) and `status(ref)` for /api/v1/status;
+  on start the last results are taken back from the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from drd import crypto
+from drd.backup import Clock, utcnow
+from drd.config import Config, Plan
+from drd.daemon.history import History
+from drd.daemon.schedule import Schedule, next_due, slot_after
+from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
+from drd.errors import BackupNotFound
+from drd.layout import SourceRef
+from drd.locks import LockBusy
+from drd.metrics import Metrics
+from drd.storage.base import Storage
+from drd.strategies.base import SourceOptions
+from drd.verify.restore_report import summary_of
+from drd.verify.restore_run import restore_tests_for
+
+log = logging.getLogger(__name__)
+
+JOB_KIND = "restore-test"
+#: how soon to look again when there was nothing to test, or another process was testing
+RETRY_AFTER = timedelta(minutes=5)
+
+
+@dataclass(kw_only=True)
+class SourceTests(JobSlot):
+    plan: Plan
+    source: SourceOptions
+    #: summaries of the last run's reports (newest backup first)
+    last: list[Mapping[str, Any]] = field(default_factory=list)
+    last_finished: datetime | None = None
+    #: why the last run tested nothing (no backup yet, another test running, an error)
+    last_error: str | None = None
+    #: the last passing test's RTO
+    rto_seconds: float | None = None
+
+    def schedule(self) -> Schedule:
+        return Schedule(every=self.plan.restore_test.every)
+
+
+class RestoreTestScheduler:
+    def __init__(
+        self,
+        cfg: Config,
+        regions: Mapping[str, Storage],
+        keyring: crypto.Keyring,
+        metrics: Metrics,
+        history: History,
+        *,
+        slots: asyncio.Semaphore,
+        wake: asyncio.Event,
+        has_backup: Callable[[SourceRef], bool],
+        clock: Clock = utcnow,
+    ) -> None:
+        self.cfg = cfg
+        self.regions = regions
+        self.keyring = keyring
+        self.metrics = metrics
+        self.history = history
+        self.clock = clock
+        self._slots = slots
+        self._wake = wake
+        self._has_backup = has_backup
+        self.stopping = False
+        self.sources: dict[SourceRef, SourceTests] = {}
+        for plan in cfg.plans:
+            for source in plan.sources:
+                ref = SourceRef(plan.name, source.name)
+                self.sources[ref] = SourceTests(ref=ref, plan=plan, source=source)
+
+    def load_state(self) -> None:
+        """The last results from the job history; when each source is next due."""
+        now = self.clock()
+        for st in self.sources.values():
+            labels = (st.ref.plan, st.ref.source)
+            last = self.history.last(JOB_KIND, *labels)
+            last_run = None
+            if last is not None:
+                last_run = datetime.fromtimestamp(last.started_at, now.tzinfo)
+                st.last = _reports(last.detail)
+                if last.result in ("success", "failure"):
+                    passed = last.result == "success"
+                    self.metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
+            good = self.history.last(JOB_KIND, *labels, result="success")
+            if good is not None and good.finished_at is not None:
+                self.metrics.restore_test_last_success.labels(*labels).set(good.finished_at)
+                rto = next((r.get("rto_seconds") for r in _reports(good.detail)), None)
+                if isinstance(rto, int | float):
+                    st.rto_seconds = float(rto)
+                    self.metrics.rto.labels(*labels).set(rto)
+            st.next_due = next_due(
+                st.schedule(), last_capture=last_run, now=now, seed=f"{JOB_KIND}:{st.ref}"
+            )
+            log.info("%s: next restore test due %s", st.ref, st.next_due.isoformat())
+
+    def run_once(self) -> list[SourceRef]:
+        """Start every due test (of a source that has a backup) not already running."""
+        if self.stopping:
+            return []
+        # A source is tested once its first backup is there.
+        return start_due(self.sources.values(), self.clock(), self._job, JOB_KIND, self._eligible)
+
+    def _eligible(self, st: SourceTests) -> bool:
+        return self._has_backup(st.ref)
+
+    def trigger(self, ref: SourceRef) -> bool:
+        """Ask for a restore test of `ref` now. False if one is already running."""
+        return request_now(self.sources[ref], self.clock(), self._wake)
+
+    def seconds_until_next(self) -> float:
+        return seconds_until_due(self.sources.values(), self.clock(), self._eligible)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [st.task for st in self.sources.values() if st.task and not st.task.done()]
+
+    def status(self, ref: SourceRef) -> dict[str, Any]:
+        """The source's restore-test view for /api/v1/status."""
+        st = self.sources[ref]
+        last = st.last[0] if st.last else None
+        return {
+            "rto_seconds": st.rto_seconds,
+            "rto_ok": (
+                st.rto_seconds <= st.plan.targets.rto.total_seconds()
+                if st.rto_seconds is not None
+                else None
+            ),
+            "last_restore_test": (
+                {**last, "others": list(st.last[1:])} if last is not None else None
+            ),
+            "restore_test": {
+                "running": st.running,
+                "next_due": st.next_due.isoformat() if st.next_due else None,
+                "last_error": st.last_error,
+                "every_seconds": st.plan.restore_test.every.total_seconds(),
+            },
+        }
+
+    async def _job(self, st: SourceTests) -> None:
+        labels = (st.ref.plan, st.ref.source)
+        job_id = self.history.start(JOB_KIND, *labels)
+        began = self.clock()
+        retry_at: datetime | None = None
+        try:
+            async with self._slots:
+                reports = await restore_tests_for(
+                    st.plan,
+                    st.source,
+                    self.regions,
+                    self.keyring,
+                    state_dir=self.cfg.state_dir,
+                    base_dir=self.cfg.path.parent,
+                    clock=self.clock,
+                    metrics=self.metrics,
+                )
+        except asyncio.CancelledError:
+            self.history.finish(job_id, "interrupted", detail="cancelled at shutdown")
+            raise
+        except (BackupNotFound, LockBusy) as exc:
+            # Nothing to test yet, or a `drd restore-test` is testing it right now.
+            st.last_error = str(exc)
+            self.history.finish(job_id, "skipped", detail=str(exc))
+            retry_at = self.clock() + RETRY_AFTER
+        except Exception as exc:  # never fatal to the daemon; recorded and retried later
+            log.exception("restore test of %s could not run", st.ref)
+            st.last_error = str(exc) or type(exc).__name__
+            self.history.finish(job_id, "failure", detail=st.last_error)
+            self.metrics.restore_tests.labels(*labels, "failure").inc()
+            self.metrics.restore_test_last_status.labels(*labels).set(0)
+            retry_at = self.clock() + RETRY_AFTER
+        else:
+            summaries: list[Mapping[str, Any]] = [dict(summary_of(r)) for r in reports]
+            ok = all(r.passed for r in reports)
+            st.last, st.last_error, st.last_finished = summaries, None, self.clock()
+            if ok and reports[0].measured:
+                st.rto_seconds = reports[0].phases.rto
+            self.history.finish(
+                job_id,
+                "success" if ok else "failure",
+                backup_id=reports[0].backup_id,
+                detail=json.dumps({"reports": summaries}),
+            )
+        finally:
+            regular = slot_after(st.schedule(), began, f"{JOB_KIND}:{st.ref}")
+            st.next_due = min(regular, retry_at) if retry_at else regular
+            self._wake.set()
+
+
+def _reports(detail: str | None) -> list[Mapping[str, Any]]:
+    """The report summaries a history row's detail holds (empty if it holds none)."""
+    try:
+        data = json.loads(detail or "")
+    except ValueError:
+        return []
+    reports = data.get("reports") if isinstance(data, dict) else None
+    return [r for r in reports if isinstance(r, dict)] if isinstance(reports, list) else []

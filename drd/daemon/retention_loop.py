@@ -1,0 +1,217 @@
+"""The daemon's retention task: per plan, sweep (drd.retention.sweep) then repair
+(drd.retention.repair).
+
+A plan is swept when its next backup expires (so copies are destroyed at their destroy age, not
+up to a sweep interval later), at least hourly (leftovers, repairs, a region that came back),
+and five minutes after a sweep that failed or had to skip a source. `run_once()` is the step
+tests drive with an injected clock; `start()`/`close()` run it as a task the daemon stops at
+shutdown (a sweep or a repair cancelled midway leaves nothing the next one does not finish).
+
+Sources whose backup is running (or, in the daemon, about to start) are left out of the
+round: the sweep takes each source's lock without waiting, and skips the source (and checks
+again in five minutes) when `is_busy` says so or another process holds the lock. Only the
+sweep holds the locks, for the time of its listing and deletions; repairs copy committed
+backups, which a running backup never touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from drd import crypto
+from drd.backup import Clock
+from drd.config import Config, Plan
+from drd.layout import SourceRef
+from drd.locks import LockBusy, source_lock
+from drd.metrics import Metrics
+from drd.retention.policy import DEFAULT_ORPHAN_GRACE
+from drd.retention.repair import RepairReport, repair
+from drd.retention.sweep import RetentionMemory, SweepReport, sweep
+from drd.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY = timedelta(hours=1)
+RETRY_AFTER = timedelta(minutes=5)
+_MIN_WAIT = timedelta(seconds=1)
+
+#: (source, backup id, region, now holds a copy)
+CopiesChanged = Callable[[SourceRef, str, str, bool], None]
+
+
+@contextlib.contextmanager
+def lock_free_sources(
+    state_dir: Path, plan: Plan, is_busy: Callable[[SourceRef], bool] = lambda ref: False
+) -> Iterator[set[str]]:
+    """Hold the lock of every source of `plan` that is free (without waiting); yield the names
+    of the busy ones, which a sweep must leave alone."""
+    busy: set[str] = set()
+    with contextlib.ExitStack() as stack:
+        for source in plan.sources:
+            ref = SourceRef(plan.name, source.name)
+            if is_busy(ref):
+                busy.add(source.name)
+                continue
+            try:
+                stack.enter_context(source_lock(state_dir, ref))
+            except LockBusy:
+                busy.add(source.name)
+        if busy:
+            log.info("retention of plan %s: skipping busy source(s) %s", plan.name, sorted(busy))
+        yield busy
+
+
+class RetentionLoop:
+    def __init__(
+        self,
+        cfg: Config,
+        regions: Mapping[str, Storage],
+        keyring: crypto.Keyring,
+        metrics: Metrics,
+        *,
+        clock: Clock,
+        is_busy: Callable[[SourceRef], bool] = lambda ref: False,
+        on_copies: CopiesChanged = lambda ref, backup_id, region, present: None,
+    ) -> None:
+        self.cfg = cfg
+        self.regions = regions
+        self.keyring = keyring
+        self.metrics = metrics
+        self.clock = clock
+        self.is_busy = is_busy
+        self.on_copies = on_copies
+        self.memory = RetentionMemory(cfg.state_dir / "retention.json")
+        # A backup job may run up to job_timeout: its data is not a leftover before that.
+        self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
+        self.due: dict[str, datetime] = {}
+        self.sweeps: dict[str, SweepReport] = {}
+        self.repairs: dict[str, RepairReport] = {}
+        self._task: asyncio.Task[None] | None = None
+        for plan in cfg.plans:
+            for region in plan.storage.regions:
+                for result in ("success", "failure"):
+                    metrics.copy_repairs.labels(plan.name, region, result)
+        # Ages remembered from before a restart count from the first scrape on.
+        self.memory.publish(metrics, clock())
+
+    # -- one round ----------------------------------------------------------------------------
+
+    async def run_once(self, *, force: bool = False) -> list[SweepReport]:
+        """Sweep and repair every plan that is due (every plan with `force`)."""
+        now = self.clock()
+        done = []
+        for plan in self.cfg.plans:
+            if not force and self.due.get(plan.name, now) > now:
+                continue
+            try:
+                done.append(
+                    await asyncio.wait_for(
+                        self.run_plan(plan, now), self.cfg.daemon.job_timeout.total_seconds()
+                    )
+                )
+            except Exception as exc:  # one plan's failure must not stop the others' retention
+                log.error("retention of plan %s failed: %s", plan.name, exc, exc_info=exc)
+                self.due[plan.name] = now + RETRY_AFTER
+        return done
+
+    async def run_plan(self, plan: Plan, now: datetime) -> SweepReport:
+        with self._locks(plan) as busy:
+            report = await sweep(
+                plan,
+                self.regions,
+                now=now,
+                metrics=self.metrics,
+                orphan_grace=self.orphan_grace,
+                memory=self.memory,
+                skip_sources=busy,
+            )
+        self.sweeps[plan.name] = report
+        for region in report.regions.values():
+            for backup in region.destroyed:
+                self.on_copies(backup.ref, backup.backup_id, region.region, False)
+        repaired = await repair(
+            plan,
+            self.regions,
+            self.keyring,
+            metrics=self.metrics,
+            now=now,
+            destroy_age=report.policy.destroy_age,
+            skip_sources=busy,
+        )
+        self.repairs[plan.name] = repaired
+        for copy in repaired.repaired:
+            self.on_copies(SourceRef.parse(copy.ref), copy.backup_id, copy.region, True)
+        self.due[plan.name] = self._next_run(report, repaired, bool(busy))
+        log.info(
+            "retention of plan %s: destroyed %d copies, %d failed, repaired %d, next at %s",
+            plan.name,
+            sum(len(r.destroyed) for r in report.regions.values()),
+            report.failures,
+            len(repaired.repaired),
+            self.due[plan.name].isoformat(),
+        )
+        return report
+
+    def _next_run(self, report: SweepReport, repaired: RepairReport, busy: bool) -> datetime:
+        now = report.now
+        # Never wait longer than a new backup takes to expire.
+        after = min(SWEEP_EVERY, max(report.policy.destroy_age, _MIN_WAIT))
+        if busy or not report.ok or repaired.failed or repaired.unreachable:
+            after = min(after, RETRY_AFTER)
+        due = now + after
+        expiry = report.next_expiry()
+        if expiry is not None:
+            due = min(due, max(expiry, now + _MIN_WAIT))
+        return due
+
+    def _locks(self, plan: Plan) -> contextlib.AbstractContextManager[set[str]]:
+        return lock_free_sources(self.cfg.state_dir, plan, self.is_busy)
+
+    # -- as a task ----------------------------------------------------------------------------
+
+    def seconds_until_due(self) -> float:
+        now = self.clock()
+        dues = [self.due.get(plan.name, now) for plan in self.cfg.plans]
+        if not dues:
+            return SWEEP_EVERY.total_seconds()
+        return min(max((min(dues) - now).total_seconds(), 1.0), SWEEP_EVERY.total_seconds())
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.seconds_until_due())
+
+    def start(self, stop: asyncio.Event) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.serve(stop), name="retention")
+
+    async def close(self) -> None:
+        """Stop at once: whatever a sweep or repair leaves half done, the next one finishes."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- what the daemon shows ----------------------------------------------------------------
+
+    def publish(self, now: datetime) -> None:
+        self.memory.publish(self.metrics, now)
+
+    def problems(self) -> dict[str, list[str]]:
+        """Region -> why it cannot destroy backups in time (error findings of the last sweeps),
+        for /readyz."""
+        out: dict[str, list[str]] = {}
+        for report in self.sweeps.values():
+            for finding in report.findings:
+                if finding.severity == "error" and finding.message not in out.get(
+                    finding.region, []
+                ):
+                    out.setdefault(finding.region, []).append(finding.message)
+        return out

@@ -1,0 +1,447 @@
+"""`drd run`: the long-running service.
+
+One asyncio loop drives everything. The scheduler is a `run_once(now)` step (tests call it
+with the loop's timers out of the picture) inside a loop that sleeps until the next due job.
+Backups of one source never overlap (one task per source, plus the cross-process source lock),
+a global semaphore bounds concurrent jobs, each job has a timeout, and transient failures are
+retried with backoff inside the job. On SIGTERM scheduling stops, running jobs get a grace
+period, then are cancelled: a cancelled backup aborts its uploads and never commits a manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from drd import crypto
+from drd.backup import BackupResult, Clock, utcnow
+from drd.config import Config, Plan, load_config
+from drd.daemon.drill_loop import DrillManager
+from drd.daemon.history import History
+from drd.daemon.restore_test_loop import RestoreTestScheduler
+from drd.daemon.retention_loop import RetentionLoop
+from drd.daemon.schedule import Schedule, next_due
+from drd.daemon.sdnotify import Notifier
+from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
+from drd.errors import DrdError, NotEnoughCopies, SourceError, TransientStorageError
+from drd.jobs import backup_source, plan_regions
+from drd.layout import SourceRef
+from drd.metrics import Metrics
+from drd.repository.catalog import build_catalog
+from drd.server.audit import AuditLog
+from drd.storage.base import Storage
+from drd.strategies.base import SourceOptions
+
+log = logging.getLogger(__name__)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Worth another attempt inside the same job: a region or the source may be back in
+    seconds. Key, config and integrity errors, and regions that refuse for good, are not."""
+    if isinstance(exc, NotEnoughCopies):
+        return exc.transient
+    return isinstance(exc, (TransientStorageError, SourceError))
+
+
+FAILURE_BACKOFF = (timedelta(seconds=30), timedelta(minutes=15))
+
+
+@dataclass(kw_only=True)
+class SourceState(JobSlot):
+    plan: Plan
+    source: SourceOptions
+    last_capture: datetime | None = None
+    last_backup_id: str | None = None
+    copies: dict[str, bool] = field(default_factory=dict)
+    stored_bytes: int | None = None
+    source_bytes: int | None = None
+    last_status: str | None = None  # "success" | "failure" | "interrupted"
+    last_error: str | None = None
+    last_finished: datetime | None = None
+    consecutive_failures: int = 0
+
+
+def plan_schedule(plan: Plan) -> Schedule:
+    return Schedule(every=plan.schedule.every, cron=plan.schedule.cron, jitter=plan.schedule.jitter)
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        keyring: crypto.Keyring,
+        regions: Mapping[str, Storage],
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock = utcnow,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.keyring = keyring
+        self.regions = dict(regions)
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.notifier = notifier or Notifier({})
+        self.history = History(cfg.state_dir / "history.sqlite3")
+        self.sources: dict[SourceRef, SourceState] = {}
+        for plan in cfg.plans:
+            for source in plan.sources:
+                ref = SourceRef(plan.name, source.name)
+                self.sources[ref] = SourceState(ref=ref, plan=plan, source=source)
+        self._slots = asyncio.Semaphore(cfg.daemon.max_concurrent_jobs)
+        self._wake = asyncio.Event()
+        self.stopping = False
+        self.started_at = time.time()
+        self._publish_static_metrics()
+        # Retention (sweep + repair) runs as its own task: see drd.daemon.retention_loop.
+        self.retention = RetentionLoop(
+            cfg,
+            self.regions,
+            keyring,
+            self.metrics,
+            clock=clock,
+            is_busy=self._retention_busy,
+            on_copies=self._retention_copies_changed,
+        )
+        # The audit trail (API calls, drills) and failover drills: see drd.daemon.drill_loop.
+        self.audit = AuditLog(cfg.state_dir / "audit.jsonl", self.regions, keyring)
+        self.drills = DrillManager(
+            cfg, self.regions, keyring, self.metrics, self.audit, clock=clock
+        )
+        # Restore tests run on their own per-plan schedule: see drd.daemon.restore_test_loop.
+        self.restore_tests = RestoreTestScheduler(
+            cfg,
+            self.regions,
+            keyring,
+            self.metrics,
+            self.history,
+            slots=self._slots,
+            wake=self._wake,
+            has_backup=lambda ref: self.sources[ref].last_capture is not None,
+            clock=clock,
+        )
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _publish_static_metrics(self) -> None:
+        m = self.metrics
+        for plan in self.cfg.plans:
+            m.plan_min_copies.labels(plan.name).set(plan.storage.min_copies)
+            m.retention_max_age.labels(plan.name).set(plan.retention.max_age.total_seconds())
+            for source in plan.sources:
+                labels = (plan.name, source.name)
+                m.declare_source(plan.name, source.name, list(plan.storage.regions))
+                m.rpo_target.labels(*labels).set(plan.targets.rpo.total_seconds())
+                m.rto_target.labels(*labels).set(plan.targets.rto.total_seconds())
+                m.restore_test_interval.labels(*labels).set(plan.restore_test.every.total_seconds())
+
+    async def load_state(self) -> None:
+        """Rebuild what the daemon knows from storage (the source of truth) and history."""
+        for plan in self.cfg.plans:
+            regions = plan_regions(plan, self.regions)
+            catalog = await build_catalog(regions, self.keyring, f"{plan.name}/")
+            for region, error in catalog.region_errors.items():
+                log.warning("plan %s: region %s unreachable at start: %s", plan.name, region, error)
+            for source in plan.sources:
+                st = self.sources[SourceRef(plan.name, source.name)]
+                entry = catalog.newest_complete(st.ref, plan.storage.min_copies)
+                if entry is not None:
+                    assert entry.manifest is not None
+                    st.last_capture = entry.public.started
+                    st.last_backup_id = entry.backup_id
+                    st.copies = {r: r in entry.complete_regions for r in plan.storage.regions}
+                    st.stored_bytes = entry.manifest.body.ciphertext_size
+                    st.source_bytes = entry.manifest.body.plaintext_size
+                    completed = datetime.fromisoformat(entry.public.completed_at)
+                    self.metrics.backup_last_success.labels(plan.name, source.name).set(
+                        completed.timestamp()
+                    )
+                last = self.history.last("backup", plan.name, source.name)
+                if last is not None:
+                    st.last_status = last.result
+                    st.last_error = last.detail
+                self._publish_source(st)
+        now = self.clock()
+        for st in self.sources.values():
+            st.next_due = next_due(
+                plan_schedule(st.plan),
+                last_capture=st.last_capture,
+                now=now,
+                rpo=st.plan.targets.rpo,
+                seed=str(st.ref),
+            )
+            log.info("%s: next backup due %s", st.ref, st.next_due.isoformat())
+        self.restore_tests.load_state()
+        await self.drills.load_state()
+
+    def _publish_source(self, st: SourceState) -> None:
+        m, labels = self.metrics, (st.ref.plan, st.ref.source)
+        if st.last_capture is not None:
+            for region in st.plan.storage.regions:
+                m.backup_copies.labels(*labels, region).set(1 if st.copies.get(region) else 0)
+        if st.stored_bytes is not None:
+            m.backup_size.labels(*labels).set(st.stored_bytes)
+        if st.source_bytes is not None:
+            m.backup_source_size.labels(*labels).set(st.source_bytes)
+        if st.last_status is not None:
+            m.backup_last_status.labels(*labels).set(1 if st.last_status == "success" else 0)
+
+    def refresh_metrics(self) -> None:
+        """Time-dependent gauges, recomputed at every scrape."""
+        now = self.clock()
+        for st in self.sources.values():
+            rpo = (now - st.last_capture).total_seconds() if st.last_capture else float("inf")
+            self.metrics.rpo.labels(st.ref.plan, st.ref.source).set(rpo)
+        for plan in self.cfg.plans:
+            age = now.date() - plan.reviewed_on
+            self.metrics.plan_review_age.labels(plan.name).set(age.total_seconds())
+        self.retention.publish(now)
+
+    def _retention_busy(self, ref: SourceRef) -> bool:
+        """Retention leaves a source alone while its backup runs, and when one is about to
+        start: the sweep holds the source lock for a moment, and a backup starting then would
+        fail on it."""
+        st = self.sources.get(ref)
+        if st is None:
+            return False
+        soon = self.clock() + timedelta(seconds=30)
+        return st.running or (st.next_due is not None and st.next_due <= soon)
+
+    def _retention_copies_changed(
+        self, ref: SourceRef, backup_id: str, region: str, present: bool
+    ) -> None:
+        """A copy was repaired or destroyed: drd_backup_copies follows for the newest backup."""
+        st = self.sources.get(ref)
+        if st is not None and st.last_backup_id == backup_id:
+            st.copies[region] = present
+            self._publish_source(st)
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def run_once(self) -> list[SourceRef]:
+        """Start every due job that is not already running; return what was started."""
+        if self.stopping:
+            return []
+        return start_due(self.sources.values(), self.clock(), self._backup_job, "backup")
+
+    def trigger(self, ref: SourceRef) -> bool:
+        """Ask for a backup now (API, tests). False if one is already running."""
+        return request_now(self.sources[ref], self.clock(), self._wake)
+
+    def seconds_until_next(self) -> float:
+        return seconds_until_due(self.sources.values(), self.clock())
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        watchdog = self.notifier.watchdog_interval
+        self.retention.start(stop)
+        while not stop.is_set():
+            self.run_once()
+            self.restore_tests.run_once()
+            timeout = min(
+                self.seconds_until_next(),
+                self.restore_tests.seconds_until_next(),
+                watchdog or 60.0,
+                60.0,
+            )
+            self._wake.clear()
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
+            await asyncio.wait(
+                waiters, timeout=max(timeout, 0.05), return_when=asyncio.FIRST_COMPLETED
+            )
+            for w in waiters:
+                w.cancel()
+            self.notifier.watchdog()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop scheduling, give running jobs `grace` seconds, then cancel them."""
+        self.stopping = True
+        self.notifier.stopping()
+        await self.retention.close()  # no grace needed: the next sweep finishes its work
+        self.restore_tests.stopping = True
+        await self.drills.shutdown(grace)  # cancelled at once: they clean up and say so
+        tasks = [st.task for st in self.sources.values() if st.task and not st.task.done()]
+        tasks += self.restore_tests.tasks()
+        if tasks:
+            log.info("shutdown: waiting up to %.0fs for %d running job(s)", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                log.warning("shutdown: cancelling %s after the grace period", task.get_name())
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+        self.history.close()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def _backup_job(self, st: SourceState) -> None:
+        try:
+            await self._run_backup_job(st)
+        finally:
+            self._wake.set()  # the scheduler recomputes when to wake up next
+
+    async def _run_backup_job(self, st: SourceState) -> None:
+        labels = (st.ref.plan, st.ref.source)
+        job_id = self.history.start("backup", *labels)
+        began = time.monotonic()
+        d = self.cfg.daemon
+        try:
+            async with self._slots:
+                result = await asyncio.wait_for(
+                    self._backup_with_retries(st), d.job_timeout.total_seconds()
+                )
+        except asyncio.CancelledError:
+            self.history.finish(job_id, "interrupted", detail="cancelled at shutdown")
+            raise
+        except Exception as exc:  # every failure is recorded and reported, none is fatal
+            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                detail = f"timed out after {d.job_timeout}"
+            log.error(
+                "backup %s failed: %s",
+                st.ref,
+                detail,
+                extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
+            )
+            self.history.finish(job_id, "failure", detail=detail)
+            self.metrics.backups.labels(*labels, "failure").inc()
+            self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
+            st.last_status, st.last_error = "failure", detail
+            st.consecutive_failures += 1
+            st.last_finished = self.clock()
+            st.next_due = self._after_failure(st)
+            self._publish_source(st)
+            return
+        self.history.finish(job_id, "success", backup_id=result.backup_id)
+        self.metrics.backups.labels(*labels, "success").inc()
+        self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
+        self.metrics.backup_last_success.labels(*labels).set(time.time())
+        body = result.manifest.body
+        st.last_capture = result.manifest.public.started
+        st.last_backup_id = result.backup_id
+        st.copies = {r: r in result.committed_regions for r in st.plan.storage.regions}
+        st.stored_bytes, st.source_bytes = body.ciphertext_size, body.plaintext_size
+        st.last_status, st.last_error = "success", None
+        st.consecutive_failures = 0
+        st.last_finished = self.clock()
+        st.next_due = next_due(
+            plan_schedule(st.plan),
+            last_capture=st.last_capture,
+            now=self.clock(),
+            rpo=st.plan.targets.rpo,
+            seed=str(st.ref),
+        )
+        self._publish_source(st)
+
+    async def _backup_with_retries(self, st: SourceState) -> BackupResult:
+        d = self.cfg.daemon
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(d.retries + 1),
+            wait=wait_exponential(multiplier=d.retry_wait.total_seconds(), max=300),
+            retry=retry_if_exception(is_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.warning("backup %s: attempt %d", st.ref, attempt.retry_state.attempt_number)
+                return await backup_source(
+                    st.plan,
+                    st.source,
+                    self.regions,
+                    self.keyring,
+                    self.cfg.state_dir,
+                    clock=self.clock,
+                )
+        raise AssertionError("unreachable")
+
+    def _after_failure(self, st: SourceState) -> datetime:
+        """Back off after a failed job, but never past the next regular slot."""
+        low, high = FAILURE_BACKOFF
+        backoff = min(low * (1 << min(max(st.consecutive_failures - 1, 0), 16)), high)
+        now = self.clock()
+        regular = next_due(
+            plan_schedule(st.plan), last_capture=st.last_capture or now, now=now, seed=str(st.ref)
+        )
+        return min(now + backoff, regular) if regular > now else now + backoff
+
+    # -- readiness ----------------------------------------------------------------------------
+
+    async def probe_regions(self, limit: float = 3.0) -> dict[str, str]:
+        """Region name -> problem ("" when fine), and drd_region_up to match."""
+
+        async def probe(storage: Storage) -> str:
+            try:
+                await asyncio.wait_for(storage.check(), limit)
+            except TimeoutError:
+                return f"no answer within {limit:.0f}s"
+            except DrdError as exc:
+                return str(exc) or type(exc).__name__
+            return ""
+
+        names = list(self.regions)
+        results = await asyncio.gather(*(probe(self.regions[n]) for n in names))
+        for name, problem in zip(names, results, strict=True):
+            self.metrics.region_up.labels(name).set(0 if problem else 1)
+        return dict(zip(names, results, strict=True))
+
+
+def run_daemon(
+    config_path: Path | None, keys: str | None, log: tuple[str | None, str | None] = (None, None)
+) -> int:
+    assert config_path is not None
+    return asyncio.run(_main(config_path, keys, log))
+
+
+async def _main(
+    config_path: Path, keys: str | None, log_flags: tuple[str | None, str | None]
+) -> int:
+    from contextlib import AsyncExitStack
+
+    from drd.logs import setup_logging
+    from drd.runtime import keyring_for, open_regions
+    from drd.server.app import start_http
+    from drd.verify.restore_run import configured_scratch_dsns
+    from drd.verify.scratch.cloudsql_env import sweep_labelled_instances
+    from drd.verify.scratch.registry import sweep_leftovers
+
+    cfg = load_config(config_path)
+    setup_logging(log_flags[0] or cfg.log.level, log_flags[1] or cfg.log.format)
+    keyring = keyring_for(cfg, keys)
+    notifier = Notifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        region_list = await open_regions(stack, cfg, [], metrics=metrics)
+        daemon = Daemon(
+            cfg, keyring, {r.name: r for r in region_list}, metrics=metrics, notifier=notifier
+        )
+        # Scratch environments of restore tests a crash interrupted go first.
+        await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
+        await sweep_labelled_instances(cfg)
+        await daemon.load_state()
+        runner = await start_http(daemon, cfg.api.listen)
+        stack.push_async_callback(runner.cleanup)
+        await daemon.probe_regions()
+        notifier.ready(f"{len(daemon.sources)} sources in {len(cfg.plans)} plans")
+        log.info(
+            "drd running: %d plan(s), %d source(s), API on http://%s",
+            len(cfg.plans),
+            len(daemon.sources),
+            cfg.api.listen,
+        )
+        await daemon.serve(stop)
+        log.info("drd stopping")
+        await daemon.shutdown(cfg.daemon.shutdown_grace.total_seconds())
+    log.info("drd stopped")
+    return 0

@@ -1,0 +1,397 @@
+"""The retention sweep: list every region, decide with drd.retention.policy, destroy, prove it.
+
+For each backup past its destroy age (and each leftover of interrupted work past its grace):
+
+1. its manifest is deleted in every reachable region first. The manifest holds the wrapped
+   data key, so from then on every copy of the data, anywhere, is unreadable (crypto-shredding);
+2. then every other object under the backup's prefix;
+3. then the prefix is listed again and must be empty: the proof.
+
+Each region's outcome is reported and counted (drd_retention_deleted_total,
+drd_retention_delete_failures_total). Nothing is remembered between sweeps except the oldest
+copy age per region (below): the work left to do is whatever storage still holds, so a sweep
+interrupted anywhere (between manifest and data included) is finished by the next one, which
+finds the data as a leftover past max_age.
+
+A region that cannot be listed cannot be swept, but its copies still age. The sweep remembers,
+per (plan, region), the capture time of the oldest copy the region held after its last
+successful sweep (RetentionMemory, saved in the state directory so a restart keeps it). For a
+region never listed, the oldest copy any reachable region held before this sweep's deletions
+is assumed (every plan region is meant to hold every backup). drd_retention_oldest_copy_age
+is now minus that time, so the overdue-copy alerts fire while the region is down, and each
+sweep that finds overdue copies in an unreachable region counts a failed deletion there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from drd.config import Plan
+from drd.errors import DrdError, StorageError
+from drd.layout import MANIFEST_OBJECT, SourceRef, backup_id_time, is_backup_id
+from drd.metrics import Metrics
+from drd.retention.policy import (
+    DEFAULT_ORPHAN_GRACE,
+    Backup,
+    BackupKey,
+    RetentionDecision,
+    RetentionPolicy,
+    SettingsFinding,
+    apply_policy,
+    deletion_lead,
+)
+from drd.storage.base import DeletionSettings, Storage
+
+log = logging.getLogger(__name__)
+
+#: backups destroyed at the same time (each one in all its regions at once)
+_CONCURRENT_BACKUPS = 4
+#: a region that does not say what its deletion settings are within this is treated as down
+_SETTINGS_TIMEOUT = 30.0
+
+
+class RetentionMemory:
+    """What a sweep knows about regions it cannot reach: the capture time of the oldest copy
+    each (plan, region) held when it was last listed, and each region's deletion settings.
+
+    The oldest times are saved to `path` (JSON) after every change, so that a restart during
+    a regional outage does not forget copies only that region still holds. Settings are kept
+    in memory only: they are read again whenever the region answers."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.oldest: dict[tuple[str, str], datetime | None] = {}
+        self.settings: dict[str, DeletionSettings] = {}
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            raw = json.loads(path.read_text())
+            for plan, regions in raw["oldest"].items():
+                for region, when in regions.items():
+                    self.oldest[(plan, region)] = datetime.fromisoformat(when) if when else None
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Only a cache of what the regions held: losing it costs accuracy while a region
+            # is down, never data.
+            log.warning("retention state %s unreadable, starting afresh: %s", path, exc)
+            self.oldest.clear()
+
+    def remember(self, plan: str, region: str, oldest: datetime | None) -> None:
+        if self.oldest.get((plan, region), "unset") == oldest:
+            return
+        self.oldest[(plan, region)] = oldest
+        if self.path is not None:
+            try:
+                self._save(self.path)
+            except OSError as exc:  # a cache: not worth failing a sweep over
+                log.warning("retention state %s not saved: %s", self.path, exc)
+
+    def _save(self, path: Path) -> None:
+        data: dict[str, dict[str, str | None]] = {}
+        for (plan, region), when in sorted(self.oldest.items()):
+            data.setdefault(plan, {})[region] = when.isoformat() if when else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(path.name + ".tmp")
+        temp.write_text(json.dumps({"oldest": data}, indent=1, sort_keys=True))
+        os.replace(temp, path)
+
+    def publish(self, metrics: Metrics, now: datetime) -> None:
+        """drd_retention_oldest_copy_age_seconds: 0 for a region holding no copy."""
+        for (plan, region), oldest in self.oldest.items():
+            age = max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+            metrics.retention_oldest_age.labels(plan, region).set(age)
+
+
+@dataclass
+class RegionSweep:
+    region: str
+    #: why the region could not be listed; None: it was
+    error: str | None = None
+    destroyed: list[Backup] = field(default_factory=list)
+    #: backups whose destruction failed here, with why
+    failed: dict[BackupKey, str] = field(default_factory=dict)
+    #: backups this region holds (before the sweep), with their objects
+    holds: dict[BackupKey, list[str]] = field(default_factory=dict)
+    partials_removed: int = 0
+    #: capture time of the oldest copy left after the sweep (None: no copy left)
+    oldest: datetime | None = None
+    #: "listed", "remembered" (from an earlier sweep), "assumed" (from other regions)
+    oldest_from: str = "listed"
+    #: unreachable while holding copies past their destroy age: counted as a failed deletion
+    overdue_unreachable: bool = False
+    settings: DeletionSettings | None = None
+    #: why the settings could not be read this time
+    settings_error: str | None = None
+
+
+@dataclass
+class SweepReport:
+    plan: str
+    now: datetime
+    dry_run: bool
+    policy: RetentionPolicy
+    decision: RetentionDecision
+    regions: dict[str, RegionSweep]
+    findings: list[SettingsFinding]
+    #: sources left out of this sweep because a backup of theirs was running
+    skipped_sources: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        return sum(len(r.failed) + r.overdue_unreachable for r in self.regions.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.failures == 0 and not any(r.error for r in self.regions.values())
+
+    def next_expiry(self) -> datetime | None:
+        return self.decision.next_expiry()
+
+
+async def _read_settings(storage: Storage) -> DeletionSettings:
+    return await asyncio.wait_for(storage.deletion_settings(), _SETTINGS_TIMEOUT)
+
+
+def _group(plan: str, keys: list[str]) -> dict[BackupKey, list[str]]:
+    """Keys under `plan/` by backup: `plan/source/<id>/...`. Other keys are not drd's."""
+    found: dict[BackupKey, list[str]] = {}
+    for key in keys:
+        parts = key.split("/", 3)
+        if len(parts) != 4 or parts[0] != plan or not is_backup_id(parts[2]):
+            continue
+        try:
+            ref = SourceRef.parse(f"{parts[0]}/{parts[1]}")
+        except ValueError:
+            continue
+        found.setdefault((ref, parts[2]), []).append(key)
+    return found
+
+
+async def _list_regions(plan: str, regions: Mapping[str, Storage]) -> dict[str, RegionSweep]:
+    names = sorted(regions)
+
+    async def one(name: str) -> RegionSweep:
+        out = RegionSweep(name)
+        storage = regions[name]
+        listing, settings = await asyncio.gather(
+            storage.list(f"{plan}/"), _read_settings(storage), return_exceptions=True
+        )
+        for result in (listing, settings):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        if isinstance(listing, BaseException):
+            out.error = str(listing) or type(listing).__name__
+        else:
+            out.holds = _group(plan, [info.key for info in listing])
+        if not isinstance(settings, BaseException):
+            out.settings = settings
+        else:
+            out.settings_error = str(settings) or type(settings).__name__
+        return out
+
+    return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+
+
+async def _destroy(
+    backup: Backup, holders: Mapping[str, tuple[Storage, list[str]]]
+) -> dict[str, str | None]:
+    """Destroy one backup in every region of `holders`; region -> error (None: destroyed)."""
+    manifest = backup.ref.manifest_key(backup.backup_id)
+    errors: dict[str, str | None] = dict.fromkeys(holders)
+
+    async def drop_manifest(region: str) -> None:
+        storage, keys = holders[region]
+        if manifest in keys:
+            try:
+                await storage.delete(manifest)
+            except DrdError as exc:
+                errors[region] = f"deleting the manifest: {exc}"
+
+    async def drop_rest(region: str) -> None:
+        storage, keys = holders[region]
+        try:
+            for key in keys:
+                if key != manifest:
+                    await storage.delete(key)
+            left = await storage.list(backup.ref.backup_prefix(backup.backup_id))
+        except DrdError as exc:
+            errors[region] = errors[region] or f"deleting: {exc}"
+            return
+        if left:
+            names = ", ".join(info.key.rsplit("/", 1)[-1] for info in left)
+            errors[region] = errors[region] or f"still listed after deletion: {names}"
+
+    # Every manifest first, so that no copy anywhere stays readable while data is deleted.
+    await asyncio.gather(*(drop_manifest(r) for r in holders))
+    # Data even where the manifest could not be deleted: less is kept, and the manifest
+    # left behind keeps the backup on the list for the next sweep.
+    await asyncio.gather(*(drop_rest(r) for r in holders))
+    return errors
+
+
+async def sweep(
+    plan: Plan,
+    regions: Mapping[str, Storage],
+    *,
+    now: datetime,
+    metrics: Metrics | None = None,
+    dry_run: bool = False,
+    orphan_grace: timedelta = DEFAULT_ORPHAN_GRACE,
+    memory: RetentionMemory | None = None,
+    skip_sources: Collection[str] = (),
+) -> SweepReport:
+    """Sweep `plan`'s backups out of every region in `regions` (all configured regions: a
+    region dropped from the plan may still hold its backups).
+
+    `skip_sources`: sources whose backup is running (their leftovers may be live uploads);
+    they are left for the next sweep. A dry run decides and reports but changes nothing, not
+    even the metrics or `memory`."""
+    memory = memory if memory is not None else RetentionMemory()
+    found = await _list_regions(plan.name, regions)
+
+    settings: dict[str, DeletionSettings] = {}
+    for name, region in found.items():
+        if region.settings is not None:
+            settings[name] = memory.settings[name] = region.settings
+        elif name in memory.settings:
+            settings[name] = region.settings = memory.settings[name]
+    lead, findings = deletion_lead(plan.retention.max_age, settings)
+    for name in sorted(set(found) - set(settings)):
+        why = found[name].settings_error or "not read"
+        findings.append(SettingsFinding("warning", name, f"deletion settings unknown: {why}"))
+    policy = RetentionPolicy(plan.retention.max_age, lead, orphan_grace)
+
+    reachable = {n: r for n, r in found.items() if r.error is None}
+    committed: dict[BackupKey, bool] = {}
+    for region in reachable.values():
+        for key, keys in region.holds.items():
+            has_manifest = any(k.endswith("/" + MANIFEST_OBJECT) for k in keys)
+            committed[key] = committed.get(key, False) or has_manifest
+    backups = [
+        Backup(ref, backup_id, backup_id_time(backup_id), is_committed)
+        for (ref, backup_id), is_committed in committed.items()
+    ]
+    skipped = sorted({b.ref.source for b in backups if b.ref.source in skip_sources})
+    decision = apply_policy([b for b in backups if b.ref.source not in skip_sources], policy, now)
+    report = SweepReport(plan.name, now, dry_run, policy, decision, found, findings, skipped)
+    for finding in findings:
+        if finding.severity != "info":
+            log.warning("plan %s: %s", plan.name, finding)
+
+    if not dry_run:
+        if metrics is not None:
+            for name in found:  # at zero from the start, so that increase() sees the first one
+                metrics.retention_deleted.labels(plan.name, name)
+                metrics.retention_delete_failures.labels(plan.name, name)
+        await _destroy_all(report, regions, metrics)
+        await _remove_partials(plan, reachable, regions, orphan_grace, skip_sources, report)
+    _account_oldest(report, backups, memory, metrics, update=not dry_run)
+    if metrics is not None and not dry_run:
+        memory.publish(metrics, now)
+        metrics.retention_last_sweep.labels(plan.name).set(now.timestamp())
+    return report
+
+
+async def _destroy_all(
+    report: SweepReport, regions: Mapping[str, Storage], metrics: Metrics | None
+) -> None:
+    semaphore = asyncio.Semaphore(_CONCURRENT_BACKUPS)
+    reachable = {n: r for n, r in report.regions.items() if r.error is None}
+
+    async def one(backup: Backup) -> None:
+        holders = {
+            name: (regions[name], region.holds[backup.key])
+            for name, region in reachable.items()
+            if backup.key in region.holds
+        }
+        async with semaphore:
+            errors = await _destroy(backup, holders)
+        for name, error in errors.items():
+            if error is None:
+                reachable[name].destroyed.append(backup)
+                log.info(
+                    "retention: destroyed %s in region %s (%s)",
+                    backup,
+                    name,
+                    report.decision.reasons[backup.key],
+                )
+                if metrics is not None:
+                    metrics.retention_deleted.labels(report.plan, name).inc()
+            else:
+                reachable[name].failed[backup.key] = error
+                log.error("retention: destroying %s in region %s failed: %s", backup, name, error)
+                if metrics is not None:
+                    metrics.retention_delete_failures.labels(report.plan, name).inc()
+
+    await asyncio.gather(*(one(b) for b in report.decision.destroy))
+
+
+async def _remove_partials(
+    plan: Plan,
+    reachable: Mapping[str, RegionSweep],
+    regions: Mapping[str, Storage],
+    grace: timedelta,
+    skip_sources: Collection[str],
+    report: SweepReport,
+) -> None:
+    """Unfinished uploads a backend keeps out of listings (LocalStorage's partial files).
+    GCS needs nothing here: an unfinished resumable upload never becomes an object, and GCS
+    drops the session and its bytes after a week."""
+    if skip_sources:
+        sources = {s.name for s in plan.sources} | {
+            ref.source for ref, _ in report.decision.reasons
+        }
+        prefixes = [f"{plan.name}/{s}/" for s in sorted(sources - set(skip_sources))]
+    else:
+        prefixes = [f"{plan.name}/"]
+    for name, region in reachable.items():
+        remove_partials = getattr(regions[name], "remove_partials", None)
+        if remove_partials is None:
+            continue
+        for prefix in prefixes:
+            try:
+                region.partials_removed += await remove_partials(
+                    prefix, older_than=grace.total_seconds()
+                )
+            except StorageError as exc:
+                log.warning("region %s: removing unfinished uploads failed: %s", name, exc)
+
+
+def _account_oldest(
+    report: SweepReport,
+    backups: list[Backup],
+    memory: RetentionMemory,
+    metrics: Metrics | None,
+    *,
+    update: bool,
+) -> None:
+    """Set every region's oldest remaining copy; for unreachable regions from memory, and count
+    a failed deletion where that copy is overdue."""
+    captured = {b.key: b.captured for b in backups}
+    assumed = min(captured.values(), default=None)
+    destroy_age = report.policy.destroy_age
+    for name, region in report.regions.items():
+        if region.error is None:
+            left = [captured[k] for k in region.holds if k not in {b.key for b in region.destroyed}]
+            region.oldest = min(left, default=None)
+        elif (report.plan, name) in memory.oldest:
+            region.oldest, region.oldest_from = memory.oldest[(report.plan, name)], "remembered"
+        else:
+            region.oldest, region.oldest_from = assumed, "assumed"
+        if update:
+            memory.remember(report.plan, name, region.oldest)
+        overdue = region.oldest is not None and report.now - region.oldest >= destroy_age
+        if region.error is not None and overdue:
+            region.overdue_unreachable = True
+            if metrics is not None and update:
+                metrics.retention_delete_failures.labels(report.plan, name).inc()

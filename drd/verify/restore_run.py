@@ -1,0 +1,466 @@
+"""One restore test: prove that a backup restores and holds the right data, and time it.
+
+    choose the backup (the newest complete one; optionally also a random older one)
+    choose the region (in turn: every region's copy gets exercised)
+    fetch + verify that region's manifest
+    set up the scratch environment (never the source: drd.config.guard)
+    stream: storage -> AES-GCM -> zstd -> Strategy.restore(scratch target)
+    checks: integrity, the built-ins, the plan's (drd.restore_tests.runner)
+    tear the scratch environment down (always: success, failure, timeout, cancellation)
+    store the report next to the backup in every region holding it; update the metrics
+
+Phases (drd.verify.restore_report.Phases): fetch = waiting for the region (manifest, time to first
+byte and every read); decrypt_decompress = opening the stream; restore = the rest of the
+restore's wall time (the restore tool writing the copy); checks. The stream is one pipeline in
+one task, so those parts add up to the restore's wall time: the RTO is their sum. Setting up
+and tearing down the scratch environment is reported, not counted.
+
+Failures fall in one category each: fetch_failed (the region, the manifest or the data object
+could not be read), integrity_failed (something failed authentication, or the backup's key is
+not in the keyring), restore_failed (the scratch environment or the restore tool failed),
+check_failed (a critical check did not hold), timeout (the whole test ran past
+restore_test.timeout; it was stopped and cleaned up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drd import crypto
+from drd.backup import Clock, utcnow
+from drd.config import Config, Plan
+from drd.config.guard import refusal
+from drd.durations import format_duration
+from drd.errors import (
+    BackupNotFound,
+    DrdError,
+    IntegrityError,
+    KeyringError,
+    StorageError,
+)
+from drd.jobs import plan_regions
+from drd.layout import SourceRef
+from drd.locks import restore_test_lock
+from drd.metrics import Metrics
+from drd.repository.catalog import CatalogEntry, build_catalog
+from drd.repository.manifest import Manifest
+from drd.restore import StreamMeter, stream_plaintext
+from drd.restore_tests import builtin
+from drd.restore_tests.runner import CheckTarget, run_checks
+from drd.restore_tests.spec import SCRATCH_FOR_SOURCE, ScratchSpec
+from drd.storage.base import Storage
+from drd.strategies import get_strategy
+from drd.strategies.base import AnyStrategy, SourceOptions
+from drd.verify.restore_report import Category, RestoreTestReport, store_report
+from drd.verify.scratch.environment import ScratchEnv, open_scratch
+
+log = logging.getLogger(__name__)
+
+ROTATION_FILE = "restore-tests/rotation.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A backup to test and why it was chosen (newest | random-older | requested)."""
+
+    entry: CatalogEntry
+    selection: str
+
+
+async def choose_backups(
+    ref: SourceRef,
+    regions: Sequence[Storage],
+    keyring: crypto.Keyring,
+    *,
+    min_copies: int,
+    backup_id: str | None = None,
+    also_random_older: bool = False,
+    rng: random.Random | None = None,
+) -> list[Candidate]:
+    """The backups a run tests. The newest backup is never skipped silently: when its manifest
+    fails verification everywhere it is still chosen, and the test fails on it."""
+    catalog = await build_catalog(regions, keyring, ref.prefix)
+    entries = catalog.for_source(ref)
+    if backup_id is not None:
+        chosen = [e for e in entries if e.backup_id == backup_id]
+        if not chosen:
+            raise BackupNotFound(f"no backup {backup_id} of {ref} in any region")
+        return [Candidate(chosen[0], "requested")]
+    if not entries:
+        raise BackupNotFound(f"no backup of {ref} in any region to test")
+    # Copies in a region that cannot be listed right now cannot be counted: do not skip the
+    # test for that, test what the reachable regions hold (the outage has its own alert).
+    reachable = len(regions) - len(catalog.region_errors)
+    newest = catalog.newest_complete(ref, max(1, min(min_copies, reachable)))
+    if not entries[-1].verified:
+        newest = entries[-1]
+    if newest is None:
+        raise BackupNotFound(f"no backup of {ref} is complete in {min_copies} region(s)")
+    out = [Candidate(newest, "newest")]
+    if also_random_older:
+        older = [
+            e
+            for e in entries
+            if e.verified and e.complete_regions and e.public.started < newest.public.started
+        ]
+        if older:
+            out.append(Candidate((rng or random.SystemRandom()).choice(older), "random-older"))
+    return out
+
+
+def next_region(
+    state_dir: Path, ref: SourceRef, order: Sequence[str], available: Sequence[str]
+) -> str:
+    """The region after the one the last test of `ref` read, in plan order, among those with
+    an intact copy; remembered in the state directory so every region takes its turn."""
+    path = state_dir / ROTATION_FILE
+    last: dict[str, str] = {}
+    try:
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict):
+            last = {str(k): str(v) for k, v in loaded.items()}
+    except (OSError, ValueError):
+        pass
+    ring = [r for r in order if r in available] + [r for r in available if r not in order]
+    sequence = list(order)
+    previous = last.get(str(ref))
+    chosen = ring[0]
+    if previous is not None and previous in sequence:
+        at = sequence.index(previous)
+        after = sequence[at + 1 :] + sequence[: at + 1]
+        chosen = next((r for r in after if r in ring), ring[0])
+    last[str(ref)] = chosen
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(last, indent=1, sort_keys=True))
+    os.replace(temp, path)
+    return chosen
+
+
+def categorise(exc: BaseException) -> Category:
+    if isinstance(exc, IntegrityError | KeyringError):
+        return "integrity_failed"
+    if isinstance(exc, StorageError):
+        return "fetch_failed"
+    return "restore_failed"
+
+
+async def run_restore_test(
+    plan: Plan,
+    source: SourceOptions,
+    regions: Mapping[str, Storage],
+    keyring: crypto.Keyring,
+    *,
+    state_dir: Path,
+    base_dir: Path,
+    candidate: Candidate,
+    region: str | None = None,
+    clock: Clock = utcnow,
+    metrics: Metrics | None = None,
+) -> RestoreTestReport:
+    """Test one backup (see the module docstring); never raises for a failed test: the report
+    says what failed. Raises LockBusy if a test of this source is already running."""
+    ref = SourceRef(plan.name, source.name)
+    entry = candidate.entry
+    report = RestoreTestReport(
+        plan=plan.name,
+        source=source.name,
+        backup_id=entry.backup_id,
+        kind=entry.public.kind,
+        backup_captured_at=entry.public.started_at,
+        selection=candidate.selection,
+        started_at=clock(),
+        rto_target_seconds=plan.targets.rto.total_seconds(),
+        copy_problems=entry.copy_problems(),
+    )
+    storages = plan_regions(plan, regions)
+    with restore_test_lock(state_dir, ref):
+        log.info("restore test %s@%s (%s): starting", ref, entry.backup_id, candidate.selection)
+        await _run(report, plan, source, storages, keyring, state_dir, base_dir, entry, region)
+        report.finished_at = clock()
+        # Next to the backup wherever its manifest is: a report lives as long as the backup.
+        holders = [
+            s for s in storages if s.name in entry.copies and entry.copies[s.name].has_manifest
+        ]
+        if holders:
+            await store_report(report, holders, keyring)
+    if metrics is not None:
+        record_metrics(metrics, report)
+    head, *rest = report.summary_lines()
+    if report.passed:
+        log.info("restore test %s; %s", head, rest[0].strip() if rest else "")
+    else:
+        failing = [line.strip() for line in rest if line.strip().startswith(("FAILED", "WARNING"))]
+        log.error("restore test %s", "; ".join([head, *failing]))
+    return report
+
+
+async def _run(
+    report: RestoreTestReport,
+    plan: Plan,
+    source: SourceOptions,
+    storages: Sequence[Storage],
+    keyring: crypto.Keyring,
+    state_dir: Path,
+    base_dir: Path,
+    entry: CatalogEntry,
+    forced_region: str | None,
+) -> None:
+    ref = report.ref
+    if not entry.verified:
+        report.fail("integrity_failed", f"the manifest cannot be verified: {entry.verify_error}")
+        return
+    available = entry.complete_regions
+    order = list(plan.storage.regions)
+    if forced_region is not None:
+        if forced_region not in available:
+            problem = entry.copy_problems().get(forced_region, "no copy there")
+            report.region = forced_region
+            report.fail("fetch_failed", f"region {forced_region} has no intact copy: {problem}")
+            return
+        report.region = forced_region
+    elif not available:
+        report.fail("fetch_failed", "no region holds an intact copy")
+        return
+    else:
+        report.region = next_region(state_dir, ref, order, available)
+    storage = next(s for s in storages if s.name == report.region)
+    spec = plan.restore_test.scratch_for(source)
+    fitting = SCRATCH_FOR_SOURCE.get(source.kind)
+    if fitting is not None and spec.kind not in fitting:
+        report.fail(
+            "restore_failed",
+            f"no scratch environment for source {source.name} (kind {source.kind}): add "
+            f"restore_test.scratch.{source.name} with kind {' or '.join(fitting)}",
+        )
+        return
+    refused = refusal(spec, source)
+    if refused is not None:
+        report.fail("restore_failed", f"scratch {refused[0]} {refused[1]}")
+        return
+    timeout = plan.restore_test.timeout
+    try:
+        async with asyncio.timeout(timeout.total_seconds()) as deadline:
+            await _fetch_restore_check(
+                report, plan, source, storage, keyring, state_dir, base_dir, entry, spec
+            )
+    except TimeoutError:
+        if deadline.expired():
+            report.fail(
+                "timeout",
+                f"the test ran past restore_test.timeout ({format_duration(timeout)}); it was "
+                "stopped and its scratch environment removed",
+            )
+        else:
+            report.fail("restore_failed", "a step timed out")
+    except DrdError as exc:
+        report.fail(categorise(exc), str(exc))
+    except Exception as exc:  # an unexpected failure is still a failed test, with a report
+        log.exception("restore test %s: unexpected error", ref)
+        report.fail("restore_failed", f"{type(exc).__name__}: {exc}")
+
+
+async def _fetch_restore_check(
+    report: RestoreTestReport,
+    plan: Plan,
+    source: SourceOptions,
+    storage: Storage,
+    keyring: crypto.Keyring,
+    state_dir: Path,
+    base_dir: Path,
+    entry: CatalogEntry,
+    spec: ScratchSpec,
+) -> None:
+    ref, phases = report.ref, report.phases
+    where = f"{storage.name}:{ref.manifest_key(entry.backup_id)}"
+    started = time.perf_counter()
+    raw = await storage.get(ref.manifest_key(entry.backup_id))
+    phases.fetch = time.perf_counter() - started
+    manifest = Manifest.open(keyring, raw, where)
+    metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
+    strategy = get_strategy(manifest.public.kind)
+    meter = StreamMeter()
+    started = time.perf_counter()
+    teardown_from: float | None = None
+    try:
+        async with open_scratch(
+            spec,
+            manifest.public.kind,
+            metadata,
+            state_dir=state_dir,
+            label=str(ref),
+            source=source,
+        ) as env:
+            phases.scratch_setup = time.perf_counter() - started
+            report.scratch = {
+                "kind": env.kind,
+                "description": env.description,
+                "resource": env.resource,
+                "note": env.note,
+            }
+            try:
+                await _restore_and_check(
+                    report,
+                    plan,
+                    source,
+                    storage,
+                    keyring,
+                    manifest,
+                    metadata,
+                    strategy,
+                    meter,
+                    env,
+                    base_dir,
+                )
+            finally:
+                teardown_from = time.perf_counter()
+    finally:
+        if teardown_from is not None:
+            phases.teardown = time.perf_counter() - teardown_from
+        report.bytes = {"fetched": meter.ciphertext_bytes, "restored": meter.plaintext_bytes}
+
+
+async def _restore_and_check(
+    report: RestoreTestReport,
+    plan: Plan,
+    source: SourceOptions,
+    storage: Storage,
+    keyring: crypto.Keyring,
+    manifest: Manifest,
+    metadata: dict[str, Any],
+    strategy: type[AnyStrategy],
+    meter: StreamMeter,
+    env: ScratchEnv,
+    base_dir: Path,
+) -> None:
+    ref, phases = report.ref, report.phases
+    started = time.perf_counter()
+    try:
+        outcome = await strategy.restore(
+            stream_plaintext(storage, ref, manifest, keyring, meter=meter),
+            env.target,
+            metadata,
+            **env.restore_options,
+        )
+    except IntegrityError:
+        report.checks.append(
+            builtin.integrity(False, meter.ciphertext_bytes, meter.plaintext_bytes)
+        )
+        raise
+    finally:
+        wall = time.perf_counter() - started
+        phases.fetch += meter.fetch_seconds
+        phases.decrypt_decompress = meter.open_seconds
+        phases.restore = max(0.0, wall - meter.fetch_seconds - meter.open_seconds)
+    report.restore = outcome.details
+    started = time.perf_counter()
+    report.checks.append(
+        builtin.integrity(meter.complete, meter.ciphertext_bytes, meter.plaintext_bytes)
+    )
+    if env.after_restore is not None:
+        report.checks.extend(await env.after_restore())
+    target = CheckTarget(
+        kind=manifest.public.kind,
+        target=env.dsn if env.dsn is not None else str(env.path or env.target),
+        metadata=metadata,
+        captured_at=manifest.public.started,
+        server_major=env.server_major,
+        command_env={
+            **env.command_env(),
+            "DRD_PLAN": ref.plan,
+            "DRD_SOURCE": ref.source,
+            "DRD_BACKUP_ID": report.backup_id,
+            "DRD_BACKUP_CAPTURED_AT": manifest.public.started_at,
+        },
+        cwd=base_dir,
+    )
+    report.checks.extend(await run_checks(target, plan.restore_test.checks_for(source.name)))
+    phases.checks = time.perf_counter() - started
+    report.measured = True
+    failing = [c for c in report.checks if c.fails_test]
+    if failing:
+        first = failing[0]
+        message = f"{len(failing)} check(s) failed: " + ", ".join(c.name for c in failing)
+        message += f"; {first.name}: {first.detail or 'failed'}"
+        if first.query:
+            message += f" [query: {first.query}]"
+        expected = json.dumps(first.expected, default=str)
+        message += f" (expected {expected}, got {json.dumps(first.actual, default=str)})"
+        report.fail("check_failed", message)
+
+
+def record_metrics(metrics: Metrics, report: RestoreTestReport) -> None:
+    labels = (report.plan, report.source)
+    metrics.restore_tests.labels(*labels, "success" if report.passed else "failure").inc()
+    metrics.restore_test_last_status.labels(*labels).set(1 if report.passed else 0)
+    if report.passed:
+        finished = report.finished_at or report.started_at
+        metrics.restore_test_last_success.labels(*labels).set(finished.timestamp())
+        metrics.rto.labels(*labels).set(report.phases.rto)
+    elif report.failure_category is not None:
+        metrics.restore_test_failures.labels(*labels, report.failure_category).inc()
+    for phase, seconds in report.phases.as_json().items():
+        metrics.restore_test_phase.labels(*labels, phase).set(seconds)
+
+
+async def restore_tests_for(
+    plan: Plan,
+    source: SourceOptions,
+    regions: Mapping[str, Storage],
+    keyring: crypto.Keyring,
+    *,
+    state_dir: Path,
+    base_dir: Path,
+    backup_id: str | None = None,
+    region: str | None = None,
+    clock: Clock = utcnow,
+    metrics: Metrics | None = None,
+) -> list[RestoreTestReport]:
+    """A whole run for one source: the newest backup (or `backup_id`), plus a random older
+    one when the plan asks for it."""
+    ref = SourceRef(plan.name, source.name)
+    candidates = await choose_backups(
+        ref,
+        plan_regions(plan, regions),
+        keyring,
+        min_copies=plan.storage.min_copies,
+        backup_id=backup_id,
+        also_random_older=plan.restore_test.also_random_older and backup_id is None,
+    )
+    reports = []
+    for candidate in candidates:
+        reports.append(
+            await run_restore_test(
+                plan,
+                source,
+                regions,
+                keyring,
+                state_dir=state_dir,
+                base_dir=base_dir,
+                candidate=candidate,
+                region=region,
+                clock=clock,
+                metrics=metrics,
+            )
+        )
+    return reports
+
+
+def configured_scratch_dsns(cfg: Config) -> list[str]:
+    """Every postgres-server scratch DSN of the config (the leftover sweep needs them: records
+    keep DSNs without their password)."""
+    return [
+        spec.dsn
+        for plan in cfg.plans
+        for spec in plan.restore_test.scratch.values()
+        if spec.dsn is not None
+    ]

@@ -1,0 +1,337 @@
+"""The `cloudsql-scratch-project` scratch kind: a restore test of a cloudsql source restores into
+a new Cloud SQL instance in the plan's scratch project (drd.verify.scratch.cloudsql), never the
+source's.
+
+    restore_test:
+      scratch:
+        ledger:
+          kind: cloudsql-scratch-project
+          project: acme-dr-scratch           # never the source's project (drd.config.guard)
+          tier: db-custom-1-3840             # default db-f1-micro
+          region: europe-west1               # default the source instance's region
+          staging: {bucket: acme-drd-scratch-staging}   # default the source's staging
+          connect: "host={ip} dbname={database} user=drd sslmode=require"   # optional
+
+The instance (`drd-scratch-<id>`, labelled `drd-scratch`) is created with the source's
+credentials and endpoint (the service account needs the Cloud SQL Admin role on the scratch
+project too), registered in drd.verify.scratch.registry before it is created (kind
+`cloudsql-instance`,
+so a crash leaves a record the next start deletes it by), and deleted when the test ends
+however it ends (drd.verify.scratch.cloudsql.scratch_instance).
+
+The restore is the strategy's own (`CloudSqlStrategy.restore`: import of an export through the
+staging bucket, or restoreBackup of a managed backup run), so the report's phases are those of
+every kind: fetch, decrypt_decompress, restore (upload to staging and the import/restoreBackup
+operation), checks; creating and deleting the instance are scratch_setup and teardown.
+
+Checks (`after_restore`): the restore operation ended DONE without error; the restored instance
+holds the database (databases.list); the row counts recorded from the export match the restored
+tables when drd can reach the instance's PostgreSQL:
+- `connect` (a DSN template) in production: the instance's private IP from a host in its VPC
+  (`{ip}` is the PRIVATE address, else the PRIMARY one), or a Cloud SQL Auth Proxy listening
+  locally for `{connection_name}`; the scratch instance's user and password must exist (set
+  them with a `command` check or an org policy; drd creates none);
+- from a loopback endpoint (the local fake API in tests), the non-standard `drdLocalDsn` of the
+  database resource, which names the local database behind it;
+- otherwise the row counts are skipped (reported as such).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from drd.errors import ConfigError, RestoreError
+from drd.restore_tests.results import CheckResult
+from drd.restore_tests.spec import ScratchSpec
+from drd.verify.scratch.environment import ScratchEnv
+
+if TYPE_CHECKING:
+    from drd.config import Config
+
+log = logging.getLogger(__name__)
+
+FORMAT_EXPORT = "cloudsql-export-sql"
+
+
+def _credentials_param(creds: Any) -> str | None:
+    if creds is None:
+        return None
+    source = getattr(creds, "source", None) or dict(creds).get("source")
+    name = getattr(creds, "name", None) if not isinstance(creds, Mapping) else creds.get("name")
+    return "anonymous" if source == "anonymous" else f"{source}:{name}"
+
+
+def target_url(
+    project: str,
+    instance: str,
+    database: str | None,
+    *,
+    endpoint: str | None,
+    credentials: Any,
+    staging: Any,
+) -> str:
+    """The `cloudsql://` restore target (drd.strategies.cloudsql.CloudSqlTarget) of a scratch
+    instance: no secret, only where the credentials come from."""
+    path = f"cloudsql://{quote(project, safe='')}/{quote(instance, safe='')}"
+    if database:
+        path += f"/{quote(database, safe='')}"
+    params: dict[str, str] = {}
+    if endpoint:
+        params["endpoint"] = endpoint
+    creds = _credentials_param(credentials)
+    if creds:
+        params["credentials"] = creds
+    if staging is not None:
+        params["staging"] = f"gs://{staging.bucket}/{staging.prefix}"
+        if staging.endpoint:
+            params["staging_endpoint"] = staging.endpoint
+        if staging.project:
+            params["staging_project"] = staging.project
+        staging_creds = _credentials_param(staging.credentials)
+        if staging_creds:
+            params["staging_credentials"] = staging_creds
+    return path + ("?" + urlencode(params) if params else "")
+
+
+async def resolve_dsn(
+    api: Any, project: str, instance: str, database: str, template: str | None, loopback: bool
+) -> str | None:
+    """A libpq DSN of `database` in the scratch instance (module docstring), or None."""
+    if template is not None:
+        body = await api.call(
+            f"instances.get {project}/{instance}",
+            lambda s: s.instances().get(project=project, instance=instance),
+        )
+        addresses = {
+            str(a.get("type")): str(a.get("ipAddress"))
+            for a in body.get("ipAddresses") or []
+            if a.get("ipAddress")
+        }
+        ip = addresses.get("PRIVATE") or addresses.get("PRIMARY") or ""
+        if "{ip}" in template and not ip:
+            raise RestoreError(f"scratch instance {project}/{instance} has no IP address")
+        return template.format(
+            ip=ip,
+            database=database,
+            instance=instance,
+            project=project,
+            connection_name=str(body.get("connectionName") or ""),
+        )
+    if loopback:
+        found = await api.call(
+            f"databases.get {project}/{instance}/{database}",
+            lambda s: s.databases().get(project=project, instance=instance, database=database),
+        )
+        dsn = found.get("drdLocalDsn")
+        return str(dsn) if dsn else None
+    return None
+
+
+def _result(name: str, status: str, detail: str) -> CheckResult:
+    mapped = {"ok": "passed", "failed": "failed", "skipped": "skipped"}[status]
+    return CheckResult(name, "cloudsql", mapped, detail=detail)  # type: ignore[arg-type]
+
+
+async def _checks(
+    api: Any,
+    scratch: Any,
+    metadata: Mapping[str, Any],
+    database: str,
+    spec: ScratchSpec,
+    loopback: bool,
+    env: ScratchEnv,
+) -> list[CheckResult]:
+    from drd.verify.scratch.cloudsql import CloudSqlRestoreTest, _check
+
+    results = [
+        CheckResult(
+            "restore_operation",
+            "cloudsql",
+            "passed",
+            detail="the restore operation ended DONE without error",
+        )
+    ]
+    export = metadata.get("format") == FORMAT_EXPORT
+    dsn: str | None = None
+    why_skipped = "a managed backup records no row counts"
+    if export:
+        try:
+            dsn = await resolve_dsn(
+                api, scratch.project, scratch.name, database, spec.connect, loopback
+            )
+        except Exception as exc:
+            results.append(
+                CheckResult(
+                    "row_counts",
+                    "cloudsql",
+                    "failed",
+                    detail=f"cannot reach the scratch instance's PostgreSQL: {exc}",
+                )
+            )
+            dsn = None
+            export = False
+            why_skipped = ""
+        else:
+            why_skipped = "no connection to the scratch instance (restore_test.scratch connect)"
+    env.dsn = dsn
+    found = CloudSqlRestoreTest(scratch.project, instance=scratch.name)
+    try:
+        await _check(
+            api, scratch, metadata, database, (lambda p, i, d: dsn) if dsn else None, found
+        )
+    except Exception as exc:
+        failed = "databases" if "databases" not in found.checks else "row_counts"
+        found.checks[failed] = "failed"
+        found.problems.append(f"cannot read the restored copy: {exc}")
+    problems = list(found.problems)
+    db_problems = [p for p in problems if p.startswith("databases ")]
+    row_problems = [p for p in problems if p not in db_problems]
+    if "databases" in found.checks:
+        results.append(
+            _result(
+                "databases",
+                found.checks["databases"],
+                "; ".join(db_problems) or f"the instance holds {database}" if export else "",
+            )
+        )
+    status = found.checks.get("row_counts")
+    if status is not None and not any(r.name == "row_counts" for r in results):
+        detail = "; ".join(row_problems)
+        if status == "skipped":
+            detail = why_skipped
+        elif status == "ok":
+            detail = "every table holds the rows counted in the export"
+        results.append(_result("row_counts", status, detail))
+    return results
+
+
+@contextlib.asynccontextmanager
+async def open_cloudsql_scratch(
+    spec: ScratchSpec, source: Any, metadata: Mapping[str, Any], *, state_dir: Path
+) -> AsyncIterator[ScratchEnv]:
+    """A scratch instance in `spec.project` for a backup of the cloudsql `source`."""
+    import asyncio
+
+    from drd.storage.regions import is_loopback_url
+    from drd.strategies.cloudsql import (
+        CloudSqlError,
+        CloudSqlOptions,
+        PollPolicy,
+        StagingOptions,
+        open_api,
+    )
+    from drd.verify.scratch.cloudsql import SMALLEST_TIER, scratch_instance
+
+    if not isinstance(source, CloudSqlOptions) or spec.project is None:
+        raise RestoreError("a cloudsql-scratch-project holds only cloudsql sources")
+    poll = PollPolicy(source.operation_timeout, source.poll_initial, source.poll_max)
+    staging = (
+        StagingOptions.model_validate(spec.staging) if spec.staging is not None else source.staging
+    )
+    export = metadata.get("format") == FORMAT_EXPORT
+    if export and staging is None:
+        raise RestoreError("restoring a cloudsql export needs a staging bucket (scratch staging)")
+    try:
+        api = open_api(
+            source.credentials,
+            source.endpoint,
+            what=f"source {source.name!r}: credentials",
+            request_deadline=source.request_deadline,
+        )
+    except ConfigError as exc:
+        raise RestoreError(str(exc)) from None
+    api_spec = {
+        "endpoint": source.endpoint,
+        "credentials": source.credentials.model_dump(exclude_none=True),
+    }
+    version = str(metadata.get("database_version") or "POSTGRES_15")
+    tier = spec.tier or SMALLEST_TIER
+    database = str(metadata.get("database") or "restored")
+    loopback = source.endpoint is not None and is_loopback_url(source.endpoint)
+    try:
+        async with scratch_instance(
+            api,
+            spec.project,
+            database_version=version,
+            region=spec.region or (str(metadata["region"]) if metadata.get("region") else None),
+            tier=tier,
+            poll=poll,
+            state_dir=state_dir,
+            api_spec=api_spec,
+        ) as scratch:
+            env = ScratchEnv(
+                kind=spec.kind,
+                target=target_url(
+                    spec.project,
+                    scratch.name,
+                    database if export else None,
+                    endpoint=source.endpoint,
+                    credentials=source.credentials,
+                    staging=staging,
+                ),
+                restore_options={"poll": poll},
+                description=(
+                    f"Cloud SQL scratch instance {spec.project}/{scratch.name} ({version}, {tier})"
+                ),
+                resource=f"{spec.project}/{scratch.name}",
+            )
+
+            async def after_restore() -> list[CheckResult]:
+                return await _checks(api, scratch, metadata, database, spec, loopback, env)
+
+            env.after_restore = after_restore
+            yield env
+    except CloudSqlError as exc:
+        raise RestoreError(f"scratch instance in {spec.project}: {exc}") from None
+    finally:
+        await asyncio.to_thread(api.close)
+
+
+async def sweep_labelled_instances(cfg: Config) -> list[str]:
+    """Delete labelled drd-scratch instances left in every configured scratch project.
+
+    The leftover registry covers a crash after an instance was recorded; this covers the rest:
+    an instance whose create request was still in flight when its test was cancelled or the
+    process died. Only instances older than twice the plan's restore-test timeout are taken, so
+    a test running elsewhere (the CLI, another host) is never touched. Failures are logged: a
+    scratch project that cannot be listed must not keep the daemon from starting.
+    """
+    from drd.strategies.cloudsql import CloudSqlOptions, PollPolicy, open_api
+    from drd.verify.scratch.cloudsql import sweep_scratch_instances
+
+    gone: list[str] = []
+    for plan in cfg.plans:
+        for source in plan.sources:
+            if not isinstance(source, CloudSqlOptions):
+                continue
+            spec = plan.restore_test.scratch_for(source)
+            if spec.kind != "cloudsql-scratch-project" or spec.project is None:
+                continue
+            try:
+                api = open_api(
+                    source.credentials,
+                    source.endpoint,
+                    what=f"source {source.name!r}: credentials",
+                    request_deadline=source.request_deadline,
+                )
+                poll = PollPolicy(source.operation_timeout, source.poll_initial, source.poll_max)
+                older_than = 2 * plan.restore_test.timeout.total_seconds()
+                try:
+                    gone += await sweep_scratch_instances(
+                        api, spec.project, poll=poll, older_than=older_than
+                    )
+                finally:
+                    api.close()
+            except Exception as exc:  # reported, retried at the next start
+                log.warning(
+                    "plan %s: cannot sweep scratch instances in %s: %s",
+                    plan.name,
+                    spec.project,
+                    exc,
+                )
+    return gone

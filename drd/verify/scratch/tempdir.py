@@ -1,0 +1,68 @@
+"""A temporary directory for restore tests of files and sqlite sources.
+
+`<dir>/drd-scratch-<id>/` (mode 0700), registered before it is created and removed with
+everything in it afterwards. The restore's own staging copy lands inside it too, so one
+removal takes all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
+from drd.verify.scratch.teardown import run_to_completion
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def scratch_dir(state_dir: Path, parent: Path | None, *, label: str) -> AsyncIterator[Path]:
+    base = parent or Path(tempfile.gettempdir())
+    resource_id = new_id()
+    path = base / f"{DIR_PREFIX}{resource_id}"
+    registration = register(state_dir, resource_id, "tempdir", path=str(path), label=label)
+    try:
+        os.mkdir(path, 0o700)
+        yield path
+    finally:
+        try:
+            await run_to_completion(destroy(registration.record, ()))
+        except Exception as exc:
+            log.error("could not remove %s (removed at the next start): %s", path, exc)
+            registration.abandon()
+        else:
+            registration.release()
+
+
+async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) -> None:
+    path = Path(str(record["path"]))
+    if not path.name.startswith(DIR_PREFIX):
+        raise ValueError(f"refusing to remove {path}: not a drd scratch directory")
+    await asyncio.to_thread(remove_tree, path)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also copes with directories a restore made read-only."""
+
+    def retry(func: Callable[[str], object], p: str, _exc: object) -> None:
+        for d in (os.path.dirname(p), p):
+            if os.path.isdir(d) and not os.path.islink(d):
+                with contextlib.suppress(OSError):
+                    os.chmod(d, 0o700)
+        func(p)
+
+    if not os.path.lexists(path):
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
