@@ -8,7 +8,7 @@ plan completely before they judge, so one run shows all the mistakes, each as
 How validation is split:
 - YAML: drd.config.yamlsource keeps the line of every value (and reports duplicate keys, bad tags).
 - Shape: pydantic models, one per section. A model checks its own fields, and the rules that
-  relate fields of the same section (a model validator raises `_rule(field, message)`, which
+  relate fields of the same section (a model validator raises `rule(field, message)`, which
   names the field the error is about).
 - Rules that relate sections, files, or today's date (schedule vs RPO, plan regions vs config
   regions, unique names, review age) and all warnings live in the `_check_*` functions below.
@@ -36,9 +36,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from croniter import CroniterBadDateError, croniter
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
@@ -47,11 +45,23 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
 from drd.config.yamlsource import Loc, YamlDocument, YamlSourceError, load_yaml
-from drd.durations import format_duration, parse_duration, parse_size
+from drd.durations import format_duration
 from drd.errors import ConfigError
+from drd.fields import (
+    NAME_PATTERN,
+    Day,
+    Duration,
+    Name,
+    NonEmptyStr,
+    PositiveDuration,
+    Size,
+    as_date,
+    rule,
+    secret_name_problem,
+)
 from drd.restore_tests.spec import (
     CHECKS_FOR_SOURCE,
     SCRATCH_FOR_SOURCE,
@@ -61,7 +71,6 @@ from drd.restore_tests.spec import (
 )
 from drd.storage.regions import is_loopback_host
 from drd.strategies import SourceOptions, get_strategy
-from drd.strategies.base import NAME_PATTERN
 
 if TYPE_CHECKING:
     from drd.storage.regions import RegionSpec
@@ -144,74 +153,14 @@ def _render_loc(loc: Loc) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Field types
+# Model basics
 
 
-def _rule(field_path: str, message: str) -> PydanticCustomError:
-    """The error a model validator raises about one of its fields ("min_copies",
-    "credentials.source"): the loader reports it at that field's line."""
-    return PydanticCustomError("drd_rule", message, {"drd_field": field_path})
-
-
-def _to_duration(value: Any) -> timedelta:
-    return parse_duration(value)
-
-
-def _to_size(value: Any) -> int:
-    return parse_size(value)
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0s")
-    return value
-
-
-def _to_date(value: Any) -> date:
-    parsed = _as_date(value)
-    if parsed is None:
-        raise ValueError("expected a date written YYYY-MM-DD")
-    return parsed
-
-
-def _as_date(value: Any) -> date | None:
-    if isinstance(value, datetime):
-        return None
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-#: plan, source and region names: [a-z0-9][a-z0-9_-]{0,62}
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-#: "90s", "30m", "6h", "14d", "1d12h", or an integer number of seconds
-Duration = Annotated[timedelta, BeforeValidator(_to_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(_to_duration), AfterValidator(_positive)]
-#: "16MiB", "512KiB", "10MB", or an integer number of bytes
-Size = Annotated[int, BeforeValidator(_to_size)]
-Day = Annotated[date, BeforeValidator(_to_date)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,254}")
-
-
-def _check_secret_name(source: str, name: str | None, where: str) -> None:
-    """The rules for `{source, name}` pairs that say where a secret comes from."""
-    if source in ("env", "credential") and name is None:
-        what = "environment variable" if source == "env" else "systemd credential"
-        raise _rule(where, f"field required with source: {source} (the {what} to read)")
-    if source not in ("env", "credential") and name is not None:
-        raise _rule(where, f"not used with source: {source}")
-    if source == "env" and name is not None and not _ENV_NAME.fullmatch(name):
-        raise _rule(where, "not an environment variable name (letters, digits and '_')")
-    if source == "credential" and name is not None and not _CREDENTIAL_NAME.fullmatch(name):
-        raise _rule(where, "not a credential name (letters, digits, '_', '-', '.' and '@')")
+def _check_secret_name(source: str, name: str | None) -> None:
+    """The `{source, name}` pair of keys and credentials (drd.fields.secret_name_problem)."""
+    problem = secret_name_problem(source, name, explain=True)
+    if problem is not None:
+        raise rule("name", problem)
 
 
 class _Model(BaseModel):
@@ -232,7 +181,7 @@ class KeysConfig(_Model):
 
     @model_validator(mode="after")
     def _name_fits_source(self) -> Self:
-        _check_secret_name(self.source, self.name, "name")
+        _check_secret_name(self.source, self.name)
         return self
 
 
@@ -302,7 +251,7 @@ class GcsCredentials(_Model):
 
     @model_validator(mode="after")
     def _name_fits_source(self) -> Self:
-        _check_secret_name(self.source, self.name, "name")
+        _check_secret_name(self.source, self.name)
         return self
 
 
@@ -393,29 +342,29 @@ class RegionConfig(_Model):
     @model_validator(mode="after")
     def _fields_fit_scheme(self) -> Self:
         if self.chunk_size is not None and self.chunk_size <= 0:
-            raise _rule("chunk_size", "must be more than 0 bytes")
+            raise rule("chunk_size", "must be more than 0 bytes")
         if self.scheme != "gs":
             for name in ("project", "endpoint", "credentials", "timeout", "retry_deadline"):
                 if getattr(self, name) is not None:
-                    raise _rule(name, "only applies to gs:// regions")
+                    raise rule(name, "only applies to gs:// regions")
             return self
         if self.project is None:
-            raise _rule("project", "field required for gs:// regions")
+            raise rule("project", "field required for gs:// regions")
         if self.credentials is None:
-            raise _rule(
+            raise rule(
                 "credentials", "field required for gs:// regions (source: credential or env)"
             )
         endpoint = urlsplit(self.endpoint) if self.endpoint else None
         loopback = endpoint is not None and is_loopback_host(endpoint.hostname or "")
         if self.credentials.source == "anonymous" and not loopback:
-            raise _rule(
+            raise rule(
                 "credentials.source",
                 "anonymous is only allowed with an endpoint on a loopback address (an emulator)",
             )
         if endpoint is not None and endpoint.scheme == "http" and not loopback:
-            raise _rule("endpoint", "plain http is only allowed to a loopback address")
+            raise rule("endpoint", "plain http is only allowed to a loopback address")
         if self.chunk_size is not None and self.chunk_size % GCS_CHUNK_QUANTUM:
-            raise _rule("chunk_size", "must be a multiple of 256KiB for gs:// regions")
+            raise rule("chunk_size", "must be a multiple of 256KiB for gs:// regions")
         return self
 
     @property
@@ -528,9 +477,9 @@ class Schedule(_Model):
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
         if (self.every is None) == (self.cron is None):
-            raise _rule("", "give exactly one of 'every' or 'cron'")
+            raise rule("", "give exactly one of 'every' or 'cron'")
         if self.every is not None and self.jitter >= self.every:
-            raise _rule("jitter", "must be shorter than the interval ('every')")
+            raise rule("jitter", "must be shorter than the interval ('every')")
         return self
 
 
@@ -545,13 +494,13 @@ class PlanStorage(_Model):
         for index, region in enumerate(self.regions):
             if region in self.regions[:index]:
                 first = self.regions.index(region)
-                raise _rule(f"regions.{index}", f"region listed twice (also regions[{first}])")
+                raise rule(f"regions.{index}", f"region listed twice (also regions[{first}])")
         if len(self.regions) < 2:
-            raise _rule(
+            raise rule(
                 "regions", "at least 2 regions required (a plan must survive losing a region)"
             )
         if self.min_copies > len(self.regions):
-            raise _rule(
+            raise rule(
                 "min_copies",
                 f"{self.min_copies} copies cannot be made in {len(self.regions)} regions",
             )
@@ -892,7 +841,7 @@ def _absolute_paths(options: SourceOptions, base: Path) -> SourceOptions:
 
 
 def _check_review(report: _FileReport, raw_reviewed_on: Any, today: date) -> None:
-    reviewed_on = _as_date(raw_reviewed_on)
+    reviewed_on = as_date(raw_reviewed_on)
     if reviewed_on is None:
         return
     if reviewed_on > today:

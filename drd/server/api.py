@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drd import __version__
 from drd.config import ApiConfig
+from drd.fields import NAME_PATTERN
 from drd.server.audit import AuditLog
 from drd.server.auth import ANONYMOUS, Principal, TokenAuthority
-from drd.strategies.base import NAME_PATTERN
 
 if TYPE_CHECKING:
     from drd.daemon.service import Daemon
