@@ -59,7 +59,7 @@ from pydantic import Field, field_validator
 
 from drd.digests import Crc32c
 from drd.errors import ConfigError, DrdError, RestoreError, SourceError, TargetExists
-from drd.strategies._google import (
+from drd.storage.google_auth import (
     STORAGE_SCOPES,
     GoogleCredentials,
     build_credentials,

@@ -69,7 +69,7 @@ from drd.restore_tests.spec import (
     ScratchSpec,
     default_scratch,
 )
-from drd.storage.regions import is_loopback_host
+from drd.storage.google_auth import is_loopback_host
 from drd.strategies import SourceOptions, get_strategy
 
 if TYPE_CHECKING:

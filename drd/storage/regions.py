@@ -7,7 +7,6 @@ discovery, which would probe the GCE metadata server.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from drd.errors import ConfigError, UsageError
 from drd.secret_source import read_secret
 from drd.storage.base import Storage
+from drd.storage.google_auth import is_loopback_url
 from drd.storage.registry import open_storage
 
 
@@ -29,20 +29,6 @@ class RegionSpec:
     # {"source": "anonymous" | "env" | "credential", "name": ...}
     credentials: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: the only places drd talks to without real credentials."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_loopback_url(url: str) -> bool:
-    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def google_credentials(spec: RegionSpec) -> Any:

@@ -217,7 +217,7 @@ async def open_cloudsql_scratch(
     """A scratch instance in `spec.project` for a backup of the cloudsql `source`."""
     import asyncio
 
-    from drd.storage.regions import is_loopback_url
+    from drd.storage.google_auth import is_loopback_url
     from drd.strategies.cloudsql import (
         CloudSqlError,
         CloudSqlOptions,

@@ -1,5 +1,5 @@
-"""Google credentials and endpoints for the strategies that call Google APIs (gcs-bucket,
-cloudsql), with the same rules as drd.storage.regions: always explicit.
+"""Google credentials and endpoints for every drd client of a Google API (gs:// regions, the
+gcs-bucket and cloudsql strategies): always explicit.
 
 - `{source: env, name: VAR}` / `{source: credential, name: NAME}`: a service-account JSON key
   delivered like drd's keys (an environment variable or a systemd credential), read when the
@@ -10,6 +10,7 @@ cloudsql), with the same rules as drd.storage.regions: always explicit.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from typing import Any, Literal, Self
@@ -18,12 +19,25 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from drd.errors import ConfigError
+from drd.fields import secret_name_problem
 from drd.secret_source import read_secret
-from drd.storage.regions import is_loopback_url
-from drd.strategies._secrets import SecretRef
 
 STORAGE_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 CLOUD_PLATFORM_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only places drd talks to without real credentials."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 class GoogleCredentials(BaseModel):
@@ -36,13 +50,9 @@ class GoogleCredentials(BaseModel):
 
     @model_validator(mode="after")
     def _name_fits_source(self) -> Self:
-        if self.source == "anonymous":
-            if self.name is not None:
-                raise ValueError("name: not used with source: anonymous")
-        else:
-            if self.name is None:
-                raise ValueError(f"name: field required with source: {self.source}")
-            SecretRef(source=self.source, name=self.name)  # validates the name
+        problem = secret_name_problem(self.source, self.name)
+        if problem is not None:
+            raise ValueError(f"name: {problem}")
         return self
 
 
