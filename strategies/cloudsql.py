@@ -64,6 +64,7 @@ from drd.storage.google_auth import (
     GoogleCredentials,
     build_credentials,
     check_endpoint,
+    is_loopback_url,
 )
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
@@ -189,8 +190,6 @@ class SqlAdmin:
         import google_auth_httplib2  # type: ignore[import-untyped]
         import httplib2  # type: ignore[import-untyped]
         from googleapiclient import discovery
-
-        from drd.storage.google_auth import is_loopback_url
 
         local = endpoint is not None and is_loopback_url(endpoint)
         http = httplib2.Http(

@@ -69,7 +69,12 @@ from drd.restore_tests.spec import (
     ScratchSpec,
     default_scratch,
 )
-from drd.storage.google_auth import is_loopback_host
+from drd.storage.google_auth import (
+    PLAIN_HTTP_REFUSED,
+    anonymous_allowed,
+    plain_http_off_loopback,
+    split_endpoint,
+)
 from drd.strategies import SourceOptions, get_strategy
 
 if TYPE_CHECKING:
@@ -326,17 +331,8 @@ class RegionConfig(_Model):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("invalid port in the endpoint URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http(s) URL, e.g. http://127.0.0.1:4443")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError("expected scheme://host[:port] only, no path, query or user")
+        if value is not None:
+            split_endpoint(value)
         return value
 
     @model_validator(mode="after")
@@ -354,15 +350,13 @@ class RegionConfig(_Model):
             raise rule(
                 "credentials", "field required for gs:// regions (source: credential or env)"
             )
-        endpoint = urlsplit(self.endpoint) if self.endpoint else None
-        loopback = endpoint is not None and is_loopback_host(endpoint.hostname or "")
-        if self.credentials.source == "anonymous" and not loopback:
+        if self.credentials.source == "anonymous" and not anonymous_allowed(self.endpoint):
             raise rule(
                 "credentials.source",
                 "anonymous is only allowed with an endpoint on a loopback address (an emulator)",
             )
-        if endpoint is not None and endpoint.scheme == "http" and not loopback:
-            raise rule("endpoint", "plain http is only allowed to a loopback address")
+        if self.endpoint is not None and plain_http_off_loopback(self.endpoint):
+            raise rule("endpoint", PLAIN_HTTP_REFUSED)
         if self.chunk_size is not None and self.chunk_size % GCS_CHUNK_QUANTUM:
             raise rule("chunk_size", "must be a multiple of 256KiB for gs:// regions")
         return self

@@ -1,23 +1,24 @@
 """Turning region definitions (from drd.yaml, or `--storage` on the command line) into Storage.
 
-Google credentials are always explicit: a service-account JSON delivered like a key, or
-anonymous credentials for a loopback emulator. Nothing here ever falls back to ambient
-discovery, which would probe the GCE metadata server.
+Google credentials are always explicit (drd.storage.google_auth): a service-account JSON
+delivered like a key, or anonymous credentials for a loopback emulator. Nothing here ever falls
+back to ambient discovery, which would probe the GCE metadata server.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from drd.errors import ConfigError, UsageError
-from drd.secret_source import read_secret
 from drd.storage.base import Storage
-from drd.storage.google_auth import is_loopback_url
+from drd.storage.google_auth import STORAGE_SCOPES, build_credentials
 from drd.storage.registry import open_storage
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
 
 
 @dataclass(frozen=True)
@@ -31,29 +32,15 @@ class RegionSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def google_credentials(spec: RegionSpec) -> Any:
-    source = spec.credentials.get("source", "anonymous" if spec.endpoint else "")
-    what = f"region {spec.name}: credentials"
-    if source == "anonymous":
-        if not spec.endpoint or not is_loopback_url(spec.endpoint):
-            raise ConfigError(f"{what}: anonymous credentials only with a loopback endpoint")
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
-    if source in {"env", "credential"}:
-        from google.oauth2 import service_account
-
-        text = read_secret(source, spec.credentials.get("name"), what=what)
-        try:
-            info = json.loads(text)
-            return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                info, scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
-            )
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(
-                f"{what}: not a service-account JSON key ({type(exc).__name__})"
-            ) from None
-    raise ConfigError(f"{what}: required for {spec.url} (source: env, credential or anonymous)")
+def google_credentials(spec: RegionSpec) -> Credentials:
+    """The credentials of a gs:// region (drd.storage.google_auth: always explicit)."""
+    return build_credentials(
+        spec.credentials,
+        spec.endpoint,
+        scopes=STORAGE_SCOPES,
+        what=f"region {spec.name}: credentials",
+        missing=f"required for {spec.url}",
+    )
 
 
 def open_region(spec: RegionSpec, base_dir: Path | None = None) -> Storage:

@@ -78,9 +78,9 @@ def open_storage(
                 "(drd never uses ambient Google credentials)"
             )
         # Only for an explicit endpoint, i.e. a local emulator.
-        from google.auth.credentials import AnonymousCredentials
+        from drd.storage.google_auth import anonymous_credentials
 
-        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        credentials = anonymous_credentials()
     from drd.storage.gcs import GCSStorage
 
     return GCSStorage(
