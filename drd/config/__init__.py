@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from croniter import CroniterBadDateError, croniter
 from pydantic import (
@@ -75,6 +75,7 @@ from drd.storage.google_auth import (
     plain_http_off_loopback,
     split_endpoint,
 )
+from drd.storage.urls import file_url, parse_region_url
 from drd.strategies import SourceOptions, get_strategy
 
 if TYPE_CHECKING:
@@ -260,42 +261,6 @@ class GcsCredentials(_Model):
         return self
 
 
-#: 3-63 characters, or up to 222 with dots
-_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-
-
-def _parse_region_url(url: str) -> tuple[str, str, str]:
-    """("file", path, "") / ("gs", bucket, prefix) / ("mem", name, ""); ValueError if invalid.
-
-    file: URLs are `file:PATH` (relative to the config's directory unless absolute),
-    `file:///PATH` or `file://localhost/PATH`; PATH is percent-decoded, as drd.storage.registry
-    does."""
-    scheme, sep, rest = url.partition(":")
-    if "?" in rest or "#" in rest:
-        raise ValueError("a region URL cannot have a query or fragment ('?', '#')")
-    if scheme == "file" and sep:
-        path = unquote(rest)
-        if rest.startswith("//"):
-            host, _, tail = rest[2:].partition("/")
-            if host not in ("", "localhost"):
-                raise ValueError("a file: URL names a local path; it cannot name a host")
-            path = "/" + unquote(tail)
-        if path in ("", "/"):
-            raise ValueError("a file: URL needs a directory, e.g. file:.drd/regions/a")
-        return "file", path, ""
-    if scheme == "gs" and rest.startswith("//"):
-        bucket, _, prefix = rest[2:].partition("/")
-        if not _GCS_BUCKET.fullmatch(bucket):
-            raise ValueError("not a valid GCS bucket name (gs://BUCKET/PREFIX)")
-        prefix = prefix.strip("/")
-        if "//" in prefix:
-            raise ValueError("the object prefix has an empty path segment ('//')")
-        return "gs", bucket, prefix
-    if scheme == "mem" and rest.startswith("//") and rest[2:]:
-        return "mem", rest[2:], ""
-    raise ValueError("unsupported region URL: use file:PATH, gs://BUCKET/PREFIX or mem://NAME")
-
-
 DEFAULT_GCS_RETRY_DEADLINE = timedelta(seconds=15)
 
 
@@ -325,7 +290,7 @@ class RegionConfig(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        _parse_region_url(value)
+        parse_region_url(value)
         return value
 
     @field_validator("endpoint")
@@ -363,25 +328,23 @@ class RegionConfig(_Model):
 
     @property
     def scheme(self) -> Literal["file", "gs", "mem"]:
-        scheme = _parse_region_url(self.url)[0]
-        assert scheme in ("file", "gs", "mem")
-        return scheme  # type: ignore[return-value]
+        return parse_region_url(self.url).scheme
 
     @property
     def local_path(self) -> Path | None:
         """The directory of a file: region (absolute once loaded); None for other schemes."""
-        scheme, path, _ = _parse_region_url(self.url)
-        return Path(path) if scheme == "file" else None
+        parsed = parse_region_url(self.url)
+        return Path(parsed.where) if parsed.scheme == "file" else None
 
     @property
     def bucket(self) -> str | None:
-        scheme, bucket, _ = _parse_region_url(self.url)
-        return bucket if scheme == "gs" else None
+        parsed = parse_region_url(self.url)
+        return parsed.where if parsed.scheme == "gs" else None
 
     @property
     def prefix(self) -> str:
         """The object prefix inside the bucket, without slashes at either end ("" if none)."""
-        return _parse_region_url(self.url)[2]
+        return parse_region_url(self.url).prefix
 
     def spec(self) -> RegionSpec:
         """What drd.storage.regions.open_region takes."""
@@ -707,7 +670,7 @@ def _load_regions(report: _FileReport, raw_regions: Any, base: Path) -> list[Reg
         if region.scheme == "file":
             assert region.local_path is not None
             absolute = _normalized(base / region.local_path)
-            region = region.model_copy(update={"url": f"file:{quote(str(absolute))}"})
+            region = region.model_copy(update={"url": file_url(absolute)})
         where = _location(region)
         if where in seen_locations:
             report.error(
@@ -725,8 +688,10 @@ def _load_regions(report: _FileReport, raw_regions: Any, base: Path) -> list[Reg
 
 def _location(region: RegionConfig) -> tuple[str, ...]:
     """What two regions must not share: a directory, a bucket (at one endpoint), a memory."""
-    scheme, where, _prefix = _parse_region_url(region.url)
-    return (scheme, where, region.endpoint or "") if scheme == "gs" else (scheme, where)
+    parsed = parse_region_url(region.url)
+    if parsed.scheme == "gs":
+        return (parsed.scheme, parsed.where, region.endpoint or "")
+    return (parsed.scheme, parsed.where)
 
 
 def _find_plan_files(report: _FileReport, patterns: list[Any], base: Path) -> list[Path]:

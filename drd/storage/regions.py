@@ -16,6 +16,7 @@ from drd.errors import ConfigError, UsageError
 from drd.storage.base import Storage
 from drd.storage.google_auth import STORAGE_SCOPES, build_credentials
 from drd.storage.registry import open_storage
+from drd.storage.urls import SCHEMES
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -63,12 +64,13 @@ def parse_storage_arg(text: str) -> RegionSpec:
     """`--storage [NAME=]URL[?endpoint=...&project=...&credentials=env:VAR]`.
 
     For the 3 a.m. restore on a fresh machine: name the regions directly, no drd.yaml needed.
+    The region URL itself is checked when it is opened (drd.storage.urls).
     """
     name, sep, url = text.partition("=")
     if not sep or "://" in name or ":" in name:
         name, url = "", text
     parts = urlsplit(url)
-    if parts.scheme not in {"file", "gs", "mem"}:
+    if parts.scheme not in SCHEMES:
         raise UsageError(f"--storage {text!r}: expected file:PATH, gs://BUCKET[/PREFIX] or mem://")
     params = dict(parse_qsl(parts.query))
     bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
