@@ -8,7 +8,7 @@ from pathlib import Path
 
 from drd import crypto
 from drd.backup import BackupResult, Clock, run_backup, utcnow
-from drd.config import Plan
+from drd.config.models import Plan
 from drd.errors import ConfigError
 from drd.layout import SourceRef
 from drd.locks import source_lock

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from drd import crypto
-from drd.config import Config
+from drd.config.models import Config
 from drd.errors import UsageError
 from drd.keys import load_keyring
 from drd.metrics import Metrics

@@ -10,8 +10,9 @@ from typing import Any
 
 from drd import crypto
 from drd.cli.output import print_json
-from drd.config import Config, Plan, load_config
-from drd.config import validate as validate_config
+from drd.config.loader import load_config
+from drd.config.loader import validate as validate_config
+from drd.config.models import Config, Plan
 from drd.errors import ConfigError, DrdError, UsageError
 from drd.jobs import backup_source
 from drd.layout import SourceRef, check_name

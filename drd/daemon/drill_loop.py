@@ -24,7 +24,7 @@ from typing import Any
 
 from drd import crypto
 from drd.backup import Clock, utcnow
-from drd.config import Config, Plan
+from drd.config.models import Config, Plan
 from drd.errors import DrdError
 from drd.metrics import Metrics
 from drd.server.audit import AuditLog

@@ -25,7 +25,7 @@ from typing import Any
 
 from drd import crypto
 from drd.backup import Clock, utcnow
-from drd.config import Config, Plan
+from drd.config.models import Config, Plan
 from drd.daemon.history import History
 from drd.daemon.schedule import Schedule, next_due, slot_after
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from drd import crypto
 from drd.backup import Clock
-from drd.config import Config, Plan
+from drd.config.models import Config, Plan
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock
 from drd.metrics import Metrics

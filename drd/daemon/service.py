@@ -23,7 +23,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from drd import crypto
 from drd.backup import BackupResult, Clock, utcnow
-from drd.config import Config, Plan, load_config
+from drd.config.loader import load_config
+from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.history import History
 from drd.daemon.restore_test_loop import RestoreTestScheduler

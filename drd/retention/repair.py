@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from drd import crypto
 from drd.backup import close_stream
-from drd.config import Plan
+from drd.config.models import Plan
 from drd.digests import ContentDigest, Crc32c, short
 from drd.errors import DrdError, IntegrityError, StorageError
 from drd.layout import backup_id_time

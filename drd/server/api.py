@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drd import __version__
-from drd.config import ApiConfig
+from drd.config.models import ApiConfig
 from drd.fields import NAME_PATTERN
 from drd.server.audit import AuditLog
 from drd.server.auth import ANONYMOUS, Principal, TokenAuthority

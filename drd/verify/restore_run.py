@@ -37,8 +37,8 @@ from typing import Any
 
 from drd import crypto
 from drd.backup import Clock, utcnow
-from drd.config import Config, Plan
 from drd.config.guard import refusal
+from drd.config.models import Config, Plan
 from drd.durations import format_duration
 from drd.errors import (
     BackupNotFound,

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from drd import crypto
-from drd.config import load_config
+from drd.config.loader import load_config
 from drd.daemon.service import Daemon
 from drd.metrics import Metrics
 from drd.server.app import make_app

@@ -14,7 +14,8 @@ from prometheus_client import generate_latest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Config, load_config
+from drd.config.loader import load_config
+from drd.config.models import Config
 from drd.daemon.service import Daemon
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef

@@ -14,7 +14,7 @@ import pytest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Plan, PlanStorage, RestoreTest, Schedule, Targets
+from drd.config.models import Plan, PlanStorage, RestoreTest, Schedule, Targets
 from drd.errors import BackupNotFound, IntegrityError
 from drd.layout import SourceRef
 from drd.locks import LockBusy, restore_test_lock

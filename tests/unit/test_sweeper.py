@@ -16,7 +16,7 @@ import pytest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Plan, PlanStorage, Retention, Schedule, Targets
+from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
@@ -502,7 +502,7 @@ async def load(daemon) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def daemon_setup(tmp_path: Path, blob_strategy, keyring):  # type: ignore[no-untyped-def]
-    from drd.config import load_config
+    from drd.config.loader import load_config
     from drd.daemon.service import Daemon
     from tests.support.drdenv import DrdEnv
 

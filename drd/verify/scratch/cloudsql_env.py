@@ -51,7 +51,7 @@ from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.environment import ScratchEnv
 
 if TYPE_CHECKING:
-    from drd.config import Config
+    from drd.config.models import Config
 
 log = logging.getLogger(__name__)
 
