@@ -262,7 +262,7 @@ async def restore(
 
 async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> int:
     """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
-    from drd.backup import utcnow
+    from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
     from drd.errors import StorageError
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from drd import crypto
-from drd.backup import Clock, utcnow
+from drd.clock import Clock, utcnow
 from drd.config import Config, Plan
 from drd.errors import DrdError
 from drd.metrics import Metrics

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drd import crypto
-from drd.backup import Clock, utcnow
+from drd.clock import Clock, utcnow
 from drd.config import Config, Plan
 from drd.daemon.history import History
 from drd.daemon.schedule import Schedule, next_due, slot_after

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from drd import crypto
-from drd.backup import Clock
+from drd.clock import Clock
 from drd.config import Config, Plan
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock

@@ -22,7 +22,8 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from drd import crypto
-from drd.backup import BackupResult, Clock, utcnow
+from drd.backup import BackupResult
+from drd.clock import Clock, utcnow
 from drd.config import Config, Plan, load_config
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.history import History
