@@ -7,6 +7,7 @@ alone."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -286,7 +287,7 @@ async def test_shutdown_cancels_a_running_drill(
     drill_id = (await r.json())["id"]
     await asyncio.wait_for(slow_restore.wait(), 10)
     d = daemon_of(client)
-    await d.drills.shutdown(5)
+    await d.drills.close(5)
     assert d.drills.runs[drill_id].report.status == "cancelled"
     assert list((client.state_dir / "scratch").glob("*.json")) == []  # type: ignore[attr-defined]
 
@@ -310,13 +311,14 @@ async def test_stored_reports_outlive_the_process_and_retention(
         assert "PASSED" in md and "| RTO |" in md
 
     # A new process (no drill in memory) finds it in storage, and its metrics.
-    fresh = DrillManager(d.cfg, d.regions, d.keyring, Metrics(), None)
+    metrics = Metrics()
+    fresh = DrillManager(dataclasses.replace(d.services, metrics=metrics), None)
     stored = await fresh.get(drill_id)
     assert stored is not None and stored["status"] == "passed"
     assert stored["sources"] == report["sources"]
     assert [x["id"] for x in await fresh.list("p")] == [drill_id]
     await fresh.load_state()
-    assert fresh.metrics.registry.get_sample_value("drd_drill_last_status", {"plan": "p"}) == 1
+    assert metrics.registry.get_sample_value("drd_drill_last_status", {"plan": "p"}) == 1
 
     # The catalog and retention never take drill reports for backups, and never delete them.
     catalog = await build_catalog(list(d.regions.values()), d.keyring, "")
