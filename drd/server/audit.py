@@ -86,11 +86,3 @@ class AuditLog:
                 log.warning("audit: region %s: upload failed: %s", storage.name, exc)
 
         await asyncio.gather(*(put(s) for s in self.regions.values()))
-
-
-def open_audit_object(keyring: crypto.Keyring, raw: bytes) -> list[dict[str, Any]]:
-    """Verify and read a shipped day of audit records."""
-    _, body = crypto.open_manifest(keyring, raw)
-    records = body.get("records", [])
-    assert isinstance(records, list)
-    return records

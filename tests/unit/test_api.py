@@ -17,9 +17,9 @@ from drd.config import load_config
 from drd.daemon.service import Daemon
 from drd.metrics import Metrics
 from drd.server.app import make_app
-from drd.server.audit import open_audit_object
 from drd.server.auth import generate_token, token_hash
 from drd.storage.memory import MemoryStorage
+from tests.support.audit import open_audit_object
 from tests.support.drdenv import DrdEnv
 
 TOKENS = {role: generate_token() for role in ("viewer", "operator", "coordinator")}

@@ -24,8 +24,8 @@ from drd.jobs import backup_source
 from drd.metrics import Metrics
 from drd.repository.catalog import build_catalog
 from drd.retention.sweep import sweep
-from drd.server.audit import open_audit_object
 from drd.verify.drill import REPORT_OBJECT, drill_prefix, open_report, render_markdown
+from tests.support.audit import open_audit_object
 from tests.support.blob_strategy import BlobStrategy
 from tests.unit.test_api import TOKENS, bearer, client  # noqa: F401 - the fixture
 
