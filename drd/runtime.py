@@ -1,7 +1,11 @@
-"""Assembling what commands and the daemon run with: the keyring and the wrapped regions.
+"""Assembling what commands and the daemon run with: the keyring, the wrapped regions, and the
+daemon loops' `Services`.
 
-This is the one place where storage wrappers are composed (retries, then metrics), so every
-region behaves the same whichever command opened it.
+This is the one place where storage wrappers are composed, so every region behaves the same
+whichever command opened it. There is one wrapper, for metrics (drd.storage.instrumented).
+Retries are not a wrapper: the GCS backend retries its own transient failures within its
+`retry_deadline`, and the daemon retries a backup job that failed transiently, whole
+(drd.daemon.service); commands do not retry.
 """
 
 from __future__ import annotations
