@@ -6,8 +6,9 @@ Backups of one source never overlap (one task per source, plus the cross-process
 a global semaphore bounds concurrent jobs, each job has a timeout, and transient failures are
 retried with backoff inside the job. Retention, restore tests and drills are loops of their own
 (drd.daemon.lifecycle), built here on one `Services` and started with the backup scheduler.
-On SIGTERM scheduling stops, and every loop and running backup gets the same grace period,
-then is cancelled: a cancelled backup aborts its uploads and never commits a manifest.
+On SIGTERM scheduling stops, and the loops and the running backups are closed together within
+one grace period (retention stops at once), then what is left is cancelled: a cancelled backup
+aborts its uploads and never commits a manifest.
 """
 
 from __future__ import annotations
