@@ -18,6 +18,7 @@ from drd.layout import SourceRef, check_name
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
 from drd.restore import restore_backup
 from drd.runtime import keyring_for, open_regions
+from drd.secret_source import redact_target
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import latest_summaries
 
@@ -252,8 +253,8 @@ async def restore(
             ref, regions, keyring, target, backup_id=backup_id, prefer_region=region
         )
     print(
-        f"restored {ref}@{result.backup_id} from region {result.region} into {result.target} "
-        f"in {result.seconds:.1f}s"
+        f"restored {ref}@{result.backup_id} from region {result.region} into "
+        f"{redact_target(result.target)} in {result.seconds:.1f}s"
     )
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from drd import __version__
 from drd.errors import DrdError, UsageError
+from drd.secret_source import protect_process
 
 log = logging.getLogger("drd")
 
@@ -105,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any secret is read: no core file, no same-user reader of this process's memory.
+    unprotected = protect_process()
     args = _parser().parse_args(argv)
     from drd.logs import setup_logging
 
@@ -112,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.log_level = args.log_level or os.environ.get("DRD_LOG_LEVEL")
     args.log_format = args.log_format or os.environ.get("DRD_LOG_FORMAT")
     setup_logging(args.log_level or "info", args.log_format or "text")
+    for problem in unprotected:
+        logging.getLogger("drd").warning("process hardening: %s", problem)
     try:
         return _dispatch(args)
     except DrdError as exc:
