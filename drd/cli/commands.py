@@ -110,6 +110,17 @@ def find_plan(cfg: Config, name: str) -> Plan:
         raise UsageError(f"unknown plan {name!r} in {cfg.path} (plans: {known})") from None
 
 
+def check_region(
+    region: str | None, names: Sequence[str], plan: str | None = None, option: str = "--region"
+) -> None:
+    """`--region` must name one of the regions the command reads (a typo would otherwise be
+    silently ignored, and the restore read from wherever)."""
+    if region is not None and region not in names:
+        whose = f"plan {plan} has" if plan else "there is"
+        known = ", ".join(sorted(names)) or "none"
+        raise UsageError(f"{option}: {whose} no region {region!r} (regions: {known})")
+
+
 def find_source(plan: Plan, name: str) -> SourceOptions:
     try:
         return plan.source(name)
@@ -211,9 +222,16 @@ async def list_backups(
     prefix = ""
     if what:
         plan, _, source = what.partition("/")
-        prefix = f"{check_name('plan', plan)}/" + (
-            f"{check_name('source', source)}/" if source else ""
-        )
+        if cfg is not None and not storage_args:
+            found = find_plan(cfg, plan)
+            if source:
+                find_source(found, source)
+        try:
+            prefix = f"{check_name('plan', plan)}/" + (
+                f"{check_name('source', source)}/" if source else ""
+            )
+        except ValueError as exc:
+            raise UsageError(f"{what!r}: {exc} (expected PLAN or PLAN/SOURCE)") from None
     try:
         keyring: crypto.Keyring | None = keyring_for(cfg, keys)
     except DrdError as exc:
@@ -248,7 +266,9 @@ async def restore(
         regions = await open_regions(stack, cfg, storage_args)
         if cfg is not None and not storage_args:
             plan = find_plan(cfg, ref.plan)
+            find_source(plan, ref.source)
             regions = [r for r in regions if r.name in plan.storage.regions]
+        check_region(region, [r.name for r in regions])
         result = await restore_backup(
             ref, regions, keyring, target, backup_id=backup_id, prefer_region=region
         )
@@ -325,8 +345,7 @@ async def restore_test(
     plan_name, _, source_name = what.partition("/")
     plan = find_plan(cfg, plan_name)
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
-    if region is not None and region not in plan.storage.regions:
-        raise UsageError(f"plan {plan.name} has no region {region!r}")
+    check_region(region, plan.storage.regions, plan.name)
     keyring = keyring_for(cfg, keys)
     # What a killed test left behind (its owner is dead) goes first.
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
@@ -384,8 +403,7 @@ async def drill(
     assert config_path is not None
     cfg = load_config(config_path)
     plan = find_plan(cfg, plan_name)
-    if lose_region is not None and lose_region not in plan.storage.regions:
-        raise UsageError(f"plan {plan.name} has no region {lose_region!r}")
+    check_region(lose_region, plan.storage.regions, plan.name, "--lose-region")
     keyring = keyring_for(cfg, keys)
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
     report = new_report(
