@@ -429,8 +429,39 @@ async def drill(
             )
         finally:
             await audit_drill(audit, report, "finish")
+            await audit.close(grace=30.0)  # a one-shot process: ship before exiting
     if as_json:
         print_json(report.as_json())
     else:
         print(render_markdown(report))
     return 0 if report.passed else DrillFailed.exit_code
+
+
+async def audit_verify(
+    config_path: Path | None, keys: str | None, *, chain: str | None, as_json: bool
+) -> int:
+    """`drd audit verify`: any gap, edit, reorder or truncation of the trail, in the local file
+    or in any region's sealed copies, is reported; exit 5 (integrity) if there is one."""
+    from drd.errors import IntegrityError
+    from drd.server.audit import verify_trail
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    keyring = keyring_for(cfg, keys)
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        report = await verify_trail(cfg.state_dir / "audit.jsonl", regions, keyring, chain)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        counts = ", ".join(f"{n}: {c}" for n, c in sorted(report.region_records.items()))
+        print(
+            f"audit trail {report.chain}: {report.local_records} local record(s); "
+            f"in the regions: {counts or 'none'}"
+        )
+        for finding in report.findings:
+            print(f"BROKEN: {finding}")
+        for note in report.notes:
+            print(f"note: {note}")
+        print("ok: the trail is intact" if report.ok else f"{len(report.findings)} finding(s)")
+    return 0 if report.ok else IntegrityError.exit_code

@@ -100,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="print the full report as JSON")
     keys_arg(dr)
 
+    au = command("audit", "the audit trail")
+    au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    av = au_sub.add_parser(
+        "verify",
+        help="check the local trail and its sealed copies in every region against each other",
+        parents=[common],
+    )
+    av.add_argument(
+        "--chain", help="another host's chain (HOSTNAME-ID; default: this host's, from state_dir)"
+    )
+    av.add_argument("--json", action="store_true")
+    keys_arg(av)
+
     run = command("run", "run the daemon")
     keys_arg(run)
     return p
@@ -185,6 +198,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                 args.keys,
                 lose_region=args.lose_region,
                 as_json=args.json,
+            )
+        )
+    if args.command == "audit":
+        return asyncio.run(
+            commands.audit_verify(
+                _config_path(args, required=True), args.keys, chain=args.chain, as_json=args.json
             )
         )
     if args.command == "run":

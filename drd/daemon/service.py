@@ -242,6 +242,7 @@ class Daemon:
     async def serve(self, stop: asyncio.Event) -> None:
         watchdog = self.notifier.watchdog_interval
         self.retention.start(stop)
+        await self.audit.start()  # ships what an earlier run left unshipped
         while not stop.is_set():
             self.run_once()
             self.restore_tests.run_once()
@@ -277,6 +278,7 @@ class Daemon:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=30)
+        await self.audit.close(grace=min(grace, 10.0))
         self.history.close()
 
     # -- jobs ---------------------------------------------------------------------------------
