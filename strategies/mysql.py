@@ -73,6 +73,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pydantic import Field
 
 from drd.errors import ConfigError, RestoreError, SourceError, TargetExists
+from drd.secret_source import child_environment
 from drd.strategies._secrets import SecretRef
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
@@ -164,7 +165,7 @@ def client_env(server: Server | None = None) -> dict[str, str]:
     """This process's environment without the client's own variables (MYSQL_PWD, ...) and
     without the variable holding the server's password."""
     drop = {*_CLIENT_ENV_DROP, *([server.password_env] if server and server.password_env else [])}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return child_environment(drop=drop)
 
 
 @dataclass(frozen=True)

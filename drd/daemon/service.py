@@ -244,6 +244,7 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         for loop in self.loops:
             loop.start(stop)
+        await self.audit.start()  # ships what an earlier run left unshipped
         while not stop.is_set():
             self.run_once()
             timeout = min(self.seconds_until_next(), watchdog or 60.0, 60.0)
@@ -260,6 +261,7 @@ class Daemon:
         await asyncio.gather(
             *(loop.close(grace) for loop in self.loops), drain(backups, grace, what="backup")
         )
+        await self.audit.close(grace=min(grace, 10.0))
         self.history.close()
 
     # -- jobs ---------------------------------------------------------------------------------
