@@ -236,6 +236,7 @@ async def restore(
     target: str,
     backup_id: str | None,
     region: str | None,
+    create_roles: bool = False,
 ) -> int:
     try:
         ref = SourceRef.parse(what)
@@ -249,12 +250,21 @@ async def restore(
             plan = find_plan(cfg, ref.plan)
             regions = [r for r in regions if r.name in plan.storage.regions]
         result = await restore_backup(
-            ref, regions, keyring, target, backup_id=backup_id, prefer_region=region
+            ref,
+            regions,
+            keyring,
+            target,
+            backup_id=backup_id,
+            prefer_region=region,
+            options={"create_roles": True} if create_roles else {},
         )
     print(
         f"restored {ref}@{result.backup_id} from region {result.region} into {result.target} "
         f"in {result.seconds:.1f}s"
     )
+    created = result.outcome.details.get("created_roles")
+    if created:
+        print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
     return 0
