@@ -74,6 +74,17 @@ class RestoreError(DrdError):
     exit_code = 7
 
 
+class MissingRoles(RestoreError):
+    """Roles the backup refers to do not exist on the target server; nothing was touched.
+    `roles` maps each to what the backup uses it for (owner, privileges, policy, ...)."""
+
+    exit_code = 13
+
+    def __init__(self, message: str, roles: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.roles = roles
+
+
 class BackupNotFound(DrdError):
     """No (complete) backup matches the request."""
 

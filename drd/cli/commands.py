@@ -256,6 +256,7 @@ async def restore(
     target: str,
     backup_id: str | None,
     region: str | None,
+    create_roles: bool = False,
 ) -> int:
     try:
         ref = SourceRef.parse(what)
@@ -271,12 +272,21 @@ async def restore(
             regions = [r for r in regions if r.name in plan.storage.regions]
         check_region(region, [r.name for r in regions])
         result = await restore_backup(
-            ref, regions, keyring, target, backup_id=backup_id, prefer_region=region
+            ref,
+            regions,
+            keyring,
+            target,
+            backup_id=backup_id,
+            prefer_region=region,
+            options={"create_roles": True} if create_roles else {},
         )
     print(
         f"restored {ref}@{result.backup_id} from region {result.region} into "
         f"{redact_target(result.target)} in {result.seconds:.1f}s"
     )
+    created = result.outcome.details.get("created_roles")
+    if created:
+        print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
     return 0

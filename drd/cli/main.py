@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--to", required=True, metavar="TARGET", help="a DSN or a path; must not exist")
     rs.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
     rs.add_argument("--region", help="read this region first")
+    rs.add_argument(
+        "--create-roles",
+        action="store_true",
+        help="PostgreSQL: create the roles the backup refers to that the target server lacks "
+        "(NOLOGIN, no privileges beyond the backup's); without it a restore that needs them "
+        "stops before changing anything (exit 13)",
+    )
     keys_arg(rs)
     storage_arg(rs)
 
@@ -171,6 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 target=args.to,
                 backup_id=args.backup,
                 region=args.region,
+                create_roles=args.create_roles,
             )
         )
     if args.command == "prune":

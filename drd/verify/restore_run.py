@@ -393,8 +393,9 @@ async def _restore_and_check(
         message += f"; {first.name}: {first.detail or 'failed'}"
         if first.query:
             message += f" [query: {first.query}]"
-        expected = json.dumps(first.expected, default=str)
-        message += f" (expected {expected}, got {json.dumps(first.actual, default=str)})"
+        compared = first.comparison(lambda value: json.dumps(value, default=str))
+        if compared:
+            message += f" ({compared})"
         report.fail("check_failed", message)
 
 
