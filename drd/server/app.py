@@ -44,6 +44,10 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.append(
             "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))
         )
+    state_problem = daemon.state_problem
+    checks["state"] = state_problem or "ok"
+    if state_problem:
+        reasons.append(f"state directory not writable: {state_problem}")
     if reasons:
         return web.json_response(
             {"status": "unready", "reason": "; ".join(reasons), "checks": checks}, status=503
