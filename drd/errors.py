@@ -110,6 +110,13 @@ class RestoreTestFailed(DrdError):
     exit_code = 11
 
 
+class StateError(DrdError):
+    """drd's state directory cannot be written or read (a full disk, a read-only mount,
+    permissions): job history and the local audit trail live there."""
+
+    exit_code = 14
+
+
 class DrillFailed(DrdError):
     """A failover drill ran and failed: a source did not restore or a check did not hold, or
     the achieved RTO or RPO missed the plan's target (the report says why)."""

@@ -30,7 +30,7 @@ from drd.daemon.history import History
 from drd.daemon.lifecycle import cancel_task, drain, run_rounds
 from drd.daemon.schedule import Schedule, next_due, slot_after
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
-from drd.errors import BackupNotFound
+from drd.errors import BackupNotFound, StateError
 from drd.layout import SourceRef
 from drd.locks import LockBusy
 from drd.runtime import Services
@@ -69,9 +69,12 @@ class RestoreTestScheduler:
         *,
         slots: asyncio.Semaphore,
         has_backup: Callable[[SourceRef], bool],
+        on_state_error: Callable[[StateError], None] | None = None,
     ) -> None:
         self.services = services
         self.history = history
+        #: told when the job history cannot be written (the daemon's /readyz and metric)
+        self.on_state_error = on_state_error or (lambda exc: log.error("%s", exc))
         self._slots = slots
         self._wake = asyncio.Event()
         self._has_backup = has_backup
@@ -169,11 +172,30 @@ class RestoreTestScheduler:
             },
         }
 
+    def _finish(
+        self, job_id: int, result: str, *, backup_id: str | None = None, detail: str | None = None
+    ) -> None:
+        try:
+            self.history.finish(job_id, result, backup_id=backup_id, detail=detail)
+        except StateError as exc:
+            self.on_state_error(exc)
+
     async def _job(self, st: SourceTests) -> None:
         labels = (st.ref.plan, st.ref.source)
-        job_id = self.history.start(JOB_KIND, *labels)
         services = self.services
         began = services.clock()
+        try:
+            job_id = self.history.start(JOB_KIND, *labels)
+        except StateError as exc:
+            # The test cannot be recorded, so it does not run: it fails once and waits like any
+            # test that could not run (no retry loop).
+            st.last_error = str(exc)
+            self.on_state_error(exc)
+            services.metrics.restore_tests.labels(*labels, "failure").inc()
+            regular = slot_after(st.schedule(), began, f"{JOB_KIND}:{st.ref}")
+            st.next_due = min(regular, services.clock() + RETRY_AFTER)
+            self._wake.set()
+            return
         retry_at: datetime | None = None
         try:
             async with self._slots:
@@ -188,17 +210,17 @@ class RestoreTestScheduler:
                     metrics=services.metrics,
                 )
         except asyncio.CancelledError:
-            self.history.finish(job_id, "interrupted", detail="cancelled at shutdown")
+            self._finish(job_id, "interrupted", detail="cancelled at shutdown")
             raise
         except (BackupNotFound, LockBusy) as exc:
             # Nothing to test yet, or a `drd restore-test` is testing it right now.
             st.last_error = str(exc)
-            self.history.finish(job_id, "skipped", detail=str(exc))
+            self._finish(job_id, "skipped", detail=str(exc))
             retry_at = services.clock() + RETRY_AFTER
         except Exception as exc:  # never fatal to the daemon; recorded and retried later
             log.exception("restore test of %s could not run", st.ref)
             st.last_error = str(exc) or type(exc).__name__
-            self.history.finish(job_id, "failure", detail=st.last_error)
+            self._finish(job_id, "failure", detail=st.last_error)
             services.metrics.restore_tests.labels(*labels, "failure").inc()
             services.metrics.restore_test_last_status.labels(*labels).set(0)
             retry_at = services.clock() + RETRY_AFTER
@@ -208,7 +230,7 @@ class RestoreTestScheduler:
             st.last, st.last_error, st.last_finished = summaries, None, services.clock()
             if ok and reports[0].measured:
                 st.rto_seconds = reports[0].phases.rto
-            self.history.finish(
+            self._finish(
                 job_id,
                 "success" if ok else "failure",
                 backup_id=reports[0].backup_id,

@@ -37,7 +37,7 @@ from drd.daemon.retention_loop import RetentionLoop
 from drd.daemon.schedule import Schedule, next_due
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
-from drd.errors import DrdError, NotEnoughCopies, SourceError, TransientStorageError
+from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, TransientStorageError
 from drd.jobs import backup_source, plan_regions
 from drd.layout import SourceRef
 from drd.metrics import Metrics
@@ -101,7 +101,12 @@ class Daemon:
             cfg=cfg, regions=self.regions, keyring=keyring, metrics=self.metrics, clock=clock
         )
         self.notifier = notifier or Notifier({})
+        # A state directory that cannot be written stops the start here, with StateError
+        # (exit 14) naming it, before anything else is opened.
         self.history = History(cfg.state_dir / "history.sqlite3")
+        #: why the last write to the state directory failed (None: it did not), for /readyz
+        self.state_problem: str | None = None
+        self.metrics.state_writable.set(1)
         self.sources: dict[SourceRef, SourceState] = {}
         for plan in cfg.plans:
             for source in plan.sources:
@@ -119,7 +124,9 @@ class Daemon:
             on_copies=self._retention_copies_changed,
         )
         # The audit trail (API calls, drills) and failover drills: see drd.daemon.drill_loop.
-        self.audit = AuditLog(cfg.state_dir / "audit.jsonl", self.regions, keyring)
+        self.audit = AuditLog(
+            cfg.state_dir / "audit.jsonl", self.regions, keyring, on_state_error=self.state_failed
+        )
         self.drills = DrillManager(self.services, self.audit)
         # Restore tests run on their own per-plan schedule: see drd.daemon.restore_test_loop.
         self.restore_tests = RestoreTestScheduler(
@@ -127,6 +134,7 @@ class Daemon:
             self.history,
             slots=self._slots,
             has_backup=lambda ref: self.sources[ref].last_capture is not None,
+            on_state_error=self.state_failed,
         )
         self.loops: tuple[Loop, ...] = (self.retention, self.restore_tests, self.drills)
 
@@ -274,10 +282,39 @@ class Daemon:
             self._wake.set()  # the scheduler recomputes when to wake up next
             self.restore_tests.wake()  # the source may have its first backup: testable now
 
+    def state_failed(self, exc: StateError) -> None:
+        """A write to the state directory failed: one line, a metric, /readyz; the job that
+        needed it has failed and backs off like any failed job (no retry loop)."""
+        log.error("%s", exc)
+        self.state_problem = str(exc)
+        self.metrics.state_write_errors.inc()
+        self.metrics.state_writable.set(0)
+
+    def state_ok(self) -> None:
+        if self.state_problem is not None:
+            log.info("state directory: writable again")
+        self.state_problem = None
+        self.metrics.state_writable.set(1)
+
+    def _history_finish(
+        self, job_id: int, result: str, *, backup_id: str | None = None, detail: str | None = None
+    ) -> None:
+        try:
+            self.history.finish(job_id, result, backup_id=backup_id, detail=detail)
+        except StateError as exc:
+            self.state_failed(exc)
+
     async def _run_backup_job(self, st: SourceState) -> None:
         labels = (st.ref.plan, st.ref.source)
-        job_id = self.history.start("backup", *labels)
         began = time.monotonic()
+        try:
+            job_id = self.history.start("backup", *labels)
+        except StateError as exc:
+            # No staging, no history: the backup cannot run. It fails once and backs off.
+            self.state_failed(exc)
+            self._backup_failed(st, f"not started: {exc}", began)
+            return
+        self.state_ok()
         d = self.cfg.daemon
         try:
             async with self._slots:
@@ -285,28 +322,16 @@ class Daemon:
                     self._backup_with_retries(st), d.job_timeout.total_seconds()
                 )
         except asyncio.CancelledError:
-            self.history.finish(job_id, "interrupted", detail="cancelled at shutdown")
+            self._history_finish(job_id, "interrupted", detail="cancelled at shutdown")
             raise
         except Exception as exc:  # every failure is recorded and reported, none is fatal
             detail = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 detail = f"timed out after {d.job_timeout}"
-            log.error(
-                "backup %s failed: %s",
-                st.ref,
-                detail,
-                extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
-            )
-            self.history.finish(job_id, "failure", detail=detail)
-            self.metrics.backups.labels(*labels, "failure").inc()
-            self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
-            st.last_status, st.last_error = "failure", detail
-            st.consecutive_failures += 1
-            st.last_finished = self.clock()
-            st.next_due = self._after_failure(st)
-            self._publish_source(st)
+            self._history_finish(job_id, "failure", detail=detail)
+            self._backup_failed(st, detail, began)
             return
-        self.history.finish(job_id, "success", backup_id=result.backup_id)
+        self._history_finish(job_id, "success", backup_id=result.backup_id)
         self.metrics.backups.labels(*labels, "success").inc()
         self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         self.metrics.backup_last_success.labels(*labels).set(time.time())
@@ -325,6 +350,22 @@ class Daemon:
             rpo=st.plan.targets.rpo,
             seed=str(st.ref),
         )
+        self._publish_source(st)
+
+    def _backup_failed(self, st: SourceState, detail: str, began: float) -> None:
+        labels = (st.ref.plan, st.ref.source)
+        log.error(
+            "backup %s failed: %s",
+            st.ref,
+            detail,
+            extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
+        )
+        self.metrics.backups.labels(*labels, "failure").inc()
+        self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
+        st.last_status, st.last_error = "failure", detail
+        st.consecutive_failures += 1
+        st.last_finished = self.clock()
+        st.next_due = self._after_failure(st)
         self._publish_source(st)
 
     async def _backup_with_retries(self, st: SourceState) -> BackupResult:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from drd.server import connections
+
 if TYPE_CHECKING:
     from drd.daemon.service import Daemon
 
@@ -44,6 +46,10 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.append(
             "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))
         )
+    state_problem = daemon.state_problem
+    checks["state"] = state_problem or "ok"
+    if state_problem:
+        reasons.append(f"state directory not writable: {state_problem}")
     if reasons:
         return web.json_response(
             {"status": "unready", "reason": "; ".join(reasons), "checks": checks}, status=503
@@ -106,9 +112,13 @@ def make_app(daemon: Daemon) -> web.Application:
 
 
 async def start_http(daemon: Daemon, listen: str) -> web.AppRunner:
+    """Serve the app on `listen`, its connections bounded (drd.server.connections): a client
+    holding sockets open can neither stall the probes nor exhaust the process's files."""
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(make_app(daemon), access_log=None)
+    runner = web.AppRunner(
+        make_app(daemon), access_log=None, keepalive_timeout=connections.KEEPALIVE_SECONDS
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+    site = connections.GuardedSite(runner, host.strip("[]") or "127.0.0.1", int(port))
     await site.start()
     return runner

@@ -31,14 +31,14 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from drd import crypto
-from drd.errors import DrdError
+from drd.errors import DrdError, StateError
 from drd.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,11 @@ class AuditLog:
         keyring: crypto.Keyring | None = None,
         *,
         hostname: str | None = None,
+        on_state_error: Callable[[StateError], None] | None = None,
     ) -> None:
         self.path = path
+        #: told when the local file cannot be written (the daemon's /readyz and metric)
+        self.on_state_error = on_state_error or (lambda exc: log.error("%s", exc))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.chain = host_identity(path.parent, hostname)
         self.keyring = keyring
@@ -226,7 +229,14 @@ class AuditLog:
                 **{k: v for k, v in event.items() if k not in ("seq", "prev", "chain")},
             }
             line = encode_record(record)
-            await asyncio.to_thread(self._append, line + b"\n")
+            try:
+                await asyncio.to_thread(self._append, line + b"\n")
+            except OSError as exc:
+                # The request was answered already: its record still goes to the regions (and
+                # `drd audit verify` will say the local file lacks it), and the failure shows.
+                self.on_state_error(
+                    StateError(f"state directory: cannot append to {self.path}: {exc.strerror}")
+                )
             self._seq, self._prev = record["seq"], line_digest(line)
             if self._regions:
                 self._pending.append(json.loads(line))

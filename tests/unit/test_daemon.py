@@ -265,3 +265,67 @@ async def test_serve_starts_every_loop_and_shutdown_closes_them(
     await d.shutdown(1)
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert [t.get_name() for t in others if not t.done()] == []
+
+
+class FullDisk:
+    """A job-history connection on a full disk: every statement fails as sqlite says it."""
+
+    def __init__(self) -> None:
+        self.full = True
+
+    def execute(self, *args: Any) -> Any:
+        import sqlite3
+
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_full_state_dir_fails_the_job_once_and_backs_off(
+    blob_strategy, tmp_path, keyring, caplog: pytest.LogCaptureFixture
+) -> None:
+    regions = {"a": MemoryStorage("a"), "b": MemoryStorage("b")}
+    clock = Clock()
+    d = make_daemon(make_config(tmp_path), keyring, regions, clock)
+    await d.load_state()
+    real_db = d.history._db
+    d.history._db = FullDisk()  # type: ignore[assignment]
+    st = d.sources[SourceRef("p", "s0")]
+    with caplog.at_level("INFO"):
+        assert d.run_once() == [st.ref]
+        await finish(d)
+        # The job failed once and is not due again at once: no tight retry loop.
+        assert d.run_once() == []
+        assert d.run_once() == []
+    assert st.last_status == "failure" and "database or disk is full" in (st.last_error or "")
+    assert st.next_due is not None and st.next_due >= NOW + timedelta(seconds=30)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, [r.getMessage() for r in errors]  # the state line, the job line
+    assert "state directory: cannot record a job in" in errors[0].getMessage()
+    text = generate_latest(d.metrics.registry).decode()
+    assert 'drd_backups_total{plan="p",result="failure",source="s0"} 1.0' in text
+    assert "drd_state_writable 0.0" in text
+    assert "drd_state_write_errors_total 1.0" in text
+    assert d.state_problem and "database or disk is full" in d.state_problem
+    # Space again: the next due job runs, records, and the daemon says so.
+    d.history._db = real_db
+    clock.now = st.next_due
+    assert d.run_once() == [st.ref]
+    await finish(d)
+    assert st.last_status == "success" and d.state_problem is None
+    assert "drd_state_writable 1.0" in generate_latest(d.metrics.registry).decode()
+    await d.shutdown(1)
+
+
+def test_starting_with_an_unwritable_state_dir_is_a_clear_error(
+    blob_strategy: Any, tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    from drd.errors import StateError
+
+    cfg = make_config(tmp_path)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.state_dir / "history.sqlite3").mkdir()  # not a database: cannot be opened
+    with pytest.raises(StateError, match="state directory: cannot open the job history") as e:
+        Daemon(cfg, keyring, {}, metrics=Metrics())
+    assert e.value.exit_code == 14

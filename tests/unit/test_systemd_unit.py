@@ -106,6 +106,7 @@ SANDBOX = {
     "UMask": "0077",
     # No core file of a process that holds the key-encryption key (issue 14).
     "LimitCORE": "0",
+    "LimitNOFILE": "65536",
 }
 
 
