@@ -88,6 +88,28 @@ def read_credential(
     return text
 
 
+def credential_path(name: str, *, what: str, directory: str | None = None) -> str:
+    """The path of systemd credential `name`, for libraries that read a file themselves (the
+    TLS key): checked to be a regular file in $CREDENTIALS_DIRECTORY (a private, unswappable
+    directory systemd makes for this service alone)."""
+    if not name or name in {".", ".."} or "/" in name or "\0" in name or len(name) > 255:
+        raise ConfigError(f"{what}: invalid credential name {name!r}: a plain file name (no '/')")
+    directory = directory or os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            f"{what}: cannot load credential {name!r}: $CREDENTIALS_DIRECTORY is not set (pass "
+            f"it with LoadCredential={name}:... in the systemd unit)"
+        )
+    path = os.path.join(directory, name)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"{what}: credential {name!r} in {directory}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what}: credential {name!r} in {directory} is not a regular file")
+    return path
+
+
 def read_secret(
     source: str,
     name: str | None,

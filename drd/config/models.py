@@ -44,6 +44,7 @@ from drd.restore_tests.spec import CheckSpec, ScratchSpec, default_scratch
 from drd.storage.google_auth import (
     PLAIN_HTTP_REFUSED,
     anonymous_allowed,
+    is_loopback_host,
     plain_http_off_loopback,
     split_endpoint,
 )
@@ -100,9 +101,31 @@ class ApiToken(_Model):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+class ApiTls(_Model):
+    """TLS for the API, from systemd credentials (LoadCredential=/LoadCredentialEncrypted=):
+    the key never sits in the config or beside it."""
+
+    #: the credential holding the PEM certificate chain
+    certificate: NonEmptyStr
+    #: the credential holding the PEM private key
+    key: NonEmptyStr
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        for field_name in ("certificate", "key"):
+            problem = secret_name_problem("credential", getattr(self, field_name))
+            if problem:
+                raise ValueError(f"{field_name}: {problem}")
+        return self
+
+
 class ApiConfig(_Model):
     #: "host:port" ("[::1]:9187" for IPv6); port 0 picks a free port
     listen: str = "127.0.0.1:9187"
+    #: serve HTTPS (else plain HTTP: keep it on loopback or behind a TLS reverse proxy)
+    tls: ApiTls | None = None
+    #: listening off loopback without tokens, or with public_read, must be acknowledged
+    exposed: bool = False
     #: who may call the API; tokens themselves are never in the config, only their hashes
     tokens: list[ApiToken] = Field(default_factory=list)
     #: read-only endpoints (status, drill reports) without a token
@@ -125,6 +148,26 @@ class ApiConfig(_Model):
     def _check_listen(cls, value: str) -> str:
         _split_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _off_loopback(self) -> Self:
+        """Off loopback, anyone who reaches the port can call the API: without tokens it is
+        open to all, with public_read its status and drill reports are. Say so on purpose."""
+        if self.exposed or is_loopback_host(self.host):
+            return self
+        if not self.tokens:
+            raise ValueError(
+                f"listen {self.listen} is off loopback and no token is configured: anyone who "
+                "reaches the port may start backups and drills (add tokens, listen on "
+                "127.0.0.1, or set exposed: true to accept it)"
+            )
+        if self.public_read:
+            raise ValueError(
+                f"listen {self.listen} is off loopback with public_read: status and drill "
+                "reports are readable without a token by anyone who reaches the port (set "
+                "exposed: true to accept it)"
+            )
+        return self
 
     @property
     def host(self) -> str:

@@ -458,14 +458,15 @@ async def _main(
         await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
         await sweep_labelled_instances(cfg)
         await daemon.load_state()
-        runner = await start_http(daemon, cfg.api.listen)
+        runner = await start_http(daemon, cfg.api.listen, cfg.api.tls)
         stack.push_async_callback(runner.cleanup)
         await daemon.probe_regions()
         notifier.ready(f"{len(daemon.sources)} sources in {len(cfg.plans)} plans")
         log.info(
-            "drd running: %d plan(s), %d source(s), API on http://%s",
+            "drd running: %d plan(s), %d source(s), API on %s://%s",
             len(cfg.plans),
             len(daemon.sources),
+            "https" if cfg.api.tls else "http",
             cfg.api.listen,
         )
         await daemon.serve(stop)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from drd.config.models import ApiTls
+from drd.errors import ConfigError
+from drd.secret_source import credential_path
 from drd.server import connections
 
 if TYPE_CHECKING:
@@ -111,14 +115,38 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_http(daemon: Daemon, listen: str) -> web.AppRunner:
-    """Serve the app on `listen`, its connections bounded (drd.server.connections): a client
-    holding sockets open can neither stall the probes nor exhaust the process's files."""
+def tls_context(tls: ApiTls, credentials_dir: str | None = None) -> ssl.SSLContext:
+    """A server context (TLS 1.2 at least) from the certificate and key credentials. Errors
+    name the credential, never its content."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    certificate = credential_path(
+        tls.certificate, what="api.tls.certificate", directory=credentials_dir
+    )
+    key = credential_path(tls.key, what="api.tls.key", directory=credentials_dir)
+    try:
+        context.load_cert_chain(certificate, key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(
+            f"api.tls: credentials {tls.certificate!r} and {tls.key!r} are not a PEM "
+            f"certificate chain and its private key ({reason})"
+        ) from None
+    return context
+
+
+async def start_http(daemon: Daemon, listen: str, tls: ApiTls | None = None) -> web.AppRunner:
+    """Serve the app on `listen` (HTTPS with `tls`), its connections bounded
+    (drd.server.connections): a client holding sockets open can neither stall the probes nor
+    exhaust the process's files."""
+    context = tls_context(tls) if tls is not None else None
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(
         make_app(daemon), access_log=None, keepalive_timeout=connections.KEEPALIVE_SECONDS
     )
     await runner.setup()
-    site = connections.GuardedSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+    site = connections.GuardedSite(
+        runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=context
+    )
     await site.start()
     return runner
