@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import ipaddress
 import socket
 import ssl
 import subprocess
