@@ -12,7 +12,8 @@ import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
 from drd.strategies import mysql as mysql_mod
-from drd.strategies.mysql import MysqlOptions, MysqlStrategy, restored_statistics
+from drd.strategies.mysql import MysqlOptions, MysqlStrategy
+from drd.strategies.mysql_stats import restored_statistics
 from tests.support.mariadb import (
     MariaDbFactory,
     database_exists,
