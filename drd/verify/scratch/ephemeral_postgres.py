@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from drd.errors import RestoreError
+from drd.fsutil import remove_tree
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
 from drd.verify.scratch.teardown import run_to_completion
-from drd.verify.scratch.tempdir import remove_tree
 
 log = logging.getLogger(__name__)
 

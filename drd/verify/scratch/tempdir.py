@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from drd.fsutil import remove_tree
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
 from drd.verify.scratch.teardown import run_to_completion
 
@@ -48,21 +47,3 @@ async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) ->
     if not path.name.startswith(DIR_PREFIX):
         raise ValueError(f"refusing to remove {path}: not a drd scratch directory")
     await asyncio.to_thread(remove_tree, path)
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also copes with directories a restore made read-only."""
-
-    def retry(func: Callable[[str], object], p: str, _exc: object) -> None:
-        for d in (os.path.dirname(p), p):
-            if os.path.isdir(d) and not os.path.islink(d):
-                with contextlib.suppress(OSError):
-                    os.chmod(d, 0o700)
-        func(p)
-
-    if not os.path.lexists(path):
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
