@@ -279,16 +279,6 @@ class LocalStorage(Storage):
             raise self._error(exc, "open_writer", key, path) from exc
         return writer
 
-    async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
-    ) -> ObjectInfo:
-        writer = await self.open_writer(key, metadata)
-        try:
-            await writer.write(data)
-            return await writer.commit()
-        finally:
-            await writer.abort()  # no-op after a successful commit
-
     async def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
