@@ -87,13 +87,15 @@ EXAMPLE_REGISTRY = {
 
 
 @pytest.fixture
-def fake_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(strategies, "registry", lambda: dict(FAKE_REGISTRY))
+def fake_strategies() -> Iterator[None]:
+    with strategies.registered(*FAKE_REGISTRY.values(), only=True):
+        yield
 
 
 @pytest.fixture
-def example_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(strategies, "registry", lambda: dict(EXAMPLE_REGISTRY))
+def example_strategies() -> Iterator[None]:
+    with strategies.registered(*EXAMPLE_REGISTRY.values(), only=True):
+        yield
 
 
 @pytest.fixture
