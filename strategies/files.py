@@ -644,6 +644,12 @@ def _install(staging: Path, path: Path, where: str) -> None:
 class FilesStrategy(Strategy[FilesOptions]):
     kind: ClassVar[str] = "files"
     Options: ClassVar[type[SourceOptions]] = FilesOptions
+    # Restore tests: a tree in a scratch directory (never inside the source's own tree),
+    # checked by file digests and the plan's file checks.
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("tempdir",)
+    check_kinds: ClassVar[tuple[str, ...]] = ("file", "command")
+    restored_as: ClassVar[str | None] = "tree"
+    source_is_tree: ClassVar[bool] = True
 
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None

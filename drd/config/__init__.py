@@ -52,15 +52,9 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from drd.config.yamlsource import Loc, YamlDocument, YamlSourceError, load_yaml
 from drd.durations import format_duration, parse_duration, parse_size
 from drd.errors import ConfigError
-from drd.restore_tests.spec import (
-    CHECKS_FOR_SOURCE,
-    SCRATCH_FOR_SOURCE,
-    CheckSpec,
-    ScratchSpec,
-    default_scratch,
-)
+from drd.restore_tests.spec import CheckSpec, ScratchSpec, default_scratch
 from drd.storage.regions import is_loopback_host
-from drd.strategies import SourceOptions, get_strategy
+from drd.strategies import SourceOptions, get_strategy, registry
 from drd.strategies.base import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -586,7 +580,9 @@ class RestoreTest(_Model):
     #: declarative checks, by source name
     checks: dict[str, list[CheckSpec]] = Field(default_factory=dict)
 
-    def scratch_for(self, source: SourceOptions) -> ScratchSpec:
+    def scratch_for(self, source: SourceOptions) -> ScratchSpec | None:
+        """The plan's scratch for the source (by name, else by kind), else its kind's default
+        (None: its kind has none, the plan must name one)."""
         spec = self.scratch.get(source.name) or self.scratch.get(source.kind)
         return spec or default_scratch(source.kind)
 
@@ -1016,10 +1012,9 @@ def _check_restore_test_sources(
     if restore_test is None:
         return
     by_name = {source.name: source for source in sources}
-    kinds = sorted(SCRATCH_FOR_SOURCE)
     for key, spec in restore_test.scratch.items():
         loc: Loc = ("restore_test", "scratch", key)
-        if key not in by_name and key not in kinds:
+        if key not in by_name and key not in (kinds := _kinds_with_scratch()):
             report.error(
                 loc,
                 f"neither a source of this plan ({', '.join(by_name) or 'none'}) nor a source "
@@ -1033,18 +1028,19 @@ def _check_restore_test_sources(
             )
     for source in sources:
         key = source.name if source.name in restore_test.scratch else source.kind
-        spec = restore_test.scratch_for(source)
         loc = ("restore_test", "scratch", key)
+        strategy = get_strategy(source.kind)
         if key not in restore_test.scratch:
-            if source.kind == "cloudsql":
+            if strategy.default_scratch is None:
+                example = strategy.scratch_example or "{kind: ...}"
                 report.warning(
                     ("restore_test", "scratch"),
-                    f"source {source.name} (kind cloudsql) has no scratch environment: its "
-                    "restore tests fail until one is given ({kind: cloudsql-scratch-project, "
-                    "project: ...})",
+                    f"source {source.name} (kind {source.kind}) has no scratch environment: its "
+                    f"restore tests fail until one is given ({example})",
                 )
             continue  # the default always fits
-        fitting = SCRATCH_FOR_SOURCE.get(source.kind, ())
+        spec = restore_test.scratch[key]
+        fitting = strategy.scratch_kinds
         if spec.kind not in fitting:
             report.error(
                 (*loc, "kind"),
@@ -1069,7 +1065,7 @@ def _check_restore_test_sources(
         seen: dict[str, int] = {}
         for index, check in enumerate(checks):
             loc = ("restore_test", "checks", name, index)
-            fitting = CHECKS_FOR_SOURCE.get(checked.kind, ("command",))
+            fitting = get_strategy(checked.kind).check_kinds
             if check.kind not in fitting:
                 report.error(
                     (*loc, check.kind),
@@ -1082,6 +1078,12 @@ def _check_restore_test_sources(
                     (*loc, "name"), f"duplicate check name {label!r} (also [{seen[label]}])"
                 )
             seen.setdefault(label, index)
+
+
+def _kinds_with_scratch() -> list[str]:
+    """The source kinds a restore_test.scratch entry may be keyed by: those whose strategy
+    names scratch environment kinds."""
+    return sorted(kind for kind, strategy in registry().items() if strategy.scratch_kinds)
 
 
 def _check_source_names(report: _FileReport, raw_sources: Any) -> None:

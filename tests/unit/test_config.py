@@ -47,8 +47,11 @@ class FakePathOptions(SourceOptions):
 
 
 def _fake_strategy(kind_name: str, options: type[SourceOptions]) -> type[Strategy]:
-    class Fake(Strategy):
-        kind = kind_name
+    """A strategy of the real kind `kind_name`, with these options and nothing to dump: it
+    says what the real kind can do (its restore tests' scratch kinds and checks)."""
+    real = strategies.get_strategy(kind_name)
+
+    class Fake(real):  # type: ignore[valid-type,misc]
         Options = options
 
         async def dump(self) -> AsyncIterator[bytes]:

@@ -310,7 +310,7 @@ async def sweep_labelled_instances(cfg: Config) -> list[str]:
             if not isinstance(source, CloudSqlOptions):
                 continue
             spec = plan.restore_test.scratch_for(source)
-            if spec.kind != "cloudsql-scratch-project" or spec.project is None:
+            if spec is None or spec.kind != "cloudsql-scratch-project" or spec.project is None:
                 continue
             try:
                 api = open_api(

@@ -17,6 +17,7 @@ from typing import Any
 from drd.errors import RestoreError
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import ScratchSpec
+from drd.strategies import get_strategy
 
 # libpq keywords a command check gets as PG* variables (drd.verify.scratch never passes the rest).
 _PG_ENV = {
@@ -154,7 +155,7 @@ async def open_scratch(
         from drd.verify.scratch.tempdir import scratch_dir
 
         async with scratch_dir(state_dir, spec.dir, label=label) as directory:
-            restored = directory / ("restored.db" if source_kind == "sqlite" else "restored")
+            restored = directory / get_strategy(source_kind).restored_name
             yield ScratchEnv(
                 kind=spec.kind,
                 target=str(restored),
