@@ -61,7 +61,8 @@ from drd.storage.base import Storage
 from drd.strategies import get_strategy
 from drd.strategies.base import AnyStrategy, SourceOptions
 from drd.verify.restore_report import Category, RestoreTestReport, store_report
-from drd.verify.scratch.environment import ScratchEnv, open_scratch
+from drd.verify.scratch.base import ScratchEnv
+from drd.verify.scratch.environment import open_scratch
 
 log = logging.getLogger(__name__)
 

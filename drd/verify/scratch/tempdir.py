@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from drd.fsutil import remove_tree
+from drd.restore_tests.spec import ScratchSpec
+from drd.strategies import get_strategy
+from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
 from drd.verify.scratch.teardown import run_to_completion
 
@@ -40,6 +43,22 @@ async def scratch_dir(state_dir: Path, parent: Path | None, *, label: str) -> As
             registration.abandon()
         else:
             registration.release()
+
+
+@contextlib.asynccontextmanager
+async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[ScratchEnv]:
+    """The tempdir scratch kind: the copy restored into a scratch directory, under the name its
+    kind's strategy gives it (Strategy.restored_name)."""
+    async with scratch_dir(request.state_dir, spec.dir, label=request.label) as directory:
+        restored = directory / get_strategy(request.source_kind).restored_name
+        yield ScratchEnv(
+            kind=spec.kind,
+            target=str(restored),
+            restore_options={},
+            description=f"scratch directory {directory}",
+            resource=str(directory),
+            path=restored,
+        )
 
 
 async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) -> None:
