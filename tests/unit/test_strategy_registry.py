@@ -80,3 +80,19 @@ def test_register_refuses_a_second_class_for_a_kind() -> None:
         with pytest.raises(TypeError, match="not a Strategy"):
             strategies.register(object)  # type: ignore[arg-type]
     assert "new-kind" not in strategies.kinds()
+
+
+def test_what_each_kind_declares_exists_where_it_is_used() -> None:
+    from drd.restore_tests import runner
+    from drd.restore_tests.spec import CHECK_KINDS, SCRATCH_KINDS
+    from drd.verify.scratch.base import OPENERS
+
+    assert sorted(OPENERS) == sorted(SCRATCH_KINDS)  # every scratch kind can be opened
+    for kind, strategy in strategies.registry().items():
+        assert set(strategy.scratch_kinds) <= set(SCRATCH_KINDS), kind
+        if strategy.scratch_kinds and strategy.default_scratch is not None:
+            assert strategy.default_scratch in strategy.scratch_kinds, kind
+        if strategy.default_scratch is None:
+            assert strategy.scratch_kinds and strategy.scratch_example, kind
+        assert "command" in strategy.check_kinds and set(strategy.check_kinds) <= set(CHECK_KINDS)
+        assert strategy.restored_as is None or strategy.restored_as in runner._BUILTINS, kind
