@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from drd.secret_source import child_environment
 from drd.strategies._secrets import SecretRef
 from drd.strategies._subprocess import redact
 
@@ -83,7 +84,7 @@ def client_env(server: Server | None = None) -> dict[str, str]:
     """This process's environment without the client's own variables (MYSQL_PWD, ...) and
     without the variable holding the server's password."""
     drop = {*_CLIENT_ENV_DROP, *([server.password_env] if server and server.password_env else [])}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return child_environment(drop=drop)
 
 
 class ClientError(Exception):

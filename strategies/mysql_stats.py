@@ -17,9 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drd.errors import RestoreError
-from drd.strategies.mysql_client import Client, ClientError, ident, lit, parse_target
-from drd.strategies.mysql_tools import Tool, find_tool
+from drd.strategies.mysql_client import Client, ClientError, ident, lit
 from drd.strategies.statistics import digest, error_text, result_value
 
 # Table types whose data lives in the table (RENAME TABLE moves them); views are recreated.
@@ -176,24 +174,3 @@ async def capture_queries(
         except (ClientError, ValueError) as exc:
             out[key] = {"error": error_text(exc)}
     return out
-
-
-def _client_for(target: str, tool: Tool) -> tuple[Client, str]:
-    server, dbname = parse_target(target)
-    return Client(server, tool.path), dbname
-
-
-async def restored_statistics(
-    target: str, queries: Mapping[str, str], *, client_bin_dir: str | None = None
-) -> dict[str, Any]:
-    """The restored database's statistics, in the shape of restore_metadata()["statistics"]."""
-    tool = await find_tool("client", client_bin_dir)
-    if tool is None:
-        raise RestoreError("no mariadb/mysql client found")
-    client, dbname = _client_for(target, tool)
-    stats = await collect_statistics(client, dbname)
-    return {
-        "row_counts": stats.row_counts,
-        "schema": stats.schema,
-        "captured": await capture_queries(client, dbname, queries),
-    }
