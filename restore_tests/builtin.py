@@ -37,6 +37,23 @@ def integrity(complete: bool, ciphertext_bytes: int, plaintext_bytes: int) -> Ch
     )
 
 
+def backup_status(status: str, reasons: Sequence[str]) -> CheckResult:
+    """Whether the backup is a faithful image of its source. A degraded backup (something could
+    not be captured consistently) restores, but the report must say what it lacks: a warning,
+    not a failure (restoring it is the best the backup can do)."""
+    name = "backup_status"
+    if status == "ok":
+        return passed(name, name, expected="ok", actual="ok")
+    return failed(
+        name,
+        name,
+        critical=False,
+        expected="ok",
+        actual=status,
+        detail="the backup is " + status + (": " + "; ".join(reasons) if reasons else ""),
+    )
+
+
 def _unavailable(name: str, kind: str, stats: Any) -> CheckResult | None:
     if stats is None:
         return skipped(name, kind, "the backup carries no statistics (taken by an older drd)")
