@@ -361,7 +361,9 @@ async def _restore_and_check(
         phases.fetch += meter.fetch_seconds
         phases.decrypt_decompress = meter.open_seconds
         phases.restore = max(0.0, wall - meter.fetch_seconds - meter.open_seconds)
-    report.restore = outcome.details
+    report.restore = dict(outcome.details)
+    if outcome.warnings:  # what the scratch target could not take (xattrs, device nodes)
+        report.restore["warnings"] = list(outcome.warnings)
     started = time.perf_counter()
     report.checks.append(
         builtin.integrity(meter.complete, meter.ciphertext_bytes, meter.plaintext_bytes)

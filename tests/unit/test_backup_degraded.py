@@ -1,7 +1,8 @@
 """A backup whose strategy says it is not a faithful image of the source ("degraded" in its
 metadata: a file that kept changing while being read, ...) is committed with status
 `degraded` instead of `ok`: in the manifest (readable without the key), in `drd list` (text
-and JSON), in a metric, in the daemon's history, and in the restore test's report."""
+and JSON), in a metric, in the daemon's history, and in the restore test's report. What a
+restore could not put into its target (RestoreOutcome.warnings) reaches the report too."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from drd.metrics import Metrics
 from drd.repository.catalog import build_catalog
 from drd.repository.manifest import ManifestPublic
 from drd.storage.memory import MemoryStorage
+from drd.strategies.base import RestoreOutcome
 from drd.verify.restore_run import choose_backups, run_restore_test
 from tests.support.blob_strategy import BlobOptions, BlobStrategy
 from tests.support.drdenv import DrdEnv
@@ -134,11 +136,8 @@ async def test_the_daemon_counts_degraded_backups(
     await daemon.shutdown(1)
 
 
-async def test_the_restore_test_reports_a_degraded_backup(
-    degraded_blob: type[BlobStrategy], keyring: crypto.Keyring, tmp_path: Path
-) -> None:
-    regions, _ = await back_up(keyring)
-    plan = Plan(
+def make_plan(tmp_path: Path) -> Plan:
+    return Plan(
         name="billing",
         owner="sre@example.com",
         reviewed_on=date(2026, 6, 1),
@@ -149,10 +148,15 @@ async def test_the_restore_test_reports_a_degraded_backup(
         sources=[SOURCE],
         path=tmp_path / "billing.yaml",
     )
+
+
+async def restore_test(
+    regions: dict[str, MemoryStorage], keyring: crypto.Keyring, tmp_path: Path
+) -> Any:
     storages = list(regions.values())
     (candidate,) = await choose_backups(REF, storages, keyring, min_copies=2)
-    report = await run_restore_test(
-        plan,
+    return await run_restore_test(
+        make_plan(tmp_path),
         SOURCE,
         regions,
         keyring,
@@ -160,8 +164,36 @@ async def test_the_restore_test_reports_a_degraded_backup(
         base_dir=tmp_path,
         candidate=candidate,
     )
+
+
+async def test_the_restore_test_reports_a_degraded_backup(
+    degraded_blob: type[BlobStrategy], keyring: crypto.Keyring, tmp_path: Path
+) -> None:
+    regions, _ = await back_up(keyring)
+    report = await restore_test(regions, keyring, tmp_path)
     assert report.passed  # it restores: the warning says what it lacks
     status = next(c for c in report.checks if c.name == "backup_status")
     assert status.failed and not status.critical
     assert status.detail == f"the backup is degraded: {REASON}"
     assert any(line.strip().startswith("WARNING backup_status") for line in report.summary_lines())
+
+
+async def test_the_restore_test_report_carries_the_restore_warnings(
+    blob_strategy: type[BlobStrategy],
+    keyring: crypto.Keyring,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    regions, _ = await back_up(keyring)
+    plain = BlobStrategy.restore.__func__  # type: ignore[attr-defined]
+
+    async def with_warning(cls: Any, chunks: Any, target: str, metadata: Any) -> RestoreOutcome:
+        outcome: RestoreOutcome = await plain(cls, chunks, target, metadata)
+        outcome.warnings.append("2 extended attribute(s) ... could not be restored")
+        return outcome
+
+    monkeypatch.setattr(BlobStrategy, "restore", classmethod(with_warning))
+    report = await restore_test(regions, keyring, tmp_path)
+    assert report.passed
+    assert report.restore["warnings"] == ["2 extended attribute(s) ... could not be restored"]
+    assert "backup_status" not in [c.name for c in report.checks]  # an ok backup
