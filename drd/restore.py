@@ -23,6 +23,7 @@ from drd.layout import DATA_OBJECT, SourceRef
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener
+from drd.secret_source import redact_target
 from drd.storage.base import Storage
 from drd.strategies import get_strategy
 from drd.strategies.base import RestoreOutcome
@@ -217,7 +218,7 @@ async def restore_backup(
             ref,
             entry.backup_id,
             region,
-            target,
+            redact_target(target),
             result.seconds,
         )
         return result

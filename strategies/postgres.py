@@ -61,6 +61,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from drd.errors import RestoreError, SourceError, TargetExists
+from drd.secret_source import child_environment
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
@@ -151,11 +152,9 @@ class _Conn:
         return self.params.get("password")
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for key, value in self.params.items():
-            if key in _ENV_FOR_KEYWORD:
-                env[_ENV_FOR_KEYWORD[key]] = value
-        return env
+        return child_environment(
+            {_ENV_FOR_KEYWORD[k]: v for k, v in self.params.items() if k in _ENV_FOR_KEYWORD}
+        )
 
     def dbname_arg(self, dbname: str | None = None) -> list[str]:
         """`--dbname=<conninfo>` with the database name and the keywords without env var."""

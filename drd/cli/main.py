@@ -12,6 +12,7 @@ from pathlib import Path
 
 from drd import __version__
 from drd.errors import DrdError, UsageError
+from drd.secret_source import protect_process
 
 log = logging.getLogger("drd")
 
@@ -99,12 +100,27 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="print the full report as JSON")
     keys_arg(dr)
 
+    au = command("audit", "the audit trail")
+    au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    av = au_sub.add_parser(
+        "verify",
+        help="check the local trail and its sealed copies in every region against each other",
+        parents=[common],
+    )
+    av.add_argument(
+        "--chain", help="another host's chain (HOSTNAME-ID; default: this host's, from state_dir)"
+    )
+    av.add_argument("--json", action="store_true")
+    keys_arg(av)
+
     run = command("run", "run the daemon")
     keys_arg(run)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any secret is read: no core file, no same-user reader of this process's memory.
+    unprotected = protect_process()
     args = _parser().parse_args(argv)
     from drd.logs import setup_logging
 
@@ -112,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.log_level = args.log_level or os.environ.get("DRD_LOG_LEVEL")
     args.log_format = args.log_format or os.environ.get("DRD_LOG_FORMAT")
     setup_logging(args.log_level or "info", args.log_format or "text")
+    for problem in unprotected:
+        logging.getLogger("drd").warning("process hardening: %s", problem)
     try:
         return _dispatch(args)
     except DrdError as exc:
@@ -180,6 +198,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                 args.keys,
                 lose_region=args.lose_region,
                 as_json=args.json,
+            )
+        )
+    if args.command == "audit":
+        return asyncio.run(
+            commands.audit_verify(
+                _config_path(args, required=True), args.keys, chain=args.chain, as_json=args.json
             )
         )
     if args.command == "run":

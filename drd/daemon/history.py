@@ -87,7 +87,3 @@ class History:
             (kind, plan, source, result, result),
         ).fetchone()
         return JobRecord(*row) if row else None
-
-    def recent(self, limit: int = 50) -> list[JobRecord]:
-        rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [JobRecord(*r) for r in rows]

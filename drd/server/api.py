@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drd import __version__
 from drd.config import ApiConfig
-from drd.server.audit import AuditLog
+from drd.server.audit import AuditLog, bounded_body
 from drd.server.auth import ANONYMOUS, Principal, TokenAuthority
 from drd.strategies.base import NAME_PATTERN
 
@@ -81,41 +81,69 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     principal = request.app[AUTHORITY_KEY].authenticate(request.headers.get("Authorization"))
     if needed is not None:
         if principal is None:
+            why = "a valid bearer token is required"
+            presented = "Authorization" in request.headers
+            await _audit(
+                request, ANONYMOUS, 401, None, why="bad token" if presented else "no token"
+            )
             return web.json_response(
-                {"error": {"code": 401, "message": "a valid bearer token is required"}},
+                {"error": {"code": 401, "message": why}},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="drd"'},
             )
         if not principal.allows(needed):
-            refused = error(403, f"role {principal.role!r} may not do this (needs {needed!r})")
-            await _audit(request, principal, refused.status, None)
-            return refused
+            why = f"role {principal.role!r} may not do this (needs {needed!r})"
+            await _audit(request, principal, 403, None, why=why)
+            return error(403, why)
     request[PRINCIPAL_KEY] = principal or ANONYMOUS
     try:
         response: web.StreamResponse = await handler(request)
     except web.HTTPException as exc:
-        await _audit(request, principal or ANONYMOUS, exc.status, None)
+        # A 400 keeps the body it refused (bounded, secrets redacted); a 413 has none.
+        await _audit(
+            request, principal or ANONYMOUS, exc.status, request.get(BODY_KEY), why=exc.text
+        )
         raise
     await _audit(request, principal or ANONYMOUS, response.status, request.get(BODY_KEY))
     return response
 
 
-async def _audit(request: web.Request, principal: Principal, status: int, body: Any) -> None:
+async def _audit(
+    request: web.Request,
+    principal: Principal,
+    status: int,
+    body: Any,
+    *,
+    why: str | None = None,
+) -> None:
+    """One record for a request that asks to change something, whatever its answer."""
     if request.method not in MUTATING:
         return
-    await request.app[AUDIT_KEY].record(
-        {
-            "event": "api",
-            "token": principal.name,
-            "role": principal.role,
-            "method": request.method,
-            "path": request.path,
-            "request": body,
-            "status": status,
-            "outcome": "ok" if status < 400 else "refused",
-            "remote": request.remote,
-        }
-    )
+    record: dict[str, Any] = {
+        "event": "api",
+        "token": principal.name,
+        "role": principal.role,
+        "method": request.method,
+        "path": request.path,
+        "request": bounded_body(body),
+        "status": status,
+        "outcome": "ok" if status < 400 else "refused",
+        "remote": request.remote,
+    }
+    if status >= 400 and why:
+        record["why"] = _error_message(why)[:500]
+    await request.app[AUDIT_KEY].record(record)
+
+
+def _error_message(text: str) -> str:
+    """The message of a JSON error body, or the text itself."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return str(parsed["error"].get("message", text))
+    return text
 
 
 async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
@@ -238,7 +266,7 @@ async def start_drill(request: web.Request) -> web.Response:
                 "lose_region", f"losing {body.lose_region!r} leaves plan {plan.name} no region"
             )
     try:
-        run = await daemon.drills.start(plan.name, body.lose_region, _requested_by(request))
+        run = await daemon.drills.start_drill(plan.name, body.lose_region, _requested_by(request))
     except DrillBusy as exc:
         return error(409, str(exc), drill_id=exc.drill_id)
     drill_id = run.report.drill_id

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from drd import crypto
-from drd.backup import Clock, utcnow
+from drd.clock import Clock, utcnow
 from drd.config import Config, Plan
 from drd.config.guard import refusal
 from drd.durations import format_duration

@@ -239,3 +239,28 @@ async def test_shutdown_cancels_a_job_past_the_grace_period(
     await d.shutdown(0.1)
     assert await regions["b"].list() == [] and await faulty.inner.list() == []
     assert d.run_once() == []  # no scheduling after shutdown
+
+
+async def test_serve_starts_every_loop_and_shutdown_closes_them(
+    blob_strategy, tmp_path, keyring
+) -> None:
+    """Serving starts the loops (drd.daemon.lifecycle): retention sweeps at once, and the first
+    backup wakes the restore-test loop, which tests the source right away (not at its next idle
+    look a minute later). Shutdown closes every loop: no task of the daemon is left."""
+    regions = {"a": MemoryStorage("a"), "b": MemoryStorage("b")}
+    d = make_daemon(make_config(tmp_path), keyring, regions, Clock())
+    await d.load_state()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(d.serve(stop))
+    tests = d.restore_tests.sources[SourceRef("p", "s0")]
+    async with asyncio.timeout(20):
+        while tests.last_finished is None and tests.last_error is None:
+            await asyncio.sleep(0.01)
+    assert d.sources[SourceRef("p", "s0")].last_status == "success"
+    assert tests.last_error is None and [r["result"] for r in tests.last] == ["passed"]
+    assert list(d.retention.sweeps) == ["p"]
+    stop.set()
+    await asyncio.wait_for(serving, 5)
+    await d.shutdown(1)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert [t.get_name() for t in others if not t.done()] == []

@@ -594,7 +594,8 @@ async def test_readyz_reports_a_region_that_cannot_destroy_in_time(daemon_setup)
     from drd.server.app import make_app
 
     daemon = daemon_setup[0]
-    daemon.regions["as1"] = daemon.retention.regions["as1"] = SoftDeleting("as1", 30 * D)
+    daemon.regions["as1"] = SoftDeleting("as1", 30 * D)  # the mapping the loops share
+    assert daemon.retention.services.regions["as1"] is daemon.regions["as1"]
     await daemon.retention.run_once()
     assert list(daemon.retention.problems()) == ["as1"]
 

@@ -104,6 +104,8 @@ SANDBOX = {
     "RestrictSUIDSGID": "yes",
     "SystemCallArchitectures": "native",
     "UMask": "0077",
+    # No core file of a process that holds the key-encryption key (issue 14).
+    "LimitCORE": "0",
 }
 
 
