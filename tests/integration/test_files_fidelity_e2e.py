@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,36 @@ def test_a_real_estate_round_trips_and_a_changing_file_degrades_the_backup(
     newest = env.backup_id_of(again, "app/files")
     (row,) = [r for r in env.ok("list", "app").stdout.splitlines() if newest in r]
     assert "DEGRADED" not in row
+
+
+@pytest.fixture
+def no_xattr_fs(tmp_path: Path) -> Iterator[Path]:
+    """A ramfs mount: a filesystem without any xattr support."""
+    if not ROOT:
+        pytest.skip("mounting ramfs needs root")
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mnt)], check=False).returncode:
+        pytest.skip("cannot mount ramfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_drd_restore_says_what_the_target_could_not_take(
+    env: DrdEnv, tmp_path: Path, no_xattr_fs: Path
+) -> None:
+    env.ok("backup", "app/files", timeout=300)
+    done = env.ok("restore", "app/files", "--to", str(no_xattr_fs / "restored"), timeout=300)
+    assert "warning: not everything could be restored: " in done.stderr
+    (counted,) = [
+        line
+        for line in done.stderr.splitlines()
+        if line.startswith("warning: not everything") and "attribute(s) (xattrs" in line
+    ]
+    source = full_state(tmp_path / "estate")
+    archived = sum(len(v[6]) for k, v in source.items() if k != ".")
+    assert f"{archived} extended attribute(s)" in counted  # ramfs takes none of them
+    assert "file.txt: extended attribute(s) not restored: " in done.stderr  # per entry
+    assert (no_xattr_fs / "restored" / "app" / "a.txt").read_text() == "a"
