@@ -105,6 +105,7 @@ _CHANNEL_CHUNKS = 4
 _NS = 10**9
 _ENCODING = "utf-8"
 _READ_AHEAD = 1 << 20
+_ZEROS = memoryview(bytes(_READ_AHEAD))
 #: while a re-read may follow, how often a file being read is checked for changes
 _CHECK_EVERY = 8 << 20
 _REREAD_PAUSE = 0.05
@@ -458,7 +459,7 @@ class _FileReader:
             self.sha256.update(out)
             return out
         # The file ended before its size (or reading stopped): zeros keep the stream valid.
-        zeros = bytes(min(want, _READ_AHEAD))
+        zeros = _ZEROS[: min(want, len(_ZEROS))]
         if not self.changed:
             self.padding += len(zeros)
             self.sha256.update(zeros)
