@@ -17,6 +17,7 @@ from drd.errors import ConfigError, DrdError, UsageError
 from drd.jobs import backup_source
 from drd.layout import SourceRef, check_name
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
+from drd.repository.manifest import STATUS_OK
 from drd.restore import restore_backup
 from drd.runtime import keyring_for, open_regions
 from drd.secret_source import redact_target
@@ -92,12 +93,14 @@ async def backup(config_path: Path | None, what: str, keys: str | None) -> int:
                 continue
             missing = "; ".join(f"{c.region}: {c.error}" for c in result.missing)
             print(
-                f"ok {ref}@{result.backup_id}: "
+                f"{result.status} {ref}@{result.backup_id}: "
                 f"{result.manifest.body.plaintext_size} bytes -> "
                 f"{result.manifest.body.ciphertext_size} stored in "
                 f"{','.join(result.committed_regions)}"
                 + (f" (MISSING COPIES: {missing})" if missing else "")
             )
+            for reason in result.degraded:
+                print(f"warning: {ref}@{result.backup_id} is DEGRADED: {reason}", file=sys.stderr)
     if failed:
         return last_error.exit_code if failed == len(sources) else EXIT_FAILED
     return 0
@@ -141,6 +144,8 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
         "started_at": entry.public.started_at,
         "completed_at": entry.public.completed_at,
         "key_id": entry.public.key_id,
+        "status": entry.public.status,
+        "degraded": body.degraded if body else None,
         "verified": entry.verified,
         "problem": str(entry.verify_error) if entry.verify_error else None,
         "damaged_copies": entry.copy_problems(),
@@ -170,6 +175,10 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
     for e in catalog.entries:
         body = e.manifest.body if e.manifest else None
         status = "" if e.verified else f"  UNVERIFIED: {e.verify_error}"
+        if e.public.status != STATUS_OK:
+            status += f"  {e.public.status.upper()}"
+            if body and body.degraded:
+                status += ": " + "; ".join(body.degraded)
         damaged = e.copy_problems()
         if damaged:
             status += "  DAMAGED: " + "; ".join(f"{r}: {p}" for r, p in damaged.items())
@@ -289,6 +298,8 @@ async def restore(
         print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
+    for line in result.outcome.warnings:
+        print(f"warning: not everything could be restored: {line}", file=sys.stderr)
     return 0
 
 
