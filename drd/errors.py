@@ -92,6 +92,39 @@ class UsageError(DrdError):
     exit_code = 2
 
 
+class CloudSqlError(DrdError):
+    """The Cloud SQL Admin API refused a request (4xx), or gave up after retries (the HTTP
+    status, when there was one, is in `code`)."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OperationFailed(CloudSqlError):
+    """A Cloud SQL operation ended DONE with an error, or did not finish before its deadline."""
+
+
+class LockBusy(DrdError):
+    """A backup (or a restore test) of this source is already running: another task or
+    process holds its lock (drd.locks)."""
+
+    exit_code = 10
+
+
+class DrillBusy(DrdError):
+    """A drill of this plan is already running (`drill_id` names it; empty when drd is
+    shutting down and starts none). 409 at the API."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, drill_id: str) -> None:
+        super().__init__(message)
+        self.drill_id = drill_id
+
+
 class RestoreTestFailed(DrdError):
     """A restore test ran and failed: the backup could not be fetched, authenticated or
     restored, a check did not hold, or the test timed out (the report says which)."""

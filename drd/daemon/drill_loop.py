@@ -25,7 +25,7 @@ from typing import Any
 from drd import crypto
 from drd.backup import Clock, utcnow
 from drd.config import Config, Plan
-from drd.errors import DrdError
+from drd.errors import DrdError, DrillBusy
 from drd.metrics import Metrics
 from drd.server.audit import AuditLog
 from drd.storage.base import Storage
@@ -45,16 +45,6 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT_SECONDS = 30.0
 #: finished drills kept in memory (older ones are read back from storage)
 KEEP_FINISHED = 50
-
-
-class DrillBusy(DrdError):
-    """A drill of this plan is already running."""
-
-    exit_code = 10
-
-    def __init__(self, message: str, drill_id: str) -> None:
-        super().__init__(message)
-        self.drill_id = drill_id
 
 
 @dataclass

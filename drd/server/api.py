@@ -218,7 +218,7 @@ async def start_restore_tests(request: web.Request) -> web.Response:
 
 async def start_drill(request: web.Request) -> web.Response:
     """POST /api/v1/drills {plan, lose_region?}: start a failover drill (coordinator)."""
-    from drd.daemon.drill_loop import DrillBusy
+    from drd.errors import DrillBusy
 
     body = await read_body(request, DrillRequest)
     daemon = _daemon(request)

@@ -59,9 +59,8 @@ from typing import Any, Literal
 from drd import __version__, crypto
 from drd.backup import Clock, utcnow
 from drd.config import Plan
-from drd.errors import BackupNotFound, DrdError, IntegrityError, UsageError
+from drd.errors import BackupNotFound, DrdError, IntegrityError, LockBusy, UsageError
 from drd.layout import SourceRef, new_backup_id
-from drd.locks import LockBusy
 from drd.metrics import Metrics
 from drd.storage.base import Storage
 from drd.strategies.base import SourceOptions
