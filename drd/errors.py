@@ -7,9 +7,26 @@ Messages must never contain key material, tokens or passwords.
 
 from __future__ import annotations
 
+#: The exit codes that are not an error's: success, and interrupted (Ctrl-C; 128 + SIGINT).
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
 
 class DrdError(Exception):
     """Base class: an expected failure with a clear message for the operator."""
+
+    exit_code = 1
+
+
+class PartialFailure(DrdError):
+    """Some, not all, of the sources a command worked on failed (each one was reported)."""
+
+    exit_code = 1
+
+
+class DoctorFailed(DrdError):
+    """`drd doctor` found a region that cannot destroy backups within max_age, or could not
+    check one (its report says which)."""
 
     exit_code = 1
 

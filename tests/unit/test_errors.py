@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from pathlib import Path
+
+import pytest
 
 import drd
 from drd import errors
@@ -44,3 +48,31 @@ def test_moved_errors_are_still_importable_where_they_were() -> None:
     assert LockBusy is errors.LockBusy and LockBusy.exit_code == 10
     assert errors.DrillBusy.exit_code == 10
     assert CloudSqlError is errors.CloudSqlError and OperationFailed is errors.OperationFailed
+
+
+def test_the_readme_lists_every_exit_code() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    listed = {int(m) for m in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    codes = {cls.exit_code for cls in every_drd_error()}
+    assert listed == codes | {errors.EXIT_OK, errors.EXIT_INTERRUPTED}
+
+
+def test_the_cli_exits_with_the_code_of_what_a_command_returned_or_raised(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from drd.cli import commands
+    from drd.cli.main import main
+
+    outcomes: list[commands.Outcome] = [None, errors.PartialFailure, errors.RestoreTestFailed]
+    for outcome in outcomes:
+        monkeypatch.setattr(commands, "keygen", lambda *, quiet, o=outcome: o)
+        assert main(["keygen"]) == (0 if outcome is None else outcome.exit_code)
+    assert capsys.readouterr().err == ""  # a returned failure was reported by the command
+
+    def refuse(*, quiet: bool) -> commands.Outcome:
+        raise errors.LockBusy("p/s: a backup is already running")
+
+    monkeypatch.setattr(commands, "keygen", refuse)
+    assert main(["keygen"]) == 10
+    assert capsys.readouterr().err == "drd: error: p/s: a backup is already running\n"
