@@ -12,29 +12,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drd import __version__
-from drd.config import ApiConfig
-from drd.server.audit import AuditLog
+from drd.errors import DrillBusy
 from drd.server.auth import ANONYMOUS, Principal, TokenAuthority
+from drd.server.keys import (
+    API_CONFIG_KEY,
+    AUDIT_KEY,
+    AUTHORITY_KEY,
+    BODY_KEY,
+    DAEMON_KEY,
+    PRINCIPAL_KEY,
+)
+from drd.server.ports import DaemonControl
 from drd.strategies.base import NAME_PATTERN
 
-if TYPE_CHECKING:
-    from drd.daemon.service import Daemon
-
 log = logging.getLogger(__name__)
-
-MAX_BODY = 64 * 1024  # larger bodies get 413 before a handler sees them
-
-AUTHORITY_KEY: web.AppKey[TokenAuthority] = web.AppKey("authority")
-AUDIT_KEY: web.AppKey[AuditLog] = web.AppKey("audit")
-API_CONFIG_KEY: web.AppKey[ApiConfig] = web.AppKey("api_config")
-PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-BODY_KEY: web.RequestKey[object] = web.RequestKey("body", object)
 
 # route name -> permission: None (public), "read", "metrics", or a role name
 ROUTE_PERMISSIONS: dict[str, str | None] = {
@@ -150,9 +147,7 @@ class BackupRequest(BaseModel):
     source: str | None = Field(default=None, pattern=NAME_PATTERN)
 
 
-def _daemon(request: web.Request) -> Daemon:
-    from drd.server.app import DAEMON_KEY
-
+def _daemon(request: web.Request) -> DaemonControl:
     return request.app[DAEMON_KEY]
 
 
@@ -218,8 +213,6 @@ async def start_restore_tests(request: web.Request) -> web.Response:
 
 async def start_drill(request: web.Request) -> web.Response:
     """POST /api/v1/drills {plan, lose_region?}: start a failover drill (coordinator)."""
-    from drd.errors import DrillBusy
-
     body = await read_body(request, DrillRequest)
     daemon = _daemon(request)
     plans = {p.name: p for p in daemon.cfg.plans}
@@ -544,7 +537,7 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def install(app: web.Application, daemon: Daemon) -> None:
+def install(app: web.Application, daemon: DaemonControl) -> None:
     """Add authentication, audit and the API routes to the daemon's application."""
     app[API_CONFIG_KEY] = daemon.cfg.api
     app[AUTHORITY_KEY] = TokenAuthority(daemon.cfg.api.tokens)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-if TYPE_CHECKING:
-    from drd.daemon.service import Daemon
-
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+from drd.server import api
+from drd.server.keys import DAEMON_KEY, MAX_BODY
+from drd.server.ports import DaemonControl
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -92,10 +91,8 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({"now": now.isoformat(), "plans": plans})
 
 
-def make_app(daemon: Daemon) -> web.Application:
-    from drd.server import api
-
-    app = web.Application(client_max_size=api.MAX_BODY)
+def make_app(daemon: DaemonControl) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
     app[DAEMON_KEY] = daemon
     app.router.add_get("/metrics", metrics, name="metrics")
     app.router.add_get("/healthz", healthz, name="healthz")
@@ -105,7 +102,7 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_http(daemon: Daemon, listen: str) -> web.AppRunner:
+async def start_http(daemon: DaemonControl, listen: str) -> web.AppRunner:
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(make_app(daemon), access_log=None)
     await runner.setup()
