@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from drd import __version__, crypto
+from drd.clock import Clock, utcnow
 from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
 from drd.repository.fanout import FanOut
@@ -28,16 +28,10 @@ from drd.strategies.base import AnyStrategy
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
 # zstd level 1, not 3: on pg_dump output it compresses about twice as fast (~460 vs ~230 MiB/s
 # on one core of the benchmark machine) for ~1% more bytes (ratio 4.08 vs 4.14), and the dump's
 # compression is the largest CPU cost of a backup (see bench/README.md).
 ZSTD_LEVEL = 1
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

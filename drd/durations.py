@@ -136,12 +136,3 @@ def parse_size(value: str | int) -> int:
             "(use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB)"
         )
     return int(number) * multiplier
-
-
-def format_size(value: int) -> str:
-    """A byte count in the largest IEC unit that divides it: 16777216 -> "16MiB"."""
-    for unit in ("TiB", "GiB", "MiB", "KiB"):
-        size = _SIZE_UNITS[unit.lower()]
-        if value and value % size == 0:
-            return f"{value // size}{unit}"
-    return f"{value}B"

@@ -91,6 +91,17 @@ class RestoreError(DrdError):
     exit_code = 7
 
 
+class MissingRoles(RestoreError):
+    """Roles the backup refers to do not exist on the target server; nothing was touched.
+    `roles` maps each to what the backup uses it for (owner, privileges, policy, ...)."""
+
+    exit_code = 13
+
+    def __init__(self, message: str, roles: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.roles = roles
+
+
 class BackupNotFound(DrdError):
     """No (complete) backup matches the request."""
 
@@ -147,6 +158,13 @@ class RestoreTestFailed(DrdError):
     restored, a check did not hold, or the test timed out (the report says which)."""
 
     exit_code = 11
+
+
+class StateError(DrdError):
+    """drd's state directory cannot be written or read (a full disk, a read-only mount,
+    permissions): job history and the local audit trail live there."""
+
+    exit_code = 14
 
 
 class DrillFailed(DrdError):

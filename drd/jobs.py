@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from drd import crypto
-from drd.backup import BackupResult, Clock, run_backup, utcnow
-from drd.config import Plan
+from drd.backup import BackupResult, run_backup
+from drd.clock import Clock, utcnow
+from drd.config.models import Plan
 from drd.errors import ConfigError
 from drd.layout import SourceRef
 from drd.locks import source_lock

@@ -2,8 +2,11 @@
 held only in memory; drd never reads keys from an arbitrary file path and never writes them.
 
 Three sources:
-- `env`: an environment variable (default DRD_KEYS). The variable is removed from the process
-  environment once read, so that child processes (pg_dump, ...) do not inherit the keys.
+- `env`: an environment variable (default DRD_KEYS), for development and one-off commands. The
+  variable is removed from the process environment once read, so that child processes
+  (pg_dump, ...) do not inherit the keys, and overwritten in the environment block the kernel
+  shows as /proc/<pid>/environ. The parent that set it (a shell, a unit's Environment=) still
+  holds it: production daemons use `credential`.
 - `credential`: a systemd credential, `$CREDENTIALS_DIRECTORY/<name>` (LoadCredential=,
   LoadCredentialEncrypted=, SetCredential=): the preferred way for the daemon.
 - `stdin`: key strings piped on standard input (one-off restores from a password manager).
@@ -21,7 +24,7 @@ from typing import TextIO
 
 from drd.crypto import Key, Keyring, generate_key  # Key, generate_key: re-exported
 from drd.errors import KeyringError
-from drd.secret_source import read_credential
+from drd.secret_source import read_credential, scrub_environment_block
 
 __all__ = [
     "DEFAULT_CREDENTIAL",
@@ -67,6 +70,8 @@ def load_keyring_from_env(
         del environ[var]
         if environ is os.environ:
             _scrubbed.add(var)
+            # os.environ forgets it; the kernel's copy of the block (/proc/<pid>/environ) not.
+            scrub_environment_block([var])
     origin = f"environment variable {var}"
     if len(value) > MAX_KEYRING_TEXT:
         raise KeyringError(f"{origin} is longer than {MAX_KEYRING_TEXT} characters")

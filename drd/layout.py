@@ -72,13 +72,3 @@ class SourceRef:
 
     def __str__(self) -> str:
         return f"{self.plan}/{self.source}"
-
-
-def split_backup_key(ref: SourceRef, key: str) -> tuple[str, str] | None:
-    """`plan/source/<id>/<rest>` -> (id, rest), or None for keys that are not ours."""
-    if not key.startswith(ref.prefix):
-        return None
-    backup_id, sep, rest = key[len(ref.prefix) :].partition("/")
-    if not sep or not is_backup_id(backup_id):
-        return None
-    return backup_id, rest

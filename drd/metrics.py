@@ -212,6 +212,16 @@ class Metrics:
         self.region_up = Gauge(
             "drd_region_up", "1 if the region answered the last probe", ("region",), registry=r
         )
+        self.state_writable = Gauge(
+            "drd_state_writable",
+            "1 if the last write to the state directory (job history, audit trail) succeeded",
+            registry=r,
+        )
+        self.state_write_errors = Counter(
+            "drd_state_write_errors",
+            "Writes to the state directory that failed (each failed the job that needed it)",
+            registry=r,
+        )
         self.plan_review_age = Gauge(
             "drd_plan_review_age_seconds",
             "Seconds since the plan's reviewed_on date",

@@ -10,19 +10,21 @@ and hands it over only when the whole stream authenticated.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from drd import crypto
 from drd.backup import close_stream
-from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError
+from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError, UsageError
 from drd.layout import DATA_OBJECT, SourceRef
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener
+from drd.secret_source import redact_target
 from drd.storage.base import Storage
 from drd.strategies import get_strategy
 from drd.strategies.base import RestoreOutcome
@@ -184,11 +186,23 @@ async def restore_backup(
     *,
     backup_id: str | None = None,
     prefer_region: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> RestoreResult:
+    """Restore the backup (`backup_id`, default the newest complete one) into `target`.
+    `options` are keyword arguments of the kind's restore() (PostgreSQL: create_roles=True);
+    UsageError, before any data is read, if that kind's restore does not take one of them."""
     entry = await find_backup(ref, regions, keyring, backup_id)
     by_name = {r.name: r for r in regions}
     order = sorted(entry.complete_regions, key=lambda name: name != prefer_region)
     strategy = get_strategy(entry.public.kind)
+    options = dict(options or {})
+    accepted = inspect.signature(strategy.restore).parameters
+    unknown = sorted(name for name in options if name not in accepted)
+    if unknown:
+        raise UsageError(
+            f"a {entry.public.kind} backup's restore takes no option "
+            f"{', '.join('--' + name.replace('_', '-') for name in unknown)}"
+        )
     skipped: dict[str, str] = {}
     first_error: DrdError | None = None
     for region in order:
@@ -202,7 +216,7 @@ async def restore_backup(
             )
             metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
             outcome = await strategy.restore(
-                stream_plaintext(storage, ref, manifest, keyring), target, metadata
+                stream_plaintext(storage, ref, manifest, keyring), target, metadata, **options
             )
         except (IntegrityError, StorageError) as exc:
             log.error("restore %s@%s from %s failed: %s", ref, entry.backup_id, region, exc)
@@ -217,7 +231,7 @@ async def restore_backup(
             ref,
             entry.backup_id,
             region,
-            target,
+            redact_target(target),
             result.seconds,
         )
         return result

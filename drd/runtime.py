@@ -1,23 +1,50 @@
-"""Assembling what commands and the daemon run with: the keyring and the wrapped regions.
+"""Assembling what commands and the daemon run with: the keyring, the wrapped regions, and the
+daemon loops' `Services`.
 
-This is the one place where storage wrappers are composed (retries, then metrics), so every
-region behaves the same whichever command opened it.
+This is the one place where storage wrappers are composed, so every region behaves the same
+whichever command opened it. There is one wrapper, for metrics (drd.storage.instrumented).
+Retries are not a wrapper: the GCS backend retries its own transient failures within its
+`retry_deadline`, and the daemon retries a backup job that failed transiently, whole
+(drd.daemon.service); commands do not retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from drd import crypto
-from drd.config import Config
+from drd.clock import Clock, utcnow
+from drd.config.models import Config
 from drd.errors import UsageError
 from drd.keys import load_keyring
 from drd.metrics import Metrics
 from drd.storage.base import Storage
 from drd.storage.instrumented import ObservedStorage
 from drd.storage.regions import RegionSpec, open_region, parse_storage_arg
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    """What the daemon's loops run with, assembled once (drd.daemon.service): the config, the
+    opened regions by name, the keyring, the metrics and the clock."""
+
+    cfg: Config
+    regions: Mapping[str, Storage]
+    keyring: crypto.Keyring
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Clock = utcnow
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cfg.state_dir
+
+    @property
+    def base_dir(self) -> Path:
+        """The config file's directory, where restore-test commands run."""
+        return self.cfg.path.parent
 
 
 def keyring_for(cfg: Config | None, keys: str | None) -> crypto.Keyring:

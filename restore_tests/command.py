@@ -19,17 +19,16 @@ from pathlib import Path
 
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import CheckSpec
+from drd.secret_source import child_environment
 
 _OUTPUT_TAIL = 2000
 
 
 def command_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DRD_", "PG")) and k != "DATABASE_URL"
-    }
-    return {**base, **extra}
+    """The check's environment: drd's own without secrets, DRD_* and the source's connection
+    (PG*, DATABASE_URL), plus where the restored copy is."""
+    inherited = [k for k in os.environ if k.startswith("PG") or k == "DATABASE_URL"]
+    return child_environment(extra, drop=inherited)
 
 
 async def _drain(stream: asyncio.StreamReader, tail: bytearray) -> None:

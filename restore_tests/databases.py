@@ -4,6 +4,10 @@ Each query gets a connection of its own: a query that times out or breaks its se
 take the next check down with it. SQLite files are opened read-only; a query that runs past its
 check's timeout is interrupted (sqlite3's interrupt()), since its worker thread cannot be
 cancelled.
+
+drd's own sessions on a restored PostgreSQL copy run with `jit=off` (`check_dsn`): under the
+shipped unit's MemoryDenyWriteExecute a JIT-compiled query fails in any server drd started, and a
+check must judge the copy, not the server's JIT.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from typing import Any
 ROW_LIMIT = 1001
 
 
+def check_dsn(dsn: str) -> str:
+    """`dsn` with `-c jit=off` added to its options (those it has are kept, and come first)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    params["options"] = f"{params.get('options', '')} -c jit=off".strip()
+    return make_conninfo("", **params)
+
+
 async def pg_rows(dsn: str, query: str, limit: int = ROW_LIMIT) -> list[tuple[Any, ...]]:
     import psycopg
 
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as db:
+    async with await psycopg.AsyncConnection.connect(check_dsn(dsn), autocommit=True) as db:
         cur = await db.execute(query)
         if cur.description is None:
             return []

@@ -8,6 +8,7 @@ the one-line explanation an operator reads first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,10 +63,20 @@ class CheckResult:
         if self.detail:
             text += f": {self.detail}"
         if self.failed:
-            text += f" (expected {_short(self.expected)}, got {_short(self.actual)})"
+            compared = self.comparison(_short)
+            if compared:
+                text += f" ({compared})"
             if self.query:
                 text += f" [query: {self.query}]"
         return text
+
+    def comparison(self, show: Callable[[Any], str]) -> str:
+        """`expected X, got Y`, each side shown by `show`; "" when the check has neither (it
+        failed before it had anything to compare: the copy could not be read, the query broke),
+        whose detail says why, never "expected null, got null"."""
+        if self.expected is None and self.actual is None:
+            return ""
+        return f"expected {show(self.expected)}, got {show(self.actual)}"
 
 
 def passed(name: str, kind: str, **fields: Any) -> CheckResult:

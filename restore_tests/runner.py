@@ -19,6 +19,7 @@ from typing import Any
 
 from drd.restore_tests import builtin
 from drd.restore_tests.command import command_check
+from drd.restore_tests.databases import check_dsn
 from drd.restore_tests.declarative import (
     Restored,
     file_check,
@@ -68,7 +69,9 @@ async def _postgres_builtins(t: CheckTarget) -> list[CheckResult]:
     import psycopg
 
     try:
-        async with await psycopg.AsyncConnection.connect(str(t.target), autocommit=True) as db:
+        async with await psycopg.AsyncConnection.connect(
+            check_dsn(str(t.target)), autocommit=True
+        ) as db:
             counts = await postgres_stats.row_counts(db)
             fingerprint = await postgres_stats.schema_fingerprint(db)
     except psycopg.Error as exc:

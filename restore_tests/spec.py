@@ -35,18 +35,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drd.durations import parse_duration, parse_size
+from drd.fields import PositiveDuration, Size
+from drd.fields import rule as _rule
 
 SCRATCH_KINDS = ("ephemeral-postgres", "postgres-server", "tempdir", "cloudsql-scratch-project")
 #: which scratch kinds can hold which source kinds
@@ -65,23 +57,6 @@ CHECKS_FOR_SOURCE: dict[str, tuple[str, ...]] = {
 CHECK_KINDS = ("sql", "freshness", "file", "command")
 
 
-def _rule(field_path: str, message: str) -> PydanticCustomError:
-    """An error about one field of the model (drd.config reports it at that field's line)."""
-    return PydanticCustomError("drd_rule", message, {"drd_field": field_path})
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0s")
-    return value
-
-
-def _to_size(value: Any) -> int:
-    return parse_size(value)
-
-
-PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
-Size = Annotated[int, BeforeValidator(_to_size)]
 Argv = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 _CHECK_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

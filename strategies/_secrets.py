@@ -8,15 +8,12 @@ memory only, and never logged.
 
 from __future__ import annotations
 
-import re
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from drd.fields import secret_name_problem
 from drd.secret_source import read_secret
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,254}")
 
 
 class SecretRef(BaseModel):
@@ -29,10 +26,9 @@ class SecretRef(BaseModel):
 
     @model_validator(mode="after")
     def _check_name(self) -> Self:
-        pattern = _ENV_NAME if self.source == "env" else _CREDENTIAL_NAME
-        if not pattern.fullmatch(self.name):
-            what = "an environment variable" if self.source == "env" else "a credential"
-            raise ValueError(f"name: not {what} name")
+        problem = secret_name_problem(self.source, self.name)
+        if problem is not None:
+            raise ValueError(f"name: {problem}")
         return self
 
     def read(self, what: str) -> str:

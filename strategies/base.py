@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+from drd.fields import NAME_PATTERN
 
 
 class SourceOptions(BaseModel):

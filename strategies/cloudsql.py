@@ -21,9 +21,9 @@ are polled (operations.get) with backoff from `poll_initial` to `poll_max` until
 `operation_timeout`; one that ends with `error` fails with its messages; one that does not
 finish in time is cancelled (operations.cancel, best effort) and fails.
 
-Credentials are explicit (drd.strategies._google): a service-account JSON from an environment
-variable or a systemd credential, or anonymous for a loopback endpoint (the local fake API in
-tests). Never ambient discovery.
+Credentials are explicit (drd.storage.google_auth): a service-account JSON from an
+environment variable or a systemd credential, or anonymous for a loopback endpoint (the local
+fake API in tests). Never ambient discovery.
 
 Restore target: `cloudsql://PROJECT/INSTANCE/DATABASE?endpoint=URL&credentials=SRC&staging=
 gs://BUCKET/PREFIX&staging_endpoint=URL&staging_credentials=SRC` (SRC: env:VAR,
@@ -60,12 +60,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from drd.errors import CloudSqlError as CloudSqlError  # defined with every error; named here too
 from drd.errors import ConfigError, RestoreError, SourceError, TargetExists
 from drd.errors import OperationFailed as OperationFailed
-from drd.strategies._google import (
+from drd.storage.google_auth import (
     CLOUD_PLATFORM_SCOPES,
     STORAGE_SCOPES,
     GoogleCredentials,
     build_credentials,
     check_endpoint,
+    is_loopback_url,
 )
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
@@ -177,8 +178,6 @@ class SqlAdmin:
         import google_auth_httplib2  # type: ignore[import-untyped]
         import httplib2  # type: ignore[import-untyped]
         from googleapiclient import discovery
-
-        from drd.storage.regions import is_loopback_url
 
         local = endpoint is not None and is_loopback_url(endpoint)
         http = httplib2.Http(

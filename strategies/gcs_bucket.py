@@ -59,7 +59,7 @@ from pydantic import Field, field_validator
 
 from drd.digests import Crc32c
 from drd.errors import ConfigError, DrdError, RestoreError, SourceError, TargetExists
-from drd.strategies._google import (
+from drd.storage.google_auth import (
     STORAGE_SCOPES,
     GoogleCredentials,
     build_credentials,
@@ -597,38 +597,3 @@ async def _delete_all(bucket: _Bucket, names: list[str], where: str) -> None:
             await _call(delete, name)
         except Exception as exc:
             log.error("%s: could not delete %s again: %s", where, name, _describe(exc))
-
-
-async def restored_statistics(target: str) -> dict[str, Any]:
-    """The object list of a restored prefix, read back from GCS, in the shape of
-    restore_metadata()["statistics"] (for restore tests; compare with file_digests.compare)."""
-    bucket, prefix, _ = open_target(target)
-    digests = DigestList(FILE_LIST_LIMIT)
-    total = 0
-    try:
-        pages = await _call(bucket.pages, prefix)
-        while (page := await _call(_next_page, pages)) is not None:
-            for blob in page:
-                data_sha = hashlib.sha256()
-                position, size = 0, int(blob.size or 0)
-                while position < size:
-                    stop = min(position + (8 << 20), size)
-                    data = await _call(
-                        blob.download_as_bytes,
-                        start=position,
-                        end=stop - 1,
-                        raw_download=True,
-                        checksum=None,
-                        timeout=bucket.timeout,
-                        retry=bucket.retry,
-                    )
-                    data_sha.update(data)
-                    position = stop
-                digests.add(
-                    str(blob.name)[len(prefix) :],
-                    object_digest(data_sha.hexdigest(), _properties(blob)),
-                )
-                total += size
-    finally:
-        await _call(bucket.close)
-    return {"objects": digests.as_json(), "bytes": total}

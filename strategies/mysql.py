@@ -73,6 +73,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pydantic import Field
 
 from drd.errors import ConfigError, RestoreError, SourceError, TargetExists
+from drd.secret_source import child_environment
 from drd.strategies._secrets import SecretRef
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
@@ -164,7 +165,7 @@ def client_env(server: Server | None = None) -> dict[str, str]:
     """This process's environment without the client's own variables (MYSQL_PWD, ...) and
     without the variable holding the server's password."""
     drop = {*_CLIENT_ENV_DROP, *([server.password_env] if server and server.password_env else [])}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return child_environment(drop=drop)
 
 
 @dataclass(frozen=True)
@@ -1055,24 +1056,3 @@ async def capture_queries(
         except (ClientError, ValueError) as exc:
             out[key] = {"error": error_text(exc)}
     return out
-
-
-def _client_for(target: str, tool: Tool) -> tuple[Client, str]:
-    server, dbname = parse_target(target)
-    return Client(server, tool), dbname
-
-
-async def restored_statistics(
-    target: str, queries: Mapping[str, str], *, client_bin_dir: str | None = None
-) -> dict[str, Any]:
-    """The restored database's statistics, in the shape of restore_metadata()["statistics"]."""
-    tool = await find_tool("client", client_bin_dir)
-    if tool is None:
-        raise RestoreError("no mariadb/mysql client found")
-    client, dbname = _client_for(target, tool)
-    stats = await collect_statistics(client, dbname)
-    return {
-        "row_counts": stats.row_counts,
-        "schema": stats.schema,
-        "captured": await capture_queries(client, dbname, queries),
-    }

@@ -17,16 +17,20 @@ stdin, then renamed to the target only once pg_restore succeeded and the chunk s
 cleanly. Any failure (a tool error, an IntegrityError from the stream, cancellation) kills
 pg_restore and drops the staging database WITH (FORCE); the target never exists half-restored.
 
-Ownership and privileges (`owners=`):
-- "keep": restore owners and GRANTs as dumped. Right for a DR restore into the same cluster, or
-  into one where the roles were recreated first (roles are cluster objects; pg_dump of one
-  database does not contain them). Fails when a role is missing.
-- "drop": `--no-owner --no-privileges`: everything is owned by the restoring user, no GRANTs.
-  Right for a scratch server used to verify the data.
-- "auto" (default): the dump records every role its objects refer to (pg_shdepend: owners,
-  ACL grantees, policy roles); when all of them exist on the target server ownership is kept,
-  otherwise it is dropped, with a warning and `details["owners"] == "dropped"` and the missing
-  roles in `details["missing_roles"]`.
+Roles, ownership and privileges (`owners=`, `create_roles=`). Roles are cluster objects: a
+dump of one database names them (object owners, GRANT grantees, row-level-security policies,
+user mappings, default privileges, the database's owner and ACL, `ALTER ROLE ... IN DATABASE`
+settings) but does not contain them. The dump records every role it references, with what for,
+in the metadata (`roles`, `role_uses`, read from pg_shdepend and pg_db_role_setting right after
+the dump). Before anything is created on the target, restore() checks that those roles
+exist there; the ones that do not are either created (`create_roles=True`, `drd restore
+--create-roles`: `CREATE ROLE ... NOLOGIN`, no other attribute, no privilege beyond what the dump
+grants) or the restore stops with MissingRoles, listing them.
+- "keep" (default): owners and privileges as dumped, the database's owner and ACL included.
+- "drop": `--no-owner --no-privileges`: everything belongs to the restoring user, no GRANTs, and
+  the database's owner, ACL and per-role settings are not applied (they are listed in
+  `details["skipped"]`). Policies and user mappings still name their roles (pg_restore cannot
+  leave them out), so those roles must exist even then.
 
 Restore speed (`toast_compression=`): a restore's time is the server's single backend loading
 the data, and for wide text a large part of that is compressing TOAST values again (pglz). By
@@ -38,10 +42,19 @@ same; only their on-disk compression differs from a pglz source. Columns with an
 DSN's `options` wins. "server" leaves the server's default alone. `details["toast_compression"]`
 says which applied.
 
-Database-level properties that pg_dump keeps for `--create` (owner, comment, `ALTER DATABASE ...
-SET` settings) are recorded in the metadata at dump time and reapplied to the staging database
-(the owner only when ownership is kept). Per-role-per-database settings and the database ACL are
-not (they belong to pg_dumpall's territory).
+Database-level properties: pg_dump writes what `--create` restores about the database (its
+owner, comment, security labels, ACL, connection limit, template flag, `ALTER DATABASE ... SET`
+and `ALTER ROLE ... IN DATABASE ... SET`) into the archive's TOC, which pg_restore without
+`--create` skips. drd reads those entries from the stream it feeds pg_restore
+(drd.strategies.postgres_toc) and, once pg_restore succeeded, runs pg_dump's own statements in a
+session connected to the staging database (as `--create` output runs them connected to the new
+database, so a value naming an object of that database, e.g. `default_text_search_config =
+app.cfg`, is accepted), the database's name changed to the staging one. They run after the data
+is in, in one session opened before them, so a setting such as `default_transaction_read_only`
+cannot get in the way of the load or of the statements after it. If any of them fails, the
+restore fails (RestoreError naming each failed statement by what it sets, never by its value)
+and the staging database is dropped: a restore that exits 0 has every property the dump had.
+What pg_dump itself does not carry is listed in the README.
 """
 
 from __future__ import annotations
@@ -60,9 +73,19 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from drd.errors import RestoreError, SourceError, TargetExists
+from drd.errors import MissingRoles, RestoreError, SourceError, TargetExists
+from drd.secret_source import child_environment
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.postgres_toc import (
+    DatabaseEntries,
+    TocError,
+    TocWatcher,
+    describe,
+    quote_ident,
+    retarget,
+    split_statements,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +133,7 @@ _ENV_FOR_KEYWORD = {
 # Secret keywords without an environment variable: refused rather than put in argv.
 _SECRET_KEYWORDS = frozenset({"sslpassword"})
 
-Owners = Literal["auto", "keep", "drop"]
+Owners = Literal["keep", "drop"]
 ToastCompression = Literal["lz4", "server"]
 _TOAST_SETTING = "default_toast_compression"
 
@@ -151,11 +174,9 @@ class _Conn:
         return self.params.get("password")
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for key, value in self.params.items():
-            if key in _ENV_FOR_KEYWORD:
-                env[_ENV_FOR_KEYWORD[key]] = value
-        return env
+        return child_environment(
+            {_ENV_FOR_KEYWORD[k]: v for k, v in self.params.items() if k in _ENV_FOR_KEYWORD}
+        )
 
     def dbname_arg(self, dbname: str | None = None) -> list[str]:
         """`--dbname=<conninfo>` with the database name and the keywords without env var."""
@@ -281,17 +302,43 @@ FROM pg_database d
 WHERE d.datname = current_database()
 """
 
-# Every role an object of this database refers to (owner, ACL grantee, policy), plus the
-# bootstrap superuser (pinned: owns built-in objects without pg_shdepend rows).
+# Every role the dump refers to, with what for: owners, ACL grantees and policy roles of this
+# database's objects (pg_shdepend rows of this database), user mappings and default privileges
+# (by their catalog), the database's own owner and ACL (shared pg_shdepend rows of its
+# pg_database entry), per-role settings in this database, and the bootstrap superuser (pinned:
+# it owns objects without pg_shdepend rows).
 _ROLES_SQL = """
-SELECT rolname FROM pg_roles
-WHERE oid IN (SELECT refobjid FROM pg_shdepend
-              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND refclassid = 'pg_authid'::regclass)
-   OR oid = 10
-   OR oid = (SELECT datdba FROM pg_database WHERE datname = current_database())
+WITH db AS (SELECT oid, datdba FROM pg_catalog.pg_database WHERE datname = current_database()),
+uses AS (
+    SELECT d.refobjid AS role,
+           CASE
+               WHEN d.classid = 'pg_catalog.pg_database'::regclass AND d.deptype = 'o'
+                   THEN 'database owner'
+               WHEN d.classid = 'pg_catalog.pg_database'::regclass THEN 'database privileges'
+               WHEN d.classid = 'pg_catalog.pg_user_mapping'::regclass THEN 'user mapping'
+               WHEN d.classid = 'pg_catalog.pg_default_acl'::regclass THEN 'default privileges'
+               WHEN d.deptype = 'r' THEN 'policy'
+               WHEN d.deptype = 'o' THEN 'owner'
+               ELSE 'privileges'
+           END AS use
+    FROM pg_catalog.pg_shdepend d, db
+    WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass
+      AND (d.dbid = db.oid
+           OR (d.dbid = 0 AND d.classid = 'pg_catalog.pg_database'::regclass
+               AND d.objid = db.oid))
+    UNION SELECT datdba, 'database owner' FROM db
+    UNION SELECT s.setrole, 'per-database settings'
+          FROM pg_catalog.pg_db_role_setting s, db
+          WHERE s.setdatabase = db.oid AND s.setrole <> 0
+    UNION SELECT 10, 'bootstrap superuser'
+)
+SELECT r.rolname, array_agg(DISTINCT u.use ORDER BY u.use)
+FROM uses u JOIN pg_catalog.pg_roles r ON r.oid = u.role
+GROUP BY r.rolname
 ORDER BY 1
 """
+#: the uses of a role that pg_restore needs it for even with --no-owner --no-privileges
+_UNDROPPABLE_USES = frozenset({"policy", "user mapping"})
 
 _SETTINGS_SQL = """
 SELECT unnest(s.setconfig)
@@ -322,7 +369,7 @@ async def _source_facts(dsn: str) -> dict[str, Any]:
             )
             locale["icu_locale"] = loc[1]
         cur = await conn.execute(_ROLES_SQL)
-        roles = [r[0] for r in await cur.fetchall()]
+        role_uses = {str(name): [str(u) for u in uses] for name, uses in await cur.fetchall()}
         cur = await conn.execute(_SETTINGS_SQL)
         settings = [r[0] for r in await cur.fetchall()]
     return {
@@ -333,7 +380,8 @@ async def _source_facts(dsn: str) -> dict[str, Any]:
         "database_owner": owner,
         "database_comment": comment,
         "database_settings": settings,
-        "roles": roles,
+        "roles": sorted(role_uses),
+        "role_uses": role_uses,
     }
 
 
@@ -482,13 +530,15 @@ class PostgresStrategy(Strategy[PostgresOptions]):
         target: str,
         metadata: Mapping[str, Any],
         *,
-        owners: Owners = "auto",
+        owners: Owners = "keep",
+        create_roles: bool = False,
         pg_bin_dir: str | None = None,
         toast_compression: ToastCompression = "lz4",
     ) -> RestoreOutcome:
         """Restore into the database `target` (a DSN) names, which must not exist yet.
 
-        `owners` chooses how ownership and privileges are restored (module docstring);
+        `owners` chooses how ownership and privileges are restored and `create_roles` what
+        happens to roles the backup refers to that the target server lacks (module docstring);
         `pg_bin_dir` forces a pg_restore, by default the newest one on this machine is used;
         `toast_compression` (module docstring) trades a pglz-identical layout for speed.
         """
@@ -523,26 +573,33 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 f"{tool.path} is {tool.version}: pg_restore {dump_major} or newer is needed"
             )
 
+        keep_owners = owners == "keep"
         maintenance = conn.with_dbname(MAINTENANCE_DB)
         staging_created = False
         counted = CountingStream(chunks)
+        watched = TocWatcher(counted)
+        created: list[str] = []
         try:
             async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
                 if await _database_exists(db, dbname):
                     raise TargetExists(f"{where}: the database already exists")
-                missing = await _missing_roles(db, metadata.get("roles") or [])
+                needed = needed_roles(metadata, keep_owners=keep_owners)
+                missing = await _missing_roles(db, list(needed))
+                if missing and not create_roles:
+                    raise MissingRoles(
+                        f"{where}: {_roles_text(missing, needed)} "
+                        f"{'does' if len(missing) == 1 else 'do'} not exist on the target "
+                        "server; nothing was changed. Create them there first, or restore with "
+                        "--create-roles (drd then creates them NOLOGIN, without privileges "
+                        "beyond what the backup grants)",
+                        {r: needed[r] for r in missing},
+                    )
+                if missing:
+                    created = await _create_roles(db, missing, where)
                 staging_created = True
                 locale_note = await _create_staging(db, staging, metadata)
                 env, toast = await _restore_session(db, conn, toast_compression)
 
-            keep_owners = owners == "keep" or (owners == "auto" and not missing)
-            if not keep_owners and owners == "auto":
-                log.warning(
-                    "%s: roles %s do not exist on the target server: restoring without owners "
-                    "and privileges (objects will belong to the restoring user)",
-                    where,
-                    ", ".join(missing),
-                )
             argv = [
                 tool.path,
                 "--format=custom",
@@ -552,11 +609,12 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 *([] if keep_owners else ["--no-owner", "--no-privileges"]),
                 *dbname_arg,
             ]
-            warnings = await feed_stdin(argv, env, counted)
+            warnings = await feed_stdin(argv, env, watched)
             if warnings:
                 log.info("%s: pg_restore said: %s", where, redact(warnings, secret))
-            tables = await _finish_staging(
-                conn, maintenance, staging, metadata, keep_owners=keep_owners
+            entries = watched.scanner.finish()
+            tables, applied, skipped = await _finish_staging(
+                conn, staging, entries, keep_owners=keep_owners, where=where, secret=secret
             )
             await _promote(maintenance, staging, dbname, where)
         except BaseException as exc:
@@ -571,6 +629,17 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                         staging,
                         redact(str(drop_exc), secret),
                     )
+            if created:
+                log.warning(
+                    "%s: the restore failed; the roles it created stay: %s",
+                    where,
+                    ", ".join(created),
+                )
+            if isinstance(exc, TocError):
+                raise RestoreError(
+                    f"{where}: cannot read the archive's table of contents, where pg_dump keeps "
+                    f"the database's own properties (ACL, settings, owner): {exc}"
+                ) from None
             if isinstance(exc, ToolError | psycopg.Error):
                 raise RestoreError(f"{where}: {redact(str(exc), secret)}") from None
             raise
@@ -582,11 +651,61 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 "bytes": counted.bytes,
                 "owners": "kept" if keep_owners else "dropped",
                 "missing_roles": missing,
+                "created_roles": created,
+                "database_properties": applied,
+                "skipped": skipped,
                 "pg_restore_version": tool.version,
                 "locale": locale_note,
                 "toast_compression": toast,
             },
         )
+
+
+def needed_roles(metadata: Mapping[str, Any], *, keep_owners: bool) -> dict[str, list[str]]:
+    """The roles a restore of this backup needs on the target, with what for. With owners and
+    privileges dropped only policy and user-mapping roles are needed; a backup of an older drd
+    (no `role_uses`) needs all its `roles` when they are kept, none otherwise."""
+    uses = metadata.get("role_uses")
+    if isinstance(uses, Mapping):
+        return {
+            str(role): [str(u) for u in used]
+            for role, used in uses.items()
+            if keep_owners or _UNDROPPABLE_USES.intersection(used)
+        }
+    if not keep_owners:
+        return {}
+    return {str(role): [] for role in metadata.get("roles") or []}
+
+
+def _roles_text(missing: list[str], needed: Mapping[str, list[str]]) -> str:
+    def one(role: str) -> str:
+        uses = needed.get(role) or []
+        return f"{role} ({', '.join(uses)})" if uses else role
+
+    noun = "role" if len(missing) == 1 else "roles"
+    return f"{noun} {', '.join(one(r) for r in missing)}"
+
+
+async def _create_roles(db: Any, roles: list[str], where: str) -> list[str]:
+    """CREATE ROLE ... NOLOGIN for each, in one transaction (all or none)."""
+    import psycopg
+    from psycopg import sql
+
+    reserved = [r for r in roles if r.startswith("pg_")]
+    if reserved:
+        raise RestoreError(
+            f"{where}: roles {', '.join(reserved)} do not exist on the target server and cannot "
+            "be created (pg_ names are reserved for the server's predefined roles: restore into "
+            "a server of the backup's major version or newer)"
+        )
+    try:
+        async with db.transaction():
+            for role in roles:
+                await db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    except psycopg.Error as exc:
+        raise RestoreError(f"{where}: cannot create the missing roles: {exc}") from None
+    log.warning("%s: created the missing roles (NOLOGIN): %s", where, ", ".join(roles))
+    return list(roles)
 
 
 async def _restore_session(
@@ -655,52 +774,114 @@ async def _create_staging(db: Any, staging: str, metadata: Mapping[str, Any]) ->
 
 async def _finish_staging(
     conn: _Conn,
-    maintenance: str,
     staging: str,
-    metadata: Mapping[str, Any],
+    entries: DatabaseEntries,
     *,
     keep_owners: bool,
-) -> int:
-    """Reapply database-level properties; return the number of tables restored."""
+    where: str,
+    secret: list[str | None],
+) -> tuple[int, list[str], list[str]]:
+    """Count the tables restored and apply the database-level entries of the archive, in one
+    session connected to the staging database (module docstring). Returns (tables, what was
+    applied, what was left out on purpose); RestoreError naming every statement that failed."""
     import psycopg
     from psycopg import sql
 
-    ident = sql.Identifier(staging)
-    async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as db:
-        owner = metadata.get("database_owner")
-        if keep_owners and owner:
-            await db.execute(
-                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, sql.Identifier(owner))
-            )
-        comment = metadata.get("database_comment")
-        if comment:
-            await db.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(comment))
-            )
-        for setting in metadata.get("database_settings") or []:
-            name, _, value = str(setting).partition("=")
-            try:
-                # set_config parses the value exactly as the server stored it (lists with
-                # quoted elements included); FROM CURRENT then stores it on the database.
-                async with db.transaction():
-                    await db.execute("SELECT set_config(%s, %s, true)", (name, value))
-                    await db.execute(
-                        sql.SQL("ALTER DATABASE {} SET {} FROM CURRENT").format(
-                            ident, sql.Identifier(name)
-                        )
-                    )
-            except psycopg.Error as exc:
-                log.warning("could not reapply the database setting %s: %s", name, exc)
+    from drd.strategies.statistics import error_text
+
+    steps, skipped = database_statements(entries, staging, keep_owners=keep_owners)
+    applied: list[str] = []
+    failed: list[str] = []
     async with await psycopg.AsyncConnection.connect(
         conn.with_dbname(staging), autocommit=True
     ) as db:
+        await db.execute("SET jit = off")
         cur = await db.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
             "'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'"
         )
         row = await cur.fetchone()
-    return int(row[0]) if row else 0
+        if steps:
+            # pg_dump wrote the statements for the archive's encoding and string syntax.
+            if entries.encoding:
+                await db.execute(
+                    sql.SQL("SET client_encoding TO {}").format(sql.Literal(entries.encoding))
+                )
+            std = "on" if entries.std_strings else "off"
+            await db.execute(f"SET standard_conforming_strings TO {std}")
+        for label, statement in steps:
+            try:
+                await db.execute(statement)
+            except psycopg.Error as exc:
+                failed.append(f"{label}: {redact(error_text(exc), secret)}")
+            else:
+                applied.append(label)
+    if failed:
+        raise RestoreError(
+            f"{where}: {len(failed)} of the database's own properties recorded by pg_dump could "
+            f"not be applied, so the restore was not completed: {'; '.join(failed)}"
+        )
+    return (int(row[0]) if row else 0), applied, skipped
+
+
+def database_statements(
+    entries: DatabaseEntries, staging: str, *, keep_owners: bool
+) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The statements restoring the database's own properties into `staging`, in pg_restore
+    --create's order (owner, comment, security labels, properties, then the ACL), each with what
+    it sets; and what `keep_owners=False` leaves out."""
+    codec = _codec(entries.encoding)
+    try:
+        target = staging.encode(codec)
+    except UnicodeError:
+        target = staging.encode()
+    std = entries.std_strings
+    steps: list[tuple[str, bytes]] = []
+    skipped: list[str] = []
+    if entries.owner:
+        owner = entries.owner.decode(codec, "replace")
+        if keep_owners:
+            statement = b"ALTER DATABASE " + quote_ident(target) + b" OWNER TO "
+            steps.append(
+                (f"ALTER DATABASE OWNER TO {owner}", statement + quote_ident(entries.owner))
+            )
+        else:
+            skipped.append(f"ALTER DATABASE OWNER TO {owner}")
+    groups = [entries.comments, entries.security_labels, entries.properties]
+    for group in groups:
+        for defn in group:
+            for statement in split_statements(defn, std_strings=std):
+                label = describe(statement, std_strings=std)
+                if not keep_owners and label.startswith("ALTER ROLE "):
+                    skipped.append(label)
+                    continue
+                steps.append((label, retarget(statement, entries.name, target, std_strings=std)))
+    for defn in entries.acl:
+        for statement in split_statements(defn, std_strings=std):
+            label = describe(statement, std_strings=std)
+            if keep_owners:
+                steps.append((label, retarget(statement, entries.name, target, std_strings=std)))
+            else:
+                skipped.append(label)
+    return steps, skipped
+
+
+def _codec(encoding: str) -> str:
+    """Python's codec for a PostgreSQL encoding name (UTF8, LATIN1, ...); utf-8 if unknown."""
+    import codecs
+
+    import psycopg
+    from psycopg._encodings import pg2pyenc
+
+    if not encoding:
+        return "utf-8"
+    try:
+        codec = pg2pyenc(encoding.encode())
+        codecs.lookup(codec)
+    except (LookupError, psycopg.Error):
+        return "utf-8"
+    return codec
 
 
 async def _promote(maintenance: str, staging: str, target: str, where: str) -> None:

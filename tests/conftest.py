@@ -35,4 +35,8 @@ def _scrub_environment(
     monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
     monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
     monkeypatch.setenv("NO_GCE_CHECK", "True")
+    # Secrets a test read from the environment are not kept for the next test.
+    from drd import secret_source
+
+    secret_source._taken.clear()
     yield

@@ -15,13 +15,15 @@ from typing import Any
 
 from drd import crypto
 from drd.cli.output import print_json
-from drd.config import Config, Plan, load_config
-from drd.config import validate as validate_config
+from drd.config.loader import load_config
+from drd.config.loader import validate as validate_config
+from drd.config.models import Config, Plan
 from drd.errors import (
     ConfigError,
     DoctorFailed,
     DrdError,
     DrillFailed,
+    IntegrityError,
     PartialFailure,
     RestoreTestFailed,
     StorageError,
@@ -32,6 +34,7 @@ from drd.layout import SourceRef, check_name
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
 from drd.restore import restore_backup
 from drd.runtime import keyring_for, open_regions
+from drd.secret_source import redact_target
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import latest_summaries
 
@@ -127,6 +130,17 @@ def find_plan(cfg: Config, name: str) -> Plan:
     except (KeyError, ValueError):
         known = ", ".join(p.name for p in cfg.plans) or "none"
         raise UsageError(f"unknown plan {name!r} in {cfg.path} (plans: {known})") from None
+
+
+def check_region(
+    region: str | None, names: Sequence[str], plan: str | None = None, option: str = "--region"
+) -> None:
+    """`--region` must name one of the regions the command reads (a typo would otherwise be
+    silently ignored, and the restore read from wherever)."""
+    if region is not None and region not in names:
+        whose = f"plan {plan} has" if plan else "there is"
+        known = ", ".join(sorted(names)) or "none"
+        raise UsageError(f"{option}: {whose} no region {region!r} (regions: {known})")
 
 
 def find_source(plan: Plan, name: str) -> SourceOptions:
@@ -230,9 +244,16 @@ async def list_backups(
     prefix = ""
     if what:
         plan, _, source = what.partition("/")
-        prefix = f"{check_name('plan', plan)}/" + (
-            f"{check_name('source', source)}/" if source else ""
-        )
+        if cfg is not None and not storage_args:
+            found = find_plan(cfg, plan)
+            if source:
+                find_source(found, source)
+        try:
+            prefix = f"{check_name('plan', plan)}/" + (
+                f"{check_name('source', source)}/" if source else ""
+            )
+        except ValueError as exc:
+            raise UsageError(f"{what!r}: {exc} (expected PLAN or PLAN/SOURCE)") from None
     try:
         keyring: crypto.Keyring | None = keyring_for(cfg, keys)
     except DrdError as exc:
@@ -256,6 +277,7 @@ async def restore(
     target: str,
     backup_id: str | None,
     region: str | None,
+    create_roles: bool = False,
 ) -> Outcome:
     try:
         ref = SourceRef.parse(what)
@@ -267,14 +289,25 @@ async def restore(
         regions = await open_regions(stack, cfg, storage_args)
         if cfg is not None and not storage_args:
             plan = find_plan(cfg, ref.plan)
+            find_source(plan, ref.source)
             regions = [r for r in regions if r.name in plan.storage.regions]
+        check_region(region, [r.name for r in regions])
         result = await restore_backup(
-            ref, regions, keyring, target, backup_id=backup_id, prefer_region=region
+            ref,
+            regions,
+            keyring,
+            target,
+            backup_id=backup_id,
+            prefer_region=region,
+            options={"create_roles": True} if create_roles else {},
         )
     print(
-        f"restored {ref}@{result.backup_id} from region {result.region} into {result.target} "
-        f"in {result.seconds:.1f}s"
+        f"restored {ref}@{result.backup_id} from region {result.region} into "
+        f"{redact_target(result.target)} in {result.seconds:.1f}s"
     )
+    created = result.outcome.details.get("created_roles")
+    if created:
+        print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
     return None
@@ -282,7 +315,7 @@ async def restore(
 
 async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> Outcome:
     """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
-    from drd.backup import utcnow
+    from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
@@ -342,8 +375,7 @@ async def restore_test(
     plan_name, _, source_name = what.partition("/")
     plan = find_plan(cfg, plan_name)
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
-    if region is not None and region not in plan.storage.regions:
-        raise UsageError(f"plan {plan.name} has no region {region!r}")
+    check_region(region, plan.storage.regions, plan.name)
     keyring = keyring_for(cfg, keys)
     # What a killed test left behind (its owner is dead) goes first.
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
@@ -398,8 +430,7 @@ async def drill(
     assert config_path is not None
     cfg = load_config(config_path)
     plan = find_plan(cfg, plan_name)
-    if lose_region is not None and lose_region not in plan.storage.regions:
-        raise UsageError(f"plan {plan.name} has no region {lose_region!r}")
+    check_region(lose_region, plan.storage.regions, plan.name, "--lose-region")
     keyring = keyring_for(cfg, keys)
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
     report = new_report(
@@ -425,8 +456,38 @@ async def drill(
             )
         finally:
             await audit_drill(audit, report, "finish")
+            await audit.close(grace=30.0)  # a one-shot process: ship before exiting
     if as_json:
         print_json(report.as_json())
     else:
         print(render_markdown(report))
     return None if report.passed else DrillFailed
+
+
+async def audit_verify(
+    config_path: Path | None, keys: str | None, *, chain: str | None, as_json: bool
+) -> Outcome:
+    """`drd audit verify`: any gap, edit, reorder or truncation of the trail, in the local file
+    or in any region's sealed copies, is reported; exit 5 (integrity) if there is one."""
+    from drd.server.audit import verify_trail
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    keyring = keyring_for(cfg, keys)
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        report = await verify_trail(cfg.state_dir / "audit.jsonl", regions, keyring, chain)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        counts = ", ".join(f"{n}: {c}" for n, c in sorted(report.region_records.items()))
+        print(
+            f"audit trail {report.chain}: {report.local_records} local record(s); "
+            f"in the regions: {counts or 'none'}"
+        )
+        for finding in report.findings:
+            print(f"BROKEN: {finding}")
+        for note in report.notes:
+            print(f"note: {note}")
+        print("ok: the trail is intact" if report.ok else f"{len(report.findings)} finding(s)")
+    return None if report.ok else IntegrityError

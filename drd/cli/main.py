@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from drd import __version__
 from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError
+from drd.secret_source import protect_process
 
 if TYPE_CHECKING:
     from drd.cli.commands import Outcome
@@ -78,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--to", required=True, metavar="TARGET", help="a DSN or a path; must not exist")
     rs.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
     rs.add_argument("--region", help="read this region first")
+    rs.add_argument(
+        "--create-roles",
+        action="store_true",
+        help="PostgreSQL: create the roles the backup refers to that the target server lacks "
+        "(NOLOGIN, no privileges beyond the backup's); without it a restore that needs them "
+        "stops before changing anything (exit 13)",
+    )
     keys_arg(rs)
     storage_arg(rs)
 
@@ -102,12 +110,27 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="print the full report as JSON")
     keys_arg(dr)
 
+    au = command("audit", "the audit trail")
+    au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    av = au_sub.add_parser(
+        "verify",
+        help="check the local trail and its sealed copies in every region against each other",
+        parents=[common],
+    )
+    av.add_argument(
+        "--chain", help="another host's chain (HOSTNAME-ID; default: this host's, from state_dir)"
+    )
+    av.add_argument("--json", action="store_true")
+    keys_arg(av)
+
     run = command("run", "run the daemon")
     keys_arg(run)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any secret is read: no core file, no same-user reader of this process's memory.
+    unprotected = protect_process()
     args = _parser().parse_args(argv)
     from drd.logs import setup_logging
 
@@ -115,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.log_level = args.log_level or os.environ.get("DRD_LOG_LEVEL")
     args.log_format = args.log_format or os.environ.get("DRD_LOG_FORMAT")
     setup_logging(args.log_level or "info", args.log_format or "text")
+    for problem in unprotected:
+        logging.getLogger("drd").warning("process hardening: %s", problem)
     try:
         failure = _dispatch(args)
     except DrdError as exc:
@@ -157,6 +182,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 target=args.to,
                 backup_id=args.backup,
                 region=args.region,
+                create_roles=args.create_roles,
             )
         )
     if args.command == "prune":
@@ -184,6 +210,12 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 args.keys,
                 lose_region=args.lose_region,
                 as_json=args.json,
+            )
+        )
+    if args.command == "audit":
+        return asyncio.run(
+            commands.audit_verify(
+                _config_path(args, required=True), args.keys, chain=args.chain, as_json=args.json
             )
         )
     if args.command == "run":

@@ -18,6 +18,8 @@ problems that still leave usable data (duplicate keys, unsupported tags) are ret
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,16 +97,36 @@ class YamlDocument:
         return None
 
 
+# A config or plan is a few KiB; a limit keeps `plans: [/dev/zero]` or a misnamed dump from
+# exhausting memory before any validation can say what is wrong.
+MAX_FILE_BYTES = 1024 * 1024
+
+
 def load_yaml(path: Path) -> YamlDocument:
     """Read and parse one YAML file (see module docstring). Raises YamlSourceError."""
     try:
-        raw = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not hang; anything but a regular file is refused.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise YamlSourceError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise YamlSourceError(path, None, "is a directory, not a YAML file") from None
     except OSError as exc:
         raise YamlSourceError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise YamlSourceError(path, None, "is a directory, not a YAML file")
+        if not stat.S_ISREG(mode):
+            raise YamlSourceError(path, None, "is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise YamlSourceError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        raise YamlSourceError(
+            path, None, f"is larger than {MAX_FILE_BYTES // 1024} KiB: not a drd config or plan"
+        )
     return parse_yaml(raw, path)
 
 

@@ -1,8 +1,8 @@
 """The daemon's failover drills: one at a time per plan, as tasks, cancellable, audited.
 
-- `start(plan, lose_region, requested_by)` begins a drill (drd.verify.drill.run_drill) in its own
-  task
-  and returns at once; DrillBusy (409 at the API) while a drill of the plan is running.
+- `start_drill(plan, lose_region, requested_by)` begins a drill (drd.verify.drill.run_drill) in
+  its own task and returns at once; DrillBusy (409 at the API) while a drill of the plan is
+  running.
 - `cancel(id)` sets the drill's cancel event: the running restore test is cancelled, its scratch
   environment removed, and the report stored with status `cancelled`.
 - State: the drills of this process in memory, and the reports stored in the plan's regions
@@ -10,25 +10,26 @@
   the daemon there. At start the newest stored report of each plan feeds the drill metrics.
 - Every start, cancel request and finish is a `drill` event in the audit trail (who asked, the
   request, the outcome with RTO, RPO and reasons).
+- The manager follows drd.daemon.lifecycle like the daemon's other loops, but drills start on
+  request only: nothing is ever due, so `run_once()` starts nothing and `start()` runs no task.
+  `close(grace)` cancels running drills at once and gives their clean-up `grace` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from drd import crypto
-from drd.backup import Clock, utcnow
-from drd.config import Config, Plan
+from drd.config.models import Plan
+from drd.daemon.lifecycle import drain
 from drd.errors import DrdError, DrillBusy
-from drd.metrics import Metrics
+from drd.runtime import Services
 from drd.server.audit import AuditLog
-from drd.storage.base import Storage
 from drd.verify.drill import (
     DrillReport,
     is_drill_id,
@@ -106,27 +107,14 @@ async def audit_drill(
 
 
 class DrillManager:
-    def __init__(
-        self,
-        cfg: Config,
-        regions: Mapping[str, Storage],
-        keyring: crypto.Keyring,
-        metrics: Metrics,
-        audit: AuditLog | None,
-        *,
-        clock: Clock = utcnow,
-    ) -> None:
-        self.cfg = cfg
-        self.regions = regions
-        self.keyring = keyring
-        self.metrics = metrics
+    def __init__(self, services: Services, audit: AuditLog | None) -> None:
+        self.services = services
         self.audit = audit
-        self.clock = clock
         self.runs: dict[str, DrillRun] = {}
         self.stopping = False
 
     def plan(self, name: str) -> Plan:
-        return self.cfg.plan(name)
+        return self.services.cfg.plan(name)
 
     def running(self, plan: str) -> DrillRun | None:
         return next((r for r in self.runs.values() if r.report.plan == plan and r.running), None)
@@ -134,7 +122,7 @@ class DrillManager:
     def tasks(self) -> list[asyncio.Task[None]]:
         return [r.task for r in self.runs.values() if r.task is not None and not r.task.done()]
 
-    async def start(
+    async def start_drill(
         self, plan_name: str, lose_region: str | None, requested_by: Mapping[str, str]
     ) -> DrillRun:
         """Start a drill; UsageError for a bad lose_region, DrillBusy if one is running."""
@@ -148,7 +136,7 @@ class DrillManager:
                 busy.report.drill_id,
             )
         report = new_report(
-            plan, lose_region=lose_region, clock=self.clock, requested_by=requested_by
+            plan, lose_region=lose_region, clock=self.services.clock, requested_by=requested_by
         )
         run = DrillRun(report)
         # Registered before the first await: a second start sees it as running.
@@ -159,16 +147,16 @@ class DrillManager:
         return run
 
     async def _run(self, run: DrillRun, plan: Plan) -> None:
-        report = run.report
+        report, services = run.report, self.services
         try:
             await run_drill(
                 plan,
-                self.regions,
-                self.keyring,
-                state_dir=self.cfg.state_dir,
-                base_dir=self.cfg.path.parent,
-                metrics=self.metrics,
-                clock=self.clock,
+                services.regions,
+                services.keyring,
+                state_dir=services.state_dir,
+                base_dir=services.base_dir,
+                metrics=services.metrics,
+                clock=services.clock,
                 cancel=run.cancel,
                 report=report,
             )
@@ -178,9 +166,9 @@ class DrillManager:
         except Exception as exc:  # never fatal to the daemon; the report says so
             log.exception("drill %s could not run", report.drill_id)
             report.status = "failed"
-            report.finished_at = self.clock()
+            report.finished_at = services.clock()
             report.fail("error", f"{type(exc).__name__}: {exc}")
-            self.metrics.drill_last_status.labels(report.plan).set(0)
+            services.metrics.drill_last_status.labels(report.plan).set(0)
         await audit_drill(self.audit, report, "finish")
 
     async def cancel(self, drill_id: str, requested_by: Mapping[str, str]) -> DrillRun | None:
@@ -204,23 +192,25 @@ class DrillManager:
         run = self.runs.get(drill_id)
         if run is not None:
             return run.report.as_json()
-        for plan in self.cfg.plans:
-            found = await read_stored_report(plan, self.regions, self.keyring, drill_id)
+        regions, keyring = self.services.regions, self.services.keyring
+        for plan in self.services.cfg.plans:
+            found = await read_stored_report(plan, regions, keyring, drill_id)
             if found is not None:
                 return found
         return None
 
     async def list(self, plan_name: str | None, limit: int = 20) -> list[dict[str, Any]]:
         """The newest drills (of a plan, or of every plan), newest first."""
-        plans = [self.plan(plan_name)] if plan_name else list(self.cfg.plans)
+        plans = [self.plan(plan_name)] if plan_name else list(self.services.cfg.plans)
+        regions, keyring = self.services.regions, self.services.keyring
         out: dict[str, dict[str, Any]] = {}
         for plan in plans:
             for run in self.runs.values():
                 if run.report.plan == plan.name:
                     out[run.report.drill_id] = summary(run.report.as_json())
-            stored = [i for i in await stored_drill_ids(plan, self.regions) if i not in out]
+            stored = [i for i in await stored_drill_ids(plan, regions) if i not in out]
             for drill_id in stored[-limit:]:
-                found = await read_stored_report(plan, self.regions, self.keyring, drill_id)
+                found = await read_stored_report(plan, regions, keyring, drill_id)
                 if found is not None:
                     out[drill_id] = summary(found)
         newest = sorted(out.values(), key=lambda d: str(d["started_at"]), reverse=True)
@@ -228,20 +218,17 @@ class DrillManager:
 
     async def load_state(self) -> None:
         """The drill metrics from the newest stored report of each plan."""
-        for plan in self.cfg.plans:
+        regions, keyring = self.services.regions, self.services.keyring
+        for plan in self.services.cfg.plans:
             try:
-                ids = await stored_drill_ids(plan, self.regions)
-                found = (
-                    await read_stored_report(plan, self.regions, self.keyring, ids[-1])
-                    if ids
-                    else None
-                )
+                ids = await stored_drill_ids(plan, regions)
+                found = await read_stored_report(plan, regions, keyring, ids[-1]) if ids else None
             except DrdError as exc:
                 log.warning("plan %s: cannot read the last drill report: %s", plan.name, exc)
                 continue
             if found is None or found.get("status") not in ("passed", "failed"):
                 continue
-            m, name = self.metrics, plan.name
+            m, name = self.services.metrics, plan.name
             m.drill_last_status.labels(name).set(1 if found["status"] == "passed" else 0)
             finished = found.get("finished_at") or found.get("started_at")
             if isinstance(finished, str):
@@ -252,20 +239,27 @@ class DrillManager:
                 if isinstance(found.get(key), int | float):
                     gauge.labels(name).set(found[key])
 
-    async def shutdown(self, grace: float) -> None:
-        """Cancel running drills (they clean up and store a cancelled report)."""
+    # -- lifecycle (drd.daemon.lifecycle) ------------------------------------------------------
+
+    async def run_once(self) -> tuple[str, ...]:
+        """Drills start on request (`start_drill`), never on a schedule: nothing to start."""
+        return ()
+
+    def seconds_until_due(self) -> float:
+        return math.inf
+
+    def start(self, stop: asyncio.Event) -> None:
+        """Nothing runs between requests: no task to start."""
+
+    async def close(self, grace: float) -> None:
+        """Take no more drills; cancel running ones at once (they clean up and store a
+        cancelled report), give that `grace` seconds, then cancel their tasks and wait for
+        their clean-up to end."""
         self.stopping = True
         for run in self.runs.values():
             if run.running:
                 run.cancel.set()
-        tasks = self.tasks()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await drain(self.tasks(), grace, what="drill", cancelled_wait=None)
 
     def _forget_old(self) -> None:
         finished = [i for i, r in self.runs.items() if not r.running]

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from drd.errors import StateError
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -41,24 +48,46 @@ class JobRecord:
     detail: str | None
 
 
+@contextmanager
+def _state(path: Path, doing: str) -> Iterator[None]:
+    """sqlite's and the OS's errors as one StateError naming the file and what failed."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise StateError(f"state directory: cannot {doing} {path}: {exc}") from None
+
+
 class History:
+    """Every method raises StateError when the database cannot be written or read: callers
+    fail the job that needed it (and back off) instead of retrying at once."""
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.executescript(_SCHEMA)
-        # A row without finish time belongs to a process that died mid-job.
-        self._db.execute(
-            "UPDATE jobs SET finished_at = started_at, result = 'interrupted' "
-            "WHERE finished_at IS NULL"
-        )
+        self.path = path
+        with _state(path, "open the job history"):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+            # A row without finish time belongs to a process that died mid-job.
+            self._db.execute(
+                "UPDATE jobs SET finished_at = started_at, result = 'interrupted' "
+                "WHERE finished_at IS NULL"
+            )
+
+    def _run(self, doing: str, op: Callable[[], T]) -> T:
+        with _state(self.path, doing):
+            return op()
 
     def close(self) -> None:
-        self._db.close()
+        with _state(self.path, "close the job history"):
+            self._db.close()
 
     def start(self, kind: str, plan: str, source: str, now: float | None = None) -> int:
-        cur = self._db.execute(
-            "INSERT INTO jobs (kind, plan, source, started_at) VALUES (?, ?, ?, ?)",
-            (kind, plan, source, time.time() if now is None else now),
+        cur = self._run(
+            "record a job in",
+            lambda: self._db.execute(
+                "INSERT INTO jobs (kind, plan, source, started_at) VALUES (?, ?, ?, ?)",
+                (kind, plan, source, time.time() if now is None else now),
+            ),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -72,22 +101,26 @@ class History:
         detail: str | None = None,
         now: float | None = None,
     ) -> None:
-        self._db.execute(
-            "UPDATE jobs SET finished_at = ?, result = ?, backup_id = ?, detail = ? WHERE id = ?",
-            (time.time() if now is None else now, result, backup_id, detail, job_id),
+        self._run(
+            "record a job's result in",
+            lambda: self._db.execute(
+                "UPDATE jobs SET finished_at = ?, result = ?, backup_id = ?, detail = ? "
+                "WHERE id = ?",
+                (time.time() if now is None else now, result, backup_id, detail, job_id),
+            ),
         )
 
     def last(
         self, kind: str, plan: str, source: str, result: str | None = None
     ) -> JobRecord | None:
         """The newest finished job of this kind and source (with this result, if given)."""
-        row = self._db.execute(
-            "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND source = ? "
-            "AND finished_at IS NOT NULL AND (? IS NULL OR result = ?) ORDER BY id DESC LIMIT 1",
-            (kind, plan, source, result, result),
-        ).fetchone()
+        row = self._run(
+            "read",
+            lambda: self._db.execute(
+                "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND source = ? "
+                "AND finished_at IS NOT NULL AND (? IS NULL OR result = ?) "
+                "ORDER BY id DESC LIMIT 1",
+                (kind, plan, source, result, result),
+            ).fetchone(),
+        )
         return JobRecord(*row) if row else None
-
-    def recent(self, limit: int = 50) -> list[JobRecord]:
-        rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [JobRecord(*r) for r in rows]

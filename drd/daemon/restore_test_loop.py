@@ -6,8 +6,10 @@
 - Never two tests of one source at once: one task per source here, and the cross-process
   restore-test lock (a `drd restore-test` on the same host) in drd.verify.restore_run.
 - Tests share the daemon's job slots (daemon.max_concurrent_jobs) with backups.
-- `run_once()` is the scheduling step (the daemon's serve loop calls it); `trigger(ref)` asks for
-  a test now (the API).
+- The scheduler follows drd.daemon.lifecycle: `run_once()` is the scheduling step, `start()` runs
+  it as a task (woken early by `trigger(ref)`, the API asking for a test now, by a finished test,
+  and by `wake()`, the daemon saying a backup finished), and `close(grace)` lets running tests
+  finish within the grace before cancelling them.
 - Results go to the job history (kind "restore-test", the reports' summaries as detail), the
   restore-test metrics (drd.verify.restore_run.record_metrics) and `status(ref)` for /api/v1/status;
   on start the last results are taken back from the history.
@@ -23,17 +25,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from drd import crypto
-from drd.backup import Clock, utcnow
-from drd.config import Config, Plan
+from drd.config.models import Plan
 from drd.daemon.history import History
+from drd.daemon.lifecycle import cancel_task, drain, run_rounds
 from drd.daemon.schedule import Schedule, next_due, slot_after
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
-from drd.errors import BackupNotFound
+from drd.errors import BackupNotFound, StateError
 from drd.layout import SourceRef
 from drd.locks import LockBusy
-from drd.metrics import Metrics
-from drd.storage.base import Storage
+from drd.runtime import Services
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import summary_of
 from drd.verify.restore_run import restore_tests_for
@@ -64,36 +64,31 @@ class SourceTests(JobSlot):
 class RestoreTestScheduler:
     def __init__(
         self,
-        cfg: Config,
-        regions: Mapping[str, Storage],
-        keyring: crypto.Keyring,
-        metrics: Metrics,
+        services: Services,
         history: History,
         *,
         slots: asyncio.Semaphore,
-        wake: asyncio.Event,
         has_backup: Callable[[SourceRef], bool],
-        clock: Clock = utcnow,
+        on_state_error: Callable[[StateError], None] | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.regions = regions
-        self.keyring = keyring
-        self.metrics = metrics
+        self.services = services
         self.history = history
-        self.clock = clock
+        #: told when the job history cannot be written (the daemon's /readyz and metric)
+        self.on_state_error = on_state_error or (lambda exc: log.error("%s", exc))
         self._slots = slots
-        self._wake = wake
+        self._wake = asyncio.Event()
         self._has_backup = has_backup
+        self._task: asyncio.Task[None] | None = None
         self.stopping = False
         self.sources: dict[SourceRef, SourceTests] = {}
-        for plan in cfg.plans:
+        for plan in services.cfg.plans:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
                 self.sources[ref] = SourceTests(ref=ref, plan=plan, source=source)
 
     def load_state(self) -> None:
         """The last results from the job history; when each source is next due."""
-        now = self.clock()
+        now, metrics = self.services.clock(), self.services.metrics
         for st in self.sources.values():
             labels = (st.ref.plan, st.ref.source)
             last = self.history.last(JOB_KIND, *labels)
@@ -103,38 +98,57 @@ class RestoreTestScheduler:
                 st.last = _reports(last.detail)
                 if last.result in ("success", "failure"):
                     passed = last.result == "success"
-                    self.metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
+                    metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
             good = self.history.last(JOB_KIND, *labels, result="success")
             if good is not None and good.finished_at is not None:
-                self.metrics.restore_test_last_success.labels(*labels).set(good.finished_at)
+                metrics.restore_test_last_success.labels(*labels).set(good.finished_at)
                 rto = next((r.get("rto_seconds") for r in _reports(good.detail)), None)
                 if isinstance(rto, int | float):
                     st.rto_seconds = float(rto)
-                    self.metrics.rto.labels(*labels).set(rto)
+                    metrics.rto.labels(*labels).set(rto)
             st.next_due = next_due(
                 st.schedule(), last_capture=last_run, now=now, seed=f"{JOB_KIND}:{st.ref}"
             )
             log.info("%s: next restore test due %s", st.ref, st.next_due.isoformat())
 
-    def run_once(self) -> list[SourceRef]:
+    async def run_once(self) -> list[SourceRef]:
         """Start every due test (of a source that has a backup) not already running."""
         if self.stopping:
             return []
         # A source is tested once its first backup is there.
-        return start_due(self.sources.values(), self.clock(), self._job, JOB_KIND, self._eligible)
+        now = self.services.clock()
+        return start_due(self.sources.values(), now, self._job, JOB_KIND, self._eligible)
 
     def _eligible(self, st: SourceTests) -> bool:
         return self._has_backup(st.ref)
 
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a restore test of `ref` now. False if one is already running."""
-        return request_now(self.sources[ref], self.clock(), self._wake)
+        return request_now(self.sources[ref], self.services.clock(), self._wake)
 
-    def seconds_until_next(self) -> float:
-        return seconds_until_due(self.sources.values(), self.clock(), self._eligible)
+    def wake(self) -> None:
+        """Look again now (a backup finished: its source may have become testable)."""
+        self._wake.set()
+
+    def seconds_until_due(self) -> float:
+        return seconds_until_due(self.sources.values(), self.services.clock(), self._eligible)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [st.task for st in self.sources.values() if st.task and not st.task.done()]
+
+    def start(self, stop: asyncio.Event) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(
+                run_rounds(self, stop, self._wake), name="restore-tests"
+            )
+
+    async def close(self, grace: float) -> None:
+        """Start no more tests; give running ones `grace` seconds, then cancel them (a
+        cancelled test removes its scratch environment and is recorded as interrupted)."""
+        self.stopping = True
+        task, self._task = self._task, None
+        await cancel_task(task)
+        await drain(self.tasks(), grace, what="restore test")
 
     def status(self, ref: SourceRef) -> dict[str, Any]:
         """The source's restore-test view for /api/v1/status."""
@@ -158,45 +172,65 @@ class RestoreTestScheduler:
             },
         }
 
+    def _finish(
+        self, job_id: int, result: str, *, backup_id: str | None = None, detail: str | None = None
+    ) -> None:
+        try:
+            self.history.finish(job_id, result, backup_id=backup_id, detail=detail)
+        except StateError as exc:
+            self.on_state_error(exc)
+
     async def _job(self, st: SourceTests) -> None:
         labels = (st.ref.plan, st.ref.source)
-        job_id = self.history.start(JOB_KIND, *labels)
-        began = self.clock()
+        services = self.services
+        began = services.clock()
+        try:
+            job_id = self.history.start(JOB_KIND, *labels)
+        except StateError as exc:
+            # The test cannot be recorded, so it does not run: it fails once and waits like any
+            # test that could not run (no retry loop).
+            st.last_error = str(exc)
+            self.on_state_error(exc)
+            services.metrics.restore_tests.labels(*labels, "failure").inc()
+            regular = slot_after(st.schedule(), began, f"{JOB_KIND}:{st.ref}")
+            st.next_due = min(regular, services.clock() + RETRY_AFTER)
+            self._wake.set()
+            return
         retry_at: datetime | None = None
         try:
             async with self._slots:
                 reports = await restore_tests_for(
                     st.plan,
                     st.source,
-                    self.regions,
-                    self.keyring,
-                    state_dir=self.cfg.state_dir,
-                    base_dir=self.cfg.path.parent,
-                    clock=self.clock,
-                    metrics=self.metrics,
+                    services.regions,
+                    services.keyring,
+                    state_dir=services.state_dir,
+                    base_dir=services.base_dir,
+                    clock=services.clock,
+                    metrics=services.metrics,
                 )
         except asyncio.CancelledError:
-            self.history.finish(job_id, "interrupted", detail="cancelled at shutdown")
+            self._finish(job_id, "interrupted", detail="cancelled at shutdown")
             raise
         except (BackupNotFound, LockBusy) as exc:
             # Nothing to test yet, or a `drd restore-test` is testing it right now.
             st.last_error = str(exc)
-            self.history.finish(job_id, "skipped", detail=str(exc))
-            retry_at = self.clock() + RETRY_AFTER
+            self._finish(job_id, "skipped", detail=str(exc))
+            retry_at = services.clock() + RETRY_AFTER
         except Exception as exc:  # never fatal to the daemon; recorded and retried later
             log.exception("restore test of %s could not run", st.ref)
             st.last_error = str(exc) or type(exc).__name__
-            self.history.finish(job_id, "failure", detail=st.last_error)
-            self.metrics.restore_tests.labels(*labels, "failure").inc()
-            self.metrics.restore_test_last_status.labels(*labels).set(0)
-            retry_at = self.clock() + RETRY_AFTER
+            self._finish(job_id, "failure", detail=st.last_error)
+            services.metrics.restore_tests.labels(*labels, "failure").inc()
+            services.metrics.restore_test_last_status.labels(*labels).set(0)
+            retry_at = services.clock() + RETRY_AFTER
         else:
             summaries: list[Mapping[str, Any]] = [dict(summary_of(r)) for r in reports]
             ok = all(r.passed for r in reports)
-            st.last, st.last_error, st.last_finished = summaries, None, self.clock()
+            st.last, st.last_error, st.last_finished = summaries, None, services.clock()
             if ok and reports[0].measured:
                 st.rto_seconds = reports[0].phases.rto
-            self.history.finish(
+            self._finish(
                 job_id,
                 "success" if ok else "failure",
                 backup_id=reports[0].backup_id,

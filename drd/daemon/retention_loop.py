@@ -3,9 +3,10 @@
 
 A plan is swept when its next backup expires (so copies are destroyed at their destroy age, not
 up to a sweep interval later), at least hourly (leftovers, repairs, a region that came back),
-and five minutes after a sweep that failed or had to skip a source. `run_once()` is the step
-tests drive with an injected clock; `start()`/`close()` run it as a task the daemon stops at
-shutdown (a sweep or a repair cancelled midway leaves nothing the next one does not finish).
+and five minutes after a sweep that failed or had to skip a source. The loop follows
+drd.daemon.lifecycle: `run_once()` is the step tests drive with an injected clock;
+`start()`/`close()` run it as a task the daemon stops at shutdown (at once: a sweep or a repair
+cancelled midway leaves nothing the next one does not finish).
 
 Sources whose backup is running (or, in the daemon, about to start) are left out of the
 round: the sweep takes each source's lock without waiting, and skips the source (and checks
@@ -19,20 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from drd import crypto
-from drd.backup import Clock
-from drd.config import Config, Plan
+from drd.config.models import Plan
+from drd.daemon.lifecycle import cancel_task, run_rounds
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock
-from drd.metrics import Metrics
 from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
 from drd.retention.sweep import RetentionMemory, SweepReport, sweep
-from drd.storage.base import Storage
+from drd.runtime import Services
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +68,16 @@ def lock_free_sources(
 class RetentionLoop:
     def __init__(
         self,
-        cfg: Config,
-        regions: Mapping[str, Storage],
-        keyring: crypto.Keyring,
-        metrics: Metrics,
+        services: Services,
         *,
-        clock: Clock,
         is_busy: Callable[[SourceRef], bool] = lambda ref: False,
         on_copies: CopiesChanged = lambda ref, backup_id, region, present: None,
     ) -> None:
-        self.cfg = cfg
-        self.regions = regions
-        self.keyring = keyring
-        self.metrics = metrics
-        self.clock = clock
+        self.services = services
         self.is_busy = is_busy
         self.on_copies = on_copies
-        self.memory = RetentionMemory(cfg.state_dir / "retention.json")
+        cfg, metrics = services.cfg, services.metrics
+        self.memory = RetentionMemory(services.state_dir / "retention.json")
         # A backup job may run up to job_timeout: its data is not a leftover before that.
         self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
         self.due: dict[str, datetime] = {}
@@ -97,21 +89,22 @@ class RetentionLoop:
                 for result in ("success", "failure"):
                     metrics.copy_repairs.labels(plan.name, region, result)
         # Ages remembered from before a restart count from the first scrape on.
-        self.memory.publish(metrics, clock())
+        self.memory.publish(metrics, services.clock())
 
     # -- one round ----------------------------------------------------------------------------
 
     async def run_once(self, *, force: bool = False) -> list[SweepReport]:
         """Sweep and repair every plan that is due (every plan with `force`)."""
-        now = self.clock()
+        cfg = self.services.cfg
+        now = self.services.clock()
         done = []
-        for plan in self.cfg.plans:
+        for plan in cfg.plans:
             if not force and self.due.get(plan.name, now) > now:
                 continue
             try:
                 done.append(
                     await asyncio.wait_for(
-                        self.run_plan(plan, now), self.cfg.daemon.job_timeout.total_seconds()
+                        self.run_plan(plan, now), cfg.daemon.job_timeout.total_seconds()
                     )
                 )
             except Exception as exc:  # one plan's failure must not stop the others' retention
@@ -120,12 +113,13 @@ class RetentionLoop:
         return done
 
     async def run_plan(self, plan: Plan, now: datetime) -> SweepReport:
+        services = self.services
         with self._locks(plan) as busy:
             report = await sweep(
                 plan,
-                self.regions,
+                services.regions,
                 now=now,
-                metrics=self.metrics,
+                metrics=services.metrics,
                 orphan_grace=self.orphan_grace,
                 memory=self.memory,
                 skip_sources=busy,
@@ -136,9 +130,9 @@ class RetentionLoop:
                 self.on_copies(backup.ref, backup.backup_id, region.region, False)
         repaired = await repair(
             plan,
-            self.regions,
-            self.keyring,
-            metrics=self.metrics,
+            services.regions,
+            services.keyring,
+            metrics=services.metrics,
             now=now,
             destroy_age=report.policy.destroy_age,
             skip_sources=busy,
@@ -170,39 +164,31 @@ class RetentionLoop:
         return due
 
     def _locks(self, plan: Plan) -> contextlib.AbstractContextManager[set[str]]:
-        return lock_free_sources(self.cfg.state_dir, plan, self.is_busy)
+        return lock_free_sources(self.services.state_dir, plan, self.is_busy)
 
     # -- as a task ----------------------------------------------------------------------------
 
     def seconds_until_due(self) -> float:
-        now = self.clock()
-        dues = [self.due.get(plan.name, now) for plan in self.cfg.plans]
+        now = self.services.clock()
+        dues = [self.due.get(plan.name, now) for plan in self.services.cfg.plans]
         if not dues:
             return SWEEP_EVERY.total_seconds()
         return min(max((min(dues) - now).total_seconds(), 1.0), SWEEP_EVERY.total_seconds())
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.seconds_until_due())
-
     def start(self, stop: asyncio.Event) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self.serve(stop), name="retention")
+            self._task = asyncio.create_task(run_rounds(self, stop), name="retention")
 
-    async def close(self) -> None:
-        """Stop at once: whatever a sweep or repair leaves half done, the next one finishes."""
+    async def close(self, grace: float) -> None:
+        """Stop at once, whatever `grace`: what a sweep or repair leaves half done, the next one
+        finishes."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_task(task)
 
     # -- what the daemon shows ----------------------------------------------------------------
 
     def publish(self, now: datetime) -> None:
-        self.memory.publish(self.metrics, now)
+        self.memory.publish(self.services.metrics, now)
 
     def problems(self) -> dict[str, list[str]]:
         """Region -> why it cannot destroy backups in time (error findings of the last sweeps),

@@ -1,11 +1,14 @@
 """`drd run`: the long-running service.
 
-One asyncio loop drives everything. The scheduler is a `run_once(now)` step (tests call it
+One asyncio loop drives everything. The backup scheduler is a `run_once()` step (tests call it
 with the loop's timers out of the picture) inside a loop that sleeps until the next due job.
 Backups of one source never overlap (one task per source, plus the cross-process source lock),
 a global semaphore bounds concurrent jobs, each job has a timeout, and transient failures are
-retried with backoff inside the job. On SIGTERM scheduling stops, running jobs get a grace
-period, then are cancelled: a cancelled backup aborts its uploads and never commits a manifest.
+retried with backoff inside the job. Retention, restore tests and drills are loops of their own
+(drd.daemon.lifecycle), built here on one `Services` and started with the backup scheduler.
+On SIGTERM scheduling stops, and the loops and the running backups are closed together within
+one grace period (retention stops at once), then what is left is cancelled: a cancelled backup
+aborts its uploads and never commits a manifest.
 """
 
 from __future__ import annotations
@@ -22,20 +25,24 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from drd import crypto
-from drd.backup import BackupResult, Clock, utcnow
-from drd.config import Config, Plan, load_config
+from drd.backup import BackupResult
+from drd.clock import Clock, utcnow
+from drd.config.loader import load_config
+from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.history import History
+from drd.daemon.lifecycle import Loop, drain, wait_any
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
 from drd.daemon.schedule import Schedule, next_due
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
-from drd.errors import DrdError, NotEnoughCopies, SourceError, TransientStorageError
+from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, TransientStorageError
 from drd.jobs import backup_source, plan_regions
 from drd.layout import SourceRef
 from drd.metrics import Metrics
 from drd.repository.catalog import build_catalog
+from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.storage.base import Storage
 from drd.strategies.base import SourceOptions
@@ -89,8 +96,17 @@ class Daemon:
         self.regions = dict(regions)
         self.metrics = metrics or Metrics()
         self.clock = clock
+        # What every loop runs with, built once; its regions are this very mapping.
+        self.services = Services(
+            cfg=cfg, regions=self.regions, keyring=keyring, metrics=self.metrics, clock=clock
+        )
         self.notifier = notifier or Notifier({})
+        # A state directory that cannot be written stops the start here, with StateError
+        # (exit 14) naming it, before anything else is opened.
         self.history = History(cfg.state_dir / "history.sqlite3")
+        #: why the last write to the state directory failed (None: it did not), for /readyz
+        self.state_problem: str | None = None
+        self.metrics.state_writable.set(1)
         self.sources: dict[SourceRef, SourceState] = {}
         for plan in cfg.plans:
             for source in plan.sources:
@@ -101,33 +117,26 @@ class Daemon:
         self.stopping = False
         self.started_at = time.time()
         self._publish_static_metrics()
-        # Retention (sweep + repair) runs as its own task: see drd.daemon.retention_loop.
+        # Retention (sweep + repair): see drd.daemon.retention_loop.
         self.retention = RetentionLoop(
-            cfg,
-            self.regions,
-            keyring,
-            self.metrics,
-            clock=clock,
+            self.services,
             is_busy=self._retention_busy,
             on_copies=self._retention_copies_changed,
         )
         # The audit trail (API calls, drills) and failover drills: see drd.daemon.drill_loop.
-        self.audit = AuditLog(cfg.state_dir / "audit.jsonl", self.regions, keyring)
-        self.drills = DrillManager(
-            cfg, self.regions, keyring, self.metrics, self.audit, clock=clock
+        self.audit = AuditLog(
+            cfg.state_dir / "audit.jsonl", self.regions, keyring, on_state_error=self.state_failed
         )
+        self.drills = DrillManager(self.services, self.audit)
         # Restore tests run on their own per-plan schedule: see drd.daemon.restore_test_loop.
         self.restore_tests = RestoreTestScheduler(
-            cfg,
-            self.regions,
-            keyring,
-            self.metrics,
+            self.services,
             self.history,
             slots=self._slots,
-            wake=self._wake,
             has_backup=lambda ref: self.sources[ref].last_capture is not None,
-            clock=clock,
+            on_state_error=self.state_failed,
         )
+        self.loops: tuple[Loop, ...] = (self.retention, self.restore_tests, self.drills)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -240,43 +249,28 @@ class Daemon:
         return seconds_until_due(self.sources.values(), self.clock())
 
     async def serve(self, stop: asyncio.Event) -> None:
+        """Start every loop, then schedule backups until `stop` is set."""
         watchdog = self.notifier.watchdog_interval
-        self.retention.start(stop)
+        for loop in self.loops:
+            loop.start(stop)
+        await self.audit.start()  # ships what an earlier run left unshipped
         while not stop.is_set():
             self.run_once()
-            self.restore_tests.run_once()
-            timeout = min(
-                self.seconds_until_next(),
-                self.restore_tests.seconds_until_next(),
-                watchdog or 60.0,
-                60.0,
-            )
+            timeout = min(self.seconds_until_next(), watchdog or 60.0, 60.0)
             self._wake.clear()
-            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
-            await asyncio.wait(
-                waiters, timeout=max(timeout, 0.05), return_when=asyncio.FIRST_COMPLETED
-            )
-            for w in waiters:
-                w.cancel()
+            await wait_any([stop, self._wake], max(timeout, 0.05))
             self.notifier.watchdog()
 
     async def shutdown(self, grace: float) -> None:
-        """Stop scheduling, give running jobs `grace` seconds, then cancel them."""
+        """Stop scheduling; close every loop and give running backups the same `grace` seconds
+        (all at once), then cancel what is left."""
         self.stopping = True
         self.notifier.stopping()
-        await self.retention.close()  # no grace needed: the next sweep finishes its work
-        self.restore_tests.stopping = True
-        await self.drills.shutdown(grace)  # cancelled at once: they clean up and say so
-        tasks = [st.task for st in self.sources.values() if st.task and not st.task.done()]
-        tasks += self.restore_tests.tasks()
-        if tasks:
-            log.info("shutdown: waiting up to %.0fs for %d running job(s)", grace, len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                log.warning("shutdown: cancelling %s after the grace period", task.get_name())
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=30)
+        backups = [st.task for st in self.sources.values() if st.task and not st.task.done()]
+        await asyncio.gather(
+            *(loop.close(grace) for loop in self.loops), drain(backups, grace, what="backup")
+        )
+        await self.audit.close(grace=min(grace, 10.0))
         self.history.close()
 
     # -- jobs ---------------------------------------------------------------------------------
@@ -286,11 +280,41 @@ class Daemon:
             await self._run_backup_job(st)
         finally:
             self._wake.set()  # the scheduler recomputes when to wake up next
+            self.restore_tests.wake()  # the source may have its first backup: testable now
+
+    def state_failed(self, exc: StateError) -> None:
+        """A write to the state directory failed: one line, a metric, /readyz; the job that
+        needed it has failed and backs off like any failed job (no retry loop)."""
+        log.error("%s", exc)
+        self.state_problem = str(exc)
+        self.metrics.state_write_errors.inc()
+        self.metrics.state_writable.set(0)
+
+    def state_ok(self) -> None:
+        if self.state_problem is not None:
+            log.info("state directory: writable again")
+        self.state_problem = None
+        self.metrics.state_writable.set(1)
+
+    def _history_finish(
+        self, job_id: int, result: str, *, backup_id: str | None = None, detail: str | None = None
+    ) -> None:
+        try:
+            self.history.finish(job_id, result, backup_id=backup_id, detail=detail)
+        except StateError as exc:
+            self.state_failed(exc)
 
     async def _run_backup_job(self, st: SourceState) -> None:
         labels = (st.ref.plan, st.ref.source)
-        job_id = self.history.start("backup", *labels)
         began = time.monotonic()
+        try:
+            job_id = self.history.start("backup", *labels)
+        except StateError as exc:
+            # No staging, no history: the backup cannot run. It fails once and backs off.
+            self.state_failed(exc)
+            self._backup_failed(st, f"not started: {exc}", began)
+            return
+        self.state_ok()
         d = self.cfg.daemon
         try:
             async with self._slots:
@@ -298,28 +322,16 @@ class Daemon:
                     self._backup_with_retries(st), d.job_timeout.total_seconds()
                 )
         except asyncio.CancelledError:
-            self.history.finish(job_id, "interrupted", detail="cancelled at shutdown")
+            self._history_finish(job_id, "interrupted", detail="cancelled at shutdown")
             raise
         except Exception as exc:  # every failure is recorded and reported, none is fatal
             detail = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 detail = f"timed out after {d.job_timeout}"
-            log.error(
-                "backup %s failed: %s",
-                st.ref,
-                detail,
-                extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
-            )
-            self.history.finish(job_id, "failure", detail=detail)
-            self.metrics.backups.labels(*labels, "failure").inc()
-            self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
-            st.last_status, st.last_error = "failure", detail
-            st.consecutive_failures += 1
-            st.last_finished = self.clock()
-            st.next_due = self._after_failure(st)
-            self._publish_source(st)
+            self._history_finish(job_id, "failure", detail=detail)
+            self._backup_failed(st, detail, began)
             return
-        self.history.finish(job_id, "success", backup_id=result.backup_id)
+        self._history_finish(job_id, "success", backup_id=result.backup_id)
         self.metrics.backups.labels(*labels, "success").inc()
         self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         self.metrics.backup_last_success.labels(*labels).set(time.time())
@@ -338,6 +350,22 @@ class Daemon:
             rpo=st.plan.targets.rpo,
             seed=str(st.ref),
         )
+        self._publish_source(st)
+
+    def _backup_failed(self, st: SourceState, detail: str, began: float) -> None:
+        labels = (st.ref.plan, st.ref.source)
+        log.error(
+            "backup %s failed: %s",
+            st.ref,
+            detail,
+            extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
+        )
+        self.metrics.backups.labels(*labels, "failure").inc()
+        self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
+        st.last_status, st.last_error = "failure", detail
+        st.consecutive_failures += 1
+        st.last_finished = self.clock()
+        st.next_due = self._after_failure(st)
         self._publish_source(st)
 
     async def _backup_with_retries(self, st: SourceState) -> BackupResult:
@@ -430,14 +458,15 @@ async def _main(
         await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
         await sweep_labelled_instances(cfg)
         await daemon.load_state()
-        runner = await start_http(daemon, cfg.api.listen)
+        runner = await start_http(daemon, cfg.api.listen, cfg.api.tls)
         stack.push_async_callback(runner.cleanup)
         await daemon.probe_regions()
         notifier.ready(f"{len(daemon.sources)} sources in {len(cfg.plans)} plans")
         log.info(
-            "drd running: %d plan(s), %d source(s), API on http://%s",
+            "drd running: %d plan(s), %d source(s), API on %s://%s",
             len(cfg.plans),
             len(daemon.sources),
+            "https" if cfg.api.tls else "http",
             cfg.api.listen,
         )
         await daemon.serve(stop)

@@ -24,7 +24,11 @@ _PIECE_SIZE = 1024 * 1024
 
 
 class Sealer:
-    """plaintext -> zstd -> encrypted segments, hashing both ends."""
+    """plaintext -> zstd -> encrypted segments, hashing both ends.
+
+    `level` (zstd's) has no default: it is the backup's choice, made and explained once in
+    drd.backup (ZSTD_LEVEL). A reader needs no level: the data object's plaintext is a plain zstd
+    stream (docs/format.md, section 3)."""
 
     def __init__(
         self,
@@ -34,7 +38,7 @@ class Sealer:
         key_id: str,
         object_name: str,
         segment_size: int,
-        level: int = 3,
+        level: int,
     ) -> None:
         self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self._encryptor = crypto.StreamEncryptor(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from drd.config import MAX_RETENTION
+from drd.config.models import MAX_RETENTION
 from drd.durations import format_duration
 from drd.layout import SourceRef
 from drd.storage.base import DeletionSettings

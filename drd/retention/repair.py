@@ -7,11 +7,13 @@ does the region count as holding the backup.
 
 Verification, in order:
 - the healthy region's manifest is verified with the keyring and must be the catalog's backup;
-- while streaming, the bytes read are counted and hashed, and must match the manifest's
-  ciphertext size and SHA-256 before the copy is committed (a damaged source is never copied:
-  the next healthy region is tried);
-- the target's commit verifies what it stored (GCS: CRC32C of the bytes sent; memory and local
-  directory: SHA-256, compared with the manifest's too) and must report the manifest's size;
+- while streaming, the bytes read are counted and hashed with the manifest's content digest
+  (BLAKE3; SHA-256 for manifests written before drd 0.2: drd.digests), and must match the
+  manifest's ciphertext size and digest before the copy is committed (a damaged source is
+  never copied: the next healthy region is tried);
+- the target's commit must report the manifest's size and, as every backend gives one, the
+  CRC32C storage checksum of the bytes sent (GCS checks it on upload and computes its own from
+  what it received; the memory and local-directory backends compute it while storing);
 - the manifest bytes are written unchanged, and a listing of the target's backup prefix must
   show both objects with the right sizes.
 
@@ -27,7 +29,7 @@ from datetime import datetime, timedelta
 
 from drd import crypto
 from drd.backup import close_stream
-from drd.config import Plan
+from drd.config.models import Plan
 from drd.digests import ContentDigest, Crc32c, short
 from drd.errors import DrdError, IntegrityError, StorageError
 from drd.layout import backup_id_time

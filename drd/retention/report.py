@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from drd.config import MAX_RETENTION, Config
+from drd.config.models import MAX_RETENTION, Config
 from drd.retention.policy import (
     SettingsFinding,
     deletion_lead,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from drd.config import Plan
+from drd.config.models import Plan
 from drd.errors import DrdError, StorageError
 from drd.layout import MANIFEST_OBJECT, SourceRef, backup_id_time, is_backup_id
 from drd.metrics import Metrics

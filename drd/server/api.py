@@ -96,7 +96,7 @@ async def start_drill(request: web.Request) -> web.Response:
                 "lose_region", f"losing {body.lose_region!r} leaves plan {plan.name} no region"
             )
     try:
-        run = await daemon.drills.start(plan.name, body.lose_region, _requested_by(request))
+        run = await daemon.drills.start_drill(plan.name, body.lose_region, _requested_by(request))
     except DrillBusy as exc:
         return error(409, str(exc), drill_id=exc.drill_id)
     drill_id = run.report.drill_id

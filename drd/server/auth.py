@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drd.config import ApiToken
+from drd.config.models import ApiToken
 
 ROLES = ("viewer", "operator", "coordinator")
 TOKEN_PREFIX = "drdt1_"  # noqa: S105 - a format marker, not a secret

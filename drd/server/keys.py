@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from drd.config import ApiConfig
+from drd.config.models import ApiConfig
 from drd.server.audit import AuditLog
 from drd.server.auth import Principal, TokenAuthority
 from drd.server.ports import DaemonControl

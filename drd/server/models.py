@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from drd.strategies.base import NAME_PATTERN
+from drd.fields import NAME_PATTERN
 from drd.verify.drill import DRILL_ID_PATTERN
 from drd.verify.drill import Status as DrillStatus
 
@@ -123,6 +123,7 @@ class ReadinessChecks(Body):
     retention: dict[str, str] = Field(
         description='region -> "ok", or why it cannot destroy backups within max_age'
     )
+    state: str = Field(description='"ok", or why the state directory cannot be written')
 
 
 class Readiness(Body):

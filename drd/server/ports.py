@@ -11,8 +11,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from drd.backup import Clock
-from drd.config import Config, Plan
+from drd.clock import Clock
+from drd.config.models import Config, Plan
 from drd.layout import SourceRef
 from drd.metrics import Metrics
 from drd.server.audit import AuditLog
@@ -79,7 +79,7 @@ class DrillRunState(Protocol):
 class DrillControl(Protocol):
     @property
     def runs(self) -> Mapping[str, DrillRunState]: ...
-    async def start(
+    async def start_drill(
         self, plan_name: str, lose_region: str | None, requested_by: Mapping[str, str]
     ) -> DrillRunState:
         """Start a drill; drd.errors.DrillBusy while one of the plan runs."""
@@ -123,6 +123,11 @@ class DaemonControl(Protocol):
     def drills(self) -> DrillControl: ...
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a backup now; False if one is already running."""
+        ...
+
+    @property
+    def state_problem(self) -> str | None:
+        """Why the state directory cannot be written (None when it can)."""
         ...
 
     def refresh_metrics(self) -> None:

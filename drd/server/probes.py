@@ -44,6 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
         plans="ok",
         regions={name: problems.get(name, "ok") for name in daemon.regions},
         retention={name: "; ".join(retention.get(name, [])) or "ok" for name in daemon.regions},
+        state=daemon.state_problem or "ok",
     )
     reasons = []
     if problems:
@@ -52,6 +53,8 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.append(
             "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))
         )
+    if daemon.state_problem:
+        reasons.append(f"state directory not writable: {daemon.state_problem}")
     if reasons:
         return reply(Readiness(status="unready", reason="; ".join(reasons), checks=checks), 503)
     return reply(Readiness(status="ready", checks=checks))

@@ -11,6 +11,11 @@ data rename is the commit point, so a crash never shows a new object without its
 info records the data file's inode, size and mtime (a rename keeps all three), so an info
 left behind by a crash or a concurrent overwrite is recognised as stale and ignored (the
 object then reads as checksum None, no metadata) rather than misattributed.
+
+Deletes are made durable too (unlink, then fsync the directory): a deleted manifest is the
+crypto-shred of a backup, and a crash must not bring it back. Directories drd creates are 0700
+and objects 0600, whatever the umask: plan, source and backup names are nobody else's business.
+A failed or aborted upload, and the janitor, leave no empty directory behind.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from drd.errors import (
 from drd.storage.base import ObjectInfo, ObjectWriter, Storage, validate_key
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+DIR_MODE = 0o700
 PARTIAL_MARK = ".drd-partial-"
 INFO_SUFFIX = ".drd-info"
 
@@ -160,6 +166,8 @@ class LocalWriter(ObjectWriter):
         for leftover in (self._temp, self._temp.with_name(self._temp.name + ".info")):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        # The upload may have made the backup's directory: a failed backup leaves none.
+        self._storage._prune_empty_dirs(self._path.parent)
 
     async def abort(self) -> None:
         if self._state in ("open", "failed"):
@@ -201,8 +209,8 @@ class LocalStorage(Storage):
         return cls(f"{where} failed: {exc.strerror or exc} ({code}) at {path}")
 
     def _check_root(self) -> None:
-        if self._create_root:
-            self.root.mkdir(parents=True, exist_ok=True)
+        if self._create_root and not self.root.is_dir():
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         if not self.root.is_dir():
             raise PermanentStorageError(
                 f"region {self.name}: root {self.root} is not a directory (volume not mounted?)"
@@ -214,7 +222,7 @@ class LocalStorage(Storage):
         for part in path.relative_to(self.root).parts[:-1]:
             child = directory / part
             try:
-                os.mkdir(child)
+                os.mkdir(child, DIR_MODE)
             except FileExistsError:
                 pass
             else:
@@ -273,11 +281,22 @@ class LocalStorage(Storage):
         path = self._path(key)
         writer = LocalWriter(self, key, path, metadata or {})
         try:
-            await asyncio.to_thread(self._make_parents, path)
-            await asyncio.to_thread(writer._open)
+            await asyncio.to_thread(self._make_parents_and_open, writer, path)
         except OSError as exc:
             raise self._error(exc, "open_writer", key, path) from exc
         return writer
+
+    def _make_parents_and_open(self, writer: LocalWriter, path: Path) -> None:
+        # Another upload that fails (or a delete) prunes a directory once it is empty: between
+        # our mkdir and our open it may take the directory away. Then make it again.
+        for attempt in range(3):
+            self._make_parents(path)
+            try:
+                writer._open()
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     async def put(
         self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
@@ -367,6 +386,8 @@ class LocalStorage(Storage):
         for victim in (path, _info_path(path)):
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            _fsync_dir(path.parent)  # the delete (a crypto-shred, for a manifest) is durable
         self._prune_empty_dirs(path.parent)
 
     def _prune_empty_dirs(self, directory: Path) -> None:
@@ -380,6 +401,8 @@ class LocalStorage(Storage):
             except OSError:
                 return
             directory = directory.parent
+            with contextlib.suppress(OSError):
+                _fsync_dir(directory)
 
     async def check(self) -> None:
         try:
@@ -424,6 +447,14 @@ class LocalStorage(Storage):
                         emptied.append(directory)
         for directory in emptied:
             self._prune_empty_dirs(directory)
+        # Empty directories a crash left behind (a backup killed between mkdir and its first
+        # byte); young ones may be an upload about to start.
+        for directory, _ in sorted(self._walk(prefix), key=lambda d: -len(d[0].parts)):
+            if directory == self.root or directory in emptied:
+                continue
+            with contextlib.suppress(OSError):
+                if directory.stat().st_mtime <= cutoff and not any(directory.iterdir()):
+                    self._prune_empty_dirs(directory)
         return removed
 
 

@@ -1,23 +1,25 @@
 """Turning region definitions (from drd.yaml, or `--storage` on the command line) into Storage.
 
-Google credentials are always explicit: a service-account JSON delivered like a key, or
-anonymous credentials for a loopback emulator. Nothing here ever falls back to ambient
-discovery, which would probe the GCE metadata server.
+Google credentials are always explicit (drd.storage.google_auth): a service-account JSON
+delivered like a key, or anonymous credentials for a loopback emulator. Nothing here ever falls
+back to ambient discovery, which would probe the GCE metadata server.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from drd.errors import ConfigError, UsageError
-from drd.secret_source import read_secret
 from drd.storage.base import Storage
+from drd.storage.google_auth import STORAGE_SCOPES, build_credentials
 from drd.storage.registry import open_storage
+from drd.storage.urls import SCHEMES
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
 
 
 @dataclass(frozen=True)
@@ -31,43 +33,15 @@ class RegionSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: the only places drd talks to without real credentials."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_loopback_url(url: str) -> bool:
-    return is_loopback_host(urlsplit(url).hostname or "")
-
-
-def google_credentials(spec: RegionSpec) -> Any:
-    source = spec.credentials.get("source", "anonymous" if spec.endpoint else "")
-    what = f"region {spec.name}: credentials"
-    if source == "anonymous":
-        if not spec.endpoint or not is_loopback_url(spec.endpoint):
-            raise ConfigError(f"{what}: anonymous credentials only with a loopback endpoint")
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
-    if source in {"env", "credential"}:
-        from google.oauth2 import service_account
-
-        text = read_secret(source, spec.credentials.get("name"), what=what)
-        try:
-            info = json.loads(text)
-            return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                info, scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
-            )
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(
-                f"{what}: not a service-account JSON key ({type(exc).__name__})"
-            ) from None
-    raise ConfigError(f"{what}: required for {spec.url} (source: env, credential or anonymous)")
+def google_credentials(spec: RegionSpec) -> Credentials:
+    """The credentials of a gs:// region (drd.storage.google_auth: always explicit)."""
+    return build_credentials(
+        spec.credentials,
+        spec.endpoint,
+        scopes=STORAGE_SCOPES,
+        what=f"region {spec.name}: credentials",
+        missing=f"required for {spec.url}",
+    )
 
 
 def open_region(spec: RegionSpec, base_dir: Path | None = None) -> Storage:
@@ -90,12 +64,13 @@ def parse_storage_arg(text: str) -> RegionSpec:
     """`--storage [NAME=]URL[?endpoint=...&project=...&credentials=env:VAR]`.
 
     For the 3 a.m. restore on a fresh machine: name the regions directly, no drd.yaml needed.
+    The region URL itself is checked when it is opened (drd.storage.urls).
     """
     name, sep, url = text.partition("=")
     if not sep or "://" in name or ":" in name:
         name, url = "", text
     parts = urlsplit(url)
-    if parts.scheme not in {"file", "gs", "mem"}:
+    if parts.scheme not in SCHEMES:
         raise UsageError(f"--storage {text!r}: expected file:PATH, gs://BUCKET[/PREFIX] or mem://")
     params = dict(parse_qsl(parts.query))
     bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

@@ -1,4 +1,5 @@
-"""Choosing a backend from a region's URL.
+"""Choosing a backend from a region's URL (parsed by drd.storage.urls, which has the table of
+schemes and their options).
 
     file:///abs/path   file:relative/path (to base_dir)   gs://bucket[/prefix]   mem://name
 
@@ -8,24 +9,16 @@ google-cloud-storage (nor pays its import time).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from drd.errors import PermanentStorageError
 from drd.storage.base import Storage
+from drd.storage.urls import SCHEMES, RegionURLError, parse_region_url
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
-
-_OPTIONS = {
-    "file": {"chunk_size", "create_root"},
-    "mem": {"chunk_size"},
-    "gs": {"chunk_size", "timeout", "retry_deadline", "max_workers"},
-}
-# Bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, - _ .
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
 
 def open_storage(
@@ -38,39 +31,40 @@ def open_storage(
     credentials: Credentials | None = None,
     **opts: Any,
 ) -> Storage:
-    """Build the backend for `url`. Raises ValueError for a malformed URL or option, and
-    PermanentStorageError for gs:// without credentials and without a (local) endpoint."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _OPTIONS:
+    """Build the backend for `url` (drd.storage.urls; the scheme may be capitalised). Raises
+    ValueError for a malformed URL or option, and PermanentStorageError for gs:// without
+    credentials and without a (local) endpoint."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in SCHEMES:
         # Name only the scheme: a URL may carry userinfo that must not reach a log.
         raise ValueError(
             f"unsupported storage URL scheme {scheme + ':' if scheme else '(none)'} "
             "(expected file:PATH, gs://BUCKET[/PREFIX] or mem://NAME)"
         )
-    unknown = sorted(set(opts) - _OPTIONS[scheme])
+    allowed = SCHEMES[scheme].options
+    unknown = sorted(set(opts) - allowed)
     if unknown:
-        allowed = ", ".join(sorted(_OPTIONS[scheme]))
         raise ValueError(
-            f"unknown option(s) for {scheme}: storage: {', '.join(unknown)} (allowed: {allowed})"
+            f"unknown option(s) for {scheme}: storage: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})"
         )
-    if parts.query or parts.fragment:
-        raise ValueError(f"{scheme}: storage URL must not have a query or fragment")
-    if scheme != "gs" and (endpoint or project or credentials):
+    try:
+        region = parse_region_url(scheme + url[url.index(":") :])
+    except RegionURLError as exc:
+        raise ValueError(_worded(exc, scheme)) from None
+    if not SCHEMES[scheme].remote and (endpoint or project or credentials):
         raise ValueError("endpoint, project and credentials apply to gs:// storage only")
 
-    if scheme == "mem":
+    if region.scheme == "mem":
         from drd.storage.memory import MemoryStorage
 
         return MemoryStorage(name, **opts)
-    if scheme == "file":
+    if region.scheme == "file":
         from drd.storage.local import LocalStorage
 
-        return LocalStorage(name, _file_path(parts.netloc, unquote(parts.path), base_dir), **opts)
+        return LocalStorage(name, _directory(region.where, base_dir), **opts)
 
-    bucket = parts.netloc
-    if not _BUCKET_RE.match(bucket):
-        raise ValueError(f"invalid GCS bucket name {bucket!r} in gs:// URL")
+    bucket = region.where
     if credentials is None:
         if not endpoint:
             raise PermanentStorageError(
@@ -78,15 +72,15 @@ def open_storage(
                 "(drd never uses ambient Google credentials)"
             )
         # Only for an explicit endpoint, i.e. a local emulator.
-        from google.auth.credentials import AnonymousCredentials
+        from drd.storage.google_auth import anonymous_credentials
 
-        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        credentials = anonymous_credentials()
     from drd.storage.gcs import GCSStorage
 
     return GCSStorage(
         name,
         bucket,
-        unquote(parts.path).strip("/"),
+        region.prefix,
         project=project,
         endpoint=endpoint,
         credentials=credentials,
@@ -94,14 +88,23 @@ def open_storage(
     )
 
 
-def _file_path(host: str, path: str, base_dir: Path | None) -> Path:
-    if host not in ("", "localhost"):
-        raise ValueError(
-            f"file://{host}/... names a remote host: "
+def _worded(error: RegionURLError, scheme: str) -> str:
+    """A URL problem in the words this function's callers have always seen."""
+    if error.problem == "query":
+        return f"{scheme}: storage URL must not have a query or fragment"
+    if error.problem == "host":
+        return (
+            f"file://{error.part}/... names a remote host: "
             "use file:///absolute/path or file:relative/path"
         )
-    if not path:
-        raise ValueError("file: URL has no path")
+    if error.problem == "no-path":
+        return "file: URL has no path"
+    if error.problem == "bucket":
+        return f"invalid GCS bucket name {error.part!r} in gs:// URL"
+    return str(error)
+
+
+def _directory(path: str, base_dir: Path | None) -> Path:
     if path.startswith("/"):
         return Path(path)
     if base_dir is None:

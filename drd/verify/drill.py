@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drd import __version__, crypto
-from drd.backup import Clock, utcnow
-from drd.config import Plan
+from drd.clock import Clock, utcnow
+from drd.config.models import Plan
 from drd.errors import BackupNotFound, DrdError, IntegrityError, LockBusy, UsageError
 from drd.layout import SourceRef, new_backup_id
 from drd.metrics import Metrics

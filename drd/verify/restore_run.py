@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from drd import crypto
-from drd.backup import Clock, utcnow
-from drd.config import Config, Plan
+from drd.clock import Clock, utcnow
 from drd.config.guard import refusal
+from drd.config.models import Config, Plan
 from drd.durations import format_duration
 from drd.errors import (
     BackupNotFound,
@@ -393,8 +393,9 @@ async def _restore_and_check(
         message += f"; {first.name}: {first.detail or 'failed'}"
         if first.query:
             message += f" [query: {first.query}]"
-        expected = json.dumps(first.expected, default=str)
-        message += f" (expected {expected}, got {json.dumps(first.actual, default=str)})"
+        compared = first.comparison(lambda value: json.dumps(value, default=str))
+        if compared:
+            message += f" ({compared})"
         report.fail("check_failed", message)
 
 

@@ -208,7 +208,7 @@ async def test_labelled_instances_without_a_record_are_swept_when_old(
     """An instance whose create was in flight when its test died has no registry record: the
     daemon's start-up sweep finds it by label, but leaves young ones (a test running elsewhere)
     and anything drd did not label."""
-    from drd.config import load_config
+    from drd.config.loader import load_config
     from drd.verify.scratch.cloudsql import LABEL
     from drd.verify.scratch.cloudsql_env import sweep_labelled_instances
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from drd import crypto
-from drd.config import load_config
+from drd.config.loader import load_config
 from drd.metrics import Metrics
 from drd.runtime import open_regions
 from drd.server.auth import generate_token, token_hash

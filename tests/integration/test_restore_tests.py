@@ -215,7 +215,7 @@ def test_restore_tests_pass_in_ephemeral_server_and_scratch_database(
     db = reports["db"]
     assert len(db["checks"]) == 3 + 5
     assert db["scratch"]["kind"] == "ephemeral-postgres"
-    assert db["restore"]["owners"] == "dropped"
+    assert db["restore"]["owners"] == "kept"  # an ephemeral server gets the roles created
     total = next(c for c in db["checks"] if c["name"] == "order-total")
     assert total["expected"] == total["actual"] and isinstance(total["actual"], list)
     rows = next(c for c in db["checks"] if c["name"] == "row_counts")

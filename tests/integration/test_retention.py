@@ -25,7 +25,8 @@ from google.cloud import storage as gcs
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Plan, PlanStorage, Retention, Schedule, Targets, load_config
+from drd.config.loader import load_config
+from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.daemon.service import Daemon
 from drd.layout import SourceRef
 from drd.metrics import Metrics

@@ -20,9 +20,10 @@ from google.cloud import storage
 from drd.errors import IntegrityError, SourceError, TargetExists
 from drd.strategies import get_strategy
 from drd.strategies.file_digests import compare
-from drd.strategies.gcs_bucket import GcsBucketOptions, GcsBucketStrategy, restored_statistics
+from drd.strategies.gcs_bucket import GcsBucketOptions, GcsBucketStrategy
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
+from tests.support.restored import restored_bucket_statistics
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +144,7 @@ async def test_round_trip_between_two_servers(
     assert restored["dir/nested/deep/file.json"]["metadata"] == {"owner": "team-ü", "empty": ""}
 
     # What a restore test reads back equals what the dump recorded.
-    stats = await restored_statistics(target(scratch, "scratch-bucket", "restored/x"))
+    stats = await restored_bucket_statistics(target(scratch, "scratch-bucket", "restored/x"))
     from drd.strategies.file_digests import DigestList
 
     digests = DigestList()

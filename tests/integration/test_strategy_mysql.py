@@ -12,7 +12,7 @@ import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
 from drd.strategies import mysql as mysql_mod
-from drd.strategies.mysql import MysqlOptions, MysqlStrategy, restored_statistics
+from drd.strategies.mysql import MysqlOptions, MysqlStrategy
 from tests.support.mariadb import (
     MariaDbFactory,
     database_exists,
@@ -22,6 +22,7 @@ from tests.support.mariadb import (
     populate_rich_database,
     query,
 )
+from tests.support.restored import restored_mysql_statistics
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ async def test_round_trip_is_identical(mariadb_factory: MariaDbFactory) -> None:
     (what,) = query("SELECT what FROM audit", target.name)
     assert what[0].startswith("order ") and what[0].endswith(" für 1")
 
-    restored = await restored_statistics(target.url, strategy.capture_queries)
+    restored = await restored_mysql_statistics(target.url, strategy.capture_queries)
     assert restored["captured"]["blob_digest"] == stats["captured"]["blob_digest"]
 
 

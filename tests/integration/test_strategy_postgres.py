@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
+from drd.errors import IntegrityError, MissingRoles, RestoreError, SourceError, TargetExists
 from drd.strategies import get_strategy
 from drd.strategies._subprocess import ToolError, feed_stdin, stream_stdout
 from drd.strategies.postgres import PostgresOptions, PostgresStrategy, staging_name
@@ -147,16 +147,51 @@ async def test_round_trip_with_metadata_settings_and_roles(
             ).fetchone()
             assert comment == ("Zürich / 東京",)
 
-        # A server without one of the roles (a scratch server): ownership is dropped.
-        meta_missing = {**meta, "roles": [*meta["roles"], "drdt_no_such_role"]}
-        outcome = await PostgresStrategy.restore(replay(chunks), scratch.dsn, meta_missing)
+        # A server without one of the roles: the restore stops before creating anything,
+        # naming the role and what the backup uses it for.
+        missing_role = f"{role}_gone"
+        uses = {**meta["role_uses"], missing_role: ["owner", "privileges"]}
+        meta_missing = {**meta, "roles": sorted(uses), "role_uses": uses}
+        with pytest.raises(MissingRoles) as refused:
+            await PostgresStrategy.restore(replay(chunks), scratch.dsn, meta_missing)
+        assert refused.value.exit_code == 13
+        assert refused.value.roles == {missing_role: ["owner", "privileges"]}
+        assert f"{missing_role} (owner, privileges)" in str(refused.value)
+        assert "--create-roles" in str(refused.value)
+        assert not database_exists(scratch.name) and staging_leftovers(scratch.name) == []
+
+        # Without owners and privileges an owner-only role is not needed: ownership is dropped.
+        outcome = await PostgresStrategy.restore(
+            replay(chunks), scratch.dsn, meta_missing, owners="drop"
+        )
         assert outcome.details["owners"] == "dropped"
-        assert outcome.details["missing_roles"] == ["drdt_no_such_role"]
+        assert outcome.details["missing_roles"] == []
         with psycopg.connect(scratch.dsn, autocommit=True) as conn:
             owner = conn.execute(
                 "SELECT tableowner FROM pg_tables WHERE tablename = 't'"
             ).fetchone()
             assert owner == ("postgres",)
+
+        # create_roles: the missing role is created NOLOGIN and ownership is kept.
+        created = pg_database_factory.reserve("drdt_dst")
+        try:
+            outcome = await PostgresStrategy.restore(
+                replay(chunks), created.dsn, meta_missing, create_roles=True
+            )
+            assert outcome.details["owners"] == "kept"
+            assert outcome.details["missing_roles"] == [missing_role]
+            assert outcome.details["created_roles"] == [missing_role]
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+                attributes = conn.execute(
+                    "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls "
+                    "FROM pg_roles WHERE rolname = %s",
+                    (missing_role,),
+                ).fetchone()
+            assert attributes == (False, False, False, False, False)
+        finally:
+            pg_database_factory.cleanup()
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP ROLE IF EXISTS "{missing_role}"')
     finally:
         pg_database_factory.cleanup()
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:

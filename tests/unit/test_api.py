@@ -13,13 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from drd import crypto
-from drd.config import load_config
+from drd.config.loader import load_config
 from drd.daemon.service import Daemon
 from drd.metrics import Metrics
 from drd.server.app import make_app
-from drd.server.audit import open_audit_object
 from drd.server.auth import generate_token, token_hash
 from drd.storage.memory import MemoryStorage
+from tests.support.audit import open_audit_object
 from tests.support.drdenv import DrdEnv
 
 TOKENS = {role: generate_token() for role in ("viewer", "operator", "coordinator")}
@@ -142,9 +142,45 @@ async def test_every_mutating_call_is_audited_without_the_token(
     assert records[1]["request"] == {"source": "s0"} and records[1]["path"].endswith("/backups")
     text = audit.read_text()
     assert all(tok not in text for tok in TOKENS.values())
-    # Shipped, sealed, to every region.
+    # Shipped, sealed, to every region (in the background: the calls did not wait for it).
+    assert await client.app_daemon.audit.flush(10)  # type: ignore[attr-defined]
     for region in client.regions.values():  # type: ignore[attr-defined]
-        (obj,) = [o for o in await region.list("_audit/")]
-        raw = await region.get(obj.key)
-        assert len(open_audit_object(client.keyring, raw)) == 3  # type: ignore[attr-defined]
-        assert all(tok.encode() not in raw for tok in TOKENS.values())
+        shipped = []
+        for obj in await region.list("_audit/"):
+            raw = await region.get(obj.key)
+            shipped += open_audit_object(client.keyring, raw)  # type: ignore[attr-defined]
+            assert all(tok.encode() not in raw for tok in TOKENS.values())
+        assert [r["seq"] for r in shipped] == [1, 2, 3]
+        assert shipped == records
+
+
+async def test_refused_requests_are_audited_with_why(client: TestClient[Any, Any]) -> None:
+    """401, 403, 400 and 413 answers to requests that ask to change something are recorded:
+    who (as far as known), what, and why refused; a refused body is kept, bounded."""
+    await client.post("/api/v1/plans/p/backups")  # no token
+    await client.post("/api/v1/plans/p/backups", headers={"Authorization": "Bearer drdt1_no"})
+    await client.post("/api/v1/plans/p/backups", headers=bearer("viewer"))
+    await client.post(
+        "/api/v1/plans/p/backups", json={"surce": "s0", "password": "x"}, headers=bearer("operator")
+    )
+    await client.post(
+        "/api/v1/plans/p/backups",
+        data=b"x" * (200 * 1024),
+        headers={**bearer("operator"), "Content-Type": "application/json"},
+    )
+    await client.get("/api/v1/status")  # a refused read is not a change: not recorded
+    audit = client.state_dir / "audit.jsonl"  # type: ignore[attr-defined]
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["status"], r["token"], r["outcome"]) for r in records] == [
+        (401, "anonymous", "refused"),
+        (401, "anonymous", "refused"),
+        (403, "viewer-bot", "refused"),
+        (400, "operator-bot", "refused"),
+        (413, "operator-bot", "refused"),
+    ]
+    assert [r["why"] for r in records[:2]] == ["no token", "bad token"]
+    assert "needs 'operator'" in records[2]["why"]
+    assert "surce" in records[3]["why"]
+    assert records[3]["request"] == {"surce": "s0", "password": "***"}
+    assert records[4]["request"] is None and records[4]["why"]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]

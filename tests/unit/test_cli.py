@@ -65,6 +65,24 @@ def test_validate_reports_every_error_with_file_line_and_field(
         (["backup", "app/nope"], 2, "no source 'nope'"),
         (["restore", "app", "--to", "/tmp/x"], 2, "PLAN/SOURCE"),
         (["restore", "app/files", "--to", "/tmp/x"], 8, "no backup of app/files"),
+        (["restore", "app/nope", "--to", "/tmp/x"], 2, "plan app has no source 'nope'"),
+        (
+            ["restore", "app/files", "--to", "/tmp/x", "--region", "nosuch"],
+            2,
+            "--region: there is no region 'nosuch' (regions: a, b)",
+        ),
+        (
+            ["restore-test", "app", "--region", "zz"],
+            2,
+            "plan app has no region 'zz' (regions: a, b)",
+        ),
+        (
+            ["drill", "app", "--lose-region", "zz"],
+            2,
+            "--lose-region: plan app has no region 'zz' (regions: a, b)",
+        ),
+        (["list", "../"], 2, "unknown plan '..'"),
+        (["list", "app/nope"], 2, "plan app has no source 'nope'"),
     ],
 )
 def test_usage_errors_have_clear_messages_and_exit_codes(
@@ -83,3 +101,30 @@ def test_usage_errors_have_clear_messages_and_exit_codes(
 def test_missing_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["--config", str(tmp_path / "nope.yaml"), "validate"]) == 2
     assert "nope.yaml not found" in capsys.readouterr().err
+
+
+def test_bad_names_without_a_config_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    region = tmp_path / "region"
+    region.mkdir()
+    assert main(["list", "../", "--storage", f"file:{region}"]) == 2
+    assert "expected PLAN or PLAN/SOURCE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("plan_path", "needle"),
+    [("/dev/zero", "is not a regular file"), ("big.yaml", "is larger than 1024 KiB")],
+)
+def test_config_and_plan_files_are_bounded(
+    env: DrdEnv, capsys: pytest.CaptureFixture[str], plan_path: str, needle: str
+) -> None:
+    (env.root / "big.yaml").write_text("# padding\n" * 200_000)
+    config = env.config_path.read_text().replace("plans/*.yaml", plan_path)
+    env.config_path.write_text(config)
+    assert main(["--config", str(env.config_path), "validate"]) == 3
+    err = capsys.readouterr().err
+    assert needle in err and plan_path in err, err
+    env.config_path.write_text("# padding\n" * 200_000)
+    assert main(["--config", str(env.config_path), "validate"]) != 0
+    assert "is larger than 1024 KiB" in capsys.readouterr().err

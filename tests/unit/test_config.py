@@ -17,15 +17,9 @@ import pytest
 from pydantic import ConfigDict
 
 from drd import strategies
-from drd.config import (
-    Config,
-    Finding,
-    KeysConfig,
-    Plan,
-    RegionConfig,
-    load_config,
-    validate,
-)
+from drd.config.findings import Finding
+from drd.config.loader import load_config, validate
+from drd.config.models import Config, KeysConfig, Plan, RegionConfig
 from drd.config.yamlsource import Position, YamlSourceError, parse_yaml
 from drd.errors import ConfigError
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy

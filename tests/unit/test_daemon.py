@@ -14,7 +14,8 @@ from prometheus_client import generate_latest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Config, load_config
+from drd.config.loader import load_config
+from drd.config.models import Config
 from drd.daemon.service import Daemon
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
@@ -239,3 +240,92 @@ async def test_shutdown_cancels_a_job_past_the_grace_period(
     await d.shutdown(0.1)
     assert await regions["b"].list() == [] and await faulty.inner.list() == []
     assert d.run_once() == []  # no scheduling after shutdown
+
+
+async def test_serve_starts_every_loop_and_shutdown_closes_them(
+    blob_strategy, tmp_path, keyring
+) -> None:
+    """Serving starts the loops (drd.daemon.lifecycle): retention sweeps at once, and the first
+    backup wakes the restore-test loop, which tests the source right away (not at its next idle
+    look a minute later). Shutdown closes every loop: no task of the daemon is left."""
+    regions = {"a": MemoryStorage("a"), "b": MemoryStorage("b")}
+    d = make_daemon(make_config(tmp_path), keyring, regions, Clock())
+    await d.load_state()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(d.serve(stop))
+    tests = d.restore_tests.sources[SourceRef("p", "s0")]
+    async with asyncio.timeout(20):
+        while tests.last_finished is None and tests.last_error is None:
+            await asyncio.sleep(0.01)
+    assert d.sources[SourceRef("p", "s0")].last_status == "success"
+    assert tests.last_error is None and [r["result"] for r in tests.last] == ["passed"]
+    assert list(d.retention.sweeps) == ["p"]
+    stop.set()
+    await asyncio.wait_for(serving, 5)
+    await d.shutdown(1)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert [t.get_name() for t in others if not t.done()] == []
+
+
+class FullDisk:
+    """A job-history connection on a full disk: every statement fails as sqlite says it."""
+
+    def __init__(self) -> None:
+        self.full = True
+
+    def execute(self, *args: Any) -> Any:
+        import sqlite3
+
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_full_state_dir_fails_the_job_once_and_backs_off(
+    blob_strategy, tmp_path, keyring, caplog: pytest.LogCaptureFixture
+) -> None:
+    regions = {"a": MemoryStorage("a"), "b": MemoryStorage("b")}
+    clock = Clock()
+    d = make_daemon(make_config(tmp_path), keyring, regions, clock)
+    await d.load_state()
+    real_db = d.history._db
+    d.history._db = FullDisk()  # type: ignore[assignment]
+    st = d.sources[SourceRef("p", "s0")]
+    with caplog.at_level("INFO"):
+        assert d.run_once() == [st.ref]
+        await finish(d)
+        # The job failed once and is not due again at once: no tight retry loop.
+        assert d.run_once() == []
+        assert d.run_once() == []
+    assert st.last_status == "failure" and "database or disk is full" in (st.last_error or "")
+    assert st.next_due is not None and st.next_due >= NOW + timedelta(seconds=30)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, [r.getMessage() for r in errors]  # the state line, the job line
+    assert "state directory: cannot record a job in" in errors[0].getMessage()
+    text = generate_latest(d.metrics.registry).decode()
+    assert 'drd_backups_total{plan="p",result="failure",source="s0"} 1.0' in text
+    assert "drd_state_writable 0.0" in text
+    assert "drd_state_write_errors_total 1.0" in text
+    assert d.state_problem and "database or disk is full" in d.state_problem
+    # Space again: the next due job runs, records, and the daemon says so.
+    d.history._db = real_db
+    clock.now = st.next_due
+    assert d.run_once() == [st.ref]
+    await finish(d)
+    assert st.last_status == "success" and d.state_problem is None
+    assert "drd_state_writable 1.0" in generate_latest(d.metrics.registry).decode()
+    await d.shutdown(1)
+
+
+def test_starting_with_an_unwritable_state_dir_is_a_clear_error(
+    blob_strategy: Any, tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    from drd.errors import StateError
+
+    cfg = make_config(tmp_path)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.state_dir / "history.sqlite3").mkdir()  # not a database: cannot be opened
+    with pytest.raises(StateError, match="state directory: cannot open the job history") as e:
+        Daemon(cfg, keyring, {}, metrics=Metrics())
+    assert e.value.exit_code == 14

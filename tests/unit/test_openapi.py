@@ -142,7 +142,7 @@ async def test_real_answers_are_the_documented_ones(client: Client) -> None:  # 
     await asyncio.gather(*(st.task for st in daemon.sources.values() if st.task))
     r = await client.post("/api/v1/plans/p/restore-tests", headers=h)
     assert (await checked("startRestoreTests", r))["started"] == ["p/s0"]
-    daemon.restore_tests.run_once()
+    await daemon.restore_tests.run_once()
     await asyncio.gather(*daemon.restore_tests.tasks())
     for slots, path, operation_id in (
         (daemon.sources, "/api/v1/plans/p/backups", "startBackups"),

@@ -353,3 +353,17 @@ async def test_a_copy_stored_with_other_bytes_is_not_counted_and_removed(blob_st
     with pytest.raises(NotEnoughCopies, match="stored checksum"):
         await run_backup(REF, strategy(60_000), [good, bad], keyring, min_copies=2)
     assert await bad.list() == []
+
+
+async def test_a_restore_option_the_kind_does_not_take_is_a_usage_error(
+    blob_strategy, keyring
+) -> None:
+    """`drd restore --create-roles` of a backup whose kind has no such option stops before any
+    data is read, naming the flag."""
+    from drd.errors import UsageError
+
+    rs = regions(1)
+    await _backup(rs, keyring)
+    with pytest.raises(UsageError, match="takes no option --create-roles"):
+        await restore_backup(REF, rs, keyring, "target", options={"create_roles": True})
+    assert "target" not in RESTORED

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from drd.errors import ConfigError, UsageError
-from drd.storage.regions import RegionSpec, google_credentials, is_loopback_url, parse_storage_arg
+from drd.storage.google_auth import is_loopback_url
+from drd.storage.regions import RegionSpec, google_credentials, parse_storage_arg
 
 
 @pytest.mark.parametrize(

@@ -296,3 +296,14 @@ def test_result_rendering() -> None:
     huge = CheckResult("h", "sql", "failed", actual=[[i] for i in range(5000)])
     shown = huge.as_json()["actual"]
     assert isinstance(shown, str) and shown.endswith("...(cut)")
+
+
+def test_check_sessions_run_without_jit_and_keep_the_dsns_options() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from drd.restore_tests.databases import check_dsn
+
+    plain = conninfo_to_dict(check_dsn("host=127.0.0.1 dbname=x password=s3"))
+    assert plain["options"] == "-c jit=off" and plain["password"] == "s3"
+    kept = conninfo_to_dict(check_dsn("dbname=x options='-c search_path=app'"))
+    assert kept["options"] == "-c search_path=app -c jit=off"

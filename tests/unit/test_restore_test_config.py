@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from drd.config import load_config
 from drd.config.guard import path_conflict, same_database
+from drd.config.loader import load_config
 from drd.restore_tests.spec import capture_queries
 from tests.unit.test_config import (  # noqa: F401 - fixtures
     PLAN,

@@ -14,7 +14,7 @@ import pytest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Plan, PlanStorage, RestoreTest, Schedule, Targets
+from drd.config.models import Plan, PlanStorage, RestoreTest, Schedule, Targets
 from drd.errors import BackupNotFound, IntegrityError
 from drd.layout import SourceRef
 from drd.locks import LockBusy, restore_test_lock
@@ -284,3 +284,26 @@ async def test_choose_newest_and_a_random_older_one(
     )
     assert [r.selection for r in reports] == ["newest", "random-older"]
     assert all(r.passed for r in reports)
+
+
+async def test_a_check_that_broke_says_why_without_expected_null_got_null(
+    blob_strategy: type[BlobStrategy], keyring: crypto.Keyring, tmp_path: Path
+) -> None:
+    """A check that fails before it has anything to compare (its query cannot even run) is
+    reported by its error, in the CLI line and in the test's failure message alike."""
+    regions = await backed_up(keyring)
+    plan = make_plan(
+        tmp_path,
+        checks={
+            "db": [CheckSpec(name="unreadable", freshness={"sql": "SELECT 1", "within": "1h"})]
+        },
+    )
+    report = await run(plan, regions, keyring, tmp_path)
+    assert report.failure_category == "check_failed"
+    broken = report.checks[-1]
+    assert broken.name == "unreadable" and broken.failed
+    assert broken.expected is None and broken.actual is None and broken.detail
+    for text in (broken.summary(), str(report.failure_message), *report.summary_lines()):
+        assert "null" not in text, text
+    assert broken.detail in broken.summary()
+    assert broken.detail in str(report.failure_message)

@@ -149,6 +149,88 @@ async def test_orphaned_info_is_removed(store: LocalStorage, root: Path) -> None
     assert (await store.stat("a/kept")).metadata == {"m": "2"}
 
 
+# -- durability and hygiene (issue 14, point 6) -------------------------------------------------
+
+
+def dirs_under(path: Path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_dir())
+
+
+async def test_directories_are_0700_and_objects_0600_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0o022)
+    try:
+        storage = LocalStorage("disk", tmp_path / "new-region", create_root=True)
+        await storage.put("plan/src/id/data.drd", b"x")
+    finally:
+        os.umask(old)
+    root = tmp_path / "new-region"
+    for directory in [root, root / "plan", root / "plan/src", root / "plan/src/id"]:
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    for name in files_under(root):
+        assert (root / name).stat().st_mode & 0o777 == 0o600, name
+
+
+async def test_delete_is_made_durable_with_a_directory_fsync(
+    store: LocalStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.put("plan/src/id/manifest.drd", b"m")
+    await store.put("plan/src/id/data.drd", b"d")
+    synced: list[Path] = []
+    real = local._fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(local, "_fsync_dir", spy)
+    await store.delete("plan/src/id/manifest.drd")
+    assert synced == [root / "plan/src/id"]
+    synced.clear()
+    await store.delete("plan/src/id/data.drd")
+    # The file's directory, then each parent whose entry for an emptied directory went away.
+    assert synced[0] == root / "plan/src/id"
+    assert root / "plan/src" in synced
+    assert dirs_under(root) == []
+
+
+async def test_a_failed_upload_leaves_no_empty_directory(store: LocalStorage, root: Path) -> None:
+    await store.put("plan/src/old/data.drd", b"kept")
+    writer = await store.open_writer("plan/src/new/data.drd")
+    await writer.write(b"half")
+    await writer.abort()
+    assert dirs_under(root) == ["plan", "plan/src", "plan/src/old"]
+
+
+async def test_janitor_removes_old_empty_directories_only(store: LocalStorage, root: Path) -> None:
+    await store.put("plan/src/kept/data.drd", b"kept")
+    (root / "plan/src/crashed").mkdir()  # a backup killed right after its mkdir
+    (root / "plan/src/young").mkdir()  # an upload about to start
+    old = time.time() - 7200
+    os.utime(root / "plan/src/crashed", (old, old))
+    assert await store.remove_partials("plan/", older_than=3600) == 0
+    assert dirs_under(root) == ["plan", "plan/src", "plan/src/kept", "plan/src/young"]
+
+
+async def test_upload_survives_a_concurrent_prune_of_its_directory(
+    store: LocalStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = local.LocalWriter._open
+    calls: list[int] = []
+
+    def open_after_prune(self: local.LocalWriter) -> None:
+        if not calls:  # another upload's abort empties and removes the directory right now
+            (root / "plan/src/id").rmdir()
+        calls.append(1)
+        real(self)
+
+    monkeypatch.setattr(local.LocalWriter, "_open", open_after_prune)
+    await store.put("plan/src/id/data.drd", b"d")
+    assert (root / "plan/src/id/data.drd").read_bytes() == b"d"
+    assert len(calls) == 2
+
+
 # -- disk errors -------------------------------------------------------------------------------
 
 

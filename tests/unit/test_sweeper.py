@@ -16,7 +16,7 @@ import pytest
 
 from drd import crypto
 from drd.backup import run_backup
-from drd.config import Plan, PlanStorage, Retention, Schedule, Targets
+from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
@@ -502,7 +502,7 @@ async def load(daemon) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def daemon_setup(tmp_path: Path, blob_strategy, keyring):  # type: ignore[no-untyped-def]
-    from drd.config import load_config
+    from drd.config.loader import load_config
     from drd.daemon.service import Daemon
     from tests.support.drdenv import DrdEnv
 
@@ -594,7 +594,8 @@ async def test_readyz_reports_a_region_that_cannot_destroy_in_time(daemon_setup)
     from drd.server.app import make_app
 
     daemon = daemon_setup[0]
-    daemon.regions["as1"] = daemon.retention.regions["as1"] = SoftDeleting("as1", 30 * D)
+    daemon.regions["as1"] = SoftDeleting("as1", 30 * D)  # the mapping the loops share
+    assert daemon.retention.services.regions["as1"] is daemon.regions["as1"]
     await daemon.retention.run_once()
     assert list(daemon.retention.problems()) == ["as1"]
 

@@ -104,6 +104,9 @@ SANDBOX = {
     "RestrictSUIDSGID": "yes",
     "SystemCallArchitectures": "native",
     "UMask": "0077",
+    # No core file of a process that holds the key-encryption key (issue 14).
+    "LimitCORE": "0",
+    "LimitNOFILE": "65536",
 }
 
 
@@ -152,7 +155,7 @@ def test_notify_watchdog_and_lifecycle(service: dict[str, list[str]]) -> None:
 
 
 def test_default_shutdown_grace_fits_the_stop_timeout() -> None:
-    from drd.config import DaemonConfig
+    from drd.config.models import DaemonConfig
 
     default = DaemonConfig.model_fields["shutdown_grace"].default
     assert default.total_seconds() <= MAX_GRACE_SECONDS

@@ -51,7 +51,7 @@ from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.environment import ScratchEnv
 
 if TYPE_CHECKING:
-    from drd.config import Config
+    from drd.config.models import Config
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ async def open_cloudsql_scratch(
     """A scratch instance in `spec.project` for a backup of the cloudsql `source`."""
     import asyncio
 
-    from drd.storage.regions import is_loopback_url
+    from drd.storage.google_auth import is_loopback_url
     from drd.strategies.cloudsql import (
         CloudSqlError,
         CloudSqlOptions,

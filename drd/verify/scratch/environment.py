@@ -2,8 +2,12 @@
 
 `open_scratch` turns a plan's ScratchSpec into a ScratchEnv: what Strategy.restore() gets as its
 target (and options), where the checks find the restored copy, and the environment variables a
-command check gets. Databases are restored without owners and grants (`owners="drop"`): the
-roles of the source need not exist on a scratch server, and checks read as its superuser.
+command check gets. An ephemeral PostgreSQL server is drd's own: the roles the backup refers to
+are created there (NOLOGIN, no privileges beyond the dump's) and the copy keeps its owners and
+grants, policies and user mappings, as a DR restore would. On a `postgres-server` (shared by
+every test, the roles cluster-wide) databases are restored without owners and grants
+(`owners="drop"`); roles that policies or user mappings name must exist there. Checks read as
+the server's superuser.
 """
 
 from __future__ import annotations
@@ -129,7 +133,11 @@ async def open_scratch(
             yield ScratchEnv(
                 kind=spec.kind,
                 target=dsn,
-                restore_options={"owners": "drop", "pg_bin_dir": str(server.bin_dir)},
+                restore_options={
+                    "owners": "keep",
+                    "create_roles": True,
+                    "pg_bin_dir": str(server.bin_dir),
+                },
                 description=server.describe(),
                 resource=str(server.root),
                 dsn=dsn,

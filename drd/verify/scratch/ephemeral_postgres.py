@@ -16,6 +16,12 @@
   local user for the duration of the test, which `trust` would allow.
 - Durability is switched off (fsync, full_page_writes, synchronous_commit): the data lives for
   minutes and is thrown away.
+- JIT is off (`jit=off`): the shipped unit runs drd with MemoryDenyWriteExecute=yes, which the
+  server inherits, and LLVM's JIT needs memory that is written and then executed, so every query
+  costly enough to be compiled (the row count of a table of some ten million rows, at the
+  default jit_above_cost) would fail with `failed to look up symbol "evalexpr_..."`. Nothing
+  else in the server maps memory executable at run time (libraries are mapped by the loader,
+  which the kernel allows); an extension that JIT-compiles itself (plv8) would fail the same way.
 
 The server is registered (drd.verify.scratch.registry) before the directory is created; if drd dies,
 `destroy` (from the next start's sweep) stops it with `pg_ctl stop -m immediate` (or signals the
@@ -54,7 +60,7 @@ DEFAULT_RUN_AS = "postgres"
 _TOOL_TIMEOUT = 120.0
 _STOP_TIMEOUT = 30.0
 _START_ATTEMPTS = 3
-# Server settings for a short-lived copy: durability off, no background vacuuming.
+# Server settings for a short-lived copy: durability off, no background vacuuming, no JIT.
 _SETTINGS = {
     "listen_addresses": HOST,
     "fsync": "off",
@@ -62,6 +68,8 @@ _SETTINGS = {
     "synchronous_commit": "off",
     "autovacuum": "off",
     "max_connections": "30",
+    # MemoryDenyWriteExecute (module docstring)
+    "jit": "off",
 }
 # The children's environment: nothing of ours (PG* variables, keys) leaks into them.
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "LANG": "C"}
