@@ -62,6 +62,33 @@ class Strategy(abc.ABC, Generic[OptionsT]):
     #: the pydantic model of this kind's source entry in a plan (the class of OptionsT)
     Options: ClassVar[type[SourceOptions]]
 
+    # What a restore test can do with a backup of this kind. drd.config, drd.restore_tests and
+    # drd.verify.scratch ask these instead of keeping tables of kinds; the defaults fit a kind
+    # that restore tests only restore (into a scratch directory) and check with commands.
+
+    #: the scratch environment kinds (restore_test.scratch `kind:`) that can hold a restored
+    #: copy; the plan may name no other. Empty: none is declared, and the plan's choice is not
+    #: checked ahead of the restore
+    scratch_kinds: ClassVar[tuple[str, ...]] = ()
+    #: the scratch environment kind used when the plan names none; None: there is no sensible
+    #: default, the plan must name one (drd validate warns, the restore test fails saying so)
+    default_scratch: ClassVar[str | None] = "tempdir"
+    #: the scratch entry drd validate suggests when there is no default_scratch (YAML flow)
+    scratch_example: ClassVar[str] = ""
+    #: the declarative checks (restore_test.checks: sql, freshness, file, command) that apply
+    #: to a restored copy of this kind
+    check_kinds: ClassVar[tuple[str, ...]] = ("command",)
+    #: what the restored copy is to the checks: "postgres" (a database reached by a libpq DSN),
+    #: "sqlite" (a database file) or "tree" (a directory tree). drd.restore_tests picks the
+    #: built-in checks by it (row counts and schema, file digests) and how sql and freshness
+    #: checks query the copy. None: no built-in checks read the copy
+    restored_as: ClassVar[str | None] = None
+    #: the name of the restored file or directory in a scratch directory
+    restored_name: ClassVar[str] = "restored"
+    #: the source's `path` is a directory tree backed up whole: a scratch directory inside it
+    #: is refused (the restore would write into the live tree, and the next backup hold it)
+    source_is_tree: ClassVar[bool] = False
+
     def __init__(self, options: SourceOptions) -> None:
         if not isinstance(options, self.Options):
             # A plain SourceOptions (e.g. built by hand): validate it as this kind's model.

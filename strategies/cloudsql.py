@@ -355,6 +355,11 @@ class CopyRowCounter:
 class CloudSqlStrategy(Strategy[CloudSqlOptions]):
     kind: ClassVar[str] = "cloudsql"
     Options: ClassVar[type[SourceOptions]] = CloudSqlOptions
+    # Restore tests: only into a new instance in a scratch project the plan names (there is no
+    # default); the scratch environment checks the copy itself (drd.verify.scratch.cloudsql_env).
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("cloudsql-scratch-project",)
+    default_scratch: ClassVar[str | None] = None
+    scratch_example: ClassVar[str] = "{kind: cloudsql-scratch-project, project: ...}"
 
     def _poll(self) -> PollPolicy:
         o = self.opts

@@ -47,9 +47,7 @@ import logging
 import os
 import pwd
 import secrets
-import shutil
 import stat
-import sys
 import tarfile
 import threading
 from collections import deque
@@ -61,6 +59,7 @@ from typing import IO, Any, BinaryIO, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import Field
 
 from drd.errors import RestoreError, SourceError, TargetExists
+from drd.fsutil import remove_tree
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 from drd.strategies.file_digests import DigestList
 
@@ -588,24 +587,6 @@ def _sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
-    """rmtree that also copes with directories the restore made read-only."""
-
-    def retry(func: Callable[[str], object], p: str, _exc: object) -> None:
-        for d in (os.path.dirname(p), p):
-            if os.path.isdir(d) and not os.path.islink(d):
-                with contextlib.suppress(OSError):
-                    os.chmod(d, 0o700)
-        func(p)
-
-    if not os.path.lexists(path):
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
-
-
 def _check_source(root: Path, where: str) -> None:
     if not root.is_dir():
         raise SourceError(f"{where}: not a directory")
@@ -613,7 +594,7 @@ def _check_source(root: Path, where: str) -> None:
 
 def _discard(staging: Path, where: str) -> None:
     try:
-        _remove_tree(staging)
+        remove_tree(staging)
     except OSError as exc:
         log.error("%s: could not remove the staging directory %s: %s", where, staging, exc)
 
@@ -663,6 +644,12 @@ def _install(staging: Path, path: Path, where: str) -> None:
 class FilesStrategy(Strategy[FilesOptions]):
     kind: ClassVar[str] = "files"
     Options: ClassVar[type[SourceOptions]] = FilesOptions
+    # Restore tests: a tree in a scratch directory (never inside the source's own tree),
+    # checked by file digests and the plan's file checks.
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("tempdir",)
+    check_kinds: ClassVar[tuple[str, ...]] = ("file", "command")
+    restored_as: ClassVar[str | None] = "tree"
+    source_is_tree: ClassVar[bool] = True
 
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None

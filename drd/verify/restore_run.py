@@ -56,12 +56,13 @@ from drd.repository.manifest import Manifest
 from drd.restore import StreamMeter, stream_plaintext
 from drd.restore_tests import builtin
 from drd.restore_tests.runner import CheckTarget, run_checks
-from drd.restore_tests.spec import SCRATCH_FOR_SOURCE, ScratchSpec
+from drd.restore_tests.spec import ScratchSpec
 from drd.storage.base import Storage
 from drd.strategies import get_strategy
 from drd.strategies.base import AnyStrategy, SourceOptions
 from drd.verify.restore_report import Category, RestoreTestReport, store_report
-from drd.verify.scratch.environment import ScratchEnv, open_scratch
+from drd.verify.scratch.base import ScratchEnv
+from drd.verify.scratch.environment import open_scratch
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,8 @@ async def _run(
         report.region = next_region(state_dir, ref, order, available)
     storage = next(s for s in storages if s.name == report.region)
     spec = plan.restore_test.scratch_for(source)
-    fitting = SCRATCH_FOR_SOURCE.get(source.kind)
-    if fitting is not None and spec.kind not in fitting:
+    fitting = get_strategy(source.kind).scratch_kinds
+    if spec is None or (fitting and spec.kind not in fitting):
         report.fail(
             "restore_failed",
             f"no scratch environment for source {source.name} (kind {source.kind}): add "
