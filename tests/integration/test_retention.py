@@ -3,7 +3,7 @@ injected clock (backups are made by the real pipeline with a clock in the past).
 
 fake-gcs-server implements no soft delete, versioning, lifecycle or retention policy: every
 bucket here deletes at once, and the deletion-delay logic is tested against the settings
-objects in tests/unit/test_retention_policy.py. What these tests prove is that objects are
+objects in tests/unit/retention/test_policy.py. What these tests prove is that objects are
 really gone from each emulated region, by listing it through a fresh client.
 """
 

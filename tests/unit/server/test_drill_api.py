@@ -27,7 +27,7 @@ from drd.retention.sweep import sweep
 from drd.verify.drill import REPORT_OBJECT, drill_prefix, open_report, render_markdown
 from tests.support.audit import open_audit_object
 from tests.support.blob_strategy import BlobStrategy
-from tests.unit.test_api import TOKENS, bearer, client  # noqa: F401 - the fixture
+from tests.unit.server.test_api import TOKENS, bearer, client  # noqa: F401 - the fixture
 
 Client = TestClient[Any, Any]
 
