@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 
 from drd import __version__, crypto
 from drd.errors import NotEnoughCopies, PermanentStorageError
-from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
+from drd.layout import SourceRef, new_backup_id
 from drd.repository.fanout import FanOut
-from drd.repository.manifest import Manifest, ManifestBody, ManifestPublic
+from drd.repository.manifest import DATA_FORMAT, Manifest, ManifestBody, ManifestPublic
 from drd.repository.sealing import COMPRESSION, Sealer
 from drd.storage.base import Storage
 from drd.strategies.base import AnyStrategy
@@ -85,9 +85,11 @@ async def run_backup(
         data_key,
         backup_id=backup_id,
         key_id=kek.key_id,
-        object_name=DATA_OBJECT,
+        # Version 2: the header names the object's location, so it cannot pass for another.
+        object_name=ref.data_key(backup_id),
         segment_size=segment_size,
         level=zstd_level,
+        version=DATA_FORMAT,
     )
     fan = FanOut(regions, ref.data_key(backup_id))
     ctx = {"plan": ref.plan, "source": ref.source, "backup_id": backup_id}
@@ -150,6 +152,7 @@ async def run_backup(
             ciphertext_digest=sealer.ciphertext_digest,
             strategy_metadata={**strategy.restore_metadata(), "host": socket.gethostname()},
             drd_version=__version__,
+            data_format=DATA_FORMAT,
         ),
     )
     sealed = manifest.seal(keyring)

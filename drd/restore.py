@@ -19,7 +19,7 @@ from typing import Any
 from drd import crypto
 from drd.backup import close_stream
 from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError
-from drd.layout import DATA_OBJECT, SourceRef
+from drd.layout import SourceRef
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener
@@ -113,9 +113,10 @@ async def stream_plaintext(
             data_key,
             backup_id=pub.backup_id,
             key_id=pub.key_id,
-            object_name=DATA_OBJECT,
+            object_name=manifest.data_object_name(),
             expect_ciphertext=(body.ciphertext_size, body.ciphertext_digest),
             expect_plaintext=(body.plaintext_size, body.plaintext_digest),
+            version=body.data_format,
         )
         reader = storage.open_reader(ref.data_key(pub.backup_id))
         try:
@@ -186,6 +187,7 @@ async def restore_backup(
     prefer_region: str | None = None,
 ) -> RestoreResult:
     entry = await find_backup(ref, regions, keyring, backup_id)
+    assert entry.public is not None  # a verified entry
     by_name = {r.name: r for r in regions}
     order = sorted(entry.complete_regions, key=lambda name: name != prefer_region)
     strategy = get_strategy(entry.public.kind)
@@ -198,7 +200,11 @@ async def restore_backup(
         try:
             # Each region's own manifest is verified before its data is trusted.
             manifest = Manifest.open(
-                keyring, await storage.get(ref.manifest_key(entry.backup_id)), where
+                keyring,
+                await storage.get(ref.manifest_key(entry.backup_id)),
+                where,
+                ref,
+                entry.backup_id,
             )
             metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
             outcome = await strategy.restore(

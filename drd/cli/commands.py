@@ -124,10 +124,10 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
         "plan": entry.ref.plan,
         "source": entry.ref.source,
         "backup_id": entry.backup_id,
-        "kind": entry.public.kind,
-        "started_at": entry.public.started_at,
-        "completed_at": entry.public.completed_at,
-        "key_id": entry.public.key_id,
+        "kind": entry.public.kind if entry.public else None,
+        "started_at": entry.public.started_at if entry.public else None,
+        "completed_at": entry.public.completed_at if entry.public else None,
+        "key_id": entry.public.key_id if entry.public else None,
         "verified": entry.verified,
         "problem": str(entry.verify_error) if entry.verify_error else None,
         "damaged_copies": entry.copy_problems(),
@@ -164,7 +164,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
         if tested:
             status += "  " + _test_summary(tested)
         print(
-            f"{e.ref!s:<28} {e.backup_id:<26} {e.public.started:%Y-%m-%d %H:%M:%S}  "
+            f"{e.ref!s:<28} {e.backup_id:<26} {e.captured:%Y-%m-%d %H:%M:%S}  "
             f"{_human(body.plaintext_size) if body else '?':>10} "
             f"{_human(body.ciphertext_size) if body else '?':>10}  "
             f"{','.join(sorted(e.complete_regions)) or '-'}{status}"

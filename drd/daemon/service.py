@@ -155,12 +155,12 @@ class Daemon:
                 entry = catalog.newest_complete(st.ref, plan.storage.min_copies)
                 if entry is not None:
                     assert entry.manifest is not None
-                    st.last_capture = entry.public.started
+                    st.last_capture = entry.manifest.public.started
                     st.last_backup_id = entry.backup_id
                     st.copies = {r: r in entry.complete_regions for r in plan.storage.regions}
                     st.stored_bytes = entry.manifest.body.ciphertext_size
                     st.source_bytes = entry.manifest.body.plaintext_size
-                    completed = datetime.fromisoformat(entry.public.completed_at)
+                    completed = datetime.fromisoformat(entry.manifest.public.completed_at)
                     self.metrics.backup_last_success.labels(plan.name, source.name).set(
                         completed.timestamp()
                     )

@@ -105,7 +105,8 @@ async def _copy_backup(
     assert entry.manifest is not None
     where = f"{src.name}:{ref.manifest_key(backup_id)}"
     raw = await src.get(ref.manifest_key(backup_id))
-    manifest = Manifest.open(keyring, raw, where)  # this region's own copy, verified
+    # This region's own copy, verified (and bound to its location).
+    manifest = Manifest.open(keyring, raw, where, ref, backup_id)
     if manifest != entry.manifest:
         raise _SourceDamaged(f"{where}: manifest differs from the one verified in the catalog")
     body = manifest.body

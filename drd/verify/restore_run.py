@@ -108,9 +108,7 @@ async def choose_backups(
     out = [Candidate(newest, "newest")]
     if also_random_older:
         older = [
-            e
-            for e in entries
-            if e.verified and e.complete_regions and e.public.started < newest.public.started
+            e for e in entries if e.verified and e.complete_regions and e.captured < newest.captured
         ]
         if older:
             out.append(Candidate((rng or random.SystemRandom()).choice(older), "random-older"))
@@ -175,8 +173,8 @@ async def run_restore_test(
         plan=plan.name,
         source=source.name,
         backup_id=entry.backup_id,
-        kind=entry.public.kind,
-        backup_captured_at=entry.public.started_at,
+        kind=entry.public.kind if entry.public is not None else "unknown",
+        backup_captured_at=entry.captured.isoformat(),
         selection=candidate.selection,
         started_at=clock(),
         rto_target_seconds=plan.targets.rto.total_seconds(),
@@ -285,7 +283,7 @@ async def _fetch_restore_check(
     started = time.perf_counter()
     raw = await storage.get(ref.manifest_key(entry.backup_id))
     phases.fetch = time.perf_counter() - started
-    manifest = Manifest.open(keyring, raw, where)
+    manifest = Manifest.open(keyring, raw, where, ref, entry.backup_id)
     metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
     strategy = get_strategy(manifest.public.kind)
     meter = StreamMeter()

@@ -286,7 +286,7 @@ async def _rewrite_as_legacy(
 ) -> None:
     """Re-seal the backup's manifest as drd 0.1 wrote it: `*_sha256` digests, no algorithm."""
     key = REF.manifest_key(backup_id)
-    manifest = Manifest.open(keyring, await region.get(key), key)
+    manifest = Manifest.open(keyring, await region.get(key), key, REF, backup_id)
     body = asdict(manifest.body)
     del body["plaintext_digest"], body["ciphertext_digest"]
     body["plaintext_sha256"] = hashlib.sha256(plaintext).hexdigest()
@@ -353,3 +353,25 @@ async def test_a_copy_stored_with_other_bytes_is_not_counted_and_removed(blob_st
     with pytest.raises(NotEnoughCopies, match="stored checksum"):
         await run_backup(REF, strategy(60_000), [good, bad], keyring, min_copies=2)
     assert await bad.list() == []
+
+
+# -- issue 13, must-hold 1: a manifest is bound to where it is stored -------------------------
+
+
+async def test_a_backup_copied_to_another_place_is_refused_as_that_copys_error(
+    blob_strategy, keyring
+) -> None:
+    rs = regions()
+    result = await _backup(rs, keyring)
+    other = SourceRef("billing", "files")
+    for key in (REF.data_key(result.backup_id), REF.manifest_key(result.backup_id)):
+        await rs[0].put(key.replace("billing/db/", "billing/files/"), await rs[0].get(key))
+    catalog = await build_catalog(rs, keyring)
+    moved = next(e for e in catalog.entries if e.ref == other)
+    assert not moved.verified and moved.complete_regions == []
+    assert "moved from another location" in moved.copy_problems()["r0"]
+    with pytest.raises(IntegrityError, match="moved from another location"):
+        await restore_backup(other, rs, keyring, "target", backup_id=result.backup_id)
+    assert "target" not in RESTORED
+    # The original is untouched and restores from either region.
+    assert (await restore_backup(REF, rs, keyring, "target")).backup_id == result.backup_id
