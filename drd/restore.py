@@ -18,9 +18,9 @@ from typing import Any
 
 from drd import crypto
 from drd.backup import close_stream
-from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError
+from drd.errors import BackupNotFound, DrdError, IntegrityError, KeyringError, StorageError
 from drd.layout import SourceRef
-from drd.repository.catalog import CatalogEntry, build_catalog
+from drd.repository.catalog import CatalogEntry, build_catalog, error_class
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener
 from drd.storage.base import Storage
@@ -40,6 +40,8 @@ class RestoreResult:
     seconds: float
     # regions tried before the one that worked, with why they were skipped
     skipped: dict[str, str] = field(default_factory=dict)
+    # regions whose copy was found unusable before any was tried (not tried), with why
+    unusable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,13 +188,19 @@ async def restore_backup(
     backup_id: str | None = None,
     prefer_region: str | None = None,
 ) -> RestoreResult:
+    """Restore the chosen backup from the first region whose copy works.
+
+    Any failure of one copy (its manifest forged, moved, sealed with a foreign key or
+    unreadable; its data truncated, altered or unreadable) moves on to the next region: one bad
+    region cannot stop a restore. When every copy fails, the error names every copy tried and
+    why, and the copies the catalog had already found unusable. A failure of the target (it
+    exists, the restore tool failed) stops at once."""
     entry = await find_backup(ref, regions, keyring, backup_id)
-    assert entry.public is not None  # a verified entry
+    assert entry.manifest is not None and entry.public is not None  # a verified entry
     by_name = {r.name: r for r in regions}
     order = sorted(entry.complete_regions, key=lambda name: name != prefer_region)
     strategy = get_strategy(entry.public.kind)
-    skipped: dict[str, str] = {}
-    first_error: DrdError | None = None
+    failed: dict[str, DrdError] = {}
     for region in order:
         storage = by_name[region]
         where = f"{region}:{ref.manifest_key(entry.backup_id)}"
@@ -206,17 +214,25 @@ async def restore_backup(
                 ref,
                 entry.backup_id,
             )
+            if manifest != entry.manifest:
+                raise IntegrityError(f"{where}: manifest differs from the verified one")
             metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
             outcome = await strategy.restore(
                 stream_plaintext(storage, ref, manifest, keyring), target, metadata
             )
-        except (IntegrityError, StorageError) as exc:
+        except (IntegrityError, KeyringError, StorageError) as exc:
             log.error("restore %s@%s from %s failed: %s", ref, entry.backup_id, region, exc)
-            skipped[region] = str(exc)
-            first_error = first_error or exc
+            failed[region] = exc
             continue
         result = RestoreResult(
-            ref, entry.backup_id, region, target, outcome, time.monotonic() - started, skipped
+            ref,
+            entry.backup_id,
+            region,
+            target,
+            outcome,
+            time.monotonic() - started,
+            {r: str(e) for r, e in failed.items()},
+            unusable={r: p for r, p in entry.copy_problems().items() if r not in failed},
         )
         log.info(
             "restored %s@%s from %s into %s in %.1fs",
@@ -227,8 +243,11 @@ async def restore_backup(
             result.seconds,
         )
         return result
-    assert first_error is not None
-    detail = "; ".join(f"{r}: {e}" for r, e in skipped.items())
-    raise type(first_error)(
+    assert failed
+    detail = "; ".join(f"{r}: {e}" for r, e in failed.items())
+    untried = {r: p for r, p in entry.copy_problems().items() if r not in failed}
+    if untried:
+        detail += "; not tried: " + "; ".join(f"{r}: {p}" for r, p in untried.items())
+    raise error_class(failed.values())(
         f"restore of {ref}@{entry.backup_id} failed from every region ({detail})"
     )

@@ -257,6 +257,8 @@ async def restore(
     )
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
+    for region_name, why in result.unusable.items():
+        print(f"warning: region {region_name} holds no usable copy: {why}", file=sys.stderr)
     return 0
 
 

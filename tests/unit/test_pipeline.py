@@ -375,3 +375,32 @@ async def test_a_backup_copied_to_another_place_is_refused_as_that_copys_error(
     assert "target" not in RESTORED
     # The original is untouched and restores from either region.
     assert (await restore_backup(REF, rs, keyring, "target")).backup_id == result.backup_id
+
+
+# -- issue 13, must-hold 3: one bad region cannot stop a restore ------------------------------
+
+
+async def test_any_failure_of_one_copy_moves_on_to_the_next_region(blob_strategy, keyring):
+    r0, r1 = regions()
+    faulty = FaultyStorage(r0)
+    result = await _backup([faulty, r1], keyring)
+    data_key = REF.data_key(result.backup_id)
+    # A transient fault reading the data, mid-stream: region r1 is used.
+    faulty.fail_reader_after(2000, TransientStorageError("503 after the retry deadline"))
+    out = await restore_backup(REF, [faulty, r1], keyring, "t1")
+    assert out.region == "r1" and "503 after the retry deadline" in out.skipped["r0"]
+    assert RESTORED["t1"] == blob_bytes(60_000)
+    # The manifest unreadable in r0: the catalog says so, r1 restores.
+    faulty.clear()
+    faulty.fail("get", TransientStorageError("manifest read timed out"), match=REF.prefix)
+    out = await restore_backup(REF, [faulty, r1], keyring, "t2")
+    assert out.region == "r1" and "manifest read timed out" in out.unusable["r0"]
+    # Both copies failing: every copy is named, the gravest cause gives the exit code.
+    faulty.clear()
+    faulty.fail_reader_after(10, TransientStorageError("connection reset"))
+    await _corrupt(r1, data_key, _flip)
+    with pytest.raises(IntegrityError) as err:
+        await restore_backup(REF, [faulty, r1], keyring, "t3")
+    assert "r0: " in str(err.value) and "connection reset" in str(err.value)
+    assert "r1: " in str(err.value) and "failed authentication" in str(err.value)
+    assert "t3" not in RESTORED
