@@ -236,6 +236,7 @@ async def restore(
     target: str,
     backup_id: str | None,
     region: str | None,
+    allow_older: bool = False,
 ) -> int:
     try:
         ref = SourceRef.parse(what)
@@ -249,12 +250,23 @@ async def restore(
             plan = find_plan(cfg, ref.plan)
             regions = [r for r in regions if r.name in plan.storage.regions]
         result = await restore_backup(
-            ref, regions, keyring, target, backup_id=backup_id, prefer_region=region
+            ref,
+            regions,
+            keyring,
+            target,
+            backup_id=backup_id,
+            prefer_region=region,
+            allow_older=allow_older,
         )
     print(
         f"restored {ref}@{result.backup_id} from region {result.region} into {result.target} "
         f"in {result.seconds:.1f}s"
     )
+    for newer, why in result.skipped_newer.items():
+        print(
+            f"warning: NEWER backup {ref}@{newer} was passed over (--allow-older): {why}",
+            file=sys.stderr,
+        )
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
     for region_name, why in result.unusable.items():
@@ -315,6 +327,7 @@ async def restore_test(
     backup_id: str | None,
     region: str | None,
     as_json: bool,
+    allow_older: bool = False,
 ) -> int:
     """Restore tests of PLAN or PLAN/SOURCE now; exit 11 if any failed (drd.verify.restore_run)."""
     from drd.errors import RestoreTestFailed
@@ -346,6 +359,7 @@ async def restore_test(
                     base_dir=cfg.path.parent,
                     backup_id=backup_id,
                     region=region,
+                    allow_older=allow_older,
                 )
             except DrdError as exc:
                 errors.append(exc)

@@ -73,8 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     rs = command("restore", "restore a backup into a new database or directory")
     rs.add_argument("what", metavar="PLAN/SOURCE")
     rs.add_argument("--to", required=True, metavar="TARGET", help="a DSN or a path; must not exist")
-    rs.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rs.add_argument("--backup", metavar="ID", help="default: the newest backup")
     rs.add_argument("--region", help="read this region first")
+    rs.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="when no copy of the newest backup can be verified, restore the newest one that "
+        "can (default: fail, naming the newer backup and why)",
+    )
     keys_arg(rs)
     storage_arg(rs)
 
@@ -86,8 +92,14 @@ def _parser() -> argparse.ArgumentParser:
 
     rt = command("restore-test", "restore into a scratch environment, check, time it (RTO)")
     rt.add_argument("what", metavar="PLAN[/SOURCE]")
-    rt.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rt.add_argument("--backup", metavar="ID", help="default: the newest backup")
     rt.add_argument("--region", help="read this region's copy (default: each region in turn)")
+    rt.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="when no copy of the newest backup can be verified, test the newest one that can "
+        "(default: the test fails on the newest backup)",
+    )
     rt.add_argument("--json", action="store_true", help="print the full reports as JSON")
     keys_arg(rt)
 
@@ -153,6 +165,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 target=args.to,
                 backup_id=args.backup,
                 region=args.region,
+                allow_older=args.allow_older,
             )
         )
     if args.command == "prune":
@@ -170,6 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 backup_id=args.backup,
                 region=args.region,
                 as_json=args.json,
+                allow_older=args.allow_older,
             )
         )
     if args.command == "drill":

@@ -226,7 +226,7 @@ async def build_catalog(
         public: ManifestPublic | None = None
         manifest: Manifest | None = None
         manifest_from = ""
-        opened: dict[bytes, Manifest | DrdError] = {}  # identical copies are verified once
+        opened: dict[bytes, Manifest] = {}  # identical copies are verified once
         disagreeing: list[str] = []
         for copy, raw in zip(holders, raws, strict=True):
             where = f"{copy.region}:{key}"
@@ -245,14 +245,11 @@ async def build_catalog(
             result = opened.get(raw)
             if result is None:
                 try:
-                    result = Manifest.open(keyring, raw, where, ref, backup_id)
+                    result = opened[raw] = Manifest.open(keyring, raw, where, ref, backup_id)
                 except DrdError as exc:
-                    result = exc
-                opened[raw] = result
-            if isinstance(result, DrdError):
-                # Authentication first: its message says more than the location check's.
-                copy.manifest_error = result
-                continue
+                    # Authentication first: its message says more than the location check's.
+                    copy.manifest_error = exc
+                    continue
             copy.manifest_error = None
             if manifest is None:
                 manifest, manifest_from = result, copy.region

@@ -8,10 +8,12 @@ sees (exit code, message, metric) and what remains in every region afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import blake3
 import pytest
 
 from drd import crypto
@@ -19,6 +21,7 @@ from drd.layout import SourceRef
 from drd.repository.manifest import Manifest
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
+from tests.support.gcsproxy import GcsProxy
 from tests.support.rawregion import RawRegion
 
 pytestmark = pytest.mark.integration
@@ -90,6 +93,105 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, gcs_regions: StartRegi
     return World(env, raw, servers, src, tmp_path)
 
 
+# ------------------------------------------------------------------------------ must-hold 1
+
+
+def test_a_backup_copied_under_another_plan_or_source_is_refused(world: World) -> None:
+    """A backup directory of p2 copied under p1's path, or a database backup copied under a
+    files source, is not that backup: every copy of it is refused, as that copy's integrity
+    error, and the newest backup is not silently replaced by an older one."""
+    env, a = world.env, world.raw["a"]
+    p1f = world.backup("p1/files")
+    p1d = world.backup("p1/db")
+    p2f = world.backup("p2/files")
+    # The attacker copies p2's newest backup under p1/files, with the same id, in region a.
+    a.copy_tree(P2F.backup_prefix(p2f), P1F.backup_prefix(p2f))
+    # And p1's database backup under p1/files in both regions.
+    for raw in world.raw.values():
+        raw.copy_tree(P1D.backup_prefix(p1d), P1F.backup_prefix(p1d))
+    before = world.snapshot()
+
+    target = world.tmp / "restored"
+    proc = env.run("restore", "p1/files", "--to", str(target))
+    assert proc.returncode == 5, proc.stderr
+    assert f"the newest backup p1/files@{p2f} cannot be restored" in proc.stderr
+    assert "moved from another location" in proc.stderr
+    assert f"older backups that verify: {p1f}" in proc.stderr and "--allow-older" in proc.stderr
+    assert not target.exists()
+
+    proc = env.run("restore", "p1/files", "--to", str(target), "--backup", p1d)
+    assert proc.returncode == 5, proc.stderr
+    assert f"backup p1/files@{p1d}" in proc.stderr and "a: " in proc.stderr
+    assert "b: " in proc.stderr and "moved from another location" in proc.stderr
+    assert not target.exists()
+
+    # Knowingly older: p1's own backup, with the newer one named.
+    proc = env.ok("restore", "p1/files", "--to", str(target), "--allow-older")
+    assert f"restored p1/files@{p1f}" in proc.stdout
+    assert f"NEWER backup p1/files@{p2f} was passed over" in proc.stderr
+    assert tree_of(target) == world.tree("p1-files")
+
+    listing = json.loads(env.ok("list", "p1/files", "--json").stdout)["backups"]
+    by_id = {b["backup_id"]: b for b in listing}
+    assert set(by_id) == {p1f, p1d, p2f}
+    assert by_id[p1f]["verified"] and sorted(by_id[p1f]["regions"]) == ["a", "b"]
+    assert not by_id[p2f]["verified"] and "moved" in by_id[p2f]["damaged_copies"]["a"]
+    assert not by_id[p1d]["verified"]
+    assert world.snapshot() == before  # reading never changes a region
+
+
+def rewrite_as_v1(world: World, ref: SourceRef, backup_id: str) -> None:
+    """Turn a backup into exactly what drd wrote before format version 2 (docs/format.md):
+    data object version 1 named `data.drd`, a version 1 manifest, same data key."""
+    keyring = world.keyring
+    a = world.raw["a"]
+    mkey, dkey = ref.manifest_key(backup_id), ref.data_key(backup_id)
+    manifest = Manifest.open(keyring, a.read(mkey), mkey, ref, backup_id)
+    assert manifest.version == 2 and manifest.body.data_format == 2
+    pub, body = manifest.public, manifest.body
+    data_key = crypto.unwrap_data_key(keyring, pub.key_id, body.wrapped_data_key, backup_id)
+    dec = crypto.StreamDecryptor(data_key, backup_id=backup_id, key_id=pub.key_id, object_name=dkey)
+    compressed = dec.update(a.read(dkey)) + dec.finalize()
+    enc = crypto.StreamEncryptor(
+        data_key,
+        backup_id=backup_id,
+        key_id=pub.key_id,
+        object_name="data.drd",
+        segment_size=body.segment_size,
+        version=1,
+    )
+    v1 = enc.update(compressed) + enc.finalize()
+    old_body = asdict(body)
+    del old_body["data_format"]
+    old_body.update(
+        ciphertext_size=len(v1), ciphertext_digest="blake3:" + blake3.blake3(v1).hexdigest()
+    )
+    sealed = crypto.seal_manifest(keyring, {**asdict(pub), "format": "drd-backup-1"}, old_body)
+    assert json.loads(sealed)["drd_manifest"] == 1
+    for raw in world.raw.values():  # the same bytes everywhere, as a backup writes them
+        raw.write(dkey, v1)
+        raw.write(mkey, sealed)
+
+
+def test_version_1_backups_stay_readable_and_are_checked_against_their_location(
+    world: World,
+) -> None:
+    env = world.env
+    p1f = world.backup("p1/files")
+    rewrite_as_v1(world, P1F, p1f)
+    target = world.tmp / "v1"
+    proc = env.ok("restore", "p1/files", "--to", str(target), "--region", "b")
+    assert f"restored p1/files@{p1f} from region b" in proc.stdout
+    assert tree_of(target) == world.tree("p1-files")
+    # Version 1 has no location in its seal: its public fields are checked against the place.
+    for raw in world.raw.values():
+        raw.copy_tree(P1F.backup_prefix(p1f), P1D.backup_prefix(p1f))
+    proc = env.run("restore", "p1/db", "--to", str(world.tmp / "x.db"), "--backup", p1f)
+    assert proc.returncode == 5, proc.stderr
+    assert f"manifest of p1/files@{p1f} stored as p1/db@{p1f}" in proc.stderr
+    assert not (world.tmp / "x.db").exists()
+
+
 # ------------------------------------------------------------------------------ must-hold 3
 
 
@@ -147,3 +249,98 @@ def test_one_bad_region_cannot_stop_a_restore(world: World) -> None:
     assert new in proc.stderr and not target.exists()
     assert "a: " in proc.stderr and "failed authentication" in proc.stderr
     assert "b: data object truncated: 100 of" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ must-hold 2
+
+
+def forge(raw: RawRegion, key: str) -> None:
+    """Alter a public field of a stored manifest: it stays valid JSON, and fails
+    authentication."""
+    doc = json.loads(raw.read(key))
+    doc["public"]["completed_at"] = "2020-01-01T00:00:00+00:00"
+    raw.write(key, json.dumps(doc).encode())
+
+
+def test_the_newest_backup_is_never_skipped_silently(world: World) -> None:
+    env = world.env
+    old = world.backup("p1/files")
+    new = world.backup("p1/files")
+    for raw in world.raw.values():
+        forge(raw, P1F.manifest_key(new))
+    before = world.snapshot()
+
+    listing = env.ok("list", "p1/files").stdout
+    (line,) = [x for x in listing.splitlines() if new in x]
+    assert "UNVERIFIED" in line and "manifest failed authentication" in line
+
+    target = world.tmp / "restored"
+    proc = env.run("restore", "p1/files", "--to", str(target))
+    assert proc.returncode == 5, proc.stderr
+    assert f"the newest backup p1/files@{new} cannot be restored" in proc.stderr
+    assert "no copy of the manifest can be verified" in proc.stderr
+    assert f"a:p1/files/{new}/manifest.json" in proc.stderr
+    assert f"b:p1/files/{new}/manifest.json" in proc.stderr
+    assert f"older backups that verify: {old}" in proc.stderr and not target.exists()
+
+    proc = env.ok("restore", "p1/files", "--to", str(target), "--allow-older")
+    assert f"restored p1/files@{old}" in proc.stdout
+    assert f"NEWER backup p1/files@{new} was passed over" in proc.stderr
+    assert tree_of(target) == world.tree("p1-files")
+
+    tested = env.run("restore-test", "p1/files")
+    assert tested.returncode == 11, tested.stdout + tested.stderr
+    assert f"FAILED p1/files@{new} (newest)" in tested.stdout
+    assert "integrity_failed: no copy of the manifest can be verified" in tested.stdout
+
+    tested = env.ok("restore-test", "p1/files", "--allow-older", "--json")
+    (report,) = json.loads(tested.stdout)["reports"]
+    assert report["backup_id"] == old and report["selection"] == "newest-usable"
+    assert report["result"] == "passed"
+    assert "manifest failed authentication" in report["skipped_newer"][new]
+    text = env.ok("restore-test", "p1/files", "--allow-older").stdout
+    assert f"PASSED p1/files@{old} (newest-usable)" in text
+    assert f"NOT TESTED: newer backup p1/files@{new}: no copy of the manifest" in text
+    # The regions hold what they held, plus the restore test reports next to the backups.
+    after = world.snapshot()
+    for name, objects in after.items():
+        added = set(objects) - set(before[name])
+        assert added and all("/restore-tests/" in k for k in added)
+        assert {k: objects[k] for k in before[name]} == before[name]
+
+
+def test_a_newest_manifest_unreadable_everywhere_is_named_not_skipped(
+    tmp_path: Path, gcs_regions: StartRegions
+) -> None:
+    """fake-gcs-server behind a proxy that answers 503 for the newest manifest, longer than
+    the retry deadline, in every region."""
+    env = DrdEnv(tmp_path)
+    servers = gcs_regions(2, ["EUROPE-WEST1", "US-CENTRAL1"])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("data\n")
+    with GcsProxy(servers[0].endpoint) as pa, GcsProxy(servers[1].endpoint) as pb:
+        env.add_gcs_region("a", servers[0], "drd-a", endpoint=pa.endpoint)
+        env.add_gcs_region("b", servers[1], "drd-b", endpoint=pb.endpoint)
+        env.add_plan("p1", [{"name": "files", "kind": "files", "path": str(tmp_path / "src")}])
+        env.write()
+        old = env.backup_id_of(env.ok("backup", "p1/files"), "p1/files")
+        new = env.backup_id_of(env.ok("backup", "p1/files"), "p1/files")
+        for proxy in (pa, pb):
+            proxy.fail("GET", f"p1/files/{new}/manifest\\.json", 503)
+
+        listing = json.loads(env.ok("list", "p1/files", "--json").stdout)["backups"]
+        assert [b["backup_id"] for b in listing] == [old, new]
+        assert not listing[1]["verified"] and "503" in listing[1]["problem"]
+
+        proc = env.run("restore", "p1/files", "--to", str(tmp_path / "r"))
+        assert proc.returncode == 6, proc.stderr  # a storage failure, named as such
+        assert f"the newest backup p1/files@{new} cannot be restored" in proc.stderr
+        assert "503" in proc.stderr and not (tmp_path / "r").exists()
+        assert pa.hits("GET", f"{new}/manifest") and pb.hits("GET", f"{new}/manifest")
+
+        tested = env.run("restore-test", "p1/files")
+        assert tested.returncode == 11
+        assert f"FAILED p1/files@{new} (newest) from region -: fetch_failed" in tested.stdout
+
+        proc = env.ok("restore", "p1/files", "--to", str(tmp_path / "r"), "--allow-older")
+        assert f"restored p1/files@{old}" in proc.stdout and new in proc.stderr
