@@ -50,6 +50,10 @@ class ObjectNotFound(PermanentStorageError):
     """The object does not exist."""
 
 
+class ObjectExists(PermanentStorageError):
+    """A create-only write (`if_absent`) found an object under its key: nothing was written."""
+
+
 class NotEnoughCopies(StorageError):
     """A backup could not be committed in min_copies regions.
 

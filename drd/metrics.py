@@ -197,8 +197,14 @@ class Metrics:
         )
         self.copy_repairs = Counter(
             "drd_copy_repairs",
-            "Missing backup copies copied from another region, by result",
+            "Missing or damaged backup copies copied from another region, by result",
             ("plan", "region", "result"),
+            registry=r,
+        )
+        self.copies_damaged = Counter(
+            "drd_copies_damaged",
+            "Backup copies found damaged (data not what the verified manifest says), by region",
+            ("plan", "region"),
             registry=r,
         )
 

@@ -277,8 +277,12 @@ async def sweep(
         for key, keys in region.holds.items():
             has_manifest = any(k.endswith("/" + MANIFEST_OBJECT) for k in keys)
             committed[key] = committed.get(key, False) or has_manifest
+    # Data without a manifest in any reachable region is a leftover, unless a region that
+    # cannot be listed may hold its manifest: then it is kept like a backup (destroyed at its
+    # destroy age, not after the leftover grace), never taken for dead work.
+    unknown = len(reachable) < len(found)
     backups = [
-        Backup(ref, backup_id, backup_id_time(backup_id), is_committed)
+        Backup(ref, backup_id, backup_id_time(backup_id), is_committed or unknown)
         for (ref, backup_id), is_committed in committed.items()
     ]
     skipped = sorted({b.ref.source for b in backups if b.ref.source in skip_sources})

@@ -16,6 +16,10 @@ cancel the session, and recovery and retries must stay within a deadline we choo
   finalized object's size and crc32c against the local values; on a mismatch it deletes that
   generation (`if_generation_match`, so a concurrent newer object survives) and raises.
 - abort() sends DELETE to the session URI (real GCS: 499, the session is gone).
+- A create-only upload (`if_absent`) opens its session with `ifGenerationMatch=0`: real GCS
+  answers the final chunk with 412 when the name is taken, and keeps the existing object
+  (ObjectExists). fake-gcs-server ignores preconditions on resumable uploads: callers that
+  must never overwrite (repair) also look first, and tests say which check they exercise.
 
 Every blocking call runs on this region's own small thread pool, so a dead region cannot use up
 the threads other regions and local I/O need. Library calls get an explicit per-request timeout
@@ -50,6 +54,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from drd.bytequeue import ByteQueue, Piece
 from drd.digests import Crc32c
 from drd.errors import (
+    ObjectExists,
     ObjectNotFound,
     PermanentStorageError,
     StorageError,
@@ -292,6 +297,8 @@ class _ResumableUpload:
         if status in _RETRY_STATUS or status >= 500:
             raise _RetryableStatus(f"HTTP {status}")
         message = _redact(response.text[:300])
+        if status == 412:
+            raise ObjectExists("an object exists under this name already (create-only upload)")
         if status in (404, 410):
             # The session expired or the server lost it (a restarted emulator does that).
             # Only a new upload from the first byte can continue.
@@ -465,7 +472,7 @@ class GCSStorage(Storage):
     # -- the Storage interface ---------------------------------------------------------------
 
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
     ) -> ObjectWriter:
         blob = self._bucket.blob(self._object_name(key))
         blob.metadata = dict(metadata) if metadata else None
@@ -475,6 +482,7 @@ class GCSStorage(Storage):
             blob.create_resumable_upload_session,
             content_type="application/octet-stream",
             checksum=None,  # we checksum ourselves, over the whole stream
+            if_generation_match=0 if if_absent else None,
             timeout=self._timeout,
             retry=self._retry,
         )
@@ -488,10 +496,15 @@ class GCSStorage(Storage):
         return GCSWriter(self, key, upload, dict(metadata or {}))
 
     async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
     ) -> ObjectInfo:
         # The same path as streaming uploads: one upload protocol, one verification.
-        writer = await self.open_writer(key, metadata)
+        writer = await self.open_writer(key, metadata, if_absent=if_absent)
         try:
             await writer.write(data)
             return await writer.commit()

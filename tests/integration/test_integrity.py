@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
 
 from drd import crypto
+from drd.config import load_config
 from drd.layout import SourceRef
 from drd.repository.manifest import Manifest
+from drd.retention.repair import RepairReport, repair
+from drd.runtime import open_regions
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
 from tests.support.gcsproxy import GcsProxy
@@ -344,3 +349,104 @@ def test_a_newest_manifest_unreadable_everywhere_is_named_not_skipped(
 
         proc = env.ok("restore", "p1/files", "--to", str(tmp_path / "r"), "--allow-older")
         assert f"restored p1/files@{old}" in proc.stdout and new in proc.stderr
+
+
+# ------------------------------------------------------------------------------ must-holds 4, 5
+
+
+async def run_repair(world: World, plan: str = "p1", **kwargs: Any) -> RepairReport:
+    """The daemon's repair step on the regions of the config, as the daemon opens them."""
+    cfg = load_config(world.env.config_path)
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        return await repair(cfg.plan(plan), regions, world.keyring, **kwargs)
+
+
+async def test_repair_never_destroys_and_copies_only_verified_copies(world: World) -> None:
+    """The issue's attack: an older backup's manifest and data copied over the newest id in
+    region a. Repair must not copy the forgery to b (it used to overwrite the genuine newest
+    data there); it restores a's copy from b, and never writes over anything."""
+    a, b = world.raw["a"], world.raw["b"]
+    old = world.backup("p1/files")
+    new = world.backup("p1/files")
+    genuine = b.snapshot(P1F.backup_prefix(new))
+    a.write(P1F.manifest_key(new), a.read(P1F.manifest_key(old)))
+    a.write(P1F.data_key(new), a.read(P1F.data_key(old)))
+    b_before = b.snapshot()
+
+    report = await run_repair(world)
+
+    assert [(c.backup_id, c.region, c.source_region, c.action) for c in report.repaired] == [
+        (new, "a", "b", "replaced")
+    ]
+    assert report.failed == []
+    # Same size (the same tree backed up twice): its bytes proved it was not the backup's.
+    assert [(c.backup_id, c.region) for c in report.damaged] == [(new, "a")]
+    assert b.snapshot() == b_before  # the genuine copy was only read
+    assert a.snapshot(P1F.backup_prefix(new)) == genuine  # a holds the newest backup again
+    target = world.tmp / "from-a"
+    proc = world.env.ok("restore", "p1/files", "--to", str(target), "--region", "a")
+    assert f"restored p1/files@{new} from region a" in proc.stdout
+    assert (await run_repair(world)).repaired == []  # nothing left to do
+
+
+async def test_a_lost_manifest_is_repaired_and_its_data_never_taken_for_a_leftover(
+    world: World,
+) -> None:
+    """min_copies = every region (the billing example): a copy whose manifest was lost (or a
+    kill -9 between the two manifest writes) keeps its data through the next backup's leftover
+    clean-up, and gets its manifest back from the other region."""
+    a, b = world.raw["a"], world.raw["b"]
+    first = world.backup("p1/files")
+    manifest = b.read(P1F.manifest_key(first))
+    b.delete(P1F.manifest_key(first))
+    data = b.read(P1F.data_key(first))
+    second = world.backup("p1/files")  # its leftover clean-up runs first
+    assert b.read(P1F.data_key(first)) == data  # committed in a: not a leftover in b
+    report = await run_repair(world)
+    assert [(c.backup_id, c.region, c.action) for c in report.repaired] == [
+        (first, "b", "manifest")
+    ]
+    assert b.read(P1F.manifest_key(first)) == manifest == a.read(P1F.manifest_key(first))
+    assert b.read(P1F.data_key(first)) == data
+    # A truncated copy is replaced; the good copy is only read.
+    a_before = a.snapshot()
+    b.truncate(P1F.data_key(second), 50)
+    report = await run_repair(world)
+    assert [(c.backup_id, c.region, c.action) for c in report.repaired] == [
+        (second, "b", "replaced")
+    ]
+    assert b.read(P1F.data_key(second)) == a.read(P1F.data_key(second))
+    assert a.snapshot() == a_before
+    # True leftovers (no manifest in any region) still go.
+    orphan = P1F.data_key("20200101T000000Z-00000000")
+    a.write(orphan, b"interrupted")
+    world.backup("p1/files")
+    assert orphan not in a.list_keys()
+
+
+async def test_repair_writes_are_create_only_on_gcs(tmp_path: Path, gcs_regions: StartRegions):
+    """What fake-gcs-server cannot check (it ignores preconditions on resumable uploads): every
+    upload repair makes asks GCS to create, never to replace (ifGenerationMatch=0), which real
+    GCS enforces with a 412 (drd: ObjectExists)."""
+    env = DrdEnv(tmp_path)
+    servers = gcs_regions(2, ["EUROPE-WEST1", "US-CENTRAL1"])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("data\n")
+    with GcsProxy(servers[0].endpoint) as pa, GcsProxy(servers[1].endpoint) as pb:
+        env.add_gcs_region("a", servers[0], "drd-a", endpoint=pa.endpoint)
+        env.add_gcs_region("b", servers[1], "drd-b", endpoint=pb.endpoint)
+        env.add_plan("p1", [{"name": "files", "kind": "files", "path": str(tmp_path / "src")}])
+        env.write()
+        backup_id = env.backup_id_of(env.ok("backup", "p1/files"), "p1/files")
+        raw_b = RawRegion.gcs("b", servers[1], "drd-b")
+        raw_b.delete(P1F.data_key(backup_id))
+        raw_b.delete(P1F.manifest_key(backup_id))
+        world = World(env, {"b": raw_b}, {}, tmp_path / "src", tmp_path)
+        pb.log.clear()
+        report = await run_repair(world)
+        assert [(c.region, c.action) for c in report.repaired] == [("b", "copied")]
+        uploads = [t for m, t, _ in pb.log if m == "POST" and "uploadType=resumable" in t]
+        assert len(uploads) == 2  # the data object, then the manifest
+        assert all("ifGenerationMatch=0" in t for t in uploads), uploads
+        assert not [t for m, t, _ in pb.log if m == "DELETE"]

@@ -3,7 +3,7 @@ region (a bucket, a mounted directory) can do. Local regions are plain files; GC
 reached with google-cloud-storage itself, never through drd's code.
 
     raw = RawRegion.local(path) | RawRegion.gcs(server, bucket, prefix="drd")
-    raw.keys("plan/source/")            every object key under a prefix, sorted
+    raw.list_keys("plan/source/")            every object key under a prefix, sorted
     raw.read(key) / raw.write(key, data) / raw.delete(key)
     raw.copy_tree(src_prefix, dst_prefix)
     raw.flip(key, offset) / raw.truncate(key, size)
@@ -41,7 +41,7 @@ class RawRegion:
         )
         return cls(name, bucket=client.bucket(bucket), prefix=prefix.strip("/") + "/")
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         if self.root is not None:
             return sorted(
                 str(p.relative_to(self.root))
@@ -75,7 +75,7 @@ class RawRegion:
     def copy_tree(self, src: str, dst: str) -> list[str]:
         """Copy every object under `src` to the same name under `dst`; return the new keys."""
         made = []
-        for key in self.keys(src):
+        for key in self.list_keys(src):
             target = dst + key[len(src) :]
             self.write(target, self.read(key))
             made.append(target)
@@ -91,4 +91,4 @@ class RawRegion:
         self.write(key, self.read(key)[:size])
 
     def snapshot(self, prefix: str = "") -> dict[str, bytes]:
-        return {key: self.read(key) for key in self.keys(prefix)}
+        return {key: self.read(key) for key in self.list_keys(prefix)}

@@ -459,12 +459,13 @@ async def test_repair_never_copies_a_damaged_backup(blob_strategy, keyring) -> N
     assert sample(metrics, "drd_copy_repairs_total", plan="billing", region="as1", result="failure")
 
 
-async def test_repair_leaves_incomplete_expiring_and_unreachable_alone(
+async def test_repair_copies_a_single_copy_and_leaves_expiring_and_unreachable_alone(
     blob_strategy, keyring
 ) -> None:
     rs = memory_regions()
-    # Committed in one region only: below min_copies 2, not a backup.
-    await backup_at(NOW - 1 * D, [rs["ew1"]], keyring, min_copies=1)
+    # Committed in one region only (below the plan's min_copies 2): still a committed backup
+    # that lost copies, repaired to every plan region whatever min_copies is (issue 13).
+    single = await backup_at(NOW - 1 * D, [rs["ew1"]], keyring, min_copies=1)
     # Complete, but retention destroys it within the hour.
     await backup_at(NOW - 14 * D, [rs["ew1"], rs["uc1"]], keyring, FILES)
     down = FaultyStorage(rs["as1"])
@@ -473,11 +474,13 @@ async def test_repair_leaves_incomplete_expiring_and_unreachable_alone(
     report = await repair(
         make_plan(), {**rs, "as1": down}, keyring, now=NOW + 30 * M, destroy_age=14 * D
     )
-    assert report.repaired == report.failed == [] and "as1" in report.unreachable
+    assert [(c.backup_id, c.region) for c in report.repaired] == [(single, "uc1")]
+    assert report.failed == [] and "as1" in report.unreachable
 
     report = await repair(make_plan(), rs, keyring, now=NOW + 30 * M, destroy_age=14 * D)
-    assert report.repaired == report.failed == []
-    assert await rs["as1"].list() == []
+    assert [(c.backup_id, c.region) for c in report.repaired] == [(single, "as1")]
+    assert report.failed == []
+    assert {i.key.split("/")[2] for i in await rs["as1"].list()} == {single}
 
 
 # --------------------------------------------------------------------------------------------
