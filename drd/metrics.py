@@ -201,6 +201,13 @@ class Metrics:
             ("plan", "region", "result"),
             registry=r,
         )
+        self.integrity_findings = Gauge(
+            "drd_integrity_findings",
+            "Standing integrity findings in a region, by kind (rollback, disagreement, "
+            "future_dated, invalid_record): what a writer to the region may have done",
+            ("plan", "region", "finding"),
+            registry=r,
+        )
         self.copies_damaged = Counter(
             "drd_copies_damaged",
             "Backup copies found damaged (data not what the verified manifest says), by region",

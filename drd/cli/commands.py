@@ -281,7 +281,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     from drd.errors import StorageError
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
-    from drd.retention.sweep import sweep
+    from drd.retention.sweep import RetentionMemory, sweep
 
     assert config_path is not None
     cfg = load_config(config_path)
@@ -299,6 +299,8 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
                     now=now,
                     dry_run=dry_run,
                     orphan_grace=grace,
+                    # The daemon's memory: when backups were first seen, regions' oldest copy.
+                    memory=RetentionMemory(cfg.state_dir / "retention.json"),
                     skip_sources=() if dry_run else busy,
                 )
             print("\n".join(format_sweep(report)))

@@ -29,6 +29,7 @@ from drd.config import Config, Plan
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock
 from drd.metrics import Metrics
+from drd.repository.heads import HeadMemory
 from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
 from drd.retention.sweep import RetentionMemory, SweepReport, sweep
@@ -86,6 +87,8 @@ class RetentionLoop:
         self.is_busy = is_busy
         self.on_copies = on_copies
         self.memory = RetentionMemory(cfg.state_dir / "retention.json")
+        # What each region is compared with to notice one going back in time (repair).
+        self.heads = HeadMemory(cfg.state_dir)
         # A backup job may run up to job_timeout: its data is not a leftover before that.
         self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
         self.due: dict[str, datetime] = {}
@@ -142,6 +145,7 @@ class RetentionLoop:
             now=now,
             destroy_age=report.policy.destroy_age,
             skip_sources=busy,
+            memory=self.heads,
         )
         self.repairs[plan.name] = repaired
         for copy in repaired.repaired:

@@ -6,7 +6,11 @@ region. Two things decide when drd must act:
 - The age of a backup: now minus its capture time. The capture time is read from the backup
   id (`drd.layout.backup_id_time`): the id is made from the capture time, it is known for every
   object under the backup's prefix (leftovers without a manifest too), and no manifest has to
-  be read (or trusted) to know it.
+  be read (or trusted) to know it. But an id can be written by anyone who can write to a
+  region: the sweep ages a backup from the earliest time drd knows for it, its id's time or
+  when drd first saw it, whichever is earlier. An id dated in the future (beyond a small
+  skew) is an integrity finding, and ages from when drd first saw it: it never outlives the
+  14-day ceiling.
 - How long a region keeps bytes after drd deletes them (GCS soft delete, noncurrent versions):
   the deletion delay. A backup is deleted at `max_age - delay`, so its bytes are really gone by
   max_age. Settings that make that impossible (holds, versioning nobody cleans up, a delay
@@ -32,6 +36,8 @@ from drd.storage.base import DeletionSettings
 DEFAULT_ORPHAN_GRACE = timedelta(hours=6)
 #: GCS runs lifecycle actions asynchronously, "up to 24 hours" after their conditions are met.
 LIFECYCLE_LAG = timedelta(days=1)
+#: a backup id may be this far ahead of this host's clock (another host's clock) unflagged
+MAX_CLOCK_SKEW = timedelta(minutes=15)
 
 BackupKey = tuple[SourceRef, str]
 
@@ -46,6 +52,8 @@ class Backup:
     #: a manifest is committed in at least one region that could be listed; False: the
     #: objects are leftovers of interrupted work (or of a destruction that was interrupted)
     committed: bool = True
+    #: the time its id claims, when `captured` is earlier (drd first saw it before that)
+    dated: datetime | None = None
 
     @property
     def key(self) -> BackupKey:
@@ -112,6 +120,11 @@ def apply_policy(
     ):
         age = now - backup.captured
         what = "backup" if backup.committed else "leftover of interrupted work (no manifest)"
+        if backup.dated is not None and backup.dated > now + MAX_CLOCK_SKEW:
+            what += (
+                f" DATED {human_age(backup.dated - now)} IN THE FUTURE (integrity finding; aged "
+                "from when drd first saw it)"
+            )
         if age >= limit:
             destroy, reason = True, f"{what}, age {human_age(age)}: reached {why_limit}"
         elif not backup.committed and age >= policy.orphan_grace:

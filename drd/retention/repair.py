@@ -39,7 +39,9 @@ from drd.layout import SourceRef
 from drd.metrics import Metrics
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.copies import DamagedCopy, DigestCheck, check_data
+from drd.repository.heads import HeadMemory
 from drd.repository.manifest import Manifest
+from drd.retention.integrity import IntegrityFinding, assess, is_future_dated
 from drd.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ class RepairReport:
     replaced: list[CopyRepair] = field(default_factory=list)
     #: backups left alone, with why (an integrity finding: copies that disagree, a future id)
     untrusted: dict[str, str] = field(default_factory=dict)
+    #: what comparing the regions found (drd.retention.integrity), when it was asked for
+    findings: list[IntegrityFinding] = field(default_factory=list)
 
 
 class _NoSource(DrdError):
@@ -353,17 +357,40 @@ async def repair(
     skip_sources: Collection[str] = (),
     damaged: Collection[CopyKey] = (),
     distrust: Mapping[SourceRef, Collection[str]] | None = None,
+    memory: HeadMemory | None = None,
 ) -> RepairReport:
     """Give every committed backup of `plan` a good copy in every plan region.
 
     `damaged`: copies known to be damaged (a scrub found them): replaced. `distrust`: per
     source, regions never copied from. With `now` and `destroy_age` (per region, or one for
-    all), a backup retention is about to destroy in a region is not copied there."""
+    all), a backup retention is about to destroy in a region is not copied there, and one
+    dated in the future is not copied at all. With `now` and `memory`, the regions are first
+    compared with each other and with drd's records (drd.retention.integrity): a region that
+    went back in time is not copied from."""
     targets = [regions[name] for name in plan.storage.regions]
     by_name = {r.name: r for r in targets}
     catalog = await build_catalog(targets, keyring, f"{plan.name}/")
     report = RepairReport(plan.name, unreachable=dict(catalog.region_errors))
-    repairer = _Repairer(plan, by_name, keyring, report, metrics, distrust or {})
+    untrusted_sources: dict[SourceRef, set[str]] = {
+        ref: set(names) for ref, names in (distrust or {}).items()
+    }
+    if now is not None and memory is not None:
+        assessment = await assess(
+            plan,
+            catalog,
+            targets,
+            keyring,
+            memory,
+            now,
+            destroy_age=destroy_age,
+            skip_sources=skip_sources,
+        )
+        report.findings = assessment.findings
+        for ref, names in assessment.distrusted().items():
+            untrusted_sources.setdefault(ref, set()).update(names)
+        if metrics is not None:
+            assessment.publish(metrics, list(plan.storage.regions))
+    repairer = _Repairer(plan, by_name, keyring, report, metrics, untrusted_sources)
     known_damaged = set(damaged)
 
     def count(outcome: CopyRepair) -> None:
@@ -382,6 +409,12 @@ async def repair(
         if entry.disagreeing:
             report.untrusted[f"{entry.ref}@{entry.backup_id}"] = (
                 f"regions {', '.join(entry.disagreeing)} hold a verified manifest that differs"
+            )
+            continue
+        if now is not None and is_future_dated(entry.captured, now):
+            # Never spread: copied everywhere, it would look like a backup to keep.
+            report.untrusted[f"{entry.ref}@{entry.backup_id}"] = (
+                f"dated {entry.captured.isoformat()}, in the future"
             )
             continue
         complete = entry.complete_regions

@@ -69,6 +69,8 @@ class RetentionMemory:
         self.path = path
         self.oldest: dict[tuple[str, str], datetime | None] = {}
         self.settings: dict[str, DeletionSettings] = {}
+        #: plan -> "source/backup_id" -> when a sweep first saw it (ages never start later)
+        self.first_seen: dict[str, dict[str, datetime]] = {}
         if path is not None:
             self._load(path)
 
@@ -78,6 +80,8 @@ class RetentionMemory:
             for plan, regions in raw["oldest"].items():
                 for region, when in regions.items():
                     self.oldest[(plan, region)] = datetime.fromisoformat(when) if when else None
+            for plan, seen in (raw.get("first_seen") or {}).items():
+                self.first_seen[plan] = {k: datetime.fromisoformat(v) for k, v in seen.items()}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -85,11 +89,34 @@ class RetentionMemory:
             # is down, never data.
             log.warning("retention state %s unreadable, starting afresh: %s", path, exc)
             self.oldest.clear()
+            self.first_seen.clear()
 
     def remember(self, plan: str, region: str, oldest: datetime | None) -> None:
         if self.oldest.get((plan, region), "unset") == oldest:
             return
         self.oldest[(plan, region)] = oldest
+        self._persist()
+
+    def seen(self, plan: str, keys: Collection[BackupKey], now: datetime, *, prune: bool) -> None:
+        """Record when each backup was first seen; with `prune` (every region was listed),
+        forget those no region holds any more."""
+        seen = self.first_seen.setdefault(plan, {})
+        names = {f"{ref.source}/{backup_id}" for ref, backup_id in keys}
+        changed = False
+        for name in names - set(seen):
+            seen[name] = now
+            changed = True
+        if prune:
+            for name in set(seen) - names:
+                del seen[name]
+                changed = True
+        if changed:
+            self._persist()
+
+    def first_seen_at(self, plan: str, key: BackupKey) -> datetime | None:
+        return self.first_seen.get(plan, {}).get(f"{key[0].source}/{key[1]}")
+
+    def _persist(self) -> None:
         if self.path is not None:
             try:
                 self._save(self.path)
@@ -100,9 +127,15 @@ class RetentionMemory:
         data: dict[str, dict[str, str | None]] = {}
         for (plan, region), when in sorted(self.oldest.items()):
             data.setdefault(plan, {})[region] = when.isoformat() if when else None
+        first_seen = {
+            plan: {k: when.isoformat() for k, when in sorted(seen.items())}
+            for plan, seen in sorted(self.first_seen.items())
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(path.name + ".tmp")
-        temp.write_text(json.dumps({"oldest": data}, indent=1, sort_keys=True))
+        temp.write_text(
+            json.dumps({"oldest": data, "first_seen": first_seen}, indent=1, sort_keys=True)
+        )
         os.replace(temp, path)
 
     def publish(self, metrics: Metrics, now: datetime) -> None:
@@ -281,10 +314,23 @@ async def sweep(
     # cannot be listed may hold its manifest: then it is kept like a backup (destroyed at its
     # destroy age, not after the leftover grace), never taken for dead work.
     unknown = len(reachable) < len(found)
-    backups = [
-        Backup(ref, backup_id, backup_id_time(backup_id), is_committed or unknown)
-        for (ref, backup_id), is_committed in committed.items()
-    ]
+    if not dry_run:
+        memory.seen(plan.name, committed.keys(), now, prune=not unknown)
+    backups = []
+    for key, is_committed in committed.items():
+        dated = backup_id_time(key[1])
+        # The earliest time drd knows: the id's, or when it first saw the backup (an id dated
+        # in the future is aged from then, never kept past the ceiling).
+        first = memory.first_seen_at(plan.name, key) or now
+        backups.append(
+            Backup(
+                key[0],
+                key[1],
+                min(dated, first),
+                is_committed or unknown,
+                dated if first < dated else None,
+            )
+        )
     skipped = sorted({b.ref.source for b in backups if b.ref.source in skip_sources})
     decision = apply_policy([b for b in backups if b.ref.source not in skip_sources], policy, now)
     report = SweepReport(plan.name, now, dry_run, policy, decision, found, findings, skipped)

@@ -12,6 +12,7 @@ import json
 import os
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import pytest
 from drd import crypto
 from drd.config import load_config
 from drd.layout import SourceRef
+from drd.metrics import Metrics
+from drd.repository.heads import HeadMemory, head_key, read_heads
 from drd.repository.manifest import Manifest
 from drd.retention.repair import RepairReport, repair
 from drd.runtime import open_regions
@@ -355,8 +358,11 @@ def test_a_newest_manifest_unreadable_everywhere_is_named_not_skipped(
 
 
 async def run_repair(world: World, plan: str = "p1", **kwargs: Any) -> RepairReport:
-    """The daemon's repair step on the regions of the config, as the daemon opens them."""
+    """The daemon's repair step on the regions of the config, as the daemon opens them (with
+    its state directory's records, unless told otherwise)."""
     cfg = load_config(world.env.config_path)
+    kwargs.setdefault("now", datetime.now(UTC))
+    kwargs.setdefault("memory", HeadMemory(cfg.state_dir))
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         return await repair(cfg.plan(plan), regions, world.keyring, **kwargs)
@@ -450,3 +456,147 @@ async def test_repair_writes_are_create_only_on_gcs(tmp_path: Path, gcs_regions:
         assert len(uploads) == 2  # the data object, then the manifest
         assert all("ifGenerationMatch=0" in t for t in uploads), uploads
         assert not [t for m, t, _ in pb.log if m == "DELETE"]
+
+
+# ------------------------------------------------------------------------------ must-hold 7
+
+
+def findings(report: RepairReport) -> list[tuple[str, str, str | None]]:
+    return sorted((f.finding, f.region, f.backup_id) for f in report.findings)
+
+
+async def test_a_region_that_goes_back_in_time_is_flagged_and_never_copied_from(
+    world: World,
+) -> None:
+    env, a, b = world.env, world.raw["a"], world.raw["b"]
+    first = world.backup("p1/files")
+    snapshot_a = a.snapshot()  # what an attacker keeps, to put back later
+    second = world.backup("p1/files")
+    # Every region holds the sealed record of the newest backup, bound to its key.
+    cfg = load_config(env.config_path)
+    async with AsyncExitStack() as stack:
+        regions = await open_regions(stack, cfg, [])
+        heads, problems = await read_heads(P1F, regions, world.keyring)
+    assert problems == {} and {h.region for h in heads} == {"a", "b"}
+    assert {h.newest.backup_id for h in heads} == {second}
+    assert all(sorted(h.regions) == ["a", "b"] for h in heads)
+    # Region a is put back as it was after the first backup (its record too), and the only
+    # other copy of the first backup is lost from b.
+    for key in set(a.list_keys()) - set(snapshot_a):
+        a.delete(key)
+    for key, data in snapshot_a.items():
+        a.write(key, data)
+    for key in b.list_keys(P1F.backup_prefix(first)):
+        b.delete(key)
+
+    metrics = Metrics()
+    report = await run_repair(world, metrics=metrics)
+    assert ("rollback", "a", second) in findings(report)
+    value = metrics.registry.get_sample_value
+    labels = {"plan": "p1", "region": "a"}
+    assert value("drd_integrity_findings", {**labels, "finding": "rollback"}) == 1
+    assert value("drd_integrity_findings", {**labels, "region": "b", "finding": "rollback"}) == 0
+    # a is repaired from b, and never used as a source: the first backup stays missing in b.
+    assert [(c.backup_id, c.region) for c in report.repaired] == [(second, "a")]
+    assert [(c.backup_id, c.region) for c in report.failed] == [(first, "b")]
+    assert b.list_keys(P1F.backup_prefix(first)) == []
+
+    # Once a holds the newest backup again, it is trusted again.
+    report = await run_repair(world, metrics=metrics)
+    assert findings(report) == []
+    assert value("drd_integrity_findings", {**labels, "finding": "rollback"}) == 0
+    assert [(c.backup_id, c.region) for c in report.repaired] == [(first, "b")]
+
+    # Without this host's state, the other region's sealed record still tells.
+    for key in set(a.list_keys()) - set(snapshot_a):
+        a.delete(key)
+    for key, data in snapshot_a.items():
+        a.write(key, data)
+    report = await run_repair(world, memory=HeadMemory(world.tmp / "fresh-state"))
+    (rollback,) = [f for f in report.findings if f.finding == "rollback"]
+    assert rollback.region == "a" and "region b's record says it was committed there" in str(
+        rollback
+    )
+    # A forged record is a finding of its own.
+    a.write(head_key(P1F), a.read(head_key(P1F)).replace(b'"regions"', b'"Regions"'))
+    report = await run_repair(world)
+    assert ("invalid_record", "a", None) in findings(report)
+
+
+async def test_copies_that_disagree_are_flagged_and_never_spread(world: World) -> None:
+    """Two different manifests for one id, both sealed with drd's key: a key was misused. The
+    backup is not copied anywhere, and every region holding one is flagged."""
+    a, b = world.raw["a"], world.raw["b"]
+    backup_id = world.backup("p1/files")
+    raw = a.read(P1F.manifest_key(backup_id))
+    manifest = Manifest.open(world.keyring, raw, "a", P1F, backup_id)
+    other = crypto.seal_manifest(
+        world.keyring,
+        {**asdict(manifest.public), "completed_at": "2030-01-01T00:00:00+00:00"},
+        asdict(manifest.body),
+        location=P1F.manifest_key(backup_id),
+    )
+    b.write(P1F.manifest_key(backup_id), other)
+    report = await run_repair(world)
+    assert findings(report) == [
+        ("disagreement", "a", backup_id),
+        ("disagreement", "b", backup_id),
+    ]
+    assert f"p1/files@{backup_id}" in report.untrusted
+    assert report.repaired == report.failed == []
+    assert b.read(P1F.manifest_key(backup_id)) == other  # nothing overwritten either
+
+
+# ------------------------------------------------------------------------------ must-hold 8
+
+
+async def test_a_future_dated_backup_is_flagged_never_spread_and_aged_from_first_sight(
+    world: World,
+) -> None:
+    """A backup dated 30 days ahead (made by a host whose clock was wrong, or planted by
+    someone who held the key): an integrity finding, never copied to other regions, and
+    destroyed 14 days after drd first saw it, never kept for its id's sake."""
+    from drd.backup import run_backup
+    from drd.retention.sweep import RetentionMemory, sweep
+    from drd.strategies import get_strategy
+
+    cfg = load_config(world.env.config_path)
+    now = datetime.now(UTC)
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        source = cfg.plan("p1").source("files")
+        future = await run_backup(
+            P1F,
+            get_strategy("files")(source),
+            [regions["a"]],
+            world.keyring,
+            min_copies=1,
+            clock=lambda: now + timedelta(days=30),
+        )
+        metrics = Metrics()
+        report = await repair(
+            cfg.plan("p1"),
+            regions,
+            world.keyring,
+            now=now,
+            memory=HeadMemory(cfg.state_dir),
+            metrics=metrics,
+        )
+        assert ("future_dated", "a", future.backup_id) in findings(report)
+        assert "in the future" in report.untrusted[f"p1/files@{future.backup_id}"]
+        assert report.repaired == []
+        value = metrics.registry.get_sample_value(
+            "drd_integrity_findings", {"plan": "p1", "region": "a", "finding": "future_dated"}
+        )
+        assert value == 1
+        assert world.raw["b"].list_keys(P1F.backup_prefix(future.backup_id)) == []
+
+        memory = RetentionMemory(cfg.state_dir / "retention.json")
+        kept = await sweep(cfg.plan("p1"), regions, now=now, memory=memory)
+        (reason,) = [r for k, r in kept.decision.reasons.items() if k[1] == future.backup_id]
+        assert "IN THE FUTURE (integrity finding" in reason and "destroyed in 14d" in reason
+        # A restart keeps when it was first seen: 14 days later it is destroyed.
+        memory = RetentionMemory(cfg.state_dir / "retention.json")
+        later = await sweep(cfg.plan("p1"), regions, now=now + timedelta(days=14), memory=memory)
+        assert future.backup_id in {b.backup_id for b in later.decision.destroy}
+        assert world.raw["a"].list_keys(P1F.backup_prefix(future.backup_id)) == []

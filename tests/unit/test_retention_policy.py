@@ -433,3 +433,18 @@ async def test_gcs_without_permission_to_read_the_bucket_assumes_the_default() -
     assert "storage.buckets.get" in settings.note
     severities = [f.severity for f in region_findings("ew1", settings, 14 * D)]
     assert severities == ["warning", "info"]
+
+
+def test_a_future_dated_id_is_named_and_aged_from_first_sight() -> None:
+    """The sweep passes the earliest time drd knows (when it first saw the id) as `captured`
+    and the id's own time as `dated`: the backup ages normally and the reason says why."""
+    seen = NOW - 10 * D
+    b = Backup(REF, "20991231T000000Z-0000000a", seen, dated=NOW + 900 * D)
+    decision = apply_policy([b], POLICY, NOW)
+    assert b in decision.keep and decision.expires[b.key] == seen + POLICY.destroy_age
+    assert "IN THE FUTURE (integrity finding" in decision.reasons[b.key]
+    later = apply_policy([b], POLICY, seen + POLICY.destroy_age)
+    assert b in later.destroy
+    # A few minutes ahead (another host's clock) is not a finding.
+    near = Backup(REF, "20261120T120500Z-0000000b", NOW, dated=NOW + 5 * timedelta(minutes=1))
+    assert "FUTURE" not in apply_policy([near], POLICY, NOW).reasons[near.key]
