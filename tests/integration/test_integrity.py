@@ -600,3 +600,106 @@ async def test_a_future_dated_backup_is_flagged_never_spread_and_aged_from_first
         later = await sweep(cfg.plan("p1"), regions, now=now + timedelta(days=14), memory=memory)
         assert future.backup_id in {b.backup_id for b in later.decision.destroy}
         assert world.raw["a"].list_keys(P1F.backup_prefix(future.backup_id)) == []
+
+
+# ------------------------------------------------------------------------------ must-hold 10
+
+GCS_REFUSAL = json.dumps(
+    {
+        "error": {
+            "code": 400,
+            "message": 'Provided CRC32C "AAAAAA==" doesn\'t match calculated CRC32C "mnG7TA==".',
+            "errors": [{"domain": "global", "reason": "invalid"}],
+        }
+    }
+)
+
+
+def final_chunk(method: str, target: str, headers: dict[str, str]) -> bool:
+    """The finalizing chunk of a resumable upload: it carries the total and the checksum."""
+    span = headers.get("Content-Range", "")
+    return "upload_id=" in target and "X-Goog-Hash" in headers and not span.endswith("/*")
+
+
+async def test_a_checksum_gcs_refuses_at_finalize_is_transient_and_retried(
+    tmp_path: Path, gcs_regions: StartRegions
+) -> None:
+    """Real GCS answers a finalizing chunk whose X-Goog-Hash does not match what arrived with
+    HTTP 400 (the emulators do not check it: a proxy answers as GCS does). That is damage on
+    the way, not a refusal: a whole-object put uploads again, a streamed upload fails as
+    transient, and the daemon's retry of the backup succeeds."""
+    from google.auth.credentials import AnonymousCredentials
+
+    from drd.backup import run_backup
+    from drd.daemon.service import Daemon, is_retryable
+    from drd.errors import NotEnoughCopies, TransientStorageError
+    from drd.storage.gcs import ChecksumMismatch, GCSStorage
+    from drd.strategies import get_strategy
+
+    env = DrdEnv(tmp_path)
+    servers = gcs_regions(2, ["EUROPE-WEST1", "US-CENTRAL1"])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(300_000))
+    with GcsProxy(servers[0].endpoint) as pa, GcsProxy(servers[1].endpoint) as pb:
+        env.add_gcs_region("a", servers[0], "drd-a", endpoint=pa.endpoint)
+        env.add_gcs_region("b", servers[1], "drd-b", endpoint=pb.endpoint)
+        env.add_plan("p1", [{"name": "files", "kind": "files", "path": str(tmp_path / "src")}])
+        env.daemon = {"retries": 2, "retry_wait": "1s"}
+        env.write()
+        storage = GCSStorage(
+            "a",
+            "drd-a",
+            "direct",
+            project="test",
+            endpoint=pa.endpoint,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            chunk_size=256 * 1024,
+            timeout=5,
+            retry_deadline=2,
+        )
+        try:
+            pa.fail("PUT", "upload_id=", 400, body=GCS_REFUSAL, times=1, when=final_chunk)
+            await storage.put("k", b"manifest bytes")
+            assert await storage.get("k") == b"manifest bytes"
+            assert len(pa.hits("PUT", "upload_id=")) >= 2 and pa.rules[0].hits == 1
+
+            pa.fail("PUT", "upload_id=", 400, body=GCS_REFUSAL, times=1, when=final_chunk)
+            writer = await storage.open_writer("streamed")
+            await writer.write(os.urandom(600_000))
+            with pytest.raises(ChecksumMismatch) as refused:
+                await writer.commit()
+            await writer.abort()
+            assert isinstance(refused.value, TransientStorageError)
+            assert "damaged on the way" in str(refused.value)
+        finally:
+            await storage.close()
+
+        cfg = load_config(env.config_path)
+        async with AsyncExitStack() as stack:
+            regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+            source = cfg.plan("p1").source("files")
+            pb.fail("PUT", "upload_id=", 400, body=GCS_REFUSAL, times=1, when=final_chunk)
+            with pytest.raises(NotEnoughCopies) as failed:
+                await run_backup(
+                    P1F,
+                    get_strategy("files")(source),
+                    list(regions.values()),
+                    world_keyring(env),
+                    min_copies=2,
+                )
+            assert failed.value.transient and is_retryable(failed.value)
+            assert "refused the upload's checksum" in str(failed.value)
+
+            # The daemon retries the job: the second attempt commits in both regions.
+            pb.fail("PUT", "upload_id=", 400, body=GCS_REFUSAL, times=1, when=final_chunk)
+            daemon = Daemon(cfg, world_keyring(env), regions)
+            try:
+                result = await daemon._backup_with_retries(daemon.sources[P1F])
+            finally:
+                daemon.history.close()
+            assert sorted(result.committed_regions) == ["a", "b"]
+            assert pb.rules[-1].hits == 1
+
+
+def world_keyring(env: DrdEnv) -> crypto.Keyring:
+    return crypto.Keyring.parse(env.key, "test")
