@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from drd import crypto
 from drd.errors import DrdError, IntegrityError, KeyringError, StorageError
@@ -77,6 +77,16 @@ class CatalogEntry:
         if self.manifest is not None:
             return self.manifest.public.started
         return backup_id_time(self.backup_id)
+
+    @property
+    def order(self) -> tuple[datetime, datetime, str]:
+        """Where the entry sorts among its source's backups: by the second in its id, then by
+        the verified capture time; a backup whose manifest cannot be verified sorts last in
+        its second (it may be the newer one: it must never be passed over for an older)."""
+        second = backup_id_time(self.backup_id)
+        if self.manifest is not None:
+            return (second, self.manifest.public.started, self.backup_id)
+        return (second, second + timedelta(seconds=1), self.backup_id)
 
     @property
     def complete_regions(self) -> list[str]:
@@ -291,5 +301,5 @@ async def build_catalog(
     await asyncio.gather(*tasks)
     # Capture time first: ids only have second resolution, two backups in one second must
     # still come out in the order they were taken.
-    entries.sort(key=lambda e: (e.ref.plan, e.ref.source, e.captured, e.backup_id))
+    entries.sort(key=lambda e: (e.ref.plan, e.ref.source, *e.order))
     return Catalog(entries, orphans, region_errors)

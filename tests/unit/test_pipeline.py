@@ -404,3 +404,30 @@ async def test_any_failure_of_one_copy_moves_on_to_the_next_region(blob_strategy
     assert "r0: " in str(err.value) and "connection reset" in str(err.value)
     assert "r1: " in str(err.value) and "failed authentication" in str(err.value)
     assert "t3" not in RESTORED
+
+
+async def test_an_unverifiable_backup_in_the_same_second_is_never_passed_over(
+    blob_strategy, keyring
+) -> None:
+    """Ids have second resolution: a newer backup whose manifest cannot be verified, taken in
+    the same second as an older verified one, must not sort before it."""
+    rs = regions()
+    old = await _backup(rs, keyring, seed=1)
+    new = await run_backup(
+        REF,
+        strategy(60_000, seed=2),
+        rs,
+        keyring,
+        min_copies=2,
+        segment_size=SEG,
+        clock=lambda: old.manifest.public.started,
+    )
+    pair = {old.backup_id, new.backup_id}
+    for r in rs:
+        key = REF.manifest_key(new.backup_id)
+        await r.put(key, (await r.get(key)).replace(b'"kind": "blob"', b'"kind": "blub"'))
+    entries = (await build_catalog(rs, keyring)).entries
+    assert {e.backup_id for e in entries} == pair and entries[-1].backup_id == new.backup_id
+    with pytest.raises(IntegrityError, match=f"newest backup billing/db@{new.backup_id}"):
+        await restore_backup(REF, rs, keyring, "target")
+    assert "target" not in RESTORED
