@@ -215,6 +215,26 @@ class Metrics:
             registry=r,
         )
 
+        # Scrubbing (fed by drd.daemon.scrub_loop): re-reading stored copies
+        self.scrub_oldest_verified = Gauge(
+            "drd_scrub_oldest_verified_timestamp_seconds",
+            "When the least recently verified copy of the source in the region was last read "
+            "and checked (or written)",
+            (*PS, "region"),
+            registry=r,
+        )
+        self.scrub_period = Gauge(
+            "drd_scrub_period_seconds",
+            "Every copy is to be re-read and checked within this period",
+            registry=r,
+        )
+        self.scrub_bytes = Counter(
+            "drd_scrub_read_bytes",
+            "Bytes of stored copies read and checked by scrubbing",
+            ("region",),
+            registry=r,
+        )
+
         # Storage and plans
         self.storage_operations = Counter(
             "drd_storage_operations",

@@ -321,6 +321,60 @@ async def doctor(config_path: Path | None) -> int:
     return EXIT_FAILED if report.failed else 0
 
 
+async def check(
+    config_path: Path | None,
+    what: str | None,
+    keys: str | None,
+    *,
+    read_data: bool,
+    repair_copies: bool = True,
+) -> int:
+    """Check (and repair) every copy of PLAN, or of every plan, now (drd.retention.check).
+    Exit 5 when anything damaged, forged or suspicious was found (even if repaired), 6 when a
+    region could not be listed, else 0."""
+    from drd.backup import utcnow
+    from drd.daemon.retention_loop import lock_free_sources
+    from drd.errors import IntegrityError, StorageError
+    from drd.repository.heads import HeadMemory
+    from drd.retention.check import check_plan
+    from drd.retention.scrub import ScrubMemory
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    plans = [find_plan(cfg, what)] if what else list(cfg.plans)
+    keyring = keyring_for(cfg, keys)
+    memory = ScrubMemory(cfg.state_dir / "scrub.json")
+    heads = HeadMemory(cfg.state_dir)
+    problems, unreachable = 0, False
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        for plan in plans:
+            # Holding the locks: no backup of these sources writes while copies are judged.
+            with lock_free_sources(cfg.state_dir, plan) as busy:
+                report = await check_plan(
+                    plan,
+                    regions,
+                    keyring,
+                    memory=memory,
+                    heads=heads,
+                    now=utcnow(),
+                    read_data=read_data,
+                    repair_copies=repair_copies,
+                    skip_sources=busy,
+                )
+            print("\n".join(report.format()))
+            problems += report.problems
+            unreachable = unreachable or bool(report.unreachable)
+    if problems:
+        print(f"check: FAILED ({problems} problem(s))")
+        return IntegrityError.exit_code
+    if unreachable:
+        print("check: INCOMPLETE (a region could not be listed)")
+        return StorageError.exit_code
+    print("check: ok")
+    return 0
+
+
 async def restore_test(
     config_path: Path | None,
     what: str,

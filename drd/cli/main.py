@@ -90,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
 
     command("doctor", "check that every region can destroy backups within max_age")
 
+    ck = command("check", "check every copy of PLAN (or every plan) now, and repair them")
+    ck.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
+    ck.add_argument(
+        "--read-data",
+        action="store_true",
+        help="also read every data object and check its digest against the manifest",
+    )
+    ck.add_argument(
+        "--no-repair", action="store_true", help="only report: copy and replace nothing"
+    )
+    keys_arg(ck)
+
     rt = command("restore-test", "restore into a scratch environment, check, time it (RTO)")
     rt.add_argument("what", metavar="PLAN[/SOURCE]")
     rt.add_argument("--backup", metavar="ID", help="default: the newest backup")
@@ -174,6 +186,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "doctor":
         return asyncio.run(commands.doctor(_config_path(args, required=True)))
+    if args.command == "check":
+        return asyncio.run(
+            commands.check(
+                _config_path(args, required=True),
+                args.plan,
+                args.keys,
+                read_data=args.read_data,
+                repair_copies=not args.no_repair,
+            )
+        )
     if args.command == "restore-test":
         return asyncio.run(
             commands.restore_test(

@@ -29,6 +29,7 @@ from drd.daemon.history import History
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
 from drd.daemon.schedule import Schedule, next_due
+from drd.daemon.scrub_loop import ScrubLoop
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import DrdError, NotEnoughCopies, SourceError, TransientStorageError
@@ -110,6 +111,10 @@ class Daemon:
             clock=clock,
             is_busy=self._retention_busy,
             on_copies=self._retention_copies_changed,
+        )
+        # Re-reading stored copies on a schedule: see drd.daemon.scrub_loop.
+        self.scrub = ScrubLoop(
+            cfg, self.regions, keyring, self.metrics, clock=clock, is_busy=self._retention_busy
         )
         # The audit trail (API calls, drills) and failover drills: see drd.daemon.drill_loop.
         self.audit = AuditLog(cfg.state_dir / "audit.jsonl", self.regions, keyring)
@@ -242,6 +247,7 @@ class Daemon:
     async def serve(self, stop: asyncio.Event) -> None:
         watchdog = self.notifier.watchdog_interval
         self.retention.start(stop)
+        self.scrub.start(stop)
         while not stop.is_set():
             self.run_once()
             self.restore_tests.run_once()
@@ -265,6 +271,7 @@ class Daemon:
         self.stopping = True
         self.notifier.stopping()
         await self.retention.close()  # no grace needed: the next sweep finishes its work
+        await self.scrub.close()  # likewise: a scrub only reads, its repairs are finished later
         self.restore_tests.stopping = True
         await self.drills.shutdown(grace)  # cancelled at once: they clean up and say so
         tasks = [st.task for st in self.sources.values() if st.task and not st.task.done()]

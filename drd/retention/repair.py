@@ -26,7 +26,7 @@ Memory stays constant: the data streams chunk by chunk from reader to writer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -61,6 +61,10 @@ class CopyRepair:
     #: "copied" (data and manifest), "manifest" (the data there verified, its manifest was
     #: missing or not this backup's), "replaced" (damaged data removed and copied again)
     action: str = "copied"
+
+    @property
+    def key(self) -> CopyKey:
+        return (SourceRef.parse(self.ref), self.backup_id, self.region)
 
 
 @dataclass
@@ -440,16 +444,3 @@ async def repair(
         report.replaced.append(outcome)
         count(outcome)
     return report
-
-
-def damaged_keys(reports: Sequence[RepairReport]) -> set[CopyKey]:
-    """The copies still damaged after these repairs (found damaged, not replaced)."""
-    replaced = {
-        (SourceRef.parse(c.ref), c.backup_id, c.region)
-        for r in reports
-        for c in r.replaced + r.repaired
-        if not c.error
-    }
-    return {
-        (SourceRef.parse(c.ref), c.backup_id, c.region) for r in reports for c in r.damaged
-    } - replaced

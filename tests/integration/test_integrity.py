@@ -703,3 +703,75 @@ async def test_a_checksum_gcs_refuses_at_finalize_is_transient_and_retried(
 
 def world_keyring(env: DrdEnv) -> crypto.Keyring:
     return crypto.Keyring.parse(env.key, "test")
+
+
+# ------------------------------------------------------------------------------ must-hold 6
+
+
+def test_drd_check_read_data_finds_a_same_size_bit_flip_and_replaces_it(world: World) -> None:
+    env, a, b = world.env, world.raw["a"], world.raw["b"]
+    backup_id = world.backup("p1/files")
+    key = P1F.data_key(backup_id)
+    good = b.read(key)
+    a.flip(key)
+    assert len(a.read(key)) == len(good)
+    b_before = b.snapshot()
+    # Sizes and manifests are all right: only reading the data can tell.
+    proc = env.ok("check", "p1")
+    assert "check: ok" in proc.stdout
+    proc = env.run("check", "p1", "--read-data")
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert f"DAMAGED region a: p1/files@{backup_id}: region a: {key} does not match" in proc.stdout
+    assert f"REPLACED region a: p1/files@{backup_id} (replaced from region b)" in proc.stdout
+    assert "check: FAILED (1 problem(s))" in proc.stdout
+    assert a.read(key) == good and b.snapshot() == b_before
+    proc = env.ok("check", "p1", "--read-data")
+    assert "read 2 data objects" in proc.stdout and "check: ok" in proc.stdout
+    # The whole config at once, and a forged manifest found without reading data.
+    forge(a, P1F.manifest_key(backup_id))
+    proc = env.run("check")
+    assert proc.returncode == 5
+    assert f"UNUSABLE region a: p1/files@{backup_id}:" in proc.stdout
+    assert "plan p2:" in proc.stdout and f"REPAIRED region a: p1/files@{backup_id}" in proc.stdout
+
+
+async def test_the_daemon_scrubs_within_its_budget_and_replaces_damaged_copies(
+    world: World,
+) -> None:
+    from drd.daemon.scrub_loop import ScrubLoop
+
+    env, a = world.env, world.raw["a"]
+    ids = [world.backup("p1/files") for _ in range(3)]
+    size = len(a.read(P1F.data_key(ids[0])))
+    # Three backups in two regions: six copies; the budget reads about two per hour.
+    env.daemon = {"scrub": {"bytes_per_hour": 2 * size}}
+    cfg = load_config(env.write())
+    a.flip(P1F.data_key(ids[1]))
+    now = [datetime.now(UTC) + timedelta(days=4)]  # past half the 7-day period: all due
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        loop = ScrubLoop(cfg, regions, world.keyring, metrics, clock=lambda: now[0])
+        checked: list[tuple[str, str]] = []
+        rounds = 0
+        while len(checked) < 6 and rounds < 10:
+            done = await loop.run_once()
+            report = next(r for r in done if r.plan == "p1")
+            # Never more than the budget: at most one copy past it (read once it is full).
+            assert len(report.checked) <= 3
+            checked += [(c.backup_id, c.region) for c in report.checked]
+            now[0] += timedelta(hours=1)
+            rounds += 1
+    assert sorted(checked) == sorted((i, r) for i in ids for r in ("a", "b"))
+    assert rounds >= 3  # the cap spread the reads over several rounds
+    value = metrics.registry.get_sample_value
+    assert value("drd_copies_damaged_total", {"plan": "p1", "region": "a"}) == 1
+    assert value("drd_copies_damaged_total", {"plan": "p1", "region": "b"}) == 0
+    assert a.read(P1F.data_key(ids[1])) == world.raw["b"].read(P1F.data_key(ids[1]))
+    assert value("drd_scrub_period_seconds", {}) == 7 * 86400
+    stamp = value(
+        "drd_scrub_oldest_verified_timestamp_seconds",
+        {"plan": "p1", "source": "files", "region": "b"},
+    )
+    assert stamp is not None and stamp >= (now[0] - timedelta(hours=rounds + 1)).timestamp()
+    assert value("drd_scrub_read_bytes_total", {"region": "a"}) >= 2 * size
