@@ -143,7 +143,7 @@ class RetentionLoop:
             self.keyring,
             metrics=self.metrics,
             now=now,
-            destroy_age=report.policy.destroy_age,
+            destroy_age=report.destroy_ages,
             skip_sources=busy,
             memory=self.heads,
         )
@@ -164,7 +164,7 @@ class RetentionLoop:
     def _next_run(self, report: SweepReport, repaired: RepairReport, busy: bool) -> datetime:
         now = report.now
         # Never wait longer than a new backup takes to expire.
-        after = min(SWEEP_EVERY, max(report.policy.destroy_age, _MIN_WAIT))
+        after = min(SWEEP_EVERY, max(report.min_destroy_age, _MIN_WAIT))
         if busy or not report.ok or repaired.failed or repaired.unreachable:
             after = min(after, RETRY_AFTER)
         due = now + after

@@ -775,3 +775,79 @@ async def test_the_daemon_scrubs_within_its_budget_and_replaces_damaged_copies(
     )
     assert stamp is not None and stamp >= (now[0] - timedelta(hours=rounds + 1)).timestamp()
     assert value("drd_scrub_read_bytes_total", {"region": "a"}) >= 2 * size
+
+
+# ------------------------------------------------------------------------------ must-hold 9
+
+
+async def test_one_regions_deletion_settings_only_move_that_regions_deletion(
+    tmp_path: Path, gcs_regions: StartRegions
+) -> None:
+    """fake-gcs-server has no soft delete: a proxy answers the bucket's metadata as real GCS
+    does for a bucket keeping deleted objects 13.5 days. That region deletes at the 1-day
+    minimum and fails `drd doctor` and /readyz, loudly; the other region keeps its 14 days."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from drd.backup import run_backup
+    from drd.daemon.service import Daemon
+    from drd.server.app import make_app
+    from drd.strategies import get_strategy
+
+    env = DrdEnv(tmp_path)
+    servers = gcs_regions(2, ["EUROPE-WEST1", "US-CENTRAL1"])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("data\n")
+    soft = {"retentionDurationSeconds": str(13 * 86400 + 12 * 3600)}
+    bucket = {"kind": "storage#bucket", "name": "drd-b", "softDeletePolicy": soft}
+    with GcsProxy(servers[0].endpoint) as pa, GcsProxy(servers[1].endpoint) as pb:
+        env.add_gcs_region("a", servers[0], "drd-a", endpoint=pa.endpoint)
+        env.add_gcs_region("b", servers[1], "drd-b", endpoint=pb.endpoint)
+        env.add_plan("p1", [{"name": "files", "kind": "files", "path": str(tmp_path / "src")}])
+        env.write()
+        pb.fail("GET", r"^/storage/v1/b/drd-b(\?|$)", 200, body=json.dumps(bucket))
+
+        doctor = env.run("doctor")
+        assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+        assert "region b: soft delete 13d12h" in doctor.stdout
+        assert "earlier than the 1d minimum" in doctor.stdout
+        assert (
+            "plan p1: max_age 14d: backups are deleted at age 14d in region(s) a; "
+            "at age 1d in region(s) b"
+        ) in doctor.stdout
+        assert "retention: FAILED" in doctor.stdout
+
+        cfg = load_config(env.config_path)
+        keyring = world_keyring(env)
+        async with AsyncExitStack() as stack:
+            regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+            source = cfg.plan("p1").source("files")
+            two_days = await run_backup(
+                P1F,
+                get_strategy("files")(source),
+                list(regions.values()),
+                keyring,
+                min_copies=2,
+                clock=lambda: datetime.now(UTC) - timedelta(days=2),
+            )
+            daemon = Daemon(cfg, keyring, regions)
+            try:
+                await daemon.load_state()
+                daemon.sources[P1F].next_due = datetime.now(UTC) + timedelta(days=1)
+                (report,) = await daemon.retention.run_once()
+                assert report.destroy_ages == {"a": timedelta(days=14), "b": timedelta(days=1)}
+                assert list(daemon.retention.problems()) == ["b"]
+                async with TestClient(TestServer(make_app(daemon))) as client:
+                    response = await client.get("/readyz")
+                    body = await response.json()
+            finally:
+                daemon.history.close()
+        assert response.status == 503
+        assert "cannot destroy backups in time in region(s): b" in body["reason"]
+        assert "earlier than the 1d minimum" in body["checks"]["retention"]["b"]
+        assert body["checks"]["retention"]["a"] == "ok"
+        # Region a keeps the 2-day-old backup; b deleted its copy at its own minimum age, and
+        # repair did not bring it back there.
+        raw_a = RawRegion.gcs("a", servers[0], "drd-a")
+        raw_b = RawRegion.gcs("b", servers[1], "drd-b")
+        assert raw_a.list_keys(P1F.backup_prefix(two_days.backup_id))
+        assert raw_b.list_keys(P1F.backup_prefix(two_days.backup_id)) == []
