@@ -742,6 +742,7 @@ async def test_the_daemon_scrubs_within_its_budget_and_replaces_damaged_copies(
     world: World,
 ) -> None:
     from drd.daemon.scrub_loop import ScrubLoop
+    from drd.runtime import Services
 
     env, a = world.env, world.raw["a"]
     ids = [world.backup("p1/files") for _ in range(3)]
@@ -754,7 +755,10 @@ async def test_the_daemon_scrubs_within_its_budget_and_replaces_damaged_copies(
     metrics = Metrics()
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
-        loop = ScrubLoop(cfg, regions, world.keyring, metrics, clock=lambda: now[0])
+        services = Services(
+            cfg=cfg, regions=regions, keyring=world.keyring, metrics=metrics, clock=lambda: now[0]
+        )
+        loop = ScrubLoop(services)
         checked: list[tuple[str, str]] = []
         rounds = 0
         while len(checked) < 6 and rounds < 10:
