@@ -20,6 +20,7 @@ from drd import __version__, crypto
 from drd.clock import Clock, utcnow
 from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
+from drd.logs import add_log_context
 from drd.repository.fanout import FanOut
 from drd.repository.manifest import Manifest, ManifestBody, ManifestPublic
 from drd.repository.sealing import COMPRESSION, Sealer
@@ -84,8 +85,9 @@ async def run_backup(
         level=zstd_level,
     )
     fan = FanOut(regions, ref.data_key(backup_id))
-    ctx = {"plan": ref.plan, "source": ref.source, "backup_id": backup_id}
-    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies, extra=ctx)
+    # For the rest of the job (the caller's log_context, drd.jobs.backup_source, bounds it).
+    add_log_context(plan=ref.plan, source=ref.source, backup_id=backup_id)
+    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies)
     try:
         await fan.open(metadata={"drd-backup-id": backup_id})
         _require(fan, min_copies, where, "before the upload started")
@@ -187,7 +189,6 @@ async def run_backup(
         sealer.ciphertext_size,
         ",".join(result.committed_regions),
         f"; MISSING {_reasons(result.missing)}" if result.missing else "",
-        extra=ctx,
     )
     return result
 

@@ -297,6 +297,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
     from drd.errors import StorageError
+    from drd.logs import log_context
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
     from drd.retention.sweep import sweep
@@ -310,7 +311,8 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
-            with lock_free_sources(cfg.state_dir, plan) as busy:
+            context = log_context(job="retention", plan=plan.name)
+            with context, lock_free_sources(cfg.state_dir, plan) as busy:
                 report = await sweep(
                     plan,
                     regions,

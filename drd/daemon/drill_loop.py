@@ -28,6 +28,7 @@ from typing import Any
 from drd.config.models import Plan
 from drd.daemon.lifecycle import drain
 from drd.errors import DrdError
+from drd.logs import log_context
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.verify.drill import (
@@ -157,6 +158,10 @@ class DrillManager:
         return run
 
     async def _run(self, run: DrillRun, plan: Plan) -> None:
+        with log_context(job="drill", plan=plan.name, drill_id=run.report.drill_id):
+            await self._drill(run, plan)
+
+    async def _drill(self, run: DrillRun, plan: Plan) -> None:
         report, services = run.report, self.services
         try:
             await run_drill(

@@ -33,6 +33,7 @@ from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import BackupNotFound, StateError
 from drd.layout import SourceRef
 from drd.locks import LockBusy
+from drd.logs import log_context
 from drd.runtime import Services
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import summary_of
@@ -181,6 +182,10 @@ class RestoreTestScheduler:
             self.on_state_error(exc)
 
     async def _job(self, st: SourceTests) -> None:
+        with log_context(job=JOB_KIND, plan=st.ref.plan, source=st.ref.source):
+            await self._test(st)
+
+    async def _test(self, st: SourceTests) -> None:
         labels = (st.ref.plan, st.ref.source)
         services = self.services
         began = services.clock()

@@ -28,6 +28,7 @@ from drd.config.models import Plan
 from drd.daemon.lifecycle import cancel_task, run_rounds
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock
+from drd.logs import log_context
 from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
 from drd.retention.sweep import RetentionMemory, SweepReport, sweep
@@ -101,15 +102,16 @@ class RetentionLoop:
         for plan in cfg.plans:
             if not force and self.due.get(plan.name, now) > now:
                 continue
-            try:
-                done.append(
-                    await asyncio.wait_for(
-                        self.run_plan(plan, now), cfg.daemon.job_timeout.total_seconds()
+            with log_context(job="retention", plan=plan.name):
+                try:
+                    done.append(
+                        await asyncio.wait_for(
+                            self.run_plan(plan, now), cfg.daemon.job_timeout.total_seconds()
+                        )
                     )
-                )
-            except Exception as exc:  # one plan's failure must not stop the others' retention
-                log.error("retention of plan %s failed: %s", plan.name, exc, exc_info=exc)
-                self.due[plan.name] = now + RETRY_AFTER
+                except Exception as exc:  # one plan's failure must not stop the others'
+                    log.error("retention of plan %s failed: %s", plan.name, exc, exc_info=exc)
+                    self.due[plan.name] = now + RETRY_AFTER
         return done
 
     async def run_plan(self, plan: Plan, now: datetime) -> SweepReport:

@@ -40,6 +40,7 @@ from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, TransientStorageError
 from drd.jobs import backup_source, plan_regions
 from drd.layout import SourceRef
+from drd.logs import log_context
 from drd.metrics import Metrics
 from drd.repository.catalog import build_catalog
 from drd.runtime import Services
@@ -276,11 +277,13 @@ class Daemon:
     # -- jobs ---------------------------------------------------------------------------------
 
     async def _backup_job(self, st: SourceState) -> None:
-        try:
-            await self._run_backup_job(st)
-        finally:
-            self._wake.set()  # the scheduler recomputes when to wake up next
-            self.restore_tests.wake()  # the source may have its first backup: testable now
+        # Every line this job logs, down to the strategy's and the regions', says whose it is.
+        with log_context(job="backup", plan=st.ref.plan, source=st.ref.source):
+            try:
+                await self._run_backup_job(st)
+            finally:
+                self._wake.set()  # the scheduler recomputes when to wake up next
+                self.restore_tests.wake()  # the source may have its first backup: testable now
 
     def state_failed(self, exc: StateError) -> None:
         """A write to the state directory failed: one line, a metric, /readyz; the job that
@@ -354,12 +357,7 @@ class Daemon:
 
     def _backup_failed(self, st: SourceState, detail: str, began: float) -> None:
         labels = (st.ref.plan, st.ref.source)
-        log.error(
-            "backup %s failed: %s",
-            st.ref,
-            detail,
-            extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
-        )
+        log.error("backup %s failed: %s", st.ref, detail)
         self.metrics.backups.labels(*labels, "failure").inc()
         self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         st.last_status, st.last_error = "failure", detail
