@@ -89,6 +89,7 @@ class RetentionLoop:
             for region in plan.storage.regions:
                 for result in ("success", "failure"):
                     metrics.copy_repairs.labels(plan.name, region, result)
+        self.memory.keep_plans({plan.name: plan.storage.regions for plan in cfg.plans})
         # Ages remembered from before a restart count from the first scrape on.
         self.memory.publish(metrics, services.clock())
 
