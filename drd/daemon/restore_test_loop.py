@@ -34,6 +34,7 @@ from drd.errors import BackupNotFound, StateError
 from drd.layout import SourceRef
 from drd.locks import LockBusy
 from drd.logs import log_context
+from drd.metrics import RESULTS
 from drd.runtime import Services
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import summary_of
@@ -97,9 +98,12 @@ class RestoreTestScheduler:
             if last is not None:
                 last_run = datetime.fromtimestamp(last.started_at, now.tzinfo)
                 st.last = _reports(last.detail)
-                if last.result in ("success", "failure"):
-                    passed = last.result == "success"
-                    metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
+            # The last test that passed or failed (a skipped or interrupted one says neither),
+            # so that the status is there right after a start, not a test interval later.
+            decided = self.history.last(JOB_KIND, *labels, result=RESULTS)
+            if decided is not None:
+                passed = decided.result == "success"
+                metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
             good = self.history.last(JOB_KIND, *labels, result="success")
             if good is not None and good.finished_at is not None:
                 metrics.restore_test_last_success.labels(*labels).set(good.finished_at)

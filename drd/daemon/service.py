@@ -30,7 +30,7 @@ from drd.clock import Clock, utcnow
 from drd.config.loader import load_config
 from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
-from drd.daemon.history import History
+from drd.daemon.history import History, JobRecord
 from drd.daemon.lifecycle import Loop, drain, wait_any
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
@@ -41,7 +41,7 @@ from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, Trans
 from drd.jobs import backup_source, plan_regions
 from drd.layout import SourceRef
 from drd.logs import log_context
-from drd.metrics import Metrics
+from drd.metrics import RESULTS, Metrics
 from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
@@ -179,6 +179,7 @@ class Daemon:
                     st.last_status = last.result
                     st.last_error = last.detail
                 self._publish_source(st)
+                self._restore_last_status(st, last)
         now = self.clock()
         for st in self.sources.values():
             st.next_due = next_due(
@@ -192,6 +193,21 @@ class Daemon:
         self.restore_tests.load_state()
         await self.drills.load_state()
 
+    def _restore_last_status(self, st: SourceState, last: JobRecord | None) -> None:
+        """drd_backup_last_status right after a start, not a backup later (a day, for a daily
+        plan): the newest backup in the history that succeeded or failed (one interrupted by
+        a shutdown or a crash says neither); with no history (a new state directory), the
+        newest complete backup in storage counts as the last one."""
+        if last is None or last.result not in RESULTS:
+            last = self.history.last("backup", st.ref.plan, st.ref.source, result=RESULTS)
+        if last is not None:
+            passed = last.result == "success"
+        elif st.last_capture is not None:
+            passed = True
+        else:
+            return
+        self.metrics.backup_last_status.labels(st.ref.plan, st.ref.source).set(int(passed))
+
     def _publish_source(self, st: SourceState) -> None:
         m, labels = self.metrics, (st.ref.plan, st.ref.source)
         if st.last_capture is not None:
@@ -201,7 +217,7 @@ class Daemon:
             m.backup_size.labels(*labels).set(st.stored_bytes)
         if st.source_bytes is not None:
             m.backup_source_size.labels(*labels).set(st.source_bytes)
-        if st.last_status is not None:
+        if st.last_status in RESULTS:  # an interrupted backup changes nothing
             m.backup_last_status.labels(*labels).set(1 if st.last_status == "success" else 0)
 
     def refresh_metrics(self) -> None:
