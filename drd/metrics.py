@@ -236,6 +236,16 @@ class Metrics:
             "Writes to the state directory that failed (each failed the job that needed it)",
             registry=r,
         )
+        self.config_reload_ok = Gauge(
+            "drd_config_last_reload_successful",
+            "1 if the last config reload (SIGHUP) took effect, 0 if it was refused",
+            registry=r,
+        )
+        self.config_reload_time = Gauge(
+            "drd_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (at start, or by the last good reload)",
+            registry=r,
+        )
         self.plan_review_age = Gauge(
             "drd_plan_review_age_seconds",
             "Seconds since the plan's reviewed_on date",
