@@ -6,6 +6,9 @@
 A backup is complete only when its manifest is committed in at least `min_copies` regions.
 Until then nothing is visible to `drd list`; if that bar is missed the copies already written
 are removed again, so a failed backup never looks complete and never leaves a manifest behind.
+A backup the strategy says is not a faithful image of the source (its metadata's "degraded"
+list: a file that kept changing while being read, ...) is committed with status `degraded`
+instead of `ok`: restorable, and flagged everywhere it is shown.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
 from drd.logs import add_log_context
 from drd.repository.fanout import FanOut
-from drd.repository.manifest import Manifest, ManifestBody, ManifestPublic
+from drd.repository.manifest import (
+    STATUS_DEGRADED,
+    STATUS_OK,
+    Manifest,
+    ManifestBody,
+    ManifestPublic,
+)
 from drd.repository.sealing import COMPRESSION, Sealer
 from drd.storage.base import Storage
 from drd.strategies.base import AnyStrategy
@@ -56,6 +65,15 @@ class BackupResult:
     @property
     def missing(self) -> list[RegionCopy]:
         return [c for c in self.copies if not c.committed]
+
+    @property
+    def status(self) -> str:
+        """ok, or degraded: complete and restorable, but not a faithful image (`degraded`)."""
+        return self.manifest.public.status
+
+    @property
+    def degraded(self) -> list[str]:
+        return self.manifest.body.degraded
 
 
 async def run_backup(
@@ -126,6 +144,8 @@ async def run_backup(
         )
         raise
 
+    metadata = {**strategy.restore_metadata(), "host": socket.gethostname()}
+    degraded = metadata.get("degraded")
     manifest = Manifest(
         ManifestPublic(
             backup_id=backup_id,
@@ -135,6 +155,7 @@ async def run_backup(
             key_id=kek.key_id,
             started_at=started.isoformat(),
             completed_at=clock().isoformat(),
+            status=STATUS_DEGRADED if degraded else STATUS_OK,
         ),
         ManifestBody(
             wrapped_data_key=crypto.wrap_data_key(kek, data_key, backup_id),
@@ -144,7 +165,7 @@ async def run_backup(
             plaintext_digest=sealer.plaintext_digest,
             ciphertext_size=sealer.ciphertext_size,
             ciphertext_digest=sealer.ciphertext_digest,
-            strategy_metadata={**strategy.restore_metadata(), "host": socket.gethostname()},
+            strategy_metadata=metadata,
             drd_version=__version__,
         ),
     )
@@ -190,6 +211,12 @@ async def run_backup(
         ",".join(result.committed_regions),
         f"; MISSING {_reasons(result.missing)}" if result.missing else "",
     )
+    if result.degraded:
+        log.warning(
+            "%s: the backup is DEGRADED (not a faithful image of the source): %s",
+            where,
+            "; ".join(result.degraded),
+        )
     return result
 
 
