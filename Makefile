@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv bytecode run test unit integration lint bench clean
+.PHONY: venv bytecode run test unit integration lint bench monitoring clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The monitoring kit with its one setting, the address RUNBOOK.md is published at, written to
+# monitoring/build/ (alerts, dashboard, Prometheus and Alertmanager examples):
+#   make monitoring RUNBOOK_URL=https://git.corp.internal/sre/drd/-/blob/main/monitoring/RUNBOOK.md
+monitoring:
+	@[ -n "$(RUNBOOK_URL)" ] || { echo "make monitoring RUNBOOK_URL=<where RUNBOOK.md is published>" >&2; exit 2; }
+	$(PYTHON) monitoring/render.py --runbook-url "$(RUNBOOK_URL)" --out monitoring/build
 
 bench: bytecode
 	$(PY) -m bench

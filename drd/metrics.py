@@ -1,8 +1,15 @@
 """Every Prometheus metric drd exports, defined in one place.
 
 Dashboards and alert rules (monitoring/) rely on these names and labels. Labels are limited to
-plan, source, region, operation and result: all bounded by the config, never by data (no backup
-ids, no error strings).
+plan, source, region, operation, phase, reason and result: all bounded by the config, never by
+data (no backup ids, no error strings).
+
+- `result` has one vocabulary everywhere (RESULTS): `success` and `failure`; storage
+  operations add `not_found`, a region's answer that an object does not exist, which is
+  neither (reading a manifest that is not there is how drd finds out).
+- Per-plan series exist only for the plan's own regions, per-source series only for the
+  sources of the loaded config (a reload that removes one removes its series: `forget`).
+- No `_created` series: they double the series count and no rule or dashboard reads them.
 """
 
 from __future__ import annotations
@@ -13,13 +20,18 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from drd import __version__
 
 PS = ("plan", "source")
+#: the values of every `result` label (storage operations also say `not_found`)
+RESULTS = ("success", "failure")
+STORAGE_RESULTS = (*RESULTS, "not_found")
 #: why a restore test failed (drd.verify.restore_report.CATEGORIES)
 RESTORE_TEST_FAILURE_REASONS = (
     "fetch_failed",
@@ -32,6 +44,8 @@ RESTORE_TEST_FAILURE_REASONS = (
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # A process-wide switch of prometheus_client (read at every scrape).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if registry is None:
@@ -262,6 +276,16 @@ class Metrics:
             "Writes to the state directory that failed (each failed the job that needed it)",
             registry=r,
         )
+        self.config_reload_ok = Gauge(
+            "drd_config_last_reload_successful",
+            "1 if the last config reload (SIGHUP) took effect, 0 if it was refused",
+            registry=r,
+        )
+        self.config_reload_time = Gauge(
+            "drd_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (at start, or by the last good reload)",
+            registry=r,
+        )
         self.plan_review_age = Gauge(
             "drd_plan_review_age_seconds",
             "Seconds since the plan's reviewed_on date",
@@ -272,7 +296,7 @@ class Metrics:
     def declare_source(self, plan: str, source: str, regions: list[str]) -> None:
         """Create a source's counter series at zero, so rate() and increase() see the first
         failure instead of the series merely appearing."""
-        for result in ("success", "failure"):
+        for result in RESULTS:
             self.backups.labels(plan, source, result)
             self.restore_tests.labels(plan, source, result)
         self.backups_degraded.labels(plan, source)
@@ -281,3 +305,23 @@ class Metrics:
         for region in regions:
             self.retention_deleted.labels(plan, region)
             self.retention_delete_failures.labels(plan, region)
+
+    def forget(self, plan: str, source: str | None = None, region: str | None = None) -> int:
+        """Remove every series of `plan` (of its `source`, or of its `region`, if given): a
+        plan, source or region the config no longer has must not linger as a stale value
+        alerts keep firing on. Returns how many series went."""
+        wanted = {"plan": plan, "source": source, "region": region}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        removed = 0
+        for metric in vars(self).values():
+            if not isinstance(metric, MetricWrapperBase):
+                continue
+            names = metric._labelnames
+            if not set(wanted) <= set(names):
+                continue
+            for values in list(metric._metrics):
+                labels = dict(zip(names, values, strict=True))
+                if all(labels[k] == v for k, v in wanted.items()):
+                    metric.remove(*values)
+                    removed += 1
+        return removed

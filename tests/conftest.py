@@ -26,6 +26,7 @@ def _scrub_environment(
         if name.startswith("DRD_") or name in {
             "CREDENTIALS_DIRECTORY",
             "NOTIFY_SOCKET",
+            "JOURNAL_STREAM",
             "WATCHDOG_USEC",
             "GOOGLE_APPLICATION_CREDENTIALS",
             "STORAGE_EMULATOR_HOST",

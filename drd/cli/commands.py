@@ -337,6 +337,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
     from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
+    from drd.logs import log_context
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
     from drd.retention.sweep import RetentionMemory, sweep
@@ -350,7 +351,8 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
-            with lock_free_sources(cfg.state_dir, plan) as busy:
+            context = log_context(job="retention", plan=plan.name)
+            with context, lock_free_sources(cfg.state_dir, plan) as busy:
                 report = await sweep(
                     plan,
                     regions,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 from drd.config.models import Plan
 from drd.daemon.lifecycle import drain
 from drd.errors import DrdError, DrillBusy
+from drd.logs import log_context
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.verify.drill import (
@@ -107,11 +108,26 @@ async def audit_drill(
 
 
 class DrillManager:
-    def __init__(self, services: Services, audit: AuditLog | None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        audit: AuditLog | None,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.services = services
         self.audit = audit
+        #: told when a drill starts and ends (the daemon's STATUS=)
+        self.on_change = on_change
         self.runs: dict[str, DrillRun] = {}
         self.stopping = False
+
+    async def reconfigure(self, services: Services) -> None:
+        """A reload: drills of the new config's plans from now on (a running drill of a plan
+        the reload removed finishes); the drill metrics of added plans from their reports."""
+        known = {p.name for p in self.services.cfg.plans}
+        self.services = services
+        await self.load_state([p for p in services.cfg.plans if p.name not in known])
 
     def plan(self, name: str) -> Plan:
         return self.services.cfg.plan(name)
@@ -147,6 +163,17 @@ class DrillManager:
         return run
 
     async def _run(self, run: DrillRun, plan: Plan) -> None:
+        with log_context(job="drill", plan=plan.name, drill_id=run.report.drill_id):
+            self.on_change()
+            try:
+                await self._drill(run, plan)
+            finally:
+                if plan.name not in {p.name for p in self.services.cfg.plans}:
+                    self.services.metrics.forget(plan.name)  # a reload removed the plan
+                # The task counts as running until this returns.
+                asyncio.get_running_loop().call_soon(self.on_change)
+
+    async def _drill(self, run: DrillRun, plan: Plan) -> None:
         report, services = run.report, self.services
         try:
             await run_drill(
@@ -216,10 +243,10 @@ class DrillManager:
         newest = sorted(out.values(), key=lambda d: str(d["started_at"]), reverse=True)
         return newest[:limit]
 
-    async def load_state(self) -> None:
-        """The drill metrics from the newest stored report of each plan."""
+    async def load_state(self, plans: Sequence[Plan] | None = None) -> None:
+        """The drill metrics from the newest stored report of each plan (of `plans`)."""
         regions, keyring = self.services.regions, self.services.keyring
-        for plan in self.services.cfg.plans:
+        for plan in self.services.cfg.plans if plans is None else plans:
             try:
                 ids = await stored_drill_ids(plan, regions)
                 found = await read_stored_report(plan, regions, keyring, ids[-1]) if ids else None

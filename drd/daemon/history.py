@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,16 +111,19 @@ class History:
         )
 
     def last(
-        self, kind: str, plan: str, source: str, result: str | None = None
+        self, kind: str, plan: str, source: str, result: str | Collection[str] | None = None
     ) -> JobRecord | None:
-        """The newest finished job of this kind and source (with this result, if given)."""
+        """The newest finished job of this kind and source (with this result, or one of these
+        results, if given)."""
+        results = [result] if isinstance(result, str) else list(result or ())
+        wanted = f"AND result IN ({', '.join('?' * len(results))}) " if results else ""
         row = self._run(
             "read",
             lambda: self._db.execute(
                 "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND source = ? "
-                "AND finished_at IS NOT NULL AND (? IS NULL OR result = ?) "
+                f"AND finished_at IS NOT NULL {wanted}"
                 "ORDER BY id DESC LIMIT 1",
-                (kind, plan, source, result, result),
+                (kind, plan, source, *results),
             ).fetchone(),
         )
         return JobRecord(*row) if row else None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +33,8 @@ from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import BackupNotFound, StateError
 from drd.layout import SourceRef
 from drd.locks import LockBusy
+from drd.logs import log_context
+from drd.metrics import RESULTS
 from drd.runtime import Services
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import summary_of
@@ -70,35 +72,43 @@ class RestoreTestScheduler:
         slots: asyncio.Semaphore,
         has_backup: Callable[[SourceRef], bool],
         on_state_error: Callable[[StateError], None] | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.services = services
         self.history = history
         #: told when the job history cannot be written (the daemon's /readyz and metric)
         self.on_state_error = on_state_error or (lambda exc: log.error("%s", exc))
+        #: told when a test starts, gets its slot, and ends (the daemon's STATUS=)
+        self.on_change = on_change
         self._slots = slots
         self._wake = asyncio.Event()
         self._has_backup = has_backup
         self._task: asyncio.Task[None] | None = None
         self.stopping = False
         self.sources: dict[SourceRef, SourceTests] = {}
+        #: tests of sources a reload removed, still running (close() waits for them)
+        self._retired: list[SourceTests] = []
         for plan in services.cfg.plans:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
                 self.sources[ref] = SourceTests(ref=ref, plan=plan, source=source)
 
-    def load_state(self) -> None:
+    def load_state(self, states: Collection[SourceTests] | None = None) -> None:
         """The last results from the job history; when each source is next due."""
         now, metrics = self.services.clock(), self.services.metrics
-        for st in self.sources.values():
+        for st in self.sources.values() if states is None else states:
             labels = (st.ref.plan, st.ref.source)
             last = self.history.last(JOB_KIND, *labels)
             last_run = None
             if last is not None:
                 last_run = datetime.fromtimestamp(last.started_at, now.tzinfo)
                 st.last = _reports(last.detail)
-                if last.result in ("success", "failure"):
-                    passed = last.result == "success"
-                    metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
+            # The last test that passed or failed (a skipped or interrupted one says neither),
+            # so that the status is there right after a start, not a test interval later.
+            decided = self.history.last(JOB_KIND, *labels, result=RESULTS)
+            if decided is not None:
+                passed = decided.result == "success"
+                metrics.restore_test_last_status.labels(*labels).set(1 if passed else 0)
             good = self.history.last(JOB_KIND, *labels, result="success")
             if good is not None and good.finished_at is not None:
                 metrics.restore_test_last_success.labels(*labels).set(good.finished_at)
@@ -122,6 +132,50 @@ class RestoreTestScheduler:
     def _eligible(self, st: SourceTests) -> bool:
         return self._has_backup(st.ref)
 
+    def waiting_for_their_time(self) -> list[SourceTests]:
+        """The sources that will be tested when they are next due (they have a backup)."""
+        return [st for st in self.sources.values() if self._eligible(st)]
+
+    def reconfigure(self, services: Services, *, slots: asyncio.Semaphore) -> None:
+        """A reload: new sources are scheduled (from their history), removed ones are no
+        longer (a test of theirs that is running finishes), and a changed interval moves the
+        next test."""
+        self.services, self._slots = services, slots
+        wanted = {
+            SourceRef(plan.name, source.name): (plan, source)
+            for plan in services.cfg.plans
+            for source in plan.sources
+        }
+        for ref in [r for r in self.sources if r not in wanted]:
+            st = self.sources.pop(ref)
+            if st.running:
+                self._retired.append(st)
+        added: list[SourceTests] = []
+        for ref, (plan, source) in wanted.items():
+            known = self.sources.get(ref)
+            if known is None:
+                fresh = self.sources[ref] = SourceTests(ref=ref, plan=plan, source=source)
+                added.append(fresh)
+                continue
+            st = known
+            every = st.plan.restore_test.every
+            st.plan, st.source = plan, source
+            if plan.restore_test.every != every and not st.running:
+                last = self.history.last(JOB_KIND, ref.plan, ref.source)
+                last_run = (
+                    datetime.fromtimestamp(last.started_at, services.clock().tzinfo)
+                    if last is not None
+                    else None
+                )
+                st.next_due = next_due(
+                    st.schedule(),
+                    last_capture=last_run,
+                    now=services.clock(),
+                    seed=f"{JOB_KIND}:{ref}",
+                )
+        self.load_state(added)
+        self._wake.set()
+
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a restore test of `ref` now. False if one is already running."""
         return request_now(self.sources[ref], self.services.clock(), self._wake)
@@ -134,7 +188,8 @@ class RestoreTestScheduler:
         return seconds_until_due(self.sources.values(), self.services.clock(), self._eligible)
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        return [st.task for st in self.sources.values() if st.task and not st.task.done()]
+        states = [*self.sources.values(), *self._retired]
+        return [st.task for st in states if st.task and not st.task.done()]
 
     def start(self, stop: asyncio.Event) -> None:
         if self._task is None:
@@ -181,6 +236,19 @@ class RestoreTestScheduler:
             self.on_state_error(exc)
 
     async def _job(self, st: SourceTests) -> None:
+        with log_context(job=JOB_KIND, plan=st.ref.plan, source=st.ref.source):
+            self.on_change()
+            try:
+                await self._test(st)
+            finally:
+                st.started, st.waiting = None, False
+                if self.sources.get(st.ref) is not st:  # removed by a reload while it ran
+                    self._retired = [r for r in self._retired if r is not st]
+                    self.services.metrics.forget(st.ref.plan, st.ref.source)
+                # The task counts as running until this returns.
+                asyncio.get_running_loop().call_soon(self.on_change)
+
+    async def _test(self, st: SourceTests) -> None:
         labels = (st.ref.plan, st.ref.source)
         services = self.services
         began = services.clock()
@@ -198,7 +266,11 @@ class RestoreTestScheduler:
             return
         retry_at: datetime | None = None
         try:
+            st.waiting = self._slots.locked()
+            self.on_change()
             async with self._slots:
+                st.waiting = False
+                self.on_change()
                 reports = await restore_tests_for(
                     st.plan,
                     st.source,

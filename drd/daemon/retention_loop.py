@@ -28,6 +28,8 @@ from drd.config.models import Plan
 from drd.daemon.lifecycle import cancel_task, run_rounds
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock
+from drd.logs import log_context
+from drd.metrics import RESULTS
 from drd.repository.heads import HeadMemory
 from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
@@ -73,26 +75,57 @@ class RetentionLoop:
         *,
         is_busy: Callable[[SourceRef], bool] = lambda ref: False,
         on_copies: CopiesChanged = lambda ref, backup_id, region, present: None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.services = services
         self.is_busy = is_busy
         self.on_copies = on_copies
-        cfg, metrics = services.cfg, services.metrics
+        #: told when a plan's round starts and ends (the daemon's STATUS=)
+        self.on_change = on_change
         self.memory = RetentionMemory(services.state_dir / "retention.json")
         # What each region is compared with to notice one going back in time (repair).
         self.heads = HeadMemory(services.state_dir)
         # A backup job may run up to job_timeout: its data is not a leftover before that.
-        self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
+        self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, services.cfg.daemon.job_timeout)
         self.due: dict[str, datetime] = {}
         self.sweeps: dict[str, SweepReport] = {}
         self.repairs: dict[str, RepairReport] = {}
+        #: the plan being swept or repaired now, and since when
+        self.current: tuple[str, datetime] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._configure()
+        # Ages remembered from before a restart count from the first scrape on.
+        self.memory.publish(services.metrics, services.clock())
+
+    def _configure(self) -> None:
+        cfg, metrics = self.services.cfg, self.services.metrics
+        # A backup job may run up to job_timeout: its data is not a leftover before that.
+        self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
         for plan in cfg.plans:
             for region in plan.storage.regions:
-                for result in ("success", "failure"):
+                for result in RESULTS:
                     metrics.copy_repairs.labels(plan.name, region, result)
-        # Ages remembered from before a restart count from the first scrape on.
-        self.memory.publish(metrics, services.clock())
+        self.memory.keep_plans({plan.name: plan.storage.regions for plan in cfg.plans})
+
+    def reconfigure(self, services: Services) -> None:
+        """A reload: the new config's plans from now on. Plans that are new or whose retention,
+        regions or sources changed are swept at the next round; removed ones are forgotten (a
+        round of theirs that is running finishes)."""
+        old = {p.name: p for p in self.services.cfg.plans}
+        self.services = services
+        names = {p.name for p in services.cfg.plans}
+        for table in (self.due, self.sweeps, self.repairs):
+            for name in [n for n in table if n not in names]:
+                del table[name]
+        for plan in services.cfg.plans:
+            before = old.get(plan.name)
+            if before is None or (before.retention, before.storage, before.sources) != (
+                plan.retention,
+                plan.storage,
+                plan.sources,
+            ):
+                self.due.pop(plan.name, None)  # due now
+        self._configure()
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -104,16 +137,30 @@ class RetentionLoop:
         for plan in cfg.plans:
             if not force and self.due.get(plan.name, now) > now:
                 continue
-            try:
-                done.append(
-                    await asyncio.wait_for(
-                        self.run_plan(plan, now), cfg.daemon.job_timeout.total_seconds()
+            self.current = (plan.name, self.services.clock())
+            self.on_change()
+            with log_context(job="retention", plan=plan.name):
+                try:
+                    done.append(
+                        await asyncio.wait_for(
+                            self.run_plan(plan, now), cfg.daemon.job_timeout.total_seconds()
+                        )
                     )
-                )
-            except Exception as exc:  # one plan's failure must not stop the others' retention
-                log.error("retention of plan %s failed: %s", plan.name, exc, exc_info=exc)
-                self.due[plan.name] = now + RETRY_AFTER
+                except Exception as exc:  # one plan's failure must not stop the others'
+                    log.error("retention of plan %s failed: %s", plan.name, exc, exc_info=exc)
+                    self.due[plan.name] = now + RETRY_AFTER
+                finally:
+                    self.current = None
+                    self.on_change()
+            if plan.name not in {p.name for p in self.services.cfg.plans}:
+                self._forget(plan.name)  # a reload removed it while it was swept
         return done
+
+    def _forget(self, plan: str) -> None:
+        for table in (self.due, self.sweeps, self.repairs):
+            table.pop(plan, None)
+        self.memory.keep_plans({p.name: p.storage.regions for p in self.services.cfg.plans})
+        self.services.metrics.forget(plan)
 
     async def run_plan(self, plan: Plan, now: datetime) -> SweepReport:
         services = self.services

@@ -1,4 +1,5 @@
-"""The systemd notify protocol (READY=1, STOPPING=1, WATCHDOG=1, STATUS=...), without libsystemd.
+"""The systemd notify protocol (READY=1, RELOADING=1, STOPPING=1, WATCHDOG=1, STATUS=...),
+without libsystemd.
 
 A datagram to $NOTIFY_SOCKET; names starting with '@' are abstract sockets. When the variable
 is not set (not under systemd, or in tests) every call is a no-op.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,13 @@ class Notifier:
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def reloading(self) -> None:
+        """A reload begins; `ready()` says it is over (sd_notify(3): systemd shows the unit as
+        reloading in between, and with Type=notify-reload waits for it)."""
+        self.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")

@@ -14,6 +14,7 @@ aborts its uploads and never commits a manifest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -29,17 +30,27 @@ from drd.clock import Clock, utcnow
 from drd.config.loader import load_config
 from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
-from drd.daemon.history import History
+from drd.daemon.history import History, JobRecord
 from drd.daemon.lifecycle import Loop, drain, wait_any
+from drd.daemon.reload import config_changes, restart_only_changes
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
 from drd.daemon.schedule import Schedule, next_due
 from drd.daemon.scrub_loop import ScrubLoop
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
-from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, TransientStorageError
+from drd.daemon.status import Activity, Upcoming, status_line
+from drd.errors import (
+    ConfigError,
+    DrdError,
+    NotEnoughCopies,
+    SourceError,
+    StateError,
+    TransientStorageError,
+)
 from drd.layout import SourceRef
-from drd.metrics import Metrics
+from drd.logs import log_context
+from drd.metrics import RESULTS, Metrics
 from drd.pipeline.backup import BackupResult
 from drd.pipeline.source_backup import backup_source, plan_regions
 from drd.repository.catalog import build_catalog
@@ -113,16 +124,28 @@ class Daemon:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
                 self.sources[ref] = SourceState(ref=ref, plan=plan, source=source)
+        #: backups of sources a reload removed, still running (shutdown waits for them)
+        self._retired: list[SourceState] = []
         self._slots = asyncio.Semaphore(cfg.daemon.max_concurrent_jobs)
         self._wake = asyncio.Event()
         self.stopping = False
         self.started_at = time.time()
+        #: the --log-level/--log-format flags when this process owns the logging setup
+        #: (drd run); a reload then applies the config's `log:` under them
+        self.log_flags: tuple[str | None, str | None] | None = None
+        #: why the last reload was refused (None: it was not), shown in STATUS=
+        self.reload_problem: str | None = None
+        self._reload_lock = asyncio.Lock()
+        self._status: str | None = None
+        self.metrics.config_reload_ok.set(1)
+        self.metrics.config_reload_time.set(self.started_at)
         self._publish_static_metrics()
         # Retention (sweep + repair): see drd.daemon.retention_loop.
         self.retention = RetentionLoop(
             self.services,
             is_busy=self._retention_busy,
             on_copies=self._retention_copies_changed,
+            on_change=self.update_status,
         )
         # Re-reading stored copies on a schedule: see drd.daemon.scrub_loop.
         self.scrub = ScrubLoop(self.services, is_busy=self._retention_busy)
@@ -130,14 +153,15 @@ class Daemon:
         self.audit = AuditLog(
             cfg.state_dir / "audit.jsonl", self.regions, keyring, on_state_error=self.state_failed
         )
-        self.drills = DrillManager(self.services, self.audit)
+        self.drills = DrillManager(self.services, self.audit, on_change=self.update_status)
         # Restore tests run on their own per-plan schedule: see drd.daemon.restore_test_loop.
         self.restore_tests = RestoreTestScheduler(
             self.services,
             self.history,
             slots=self._slots,
-            has_backup=lambda ref: self.sources[ref].last_capture is not None,
+            has_backup=self._has_backup,
             on_state_error=self.state_failed,
+            on_change=self.update_status,
         )
         self.loops: tuple[Loop, ...] = (
             self.retention,
@@ -163,31 +187,40 @@ class Daemon:
     async def load_state(self) -> None:
         """Rebuild what the daemon knows from storage (the source of truth) and history."""
         for plan in self.cfg.plans:
-            regions = plan_regions(plan, self.regions)
-            catalog = await build_catalog(regions, self.keyring, f"{plan.name}/")
-            for region, error in catalog.region_errors.items():
-                log.warning("plan %s: region %s unreachable at start: %s", plan.name, region, error)
-            for source in plan.sources:
-                st = self.sources[SourceRef(plan.name, source.name)]
-                entry = catalog.newest_complete(st.ref, plan.storage.min_copies)
-                if entry is not None:
-                    assert entry.manifest is not None
-                    st.last_capture = entry.manifest.public.started
-                    st.last_backup_id = entry.backup_id
-                    st.copies = {r: r in entry.complete_regions for r in plan.storage.regions}
-                    st.stored_bytes = entry.manifest.body.ciphertext_size
-                    st.source_bytes = entry.manifest.body.plaintext_size
-                    completed = datetime.fromisoformat(entry.manifest.public.completed_at)
-                    self.metrics.backup_last_success.labels(plan.name, source.name).set(
-                        completed.timestamp()
-                    )
-                last = self.history.last("backup", plan.name, source.name)
-                if last is not None:
-                    st.last_status = last.result
-                    st.last_error = last.detail
-                self._publish_source(st)
+            states = [self.sources[SourceRef(plan.name, s.name)] for s in plan.sources]
+            await self._load_sources(plan, states)
+        self.restore_tests.load_state()
+        await self.drills.load_state()
+
+    async def _load_sources(self, plan: Plan, states: list[SourceState]) -> None:
+        """What storage and the history know about these sources of `plan`; when each is next
+        due."""
+        regions = plan_regions(plan, self.regions)
+        catalog = await build_catalog(regions, self.keyring, f"{plan.name}/")
+        for region, error in catalog.region_errors.items():
+            log.warning("plan %s: region %s unreachable: %s", plan.name, region, error)
+        for st in states:
+            source = st.source
+            entry = catalog.newest_complete(st.ref, plan.storage.min_copies)
+            if entry is not None:
+                assert entry.manifest is not None
+                st.last_capture = entry.manifest.public.started
+                st.last_backup_id = entry.backup_id
+                st.copies = {r: r in entry.complete_regions for r in plan.storage.regions}
+                st.stored_bytes = entry.manifest.body.ciphertext_size
+                st.source_bytes = entry.manifest.body.plaintext_size
+                completed = datetime.fromisoformat(entry.manifest.public.completed_at)
+                self.metrics.backup_last_success.labels(plan.name, source.name).set(
+                    completed.timestamp()
+                )
+            last = self.history.last("backup", plan.name, source.name)
+            if last is not None:
+                st.last_status = last.result
+                st.last_error = last.detail
+            self._publish_source(st)
+            self._restore_last_status(st, last)
         now = self.clock()
-        for st in self.sources.values():
+        for st in states:
             st.next_due = next_due(
                 plan_schedule(st.plan),
                 last_capture=st.last_capture,
@@ -196,10 +229,25 @@ class Daemon:
                 seed=str(st.ref),
             )
             log.info("%s: next backup due %s", st.ref, st.next_due.isoformat())
-        self.restore_tests.load_state()
-        await self.drills.load_state()
+
+    def _restore_last_status(self, st: SourceState, last: JobRecord | None) -> None:
+        """drd_backup_last_status right after a start, not a backup later (a day, for a daily
+        plan): the newest backup in the history that succeeded or failed (one interrupted by
+        a shutdown or a crash says neither); with no history (a new state directory), the
+        newest complete backup in storage counts as the last one."""
+        if last is None or last.result not in RESULTS:
+            last = self.history.last("backup", st.ref.plan, st.ref.source, result=RESULTS)
+        if last is not None:
+            passed = last.result == "success"
+        elif st.last_capture is not None:
+            passed = True
+        else:
+            return
+        self.metrics.backup_last_status.labels(st.ref.plan, st.ref.source).set(int(passed))
 
     def _publish_source(self, st: SourceState) -> None:
+        if self.sources.get(st.ref) is not st:
+            return  # a reload removed the source: its series are gone and stay gone
         m, labels = self.metrics, (st.ref.plan, st.ref.source)
         if st.last_capture is not None:
             for region in st.plan.storage.regions:
@@ -208,7 +256,7 @@ class Daemon:
             m.backup_size.labels(*labels).set(st.stored_bytes)
         if st.source_bytes is not None:
             m.backup_source_size.labels(*labels).set(st.source_bytes)
-        if st.last_status is not None:
+        if st.last_status in RESULTS:  # an interrupted backup changes nothing
             m.backup_last_status.labels(*labels).set(1 if st.last_status == "success" else 0)
 
     def refresh_metrics(self) -> None:
@@ -221,6 +269,10 @@ class Daemon:
             age = now.date() - plan.reviewed_on
             self.metrics.plan_review_age.labels(plan.name).set(age.total_seconds())
         self.retention.publish(now)
+
+    def _has_backup(self, ref: SourceRef) -> bool:
+        st = self.sources.get(ref)
+        return st is not None and st.last_capture is not None
 
     def _retention_busy(self, ref: SourceRef) -> bool:
         """Retention leaves a source alone while its backup runs, and when one is about to
@@ -256,39 +308,219 @@ class Daemon:
     def seconds_until_next(self) -> float:
         return seconds_until_due(self.sources.values(), self.clock())
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Start every loop, then schedule backups until `stop` is set."""
+    async def serve(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+        """Start every loop, then schedule backups until `stop` is set; reload the config
+        whenever `reload` is set (SIGHUP)."""
         watchdog = self.notifier.watchdog_interval
         for loop in self.loops:
             loop.start(stop)
         await self.audit.start()  # ships what an earlier run left unshipped
+        events = [stop, self._wake] if reload is None else [stop, self._wake, reload]
         while not stop.is_set():
+            if reload is not None and reload.is_set():
+                reload.clear()
+                await self.reload()
             self.run_once()
+            self.update_status()  # the "next backup in" countdown moves
             timeout = min(self.seconds_until_next(), watchdog or 60.0, 60.0)
             self._wake.clear()
-            await wait_any([stop, self._wake], max(timeout, 0.05))
+            await wait_any(events, max(timeout, 0.05))
             self.notifier.watchdog()
 
     async def shutdown(self, grace: float) -> None:
         """Stop scheduling; close every loop and give running backups the same `grace` seconds
         (all at once), then cancel what is left."""
         self.stopping = True
+        self.update_status()
         self.notifier.stopping()
-        backups = [st.task for st in self.sources.values() if st.task and not st.task.done()]
+        states = [*self.sources.values(), *self._retired]
+        backups = [st.task for st in states if st.task and not st.task.done()]
         await asyncio.gather(
             *(loop.close(grace) for loop in self.loops), drain(backups, grace, what="backup")
         )
         await self.audit.close(grace=min(grace, 10.0))
         self.history.close()
 
+    # -- reload (SIGHUP) -------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config and its plans (drd.daemon.reload says what may change). The new
+        config is validated completely first; a config with errors, or one that changes what
+        only a restart applies, is refused and logged, and the running config stays. True if
+        the new config took effect."""
+        async with self._reload_lock:
+            if self.stopping:
+                return False
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                self.ready()
+
+    async def _reload(self) -> bool:
+        path = self.cfg.path
+        log.info("reload: reading %s", path)
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            refused = restart_only_changes(self.cfg, new)
+            if refused:
+                raise ConfigError(
+                    "changes that need a restart (systemctl restart drd): " + "; ".join(refused)
+                )
+        except Exception as exc:  # a reload never stops the daemon, whatever went wrong
+            detail = str(exc) if isinstance(exc, DrdError) else f"{type(exc).__name__}: {exc}"
+            log.error("reload refused, the running config stays: %s", detail)
+            first = detail.splitlines()[0] if detail else type(exc).__name__
+            self.reload_problem = f"reload refused: {first}"
+            self.metrics.config_reload_ok.set(0)
+            self.update_status()
+            return False
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        changes = config_changes(self.cfg, new)
+        await self._apply(new)
+        self.reload_problem = None
+        self.metrics.config_reload_ok.set(1)
+        self.metrics.config_reload_time.set(time.time())
+        log.info("reload: config applied (%s)", changes.summary())
+        self.update_status()
+        return True
+
+    async def _apply(self, new: Config) -> None:
+        old = self.cfg
+        m = self.metrics
+        self.cfg = new
+        self.services = dataclasses.replace(self.services, cfg=new)
+        if new.daemon.max_concurrent_jobs != old.daemon.max_concurrent_jobs:
+            # Jobs started from now on share the new limit; running ones keep their slot.
+            self._slots = asyncio.Semaphore(new.daemon.max_concurrent_jobs)
+        if new.log != old.log and self.log_flags is not None:
+            from drd.logs import setup_logging
+
+            level, fmt = self.log_flags
+            setup_logging(level or new.log.level, fmt or new.log.format)
+
+        # Series of what is gone go with it; those of what stays are published afresh.
+        new_plans = {p.name: p for p in new.plans}
+        for plan in old.plans:
+            if plan.name not in new_plans:
+                m.forget(plan.name)
+                continue
+            for region in set(plan.storage.regions) - set(new_plans[plan.name].storage.regions):
+                m.forget(plan.name, region=region)
+        self._publish_static_metrics()
+
+        added: dict[str, list[SourceState]] = {}
+        wanted = {SourceRef(p.name, s.name): (p, s) for p in new.plans for s in p.sources}
+        for ref in [r for r in self.sources if r not in wanted]:
+            st = self.sources.pop(ref)
+            m.forget(ref.plan, ref.source)
+            if st.running:  # it finishes (or is cancelled at shutdown) and is forgotten
+                self._retired.append(st)
+        now = self.clock()
+        for ref, (plan, source) in wanted.items():
+            known = self.sources.get(ref)
+            if known is None:
+                fresh = self.sources[ref] = SourceState(ref=ref, plan=plan, source=source)
+                added.setdefault(plan.name, []).append(fresh)
+                continue
+            st = known
+            before = (plan_schedule(st.plan), st.plan.targets.rpo)
+            st.plan, st.source = plan, source
+            if (plan_schedule(plan), plan.targets.rpo) != before and not st.running:
+                st.next_due = next_due(
+                    plan_schedule(plan),
+                    last_capture=st.last_capture,
+                    now=now,
+                    rpo=plan.targets.rpo,
+                    seed=str(ref),
+                )
+                log.info("%s: next backup due %s", ref, st.next_due.isoformat())
+            self._publish_source(st)
+        for name, states in added.items():
+            await self._load_sources(new_plans[name], states)
+
+        self.retention.reconfigure(self.services)
+        self.restore_tests.reconfigure(self.services, slots=self._slots)
+        await self.drills.reconfigure(self.services)
+        self._wake.set()  # new and rescheduled sources: look again now
+
+    # -- status (sd_notify STATUS=) -------------------------------------------------------------
+
+    def activities(self) -> list[Activity]:
+        """Every job running now, oldest first."""
+        out = [
+            Activity("backup", str(st.ref), st.started, st.waiting)
+            for st in [*self.sources.values(), *self._retired]
+            if st.running
+        ]
+        out += [
+            Activity("restore-test", str(t.ref), t.started, t.waiting)
+            for t in self.restore_tests.sources.values()
+            if t.running
+        ]
+        out += [
+            Activity("drill", f"{run.report.plan} {run.report.drill_id}", run.report.started_at)
+            for run in self.drills.runs.values()
+            if run.running
+        ]
+        if self.retention.current is not None:
+            plan, began = self.retention.current
+            out.append(Activity("retention", plan, began))
+        return sorted(out, key=lambda a: (a.started is None, a.started or self.clock()))
+
+    def upcoming(self) -> list[Upcoming]:
+        """The next backup and the next restore test that are not running yet."""
+        out = []
+        for kind, slots in (
+            ("backup", list(self.sources.values())),
+            ("restore-test", self.restore_tests.waiting_for_their_time()),
+        ):
+            due = [s for s in slots if s.next_due is not None and not s.running]
+            if due:
+                first = min(due, key=lambda s: (s.next_due, str(s.ref)))
+                assert first.next_due is not None
+                out.append(Upcoming(kind, str(first.ref), first.next_due))
+        return out
+
+    def status_text(self) -> str:
+        return status_line(
+            self.activities(),
+            self.upcoming(),
+            self.clock(),
+            stopping=self.stopping,
+            note=self.reload_problem,
+        )
+
+    def ready(self) -> None:
+        """READY=1 with the status: started, or a reload is over."""
+        self._status = self.status_text()
+        self.notifier.ready(self._status)
+
+    def update_status(self) -> None:
+        """Send STATUS= when what it says has changed."""
+        text = self.status_text()
+        if text != self._status:
+            self._status = text
+            self.notifier.status(text)
+
     # -- jobs ---------------------------------------------------------------------------------
 
     async def _backup_job(self, st: SourceState) -> None:
-        try:
-            await self._run_backup_job(st)
-        finally:
-            self._wake.set()  # the scheduler recomputes when to wake up next
-            self.restore_tests.wake()  # the source may have its first backup: testable now
+        # Every line this job logs, down to the strategy's and the regions', says whose it is.
+        with log_context(job="backup", plan=st.ref.plan, source=st.ref.source):
+            self.update_status()
+            try:
+                await self._run_backup_job(st)
+            finally:
+                st.started, st.waiting = None, False
+                if self.sources.get(st.ref) is not st:  # removed by a reload while it ran
+                    self._retired = [r for r in self._retired if r is not st]
+                    self.metrics.forget(st.ref.plan, st.ref.source)
+                self._wake.set()  # the scheduler recomputes when to wake up next
+                self.restore_tests.wake()  # the source may have its first backup: testable now
+                # Not update_status() here: the task counts as running until this returns.
+                asyncio.get_running_loop().call_soon(self.update_status)
 
     def state_failed(self, exc: StateError) -> None:
         """A write to the state directory failed: one line, a metric, /readyz; the job that
@@ -325,7 +557,11 @@ class Daemon:
         self.state_ok()
         d = self.cfg.daemon
         try:
+            st.waiting = self._slots.locked()
+            self.update_status()
             async with self._slots:
+                st.waiting = False
+                self.update_status()
                 result = await asyncio.wait_for(
                     self._backup_with_retries(st), d.job_timeout.total_seconds()
                 )
@@ -370,12 +606,7 @@ class Daemon:
 
     def _backup_failed(self, st: SourceState, detail: str, began: float) -> None:
         labels = (st.ref.plan, st.ref.source)
-        log.error(
-            "backup %s failed: %s",
-            st.ref,
-            detail,
-            extra={"plan": st.ref.plan, "source": st.ref.source, "job": "backup"},
-        )
+        log.error("backup %s failed: %s", st.ref, detail)
         self.metrics.backups.labels(*labels, "failure").inc()
         self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         st.last_status, st.last_error = "failure", detail
@@ -461,15 +692,20 @@ async def _main(
     keyring = keyring_for(cfg, keys)
     notifier = Notifier()
     stop = asyncio.Event()
+    # SIGHUP (systemctl reload drd) is taken from the start, so that one sent while drd is
+    # still starting is not the default "terminate"; the reload happens once drd serves.
+    reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     metrics = Metrics()
     async with AsyncExitStack() as stack:
         region_list = await open_regions(stack, cfg, [], metrics=metrics)
         daemon = Daemon(
             cfg, keyring, {r.name: r for r in region_list}, metrics=metrics, notifier=notifier
         )
+        daemon.log_flags = log_flags
         # Scratch environments of restore tests a crash interrupted go first.
         await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
         await sweep_labelled_instances(cfg)
@@ -477,7 +713,7 @@ async def _main(
         runner = await start_http(daemon, cfg.api.listen, cfg.api.tls)
         stack.push_async_callback(runner.cleanup)
         await daemon.probe_regions()
-        notifier.ready(f"{len(daemon.sources)} sources in {len(cfg.plans)} plans")
+        daemon.ready()
         log.info(
             "drd running: %d plan(s), %d source(s), API on %s://%s",
             len(cfg.plans),
@@ -485,7 +721,7 @@ async def _main(
             "https" if cfg.api.tls else "http",
             cfg.api.listen,
         )
-        await daemon.serve(stop)
+        await daemon.serve(stop, reload)
         log.info("drd stopping")
         await daemon.shutdown(cfg.daemon.shutdown_grace.total_seconds())
     log.info("drd stopped")

@@ -26,6 +26,10 @@ class JobSlot:
     ref: SourceRef
     next_due: datetime | None = None
     task: asyncio.Task[None] | None = None
+    #: when the running job was started (None: none is running)
+    started: datetime | None = None
+    #: the running job waits for one of the daemon's job slots (max_concurrent_jobs)
+    waiting: bool = False
 
     @property
     def running(self) -> bool:
@@ -48,6 +52,7 @@ def start_due(
     for slot in slots:
         if slot.running or slot.next_due is None or slot.next_due > now or not eligible(slot):
             continue
+        slot.started, slot.waiting = now, False
         slot.task = asyncio.create_task(job(slot), name=f"{name}:{slot.ref}")
         started.append(slot.ref)
     return started

@@ -23,6 +23,7 @@ from drd import __version__, crypto
 from drd.clock import Clock, utcnow
 from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import SourceRef, new_backup_id
+from drd.logs import add_log_context
 from drd.repository.fanout import FanOut
 from drd.repository.manifest import (
     DATA_FORMAT,
@@ -105,8 +106,10 @@ async def run_backup(
         version=DATA_FORMAT,
     )
     fan = FanOut(regions, ref.data_key(backup_id))
-    ctx = {"plan": ref.plan, "source": ref.source, "backup_id": backup_id}
-    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies, extra=ctx)
+    # For the rest of the job (the caller's log_context, in
+    # drd.pipeline.source_backup.backup_source, bounds it).
+    add_log_context(plan=ref.plan, source=ref.source, backup_id=backup_id)
+    log.info("%s: starting (%d regions, min_copies %d)", where, len(regions), min_copies)
     try:
         await fan.open(metadata={"drd-backup-id": backup_id})
         _require(fan, min_copies, where, "before the upload started")
@@ -212,14 +215,12 @@ async def run_backup(
         sealer.ciphertext_size,
         ",".join(result.committed_regions),
         f"; MISSING {_reasons(result.missing)}" if result.missing else "",
-        extra=ctx,
     )
     if result.degraded:
         log.warning(
             "%s: the backup is DEGRADED (not a faithful image of the source): %s",
             where,
             "; ".join(result.degraded),
-            extra=ctx,
         )
     return result
 

@@ -12,6 +12,7 @@ from drd.config.models import Plan
 from drd.errors import ConfigError
 from drd.layout import SourceRef
 from drd.locks import source_lock
+from drd.logs import log_context
 from drd.pipeline.backup import BackupResult, run_backup
 from drd.repository.heads import HeadMemory, Mark, write_head
 from drd.repository.leftovers import remove_orphans
@@ -44,7 +45,7 @@ async def backup_source(
     strategy = get_strategy(source.kind)(source)
     # The plan's "matches the source" checks compare with results taken during the dump.
     strategy.capture_queries = capture_queries(plan.restore_test.checks_for(source.name))
-    with source_lock(state_dir, ref):
+    with log_context(job="backup", plan=ref.plan, source=ref.source), source_lock(state_dir, ref):
         # Holding the lock, nothing else writes this source: leftovers are dead work.
         removed = await remove_orphans(ref, targets)
         if removed:

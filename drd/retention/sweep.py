@@ -25,10 +25,11 @@ sweep that finds overdue copies in an unreachable region counts a failed deletio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,6 +72,10 @@ class RetentionMemory:
         self.settings: dict[str, DeletionSettings] = {}
         #: plan -> "source/backup_id" -> when a sweep first saw it (ages never start later)
         self.first_seen: dict[str, dict[str, datetime]] = {}
+        #: each plan's own regions (set by every sweep, and by the daemon for every plan it
+        #: has); `publish` exports a plan's ages for these, and for other regions only while
+        #: they still hold a copy of the plan
+        self.plan_regions: dict[str, tuple[str, ...]] = {}
         if path is not None:
             self._load(path)
 
@@ -139,10 +144,24 @@ class RetentionMemory:
         os.replace(temp, path)
 
     def publish(self, metrics: Metrics, now: datetime) -> None:
-        """drd_retention_oldest_copy_age_seconds: 0 for a region holding no copy."""
+        """drd_retention_oldest_copy_age_seconds for each plan's own regions (0 for a region
+        holding no copy), and for a region the plan no longer uses while it still holds one of
+        its copies (they must still be destroyed in time). Plans the daemon no longer has are
+        left out."""
         for (plan, region), oldest in self.oldest.items():
+            own = self.plan_regions.get(plan)
+            if own is not None and region not in own and oldest is None:
+                with contextlib.suppress(KeyError):  # emptied: the series goes
+                    metrics.retention_oldest_age.remove(plan, region)
+                continue
             age = max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
             metrics.retention_oldest_age.labels(plan, region).set(age)
+
+    def keep_plans(self, plans: Mapping[str, Sequence[str]]) -> None:
+        """The plans (name -> own regions) the daemon has now: forget the others' ages."""
+        self.plan_regions = {name: tuple(regions) for name, regions in plans.items()}
+        for key in [k for k in self.oldest if k[0] not in plans]:
+            del self.oldest[key]
 
 
 @dataclass
@@ -342,6 +361,7 @@ async def sweep(
     they are left for the next sweep. A dry run decides and reports but changes nothing, not
     even the metrics or `memory`."""
     memory = memory if memory is not None else RetentionMemory()
+    memory.plan_regions[plan.name] = tuple(plan.storage.regions)
     found = await _list_regions(plan.name, regions)
 
     settings: dict[str, DeletionSettings] = {}
@@ -415,7 +435,8 @@ async def sweep(
 
     if not dry_run:
         if metrics is not None:
-            for name in found:  # at zero from the start, so that increase() sees the first one
+            # The plan's regions at zero from the start, so that increase() sees the first one.
+            for name in plan.storage.regions:
                 metrics.retention_deleted.labels(plan.name, name)
                 metrics.retention_delete_failures.labels(plan.name, name)
         await _destroy_all(report, regions, metrics)
@@ -509,14 +530,18 @@ def _account_oldest(
     a failed deletion where that copy is overdue."""
     captured = {b.key: b.captured for b in backups}
     assumed = min(captured.values(), default=None)
+    own = memory.plan_regions.get(report.plan)
+    destroy_age = report.policy.destroy_age
     for name, region in report.regions.items():
         if region.error is None:
             left = [captured[k] for k in region.holds if k not in {b.key for b in region.destroyed}]
             region.oldest = min(left, default=None)
         elif (report.plan, name) in memory.oldest:
             region.oldest, region.oldest_from = memory.oldest[(report.plan, name)], "remembered"
-        else:
+        elif own is None or name in own:
             region.oldest, region.oldest_from = assumed, "assumed"
+        else:  # never listed, and not one of the plan's: it was never meant to hold a copy
+            region.oldest, region.oldest_from = None, "assumed"
         if update:
             memory.remember(report.plan, name, region.oldest)
         destroy_age = report.policy_for(name).destroy_age

@@ -15,7 +15,8 @@ from drd.storage.base import DeletionSettings, ObjectInfo, ObjectWriter, Storage
 
 T = TypeVar("T")
 
-# operation, result -> None; result is "ok", "not_found" or "error"
+# region, operation, result -> None; result is "success", "failure" or "not_found"
+# (drd.metrics.STORAGE_RESULTS)
 Observer = Callable[[str, str, str], None]
 
 
@@ -29,11 +30,11 @@ class ObservedStorage(Storage):
 
     def _record(self, op: str, exc: BaseException | None) -> None:
         if exc is None:
-            result = "ok"
+            result = "success"
         elif isinstance(exc, ObjectNotFound):
             result = "not_found"
         else:
-            result = "error"
+            result = "failure"
         self._observe(self.name, op, result)
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:

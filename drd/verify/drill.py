@@ -61,6 +61,7 @@ from drd.clock import Clock, utcnow
 from drd.config.models import Plan
 from drd.errors import BackupNotFound, DrdError, IntegrityError, LockBusy, UsageError
 from drd.layout import SourceRef, new_backup_id
+from drd.logs import add_log_context, log_context
 from drd.metrics import Metrics
 from drd.storage.base import Storage
 from drd.strategies.base import SourceOptions
@@ -401,6 +402,8 @@ async def run_drill(
     and cleaned up, the report is stored as cancelled, and the cancellation propagates."""
     if report is None:
         report = new_report(plan, lose_region=lose_region, clock=clock, requested_by=requested_by)
+    # For the rest of the drill (the daemon's drill task or the CLI command bounds it).
+    add_log_context(job="drill", plan=plan.name, drill_id=report.drill_id)
     view = surviving_plan(plan, report.lose_region)
     # Only the surviving regions exist for the rest of the drill.
     storages = {name: regions[name] for name in view.storage.regions}
@@ -461,9 +464,10 @@ async def _run_sources(
     for source, result in zip(plan.sources, report.sources, strict=True):
         result.result = "running"
         try:
-            await _drill_source(
-                report, result, plan, source, storages, keyring, state_dir, base_dir, clock
-            )
+            with log_context(source=source.name):
+                await _drill_source(
+                    report, result, plan, source, storages, keyring, state_dir, base_dir, clock
+                )
         except asyncio.CancelledError:
             result.result = "cancelled"
             raise

@@ -49,6 +49,7 @@ from drd.errors import (
 )
 from drd.layout import SourceRef
 from drd.locks import restore_test_lock
+from drd.logs import log_context
 from drd.metrics import Metrics
 from drd.pipeline.restore import StreamMeter, choose, stream_plaintext, unusable
 from drd.pipeline.source_backup import plan_regions
@@ -189,24 +190,27 @@ async def run_restore_test(
         copy_problems=entry.copy_problems(),
     )
     storages = plan_regions(plan, regions)
-    with restore_test_lock(state_dir, ref):
-        log.info("restore test %s@%s (%s): starting", ref, entry.backup_id, candidate.selection)
-        await _run(report, plan, source, storages, keyring, state_dir, base_dir, entry, region)
-        report.finished_at = clock()
-        # Next to the backup wherever its manifest is: a report lives as long as the backup.
-        holders = [
-            s for s in storages if s.name in entry.copies and entry.copies[s.name].has_manifest
-        ]
-        if holders:
-            await store_report(report, holders, keyring)
-    if metrics is not None:
-        record_metrics(metrics, report)
-    head, *rest = report.summary_lines()
-    if report.passed:
-        log.info("restore test %s; %s", head, rest[0].strip() if rest else "")
-    else:
-        failing = [line.strip() for line in rest if line.strip().startswith(("FAILED", "WARNING"))]
-        log.error("restore test %s", "; ".join([head, *failing]))
+    with log_context(plan=plan.name, source=source.name, backup_id=entry.backup_id):
+        with restore_test_lock(state_dir, ref):
+            log.info("restore test %s@%s (%s): starting", ref, entry.backup_id, candidate.selection)
+            await _run(report, plan, source, storages, keyring, state_dir, base_dir, entry, region)
+            report.finished_at = clock()
+            # Next to the backup wherever its manifest is: a report lives as long as the backup.
+            holders = [
+                s for s in storages if s.name in entry.copies and entry.copies[s.name].has_manifest
+            ]
+            if holders:
+                await store_report(report, holders, keyring)
+        if metrics is not None:
+            record_metrics(metrics, report)
+        head, *rest = report.summary_lines()
+        if report.passed:
+            log.info("restore test %s; %s", head, rest[0].strip() if rest else "")
+        else:
+            failing = [
+                line.strip() for line in rest if line.strip().startswith(("FAILED", "WARNING"))
+            ]
+            log.error("restore test %s", "; ".join([head, *failing]))
     return report
 
 
@@ -447,31 +451,32 @@ async def restore_tests_for(
     """A whole run for one source: the newest backup (or `backup_id`; with `allow_older` the
     newest that can be verified), plus a random older one when the plan asks for it."""
     ref = SourceRef(plan.name, source.name)
-    candidates = await choose_backups(
-        ref,
-        plan_regions(plan, regions),
-        keyring,
-        min_copies=plan.storage.min_copies,
-        backup_id=backup_id,
-        also_random_older=plan.restore_test.also_random_older and backup_id is None,
-        allow_older=allow_older,
-    )
-    reports = []
-    for candidate in candidates:
-        reports.append(
-            await run_restore_test(
-                plan,
-                source,
-                regions,
-                keyring,
-                state_dir=state_dir,
-                base_dir=base_dir,
-                candidate=candidate,
-                region=region,
-                clock=clock,
-                metrics=metrics,
-            )
+    with log_context(job="restore-test", plan=plan.name, source=source.name):
+        candidates = await choose_backups(
+            ref,
+            plan_regions(plan, regions),
+            keyring,
+            min_copies=plan.storage.min_copies,
+            backup_id=backup_id,
+            also_random_older=plan.restore_test.also_random_older and backup_id is None,
+            allow_older=allow_older,
         )
+        reports = []
+        for candidate in candidates:
+            reports.append(
+                await run_restore_test(
+                    plan,
+                    source,
+                    regions,
+                    keyring,
+                    state_dir=state_dir,
+                    base_dir=base_dir,
+                    candidate=candidate,
+                    region=region,
+                    clock=clock,
+                    metrics=metrics,
+                )
+            )
     return reports
 
 

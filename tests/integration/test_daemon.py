@@ -150,7 +150,9 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
     assert value(samples, "drd_backup_source_bytes", **labels) > 0
     assert value(samples, "drd_build_info", version=drd.__version__) == 1
     assert (
-        value(samples, "drd_storage_operations_total", region="ew1", operation="put", result="ok")
+        value(
+            samples, "drd_storage_operations_total", region="ew1", operation="put", result="success"
+        )
         >= 2
     )
 

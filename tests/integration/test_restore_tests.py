@@ -332,8 +332,8 @@ def test_corrupted_backup_fails_as_integrity_failed_and_the_alert_fires(
                                         "not pass its checks. Until a test passes, assume this "
                                         "source cannot be restored."
                                     ),
-                                    "runbook_url": "https://github.com/example/drd/blob/main/"
-                                    "monitoring/RUNBOOK.md#drdrestoretestfailed",
+                                    # the base is one setting (monitoring/render.py)
+                                    "runbook_url": "${RUNBOOK_URL}#drdrestoretestfailed",
                                 },
                             }
                         ],

@@ -230,7 +230,7 @@ async def test_a_region_down_during_the_sweep_alerts_and_is_swept_when_it_return
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (monitoring/ensure-promtool.sh)"
     age = "15d 1h 15m 0s"
-    url = "https://github.com/example/drd/blob/main/monitoring/RUNBOOK.md#drdretentioncopytooold"
+    url = "${RUNBOOK_URL}#drdretentioncopytooold"  # the base is one setting (monitoring/render.py)
     common = {"job": "drd", "instance": "drd-1:9464", "plan": "billing", "region": "as1"}
     expected = [
         {

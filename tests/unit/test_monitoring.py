@@ -1,6 +1,8 @@
 """monitoring/: the alert rules load and pass their promtool unit tests, every alert is tested,
 documented in the runbook and labelled, and the rules and the Grafana dashboard only use metrics
-(and labels) that drd.metrics really exports.
+(and labels) that drd.metrics really exports. The kit's one setting (where RUNBOOK.md is
+published) fills every runbook link; the Prometheus and Alertmanager examples are valid and
+route what the alerts need; the dashboard keeps daemons (job, instance) apart.
 
 promtool is required: run monitoring/ensure-promtool.sh to install it (Debian's prometheus
 package). These tests fail rather than skip without it, so a missing promtool is never mistaken
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,8 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from drd.metrics import Metrics
+from drd.config.models import ApiConfig
+from drd.metrics import RESULTS, STORAGE_RESULTS, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
@@ -31,6 +35,11 @@ ALERTS_TEST = MONITORING / "alerts_test.yml"
 RUNBOOK = MONITORING / "RUNBOOK.md"
 DASHBOARD = MONITORING / "grafana" / "drd.json"
 ENSURE_PROMTOOL = MONITORING / "ensure-promtool.sh"
+PROMETHEUS = MONITORING / "prometheus.yml"
+ALERTMANAGER = MONITORING / "alertmanager.yml"
+RENDER = MONITORING / "render.py"
+#: the kit's one setting, as the files hold it until monitoring/render.py fills it in
+RUNBOOK_TOKEN = "${RUNBOOK_URL}"
 
 SEVERITIES = {"critical", "warning", "info"}
 # Labels Prometheus adds at scrape time or that histograms carry, on top of drd's own.
@@ -115,11 +124,11 @@ def exported_metrics() -> dict[str, set[str]]:
         labels = set(labels_by_family.get(family.name, set())) | SCRAPE_LABELS
         for sample in family.samples:  # Info (and any unlabelled metric) has samples already
             labels |= set(sample.labels)
-        suffixes = {
-            "counter": ("_total", "_created"),
+        suffixes = {  # no _created: drd does not export them
+            "counter": ("_total",),
             "gauge": ("",),
-            "histogram": ("_bucket", "_count", "_sum", "_created"),
-            "summary": ("", "_count", "_sum", "_created"),
+            "histogram": ("_bucket", "_count", "_sum"),
+            "summary": ("", "_count", "_sum"),
             "info": ("_info",),
         }[family.type]
         for suffix in suffixes:
@@ -192,7 +201,14 @@ def test_promtool_rule_unit_tests(promtool: str) -> None:
 def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
     """promtool has no query linter; feed every panel query through check rules as recording
     rules, with Grafana's variables replaced by values."""
-    substitutions = {"$__rate_interval": "5m", "$window": "1d", "$plan": ".*", "$source": ".*"}
+    substitutions = {
+        "$__rate_interval": "5m",
+        "$window": "1d",
+        "$plan": ".*",
+        "$source": ".*",
+        "$job": "drd",
+        "$instance": ".*",
+    }
     rules = []
     for i, (where, expr) in enumerate(dashboard_exprs(dashboard())):
         if expr.startswith("label_values("):
@@ -234,9 +250,9 @@ def test_every_alert_is_labelled_annotated_and_in_the_runbook() -> None:
             if not str(annotations.get(key, "")).strip():
                 problems.append(f"{name}: missing {key} annotation")
         url = str(annotations.get("runbook_url", ""))
-        match = re.search(r"(?:^|/)monitoring/RUNBOOK\.md#([\w-]+)$", url)
+        match = re.fullmatch(re.escape(RUNBOOK_TOKEN) + r"#([\w-]+)", url)
         if not match:
-            problems.append(f"{name}: runbook_url {url!r} is not monitoring/RUNBOOK.md#anchor")
+            problems.append(f"{name}: runbook_url {url!r} is not {RUNBOOK_TOKEN}#anchor")
         elif match.group(1) not in anchors:
             problems.append(f"{name}: RUNBOOK.md has no section for anchor #{match.group(1)}")
         elif match.group(1) != name.lower():
@@ -395,3 +411,146 @@ def test_dashboard_has_panel(fragment: str) -> None:
         assert "histogram_quantile(" in exprs
     if "drd_rpo_seconds" in metrics:
         assert "$plan" in exprs and "$source" in exprs, "per-source panels filter on the variables"
+
+
+def test_dashboard_keeps_daemons_apart() -> None:
+    """job and instance variables, and every query filtered by both: two daemons (or two
+    Prometheus jobs) never merge, and every aggregation keeps the instance."""
+    dash = dashboard()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert names.index("job") < names.index("instance") < names.index("plan")
+    for name in ("job", "instance"):
+        var = variables[name]
+        assert var["type"] == "query" and var["datasource"]["uid"] == "${DS_PROMETHEUS}"
+        assert re.fullmatch(rf"label_values\(.+,\s*{name}\)", var["query"]["query"])
+    assert '"$job"' in variables["instance"]["query"]["query"], "instance should depend on job"
+    problems = []
+    for where, expr in dashboard_exprs(dash):
+        if where in ("variable job", "variable instance"):
+            continue
+        for metric in METRIC_NAME.findall(expr):
+            for selector in re.findall(rf"\b{metric}\b(\{{[^{{}}]*\}})?", expr):
+                if 'job=~"$job"' not in selector or 'instance=~"$instance"' not in selector:
+                    problems.append(f"{where}: {metric}{selector} lacks the job/instance filter")
+        for group in re.findall(r"\bby\s*\(([^()]*)\)", expr):
+            if "instance" not in [label.strip() for label in group.split(",")]:
+                problems.append(f"{where}: by ({group}) merges instances")
+    assert not problems, "\n".join(problems)
+
+
+def test_result_labels_use_the_one_vocabulary() -> None:
+    """Alert rules and dashboard compare result="..." only with what drd exports."""
+    texts = [r["expr"] for r in alert_rules()] + [e for _, e in dashboard_exprs(dashboard())]
+    used = set()
+    for text in texts:
+        used |= set(re.findall(r"""\bresult\s*=~?\s*["']([^"']*)["']""", text))
+    assert used, "the rules no longer look at results?"
+    allowed = set(STORAGE_RESULTS)
+    assert used <= allowed, sorted(used - allowed)
+    assert set(RESULTS) <= allowed
+
+
+def test_no_placeholder_hosts_in_the_kit() -> None:
+    placeholder = re.compile(r"https?://[^/\s\"']*\bexample\.(com|org|net)|github\.com/example")
+    for path in sorted(MONITORING.rglob("*")):
+        if path.is_file() and "build" not in path.relative_to(MONITORING).parts:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert not placeholder.search(text), f"{path.relative_to(REPO)}: placeholder host"
+
+
+def render_kit(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, str(RENDER), "--runbook-url", url, "--out", str(tmp_path)])
+
+
+def test_the_runbook_url_is_one_setting(promtool: str, tmp_path: Path) -> None:
+    """monitoring/render.py fills the one setting into every file of the kit: every alert's
+    runbook_url is that address plus the alert's anchor, the dashboard links to it, and the
+    rendered files are still valid for Prometheus."""
+    base = "https://git.corp.internal/sre/drd/-/blob/main/monitoring/RUNBOOK.md"
+    out = tmp_path / "kit"
+    assert_ok(render_kit(out, base))
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert RUNBOOK_TOKEN not in path.read_text(), path
+    rules = load_yaml(out / "alerts.yml")
+    anchors = runbook_anchors()
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{base}#{rule['alert'].lower()}", url
+        assert rule["alert"].lower() in anchors
+    with (out / "grafana" / "drd.json").open() as fh:
+        assert [link["url"] for link in json.load(fh)["links"]] == [base]
+    assert_ok(run([promtool, "check", "config", str(out / "prometheus.yml")]))
+    # The source files themselves are valid too (the token is literal text to Prometheus).
+    assert_ok(run([promtool, "check", "config", str(PROMETHEUS)]))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/example/drd/blob/main/monitoring/RUNBOOK.md",
+        "https://wiki.example.org/drd",
+        "https://runbooks.example/drd",
+        "http://127.0.0.1/RUNBOOK.md",
+        "https://git.corp.internal/RUNBOOK.md#drdrpobreached",
+        "git.corp.internal/RUNBOOK.md",
+    ],
+)
+def test_render_refuses_placeholders_and_unusable_urls(tmp_path: Path, url: str) -> None:
+    proc = render_kit(tmp_path, url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "render.py:" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_prometheus_example_has_the_scrape_job_the_alerts_need() -> None:
+    config = load_yaml(PROMETHEUS)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert "drd" in jobs, 'DrdDown watches up{job="drd"}: the example must scrape job "drd"'
+    assert jobs["drd"].get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for sc in jobs["drd"]["static_configs"] for t in sc["targets"]]
+    assert targets == [ApiConfig().listen], "the example scrapes drd's default listen address"
+    assert [(MONITORING / f).resolve() for f in config["rule_files"]] == [ALERTS.resolve()]
+    assert config["alerting"]["alertmanagers"], "alerts must go somewhere"
+
+
+def route_for(route: dict[str, Any], labels: dict[str, str]) -> str:
+    """The receiver Alertmanager picks for an alert with `labels` (first matching child, no
+    `continue`), following the equality matchers the example uses."""
+    for child in route.get("routes", []):
+        matchers = dict(
+            re.fullmatch(r'\s*(\w+)\s*=\s*"([^"]*)"\s*', m).groups()  # type: ignore[union-attr]
+            for m in child["matchers"]
+        )
+        if all(labels.get(k) == v for k, v in matchers.items()):
+            return route_for(child, labels) if child.get("routes") else str(child["receiver"])
+    return str(route["receiver"])
+
+
+def test_alertmanager_example_routes_every_alert_by_severity() -> None:
+    config = load_yaml(ALERTMANAGER)
+    receivers = {r["name"] for r in config["receivers"]}
+    route = config["route"]
+    assert {"job", "instance"} <= set(route["group_by"]), "daemons must not share a notification"
+    by_severity = {sev: route_for(route, {"severity": sev}) for sev in SEVERITIES}
+    assert len(set(by_severity.values())) == len(SEVERITIES), by_severity
+    assert set(by_severity.values()) <= receivers
+    for rule in alert_rules():
+        labels = {"alertname": rule["alert"], **(rule.get("labels") or {})}
+        assert route_for(route, labels) == by_severity[labels["severity"]], rule["alert"]
+    for rule in config.get("inhibit_rules", []):
+        for key in ("source_matchers", "target_matchers"):
+            for matcher in rule[key]:
+                name = re.fullmatch(r'alertname="(\w+)"', matcher)
+                assert name is None or name.group(1) in alert_names(), matcher
+
+
+def test_alertmanager_example_passes_amtool(tmp_path: Path) -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool (Debian: prometheus-alertmanager) not installed")
+    assert_ok(run([amtool, "check-config", str(ALERTMANAGER)]))
+    out = tmp_path / "kit"
+    assert_ok(render_kit(out, "https://git.corp.internal/drd/RUNBOOK.md"))
+    assert_ok(run([amtool, "check-config", str(out / "alertmanager.yml")]))
