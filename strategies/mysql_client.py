@@ -96,6 +96,88 @@ class ClientError(Exception):
 
 
 _ERRNO = re.compile(r"ERROR (\d+)")
+_ERROR_LINE = re.compile(r"^ERROR (\d+)(?: \((\w+)\))?(?: at line (\d+))?: ?(.*)$")
+_TOOL_LINE = re.compile(r"^(?:mariadb|mysql|mariadb-dump|mysqldump)(?: \S+)?: ")
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"")
+# Errors whose quoted parts are names (of users, databases, tables, columns, routines, keys,
+# privileges) or server limits, never values: their message is kept as the server wrote it.
+_NAMES_ONLY = frozenset(
+    {
+        1005,
+        1007,
+        1008,
+        1044,
+        1045,
+        1046,
+        1049,
+        1050,
+        1051,
+        1054,
+        1060,
+        1061,
+        1068,
+        1091,
+        1109,
+        1113,
+        1117,
+        1118,
+        1136,
+        1142,
+        1143,
+        1146,
+        1149,
+        1153,
+        1193,
+        1215,
+        1227,
+        1264,
+        1301,
+        1305,
+        1356,
+        1359,
+        1370,
+        1396,
+        1406,
+        1419,
+        1449,
+        1451,
+        1452,
+        1462,
+        1630,
+        1792,
+        2002,
+        2003,
+        2005,
+        2006,
+        2013,
+        2026,
+        4047,
+    }
+)
+_MAX_ERROR = 2000
+
+
+def safe_error_text(text: str) -> str:
+    """What the client or dump tool said, without row data: only its `ERROR ...` lines and its
+    own one-line complaints (the statement echo the client prints on an error, which may hold
+    whole rows, is dropped), and in messages that can quote values (a duplicate key, a syntax
+    error near some text, an invalid string) every quoted part replaced by '...'."""
+    kept: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _ERROR_LINE.match(line)
+        if m is not None:
+            errno, message = int(m.group(1)), m.group(4)
+            if errno not in _NAMES_ONLY:
+                message = _QUOTED.sub("'...'", message)
+            head = f"ERROR {errno}" + (f" ({m.group(2)})" if m.group(2) else "")
+            if m.group(3):
+                head += f" at line {m.group(3)}"
+            kept.append(f"{head}: {message[:300]}")
+        elif _TOOL_LINE.match(line):
+            kept.append(_QUOTED.sub("'...'", line)[:300])
+    out = "; ".join(dict.fromkeys(kept))
+    return out[-_MAX_ERROR:] if out else "(no error message)"
 
 
 def _decode_batch(field_text: str) -> str | None:
@@ -161,7 +243,7 @@ class Client:
         if proc.returncode != 0:
             text = redact(err.decode("utf-8", "replace").strip(), [self.server.password])
             m = _ERRNO.search(text)
-            raise ClientError(text[-2000:], int(m.group(1)) if m else None)
+            raise ClientError(safe_error_text(text), int(m.group(1)) if m else None)
         return out.decode("utf-8", "replace")
 
     async def rows(self, sql: str, database: str | None = None) -> list[list[str | None]]:
