@@ -50,11 +50,13 @@ class Server:
     def options_file_text(self) -> str:
         """A [client] option group for --defaults-file (values quoted, escapes doubled)."""
         lines = ["[client]"]
-        values = {"host": self.host, "port": str(self.port), "user": self.user}
         if self.socket:
-            values["socket"] = self.socket
+            # The client only takes the socket for host "localhost"; with any other host it
+            # would connect over TCP, to whatever server listens there.
+            values = {"host": "localhost", "user": self.user, "socket": self.socket}
             values["protocol"] = "SOCKET"
         else:
+            values = {"host": self.host, "port": str(self.port), "user": self.user}
             values["protocol"] = "TCP"
         if self.password is not None:
             values["password"] = self.password
@@ -265,6 +267,13 @@ def ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def unquote_ident(quoted: str) -> str:
+    """The name an ident() stands for."""
+    if len(quoted) >= 2 and quoted[0] == quoted[-1] == "`":
+        return quoted[1:-1].replace("``", "`")
+    return quoted
+
+
 def lit(text: str) -> str:
     """A string literal that means the same whatever sql_mode (NO_BACKSLASH_ESCAPES, ...) is."""
     return f"CONVERT(X'{text.encode('utf-8').hex()}' USING utf8mb4)"
@@ -277,9 +286,11 @@ async def database_exists(client: Client, name: str) -> bool:
     return rows[0][0] == "1"
 
 
-def parse_target(target: str) -> tuple[Server, str]:
-    """`mysql://USER@HOST[:PORT]/DATABASE[?password=env:VAR|credential:NAME&socket=PATH]`."""
-    parts = urlsplit(target)
+def parse_server_url(url: str, *, read_secret: bool = True) -> tuple[Server, str]:
+    """`mysql://USER@HOST[:PORT][/DATABASE][?password=env:VAR|credential:NAME&socket=PATH]`:
+    the server and the database ("" when the URL names none). With read_secret=False the
+    password reference is checked but not read (drd validate, away from the secrets)."""
+    parts = urlsplit(url)
     if parts.scheme not in ("mysql", "mariadb"):
         raise ValueError("expected mysql://USER@HOST[:PORT]/DATABASE[?password=env:VAR]")
     try:
@@ -291,8 +302,8 @@ def parse_target(target: str) -> tuple[Server, str]:
             "never put a password in the URL: use ?password=env:VAR or credential:NAME"
         )
     database = unquote(parts.path.lstrip("/"))
-    if not database or "/" in database:
-        raise ValueError("it must name the database to create (mysql://USER@HOST/DATABASE)")
+    if "/" in database:
+        raise ValueError("the path is one database name")
     if len(database) > MAX_IDENT:
         raise ValueError(f"database name longer than {MAX_IDENT} characters")
     params = dict(parse_qsl(parts.query))
@@ -302,7 +313,8 @@ def parse_target(target: str) -> tuple[Server, str]:
     password, env_name = None, None
     if "password" in params:
         ref = SecretRef.parse(params["password"])
-        password = ref.read("restore target password")
+        if read_secret:
+            password = ref.read("restore target password")
         env_name = ref.name if ref.source == "env" else None
     server = Server(
         host=parts.hostname or "127.0.0.1",
@@ -312,4 +324,20 @@ def parse_target(target: str) -> tuple[Server, str]:
         password=password,
         password_env=env_name,
     )
+    return server, database
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` naming `database` instead of the one it names (if any)."""
+    from urllib.parse import quote, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(database, safe="")))
+
+
+def parse_target(target: str) -> tuple[Server, str]:
+    """`mysql://USER@HOST[:PORT]/DATABASE[?password=env:VAR|credential:NAME&socket=PATH]`."""
+    server, database = parse_server_url(target)
+    if not database:
+        raise ValueError("it must name the database to create (mysql://USER@HOST/DATABASE)")
     return server, database
