@@ -18,6 +18,10 @@
   connection, then deleted; every other account, anonymous ones included, is dropped): restored
   production data must not be readable by every local user for the duration of the test. The
   password is held in memory only (and in the 0600 client.cnf for command checks).
+- The DEFINER accounts the backup's views, routines, triggers and events name are created
+  (ACCOUNT LOCK: nobody logs in as them) with every right on the restored database only, what
+  grants by database name gave them on the source: a view that calls a function with its
+  definer's rights then loads and works, as it does there. (MySQL dumps carry no grants.)
 - Durability is off (no binary log, no doublewrite, no flush at commit), the event scheduler is
   off (restored events never fire in a scratch copy), and the server's own defaults are kept for
   everything a restore depends on: max_allowed_packet stays at its default (16 MiB on MariaDB
@@ -470,6 +474,51 @@ def _database_name(metadata: Mapping[str, Any]) -> str:
     return name if ok else "restored"
 
 
+def definers(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(user, host) of every DEFINER the backup's views, routines, triggers and events name."""
+    stats = metadata.get("statistics")
+    objects = stats.get("inventory") if isinstance(stats, Mapping) else None
+    found: set[tuple[str, str]] = set()
+    if isinstance(objects, Mapping):
+        for entry in objects.values():
+            definer = entry.get("definer") if isinstance(entry, Mapping) else None
+            if isinstance(definer, str) and "@" in definer:
+                user, _, host = definer.rpartition("@")
+                found.add((user, host))
+    return sorted(found)
+
+
+def _string(text: str) -> str:
+    """A string literal for the server drd started (its sql_mode keeps backslash escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+async def create_definers(server: EphemeralMariaDb, database: str, accounts: Sequence[Any]) -> int:
+    """Create the definer accounts the copy's objects name, as on the source: locked (nobody
+    logs in as them) with every right on the restored database only, which is what grants by
+    database name gave them there; views and routines that run with a definer's rights then
+    load and work. Returns how many were created."""
+    from drd.strategies.mysql_client import Client, Server, ident
+    from drd.strategies.mysql_tools import find_tool
+
+    wanted = [(u, h) for u, h in accounts if (u, h) not in (("root", "localhost"),)]
+    if not wanted:
+        return 0
+    tool = await find_tool("client")
+    if tool is None:
+        raise RestoreError("ephemeral-mariadb: no mariadb/mysql client to reach the server")
+    statements = []
+    for user, host in wanted:
+        account = f"{_string(user)}@{_string(host)}"
+        statements.append(f"CREATE USER IF NOT EXISTS {account} ACCOUNT LOCK;")
+        statements.append(f"GRANT ALL PRIVILEGES ON {ident(database)}.* TO {account};")
+    client = Client(
+        Server(socket=str(server.socket), user=SUPERUSER, password=server.password), tool.path
+    )
+    await client.execute("\n".join(statements))
+    return len(wanted)
+
+
 def _client_cnf(server: EphemeralMariaDb, database: str) -> str:
     return (
         "[client]\n"
@@ -495,6 +544,19 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
         label=request.label,
     ) as server:
         database = _database_name(request.metadata)
+        created = await create_definers(server, database, definers(request.metadata))
+        note = server.note
+        if created:
+            note = "; ".join(
+                filter(
+                    None,
+                    [
+                        note,
+                        f"created {created} definer account(s), locked, with rights on the "
+                        f"restored database only",
+                    ],
+                )
+            )
         cnf = server.root / "client.cnf"
         _private_file(cnf, _client_cnf(server, database), None)
         url = server.url(database)
@@ -504,7 +566,7 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
             restore_options={"password": server.password},
             description=server.describe(),
             resource=str(server.root),
-            note=server.note,
+            note=note,
             env={
                 "DRD_RESTORED_URL": url,
                 "DRD_RESTORED_DATABASE": database,
