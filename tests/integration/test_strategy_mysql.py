@@ -253,3 +253,57 @@ async def test_schema_change_during_dump_fails(
     monkeypatch.setattr(mysql_mod, "schema_info", racing)
     with pytest.raises(SourceError, match="schema changed during the dump"):
         await dump_all(make_strategy(source.name))
+
+
+async def test_a_backup_taken_before_the_two_part_dump_still_restores_and_tests(
+    mariadb_factory: MariaDbFactory,
+) -> None:
+    """Older drd dumped everything in one mariadb-dump run (--routines --triggers --events
+    --hex-blob) and recorded neither objects_offset nor sequences, inventory or content."""
+    import subprocess
+
+    from drd.restore_tests.mysql_checks import mysql_builtins
+
+    source = mariadb_factory("drdm_src")
+    counts = populate_rich_database(source.name, rows=500)
+    strategy = make_strategy(source.name)
+    await dump_all(strategy)
+    meta = strategy.restore_metadata()
+    for key in ("objects_offset", "largest_statement", "history", "history_lost"):
+        meta.pop(key)
+    for key in ("sequences", "inventory", "content"):
+        meta["statistics"].pop(key)
+    old = subprocess.run(
+        [
+            "mariadb-dump",
+            "--no-defaults",
+            "--host=127.0.0.1",
+            "--user=root",
+            "--protocol=TCP",
+            "--single-transaction",
+            "--skip-lock-tables",
+            "--routines",
+            "--triggers",
+            "--events",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+            "--quick",
+            "--skip-dump-date",
+            "--",
+            source.name,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    target = mariadb_factory.reserve("drdm_restored")
+    outcome = await MysqlStrategy.restore(replay([old]), target.url, meta)
+    assert outcome.details["rows"] == counts
+    assert dump_text(target.name) == dump_text(source.name)
+    results = {r.name: r.status for r in await mysql_builtins(target.url, meta)}
+    assert results == {
+        "row_counts": "passed",
+        "schema": "passed",
+        "sequences": "skipped",
+        "objects": "skipped",
+        "content": "skipped",
+    }
