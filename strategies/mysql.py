@@ -29,11 +29,15 @@ What the metadata records (restore_metadata):
   - `row_counts`: rows per table (quoted name) in the dump (history rows included where the
     history was dumped); a restore compares them with `COUNT(*)` in the restored copy;
   - `sequences`: each sequence's `DO SETVAL` (next value, is_used);
-  - `content`: per-table digests of the rows' text as the dump wrote it: the first
-    `content_rows` rows of each table in the dump's order (for InnoDB tables, the lowest
-    primary keys; `content: sample`, the default), every row (`content: full`) or none
-    (`content: off`). A restore test dumps the same rows of the restored copy with the same
-    tool and compares;
+  - `content`: per-table digests of the rows' text as the dump wrote it (order-independent:
+    drd.strategies.mysql_dump.TableDigest). With `content: sample` (the default) a table whose
+    primary key is one integer column that comes first is sampled by key: 10 key ranges
+    spread from its smallest to its largest key (read from the index before the dump), about
+    `content_rows` rows together by the server's row estimate, so rows deep inside a big
+    table are covered too; any other table by its first `content_rows` rows in the dump's
+    order. `content: full` digests every row, `content: off` none. A restore test dumps the
+    same rows of the restored copy (`--where` on the key ranges, or `LIMIT`) with the same
+    tool and options and compares;
   - `schema`: {digest, parts} over information_schema (tables, columns, indexes, constraints,
     foreign keys, views, routines, triggers, events; no database names), taken before and
     after the dump: they must be equal, else the dump raced a DDL statement and fails
@@ -129,7 +133,9 @@ from drd.strategies.mysql_stats import (
     capture_queries,
     collect_statistics,
     fingerprint_differences,
+    integer_keys,
     inventory,
+    sample_ranges,
     schema_info,
     transaction_precise,
 )
@@ -157,9 +163,9 @@ class MysqlOptions(SourceOptions):
     client_bin_dir: str | None = None
     #: tables (exact names) left out of the dump
     exclude_tables: list[str] = Field(default_factory=list)
-    #: per-table content digests for restore tests, taken from the dump stream: "sample" (the
-    #: first `content_rows` rows of each table in the dump's order), "full" (every row) or
-    #: "off"
+    #: per-table content digests for restore tests, taken from the dump stream: "sample" (key
+    #: ranges spread over each table with an integer primary key, else its first rows; about
+    #: `content_rows` rows per table), "full" (every row) or "off"
     content: Literal["sample", "full", "off"] = "sample"
     #: the per-table row budget of content: sample (a restore test reads this many rows of
     #: each table of the restored copy)
@@ -258,7 +264,17 @@ class MysqlStrategy(Strategy[MysqlOptions]):
             capture_queries(client, opts.database, self.capture_queries)
         )
         content = None if opts.content == "off" else ContentPlan(opts.content, opts.content_rows)
-        counter = RowCounter(None if content is None else content.digest_rows)
+        keys: dict[str, str] = {}
+        ranges: dict[str, list[list[int]]] = {}
+        if content is not None and content.mode == "sample":
+            keys = integer_keys(before)
+            try:
+                ranges = await sample_ranges(
+                    client, opts.database, keys, content.rows, versioned if history else []
+                )
+            except ClientError as exc:
+                raise SourceError(f"{where}: {exc}") from None
+        counter = RowCounter(None if content is None else content.digest_rows, ranges)
         size = 0
         with options_file(server) as cnf:
             argv = dump_argv(
@@ -329,7 +345,7 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                 "history": history,
                 "tool": dump_tool.version,
                 "tables": {
-                    ident(n): counter.digests.get(n, TableDigest()).as_json()
+                    ident(n): _sampled(counter.digests.get(n, TableDigest()), keys, ranges, n)
                     for n, kind in tables.items()
                     if kind not in (VIEW, SEQUENCE)
                 },
@@ -442,6 +458,17 @@ class MysqlStrategy(Strategy[MysqlOptions]):
             ]
             log.warning("%s: %s", where, "; ".join(details["lost"]))
         return RestoreOutcome(target=shown, details=details)
+
+
+def _sampled(
+    digest: TableDigest, keys: Mapping[str, str], ranges: Mapping[str, Any], table: str
+) -> dict[str, Any]:
+    """A table's content digest and, when it was sampled by key ranges, which."""
+    out = digest.as_json()
+    if table in ranges:
+        out["key"] = keys[table]
+        out["ranges"] = ranges[table]
+    return out
 
 
 class _Split:

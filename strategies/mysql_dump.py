@@ -47,6 +47,14 @@ class StatementSize:
 
 
 _SETVAL = re.compile(rb"^DO SETVAL\(`((?:[^`]|``)+)`,\s*(-?\d+),\s*(\d)\s*\)\s*;")
+_LEADING_INT = re.compile(rb"\((-?\d+)[,)]")
+
+#: primary-key ranges of a table: [[low, high], ...], both ends included
+Ranges = list[list[int]]
+
+
+def in_ranges(value: int, ranges: Ranges) -> bool:
+    return any(low <= value <= high for low, high in ranges)
 
 
 class RowCounter:
@@ -62,6 +70,9 @@ class RowCounter:
     row while it is being digested.
 
     `digest_rows`: None digests nothing, 0 every row, N the first N rows of each table.
+    `ranges`: tables whose first column is an integer primary key, sampled by key ranges
+    instead: their rows whose key lies in one of the table's ranges are digested, wherever in
+    the table they are.
     """
 
     _LINE_PREFIX = b"INSERT INTO `"
@@ -72,13 +83,17 @@ class RowCounter:
     _IN_COLUMNS = re.compile(rb"[`)]")
     _MAX_LINE = 4096
 
-    def __init__(self, digest_rows: int | None = None) -> None:
+    def __init__(
+        self, digest_rows: int | None = None, ranges: dict[str, Ranges] | None = None
+    ) -> None:
         self.counts: dict[str, int] = {}
         #: sequence name -> [next value, is_used] as the dump's DO SETVAL sets them
         self.sequences: dict[str, list[int]] = {}
         self.digests: dict[str, TableDigest] = {}
         self.largest = StatementSize()
         self._digest_rows = digest_rows
+        self._ranges = ranges or {}
+        self._table_ranges: Ranges | None = None
         self._state = "line_start"
         self._head = bytearray()  # start of the current line (state line_start)
         self._line = bytearray()  # a whole short line (DO SETVAL)
@@ -227,6 +242,7 @@ class RowCounter:
         self._table = self._name.decode("utf-8", "replace")
         self.counts.setdefault(self._table, 0)
         self._digest = None
+        self._table_ranges = self._ranges.get(self._table)
         if self._digest_rows is not None:
             self._digest = self.digests.setdefault(self._table, TableDigest())
         self._depth = 0
@@ -305,7 +321,7 @@ class RowCounter:
         if digest is None:
             return
         limit = self._digest_rows
-        if limit and digest.rows >= limit:
+        if limit and digest.rows >= limit and self._table_ranges is None:
             return
         self._row = bytearray()
         self._row_start = at
@@ -315,8 +331,13 @@ class RowCounter:
         if row is None or self._digest is None:
             return
         row += data[self._row_start : end]
-        self._digest.add(bytes(row))
         self._row = None
+        ranges = self._table_ranges
+        if ranges is not None:
+            m = _LEADING_INT.match(row)
+            if m is None or not in_ranges(int(m.group(1)), ranges):
+                return
+        self._digest.add(bytes(row))
 
     def _string(self, data: bytes, pos: int) -> int:
         n = len(data)

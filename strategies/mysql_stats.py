@@ -200,6 +200,73 @@ def inventory_differences(
     return problems[:limit]
 
 
+_INTEGER_TYPES = ("tinyint", "smallint", "mediumint", "int", "bigint")
+#: key ranges a sampled table's budget is spread over
+SAMPLE_RANGES = 10
+
+
+def integer_keys(info: SchemaInfo) -> dict[str, str]:
+    """{table: column} for tables whose primary key is one integer column that comes first in
+    the table (the first value of every row the dump writes)."""
+    primary: dict[str, list[str]] = {}
+    for row in info.sections["indexes"]:
+        if row[1] == "PRIMARY":
+            primary.setdefault(str(row[0]), []).append(str(row[3]))
+    first = {
+        str(row[0]): (str(row[1]), str(row[5]).split("(")[0].split()[0].lower())
+        for row in info.sections["columns"]
+        if row[2] == 1
+    }
+    out = {}
+    for table, columns in primary.items():
+        column, kind = first.get(table, ("", ""))
+        if columns == [column] and kind in _INTEGER_TYPES:
+            out[table] = column
+    return out
+
+
+def spread(low: int, high: int, estimated_rows: int, budget: int) -> list[list[int]]:
+    """SAMPLE_RANGES key ranges evenly spread over [low, high], together about `budget` rows
+    when the keys are dense (one range, the whole table, when it has no more rows than that)."""
+    span = high - low + 1
+    if estimated_rows <= budget or span <= budget:
+        return [[low, high]]
+    width = max(1, (budget * span) // (max(estimated_rows, 1) * SAMPLE_RANGES))
+    ranges = []
+    for i in range(SAMPLE_RANGES):
+        start = low + (i * span) // SAMPLE_RANGES
+        ranges.append([start, min(start + width - 1, high)])
+    return ranges
+
+
+async def sample_ranges(
+    client: Client, database: str, keys: Mapping[str, str], budget: int, history: Sequence[str]
+) -> dict[str, list[list[int]]]:
+    """Key ranges of each table in `keys` (table -> column) for content: sample, from its
+    smallest and largest key (read from the index) and the server's row estimate."""
+    if not keys:
+        return {}
+    db = ident(database)
+    parts = [
+        f"SELECT JSON_ARRAY({lit(t)}, MIN({ident(c)}), MAX({ident(c)}), "
+        f"(SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+        f"{lit(database)} AND TABLE_NAME = {lit(t)})) FROM {db}.{ident(t)}"
+        f"{' FOR SYSTEM_TIME ALL' if t in history else ''};"
+        for t, c in keys.items()
+    ]
+    out = {}
+    for table, low, high, estimate in await client.json_rows("\n".join(parts)):
+        if low is None or high is None:
+            continue  # empty: nothing to sample
+        out[str(table)] = spread(int(low), int(high), int(estimate or 0), budget)
+    return out
+
+
+def where_ranges(column: str, ranges: Sequence[Sequence[int]]) -> str:
+    """A WHERE clause selecting the rows of `ranges` (for mariadb-dump --where)."""
+    return " OR ".join(f"{ident(column)} BETWEEN {low} AND {high}" for low, high in ranges)
+
+
 async def sequence_values(
     client: Client, database: str, sequences: Sequence[str]
 ) -> dict[str, list[int]]:

@@ -138,7 +138,12 @@ def test_restore_test_in_an_ephemeral_server_and_a_scratch_database(
         assert "1 functions" in objects and "1 procedures" in objects
     ephemeral, server = reports["db"], reports["db-server"]
     assert by_name(ephemeral)["client-sees-copy"]["status"] == "passed"
-    assert "the first 1000 rows of each table" in by_name(ephemeral)["content"]["actual"]
+    # orders (3000 rows) sampled in key ranges; customers, blobs and prices whole (no more rows
+    # than the budget); the table without a key and the two empty ones by their first rows.
+    assert by_name(ephemeral)["content"]["actual"] == (
+        "7 tables, 2057 rows digested (4 by primary-key ranges spread over the table, about "
+        "1000 rows each; 3 by their first 1000 rows)"
+    )
     assert "every row" in by_name(server)["content"]["actual"]
     assert (
         "3000 rows" in by_name(server)["content"]["actual"]
@@ -182,7 +187,10 @@ async def test_a_difference_fails_naming_the_table_or_object(
     assert results["row_counts"].status == "passed"
     content = results["content"]
     assert content.fails_test and content.detail.startswith("1 table(s) differ: table `customers`")
-    assert content.expected == "7 tables, 457 rows digested (the first 1000 rows of each table)"
+    assert content.expected == (
+        "7 tables, 457 rows digested (4 by primary-key ranges spread over the table, about 1000 "
+        "rows each; 3 by their first 1000 rows)"
+    )
     objects = results["objects"]
     assert objects.fails_test and objects.detail == "view `top_spender` is missing"
     sequences = results["sequences"]
@@ -333,3 +341,33 @@ def test_ephemeral_server_takes_no_login_without_its_password(tmp_path: Path) ->
 
     root = asyncio.run(check())
     assert not root.exists() and ephemeral_mariadb.server_pids(root) == []
+
+
+async def test_a_sample_covers_the_whole_key_space_within_its_budget(
+    mariadb_factory: MariaDbFactory,
+) -> None:
+    from drd.restore_tests.mysql_checks import mysql_builtins
+    from tests.integration.test_strategy_mysql import dump_all, make_strategy, replay
+
+    source = mariadb_factory("drdm_rtbig")
+    mariadb(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, body VARCHAR(40)) ENGINE=InnoDB;"
+        "INSERT INTO events SELECT seq, MD5(seq) FROM seq_1_to_50000; ANALYZE TABLE events;",
+        source.name,
+    )
+    strategy = make_strategy(source.name, content_rows=500)
+    chunks = await dump_all(strategy)
+    meta = strategy.restore_metadata()
+    sampled = meta["statistics"]["content"]["tables"]["`events`"]
+    assert sampled["key"] == "id" and len(sampled["ranges"]) == 10
+    assert sampled["ranges"][-1][0] > 45_000  # spread to the end of the table
+    assert 300 <= sampled["rows"] <= 1_000  # about the budget, not 50000
+    target = mariadb_factory.reserve("drdm_rtcopy")
+    await MysqlStrategy.restore(replay(chunks), target.url, meta)
+    results = {r.name: r for r in await mysql_builtins(target.url, meta)}
+    assert results["content"].status == "passed"
+    # A row deep inside the table, in a sampled range, is caught.
+    inside = sampled["ranges"][7][0]
+    mariadb(f"UPDATE events SET body = 'x' WHERE id = {inside}", target.name)
+    results = {r.name: r for r in await mysql_builtins(target.url, meta)}
+    assert results["content"].fails_test and "table `events`" in results["content"].detail

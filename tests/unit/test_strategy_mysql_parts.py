@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 import pytest
 
@@ -175,8 +176,10 @@ INSERT INTO `g` VALUES (1,1,2),(2,2,4);
 """
 
 
-def read(chunks: list[bytes], digest_rows: int | None = 0) -> RowCounter:
-    counter = RowCounter(digest_rows)
+def read(
+    chunks: list[bytes], digest_rows: int | None = 0, ranges: dict[str, Any] | None = None
+) -> RowCounter:
+    counter = RowCounter(digest_rows, ranges)
     for chunk in chunks:
         counter.feed(chunk)
     return counter
@@ -230,3 +233,27 @@ def test_client_errors_carry_no_row_data() -> None:
     assert "ERROR 1062 (23000) at line 3: Duplicate entry '...' for key '...'" in text
     assert "for routine 'shop.f'" in text and "ERROR 2006 (HY000) at line 42" in text
     assert safe_error_text("x" * 9000) == "(no error message)"
+
+
+def test_key_ranges_spread_over_the_table() -> None:
+    from drd.strategies.mysql_stats import SAMPLE_RANGES, spread
+
+    assert spread(1, 800, 800, 1000) == [[1, 800]]  # fits the budget: the whole table
+    ranges = spread(1, 1_000_000, 1_000_000, 1000)
+    assert len(ranges) == SAMPLE_RANGES
+    assert ranges[0] == [1, 100] and ranges[-1] == [900_001, 900_100]
+    assert sum(high - low + 1 for low, high in ranges) == 1000
+    sparse = spread(-50, 10_000_000, 1000, 100)  # keys far apart: wider ranges
+    assert sum(high - low + 1 for low, high in sparse) > 100
+    assert sparse[0][0] == -50
+
+
+def test_rows_in_key_ranges_are_digested_wherever_they_are() -> None:
+    rows = [f"({i},'v{i}')".encode() for i in (5, 17, 3, 250, 12, -1)]
+    dump = b"INSERT INTO `t` VALUES " + b",".join(rows) + b";\n"
+    counter = read([dump], 1, None)
+    assert counter.digests["t"].rows == 1  # the head: only the first row
+    ranged = RowCounter(1, {"t": [[1, 5], [12, 20]]})
+    ranged.feed(dump)
+    assert ranged.digests["t"].rows == 4  # 5, 17, 3, 12: the budget does not cut key ranges
+    assert ranged.counts["t"] == 6
