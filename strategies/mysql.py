@@ -10,7 +10,7 @@ Dump, one stream in two parts, both of them SQL a `mariadb` client can load as t
    BLOBs are written as escaped strings, not `--hex-blob` (which doubles every statement: a
    9 MiB BLOB would not fit the server's default 16 MiB max_allowed_packet);
    `--dump-history` (MariaDB's dump tool) keeps the history of system-versioned tables; where
-   the tool cannot, the loss is recorded (`history_lost`) and reported by every restore;
+   the tool cannot, the loss is recorded (`history_lost`) and every restore warns of it;
 2. after a marker line at byte `objects_offset`: drd's script of the database's routines,
    views (dependencies first), triggers and events, each with the sql_mode, character sets
    (and time zone) it was created under and its DEFINER, read with SHOW CREATE right after
@@ -450,14 +450,15 @@ class MysqlStrategy(Strategy[MysqlOptions]):
             "checks": {"row_counts": "ok", "schema": "ok"},
         }
         lost = [str(t) for t in metadata.get("history_lost") or []]
+        not_kept = [
+            f"the history of system-versioned table {t} (the dump tool could not dump it; only "
+            "the current rows were restored)"
+            for t in lost
+        ]
         if lost:
-            details["lost"] = [
-                f"the history of system-versioned table {t} (the dump tool could not dump it; "
-                "only the current rows were restored)"
-                for t in lost
-            ]
-            log.warning("%s: %s", where, "; ".join(details["lost"]))
-        return RestoreOutcome(target=shown, details=details)
+            details["history_lost"] = lost
+            log.warning("%s: %s", where, "; ".join(not_kept))
+        return RestoreOutcome(target=shown, details=details, warnings=not_kept)
 
 
 def _sampled(
