@@ -371,3 +371,49 @@ async def test_a_sample_covers_the_whole_key_space_within_its_budget(
     mariadb(f"UPDATE events SET body = 'x' WHERE id = {inside}", target.name)
     results = {r.name: r for r in await mysql_builtins(target.url, meta)}
     assert results["content"].fails_test and "table `events`" in results["content"].detail
+
+
+def test_restore_test_under_the_hardened_unit(
+    tmp_path: Path, mariadb_factory: MariaDbFactory, cleanup_scratch: Callable[[DrdEnv], None]
+) -> None:
+    """MemoryDenyWriteExecute (the shipped unit), inherited by the scratch server drd starts:
+    MariaDB needs no executable memory (REGEXP's PCRE2 falls back from its JIT)."""
+    from tests.support import mdwe
+
+    if not mdwe.supported():
+        pytest.skip("the kernel has no MDWE (Linux < 6.3)")
+    database = make_source(mariadb_factory, rows=500)
+    mariadb(
+        "CREATE VIEW matching AS SELECT id FROM customers WHERE name REGEXP '^customer [0-9]+$'",
+        database,
+    )
+    env = DrdEnv(tmp_path)
+    cleanup_scratch(env)
+    plan(
+        env,
+        [mysql_source("db", database)],
+        checks={
+            "db": [
+                {
+                    "name": "regexp-in-copy",
+                    "command": 'test "$(mariadb --defaults-extra-file="$DRD_RESTORED_MYSQL_CNF" '
+                    '-N -e "SELECT COUNT(*) FROM matching")" = 100',
+                }
+            ]
+        },
+    )
+    env.write()
+    env.ok("backup", "shop/db")
+    proc = subprocess.run(
+        [sys.executable, mdwe.__file__, *env.command("restore-test", "shop", "--json")],
+        env=env.env(),
+        cwd=env.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (report,) = json.loads(proc.stdout)["reports"]
+    assert report["result"] == "passed", report
+    assert all(c["status"] == "passed" for c in report["checks"]), report["checks"]
