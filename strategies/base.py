@@ -18,7 +18,7 @@ Rules every strategy follows:
   restored copy. Failing to take them never fails the dump; the error is recorded instead.
   Its "degraded" key, when present, lists why the dump is not a faithful image of the source
   (a file that kept changing while being read, ...): the backup is then recorded as
-  `degraded` instead of `ok` (drd.backup).
+  `degraded` instead of `ok` (drd.pipeline.backup).
 - restore() is a classmethod: at 3 a.m. on a fresh machine there may be no plan, only the
   manifest. It restores into a *new* staging location next to the target and hands it over
   (rename) only when the stream ended cleanly and the tool succeeded. On any failure (including

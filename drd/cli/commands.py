@@ -29,11 +29,11 @@ from drd.errors import (
     StorageError,
     UsageError,
 )
-from drd.jobs import backup_source
 from drd.layout import SourceRef, check_name
+from drd.pipeline.restore import restore_backup
+from drd.pipeline.source_backup import backup_source
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
 from drd.repository.manifest import STATUS_OK
-from drd.restore import restore_backup
 from drd.runtime import keyring_for, open_regions
 from drd.secret_source import redact_target
 from drd.strategies.base import SourceOptions

@@ -47,13 +47,13 @@ from drd.errors import (
     KeyringError,
     StorageError,
 )
-from drd.jobs import plan_regions
 from drd.layout import SourceRef
 from drd.locks import restore_test_lock
 from drd.metrics import Metrics
+from drd.pipeline.restore import StreamMeter, stream_plaintext
+from drd.pipeline.source_backup import plan_regions
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import STATUS_OK, Manifest
-from drd.restore import StreamMeter, stream_plaintext
 from drd.restore_tests import builtin
 from drd.restore_tests.runner import CheckTarget, run_checks
 from drd.restore_tests.spec import ScratchSpec

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.drdenv import DrdEnv
-from tests.unit.test_files_fidelity import (
+from tests.unit.strategies.test_files_fidelity import (
     CAPABILITY,
     ROOT,
     build_mixed_tree,

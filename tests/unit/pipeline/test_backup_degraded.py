@@ -16,13 +16,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from drd import crypto
-from drd.backup import run_backup
 from drd.cli import commands
 from drd.config.loader import load_config
 from drd.config.models import Plan, PlanStorage, RestoreTest, Schedule, Targets
 from drd.daemon.service import Daemon
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.pipeline.backup import run_backup
 from drd.repository.catalog import build_catalog
 from drd.repository.manifest import ManifestPublic
 from drd.storage.memory import MemoryStorage

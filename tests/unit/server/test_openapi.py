@@ -18,8 +18,8 @@ from drd.errors import StorageError
 from drd.server.bodies import dump
 from drd.server.openapi import OPENAPI_VERSION, REF_TEMPLATE, schema_modes
 from drd.server.routes import ROUTES
-from tests.unit.test_api import bearer, client  # noqa: F401 - the fixture
-from tests.unit.test_drill_api import backed_up, slow_restore, wait_done  # noqa: F401
+from tests.unit.server.test_api import bearer, client  # noqa: F401 - the fixture
+from tests.unit.server.test_drill_api import backed_up, slow_restore, wait_done  # noqa: F401
 
 Client = TestClient[Any, Any]
 OPERATIONS = {route.operation_id: route for route in ROUTES}
