@@ -16,7 +16,7 @@ import pytest
 
 from drd.errors import RestoreError
 from drd.strategies.mysql import MysqlStrategy
-from tests.integration.test_strategy_mysql import dump_all, leftovers, make_strategy, replay
+from tests.integration.strategies.test_mysql import dump_all, leftovers, make_strategy, replay
 from tests.support.drdenv import DrdEnv
 from tests.support.mariadb import (
     MariaDbFactory,

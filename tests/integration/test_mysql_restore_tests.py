@@ -166,7 +166,7 @@ async def test_a_difference_fails_naming_the_table_or_object(
     mariadb_factory: MariaDbFactory,
 ) -> None:
     from drd.restore_tests.mysql_checks import mysql_builtins
-    from tests.integration.test_strategy_mysql import dump_all, make_strategy, replay
+    from tests.integration.strategies.test_mysql import dump_all, make_strategy, replay
 
     database = make_source(mariadb_factory, rows=500)
     strategy = make_strategy(database)
@@ -347,7 +347,7 @@ async def test_a_sample_covers_the_whole_key_space_within_its_budget(
     mariadb_factory: MariaDbFactory,
 ) -> None:
     from drd.restore_tests.mysql_checks import mysql_builtins
-    from tests.integration.test_strategy_mysql import dump_all, make_strategy, replay
+    from tests.integration.strategies.test_mysql import dump_all, make_strategy, replay
 
     source = mariadb_factory("drdm_rtbig")
     mariadb(
