@@ -328,7 +328,7 @@ def _server_argv(root: Path, binaries: ServerBinaries, run_as: str | None, port:
         "--event-scheduler=OFF",
         "--local-infile=0",
         "--innodb-flush-log-at-trx-commit=0",
-        "--innodb-doublewrite=0",
+        "--innodb-doublewrite=OFF",
         "--performance-schema=OFF",
         "--max-connections=30",
     ]
