@@ -304,9 +304,11 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                 raise
         captured = await capture
         try:
-            script = _creation_script(await _definitions(client, opts.database))
+            script = _creation_script(
+                await _definitions(client, opts.database, opts.exclude_tables)
+            )
             after = await schema_info(client, opts.database, opts.exclude_tables)
-            objects = await inventory(client, opts.database)
+            objects = await inventory(client, opts.database, opts.exclude_tables)
         except ClientError as exc:
             raise SourceError(f"{where}: {exc}") from None
         except RestoreError as exc:
@@ -585,9 +587,14 @@ class _Definition:
     time_zone: str | None = None
 
 
-async def _definitions(client: Client, staging: str) -> list[_Definition]:
-    """Routines, views, triggers and events of `staging`, in the order they must be created."""
+async def _definitions(
+    client: Client, staging: str, exclude: Sequence[str] = ()
+) -> list[_Definition]:
+    """Routines, views, triggers and events of `staging`, in the order they must be created;
+    views named in `exclude` and triggers of excluded tables left out (as --ignore-table
+    leaves them out of a dump)."""
     db = lit(staging)
+    skip = set(exclude)
     found: list[_Definition] = []
     routines = await client.rows(
         "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES "
@@ -610,17 +617,21 @@ async def _definitions(client: Client, staging: str) -> list[_Definition]:
     view_defs = []
     for (name,) in views:
         assert name is not None
+        if name in skip:
+            continue
         (row,) = await client.rows(f"SHOW CREATE VIEW {ident(name)}", staging)
         _, statement, cs, coll = row[:4]
         view_defs.append(_Definition("VIEW", name, str(statement), None, str(cs), str(coll)))
     found.extend(_views_in_dependency_order(view_defs))
     triggers = await client.rows(
-        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+        "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS "
         f"WHERE TRIGGER_SCHEMA = {db} "
         "ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER"
     )
-    for (name,) in triggers:
+    for name, table in triggers:
         assert name is not None
+        if table in skip:
+            continue
         (row,) = await client.rows(f"SHOW CREATE TRIGGER {ident(name)}", staging)
         _, sql_mode, statement, cs, coll = row[:5]
         found.append(_Definition("TRIGGER", name, str(statement), sql_mode, str(cs), str(coll)))

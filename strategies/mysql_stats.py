@@ -166,12 +166,18 @@ _INVENTORY = (
 )
 
 
-async def inventory(client: Client, database: str) -> dict[str, dict[str, Any]]:
-    """{"view `v`": {"definer": ..., "security": ..., "digest": ...}, "function `f`": ...}: every
-    view, routine, trigger and event, its definer and a digest of its definition."""
+async def inventory(
+    client: Client, database: str, exclude: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """{"view `v`": {"definer": ..., "detail": ..., "digest": ...}, "function `f`": ...}: every
+    view, routine, trigger and event, its definer and a digest of its definition (views named
+    in `exclude` and the triggers of excluded tables left out)."""
     rows = await client.json_rows(_INVENTORY.format(db=lit(database)))
+    skip = set(exclude)
     out: dict[str, dict[str, Any]] = {}
     for kind, name, definer, extra, definition in rows:
+        if (kind == "view" and name in skip) or (kind == "trigger" and extra in skip):
+            continue
         out[f"{kind} {ident(str(name))}"] = {
             "definer": definer,
             "detail": extra,

@@ -105,14 +105,27 @@ async def test_round_trip_is_identical(mariadb_factory: MariaDbFactory) -> None:
 async def test_exclude_tables(mariadb_factory: MariaDbFactory) -> None:
     source = mariadb_factory("drdm_src")
     populate_rich_database(source.name, rows=100)
-    mariadb("CREATE TABLE scratchpad (x INT); INSERT INTO scratchpad VALUES (1)", source.name)
-    strategy = make_strategy(source.name, exclude_tables=["scratchpad"])
+    mariadb(
+        "CREATE TABLE scratchpad (x INT); INSERT INTO scratchpad VALUES (1);"
+        "CREATE TRIGGER scratchpad_audit AFTER INSERT ON scratchpad FOR EACH ROW "
+        "INSERT INTO audit (what) VALUES ('x');"
+        "CREATE VIEW scratch_view AS SELECT x FROM scratchpad;",
+        source.name,
+    )
+    strategy = make_strategy(source.name, exclude_tables=["scratchpad", "scratch_view"])
     chunks = await dump_all(strategy)
     meta = strategy.restore_metadata()
     assert "`scratchpad`" not in meta["statistics"]["row_counts"]
+    assert not any("scratch" in key for key in meta["statistics"]["inventory"])
     target = mariadb_factory.reserve("drdm_restored")
     await MysqlStrategy.restore(replay(chunks), target.url, meta)
-    assert query("SHOW TABLES LIKE 'scratchpad'", target.name) == []
+    assert query("SHOW TABLES LIKE 'scratch%'", target.name) == []
+    assert query("SHOW TRIGGERS LIKE 'scratchpad'", target.name) == []
+    from drd.restore_tests.mysql_checks import mysql_builtins
+
+    assert {r.name: r.status for r in await mysql_builtins(target.url, meta)} == dict.fromkeys(
+        ("row_counts", "schema", "sequences", "objects", "content"), "passed"
+    )
 
 
 async def test_target_exists_is_refused(mariadb_factory: MariaDbFactory) -> None:
