@@ -501,20 +501,26 @@ async def create_definers(server: EphemeralMariaDb, database: str, accounts: Seq
     from drd.strategies.mysql_client import Client, Server, ident
     from drd.strategies.mysql_tools import find_tool
 
-    wanted = [(u, h) for u, h in accounts if (u, h) not in (("root", "localhost"),)]
-    if not wanted:
+    if not accounts:
         return 0
     tool = await find_tool("client")
     if tool is None:
         raise RestoreError("ephemeral-mariadb: no mariadb/mysql client to reach the server")
+    client = Client(
+        Server(socket=str(server.socket), user=SUPERUSER, password=server.password), tool.path
+    )
+    existing = {
+        (str(u), str(h))
+        for u, h in await client.json_rows("SELECT JSON_ARRAY(User, Host) FROM mysql.user")
+    }
+    wanted = [(u, h) for u, h in accounts if (u, h) not in existing]
+    if not wanted:
+        return 0
     statements = []
     for user, host in wanted:
         account = f"{_string(user)}@{_string(host)}"
         statements.append(f"CREATE USER IF NOT EXISTS {account} ACCOUNT LOCK;")
         statements.append(f"GRANT ALL PRIVILEGES ON {ident(database)}.* TO {account};")
-    client = Client(
-        Server(socket=str(server.socket), user=SUPERUSER, password=server.password), tool.path
-    )
     await client.execute("\n".join(statements))
     return len(wanted)
 
