@@ -23,8 +23,8 @@ from typing import Any
 from drd.restore_tests import builtin
 from drd.restore_tests.results import CheckResult, failed, passed, skipped
 from drd.strategies import mysql_client, mysql_stats, mysql_tools
-from drd.strategies._subprocess import ToolError, redact, stream_stdout
-from drd.strategies.mysql import dump_argv
+from drd.strategies._subprocess import ToolError, stream_stdout
+from drd.strategies.mysql import dump_argv, tool_failure
 from drd.strategies.mysql_dump import RowCounter
 from drd.strategies.statistics import error_text
 
@@ -192,7 +192,7 @@ async def _content(
                         counter.feed(chunk)
             digests.update(counter.digests)
     except ToolError as exc:
-        text = mysql_client.safe_error_text(redact(exc.stderr_tail, [client.server.password]))
+        text = tool_failure(exc, [client.server.password])
         return failed(name, name, detail=f"could not read the restored rows: {text}")
     problems = []
     for table in sorted(expected):

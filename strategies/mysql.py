@@ -100,7 +100,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -258,11 +257,6 @@ class MysqlStrategy(Strategy[MysqlOptions]):
             and not transaction_precise(before)
             and await dump_tool.supports("--dump-history")
         )
-        # MySQL cannot share a snapshot between sessions: the captured queries run in their own
-        # consistent snapshot, started together with the dump's.
-        capture = asyncio.ensure_future(
-            capture_queries(client, opts.database, self.capture_queries)
-        )
         content = None if opts.content == "off" else ContentPlan(opts.content, opts.content_rows)
         keys: dict[str, str] = {}
         ranges: dict[str, list[list[int]]] = {}
@@ -274,6 +268,11 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                 )
             except ClientError as exc:
                 raise SourceError(f"{where}: {exc}") from None
+        # MySQL cannot share a snapshot between sessions: the captured queries run in their own
+        # consistent snapshot, started together with the dump's.
+        capture = asyncio.ensure_future(
+            capture_queries(client, opts.database, self.capture_queries)
+        )
         counter = RowCounter(None if content is None else content.digest_rows, ranges)
         size = 0
         with options_file(server) as cnf:
@@ -293,10 +292,7 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                         size += len(chunk)
                         yield chunk
             except ToolError as exc:
-                raise SourceError(
-                    f"{where}: {os.path.basename(dump_tool.path)} failed: "
-                    f"{safe_error_text(redact(str(exc), secret))}"
-                ) from None
+                raise SourceError(f"{where}: {tool_failure(exc, secret)}") from None
             except BaseException:
                 capture.cancel()
                 with contextlib.suppress(BaseException):
@@ -438,8 +434,7 @@ class MysqlStrategy(Strategy[MysqlOptions]):
                 except Exception as drop_exc:
                     log.error("%s: could not drop %r: %s", where, name, drop_exc)
             if isinstance(exc, ToolError):
-                text = safe_error_text(redact(exc.stderr_tail, secret))
-                raise RestoreError(f"{where}: {exc.program} failed: {text}") from None
+                raise RestoreError(f"{where}: {tool_failure(exc, secret)}") from None
             if isinstance(exc, ClientError):
                 raise RestoreError(f"{where}: {redact(str(exc), secret)}") from None
             raise
@@ -472,6 +467,18 @@ def _sampled(
         out["key"] = keys[table]
         out["ranges"] = ranges[table]
     return out
+
+
+def tool_failure(exc: ToolError, secrets: Sequence[str | None]) -> str:
+    """What a failed client or dump tool said, secrets redacted and without row data."""
+    if exc.returncode is None:
+        return redact(str(exc), secrets)  # could not start: an OS error, no data
+    status = (
+        f"was killed by signal {-exc.returncode}"
+        if exc.returncode < 0
+        else f"exited with status {exc.returncode}"
+    )
+    return f"{exc.program} {status}: {safe_error_text(redact(exc.stderr_tail, secrets))}"
 
 
 class _Split:

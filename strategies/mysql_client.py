@@ -100,7 +100,8 @@ class ClientError(Exception):
 _ERRNO = re.compile(r"ERROR (\d+)")
 _ERROR_LINE = re.compile(r"^ERROR (\d+)(?: \((\w+)\))?(?: at line (\d+))?: ?(.*)$")
 _TOOL_LINE = re.compile(r"^(?:mariadb|mysql|mariadb-dump|mysqldump)(?: \S+)?: ")
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"")
+# A quoted part starts where no word goes on (not the apostrophe of "Couldn't").
+_QUOTED = re.compile(r"(?<!\w)'(?:[^'\\]|\\.|'')*'|(?<!\w)\"(?:[^\"\\]|\\.|\"\")*\"")
 # Errors whose quoted parts are names (of users, databases, tables, columns, routines, keys,
 # privileges) or server limits, never values: their message is kept as the server wrote it.
 _NAMES_ONLY = frozenset(
@@ -162,16 +163,18 @@ _MAX_ERROR = 2000
 def safe_error_text(text: str) -> str:
     """What the client or dump tool said, without row data: only its `ERROR ...` lines and its
     own one-line complaints (the statement echo the client prints on an error, which may hold
-    whole rows, is dropped), and in messages that can quote values (a duplicate key, a syntax
-    error near some text, an invalid string) every quoted part replaced by '...'."""
+    whole rows, is dropped), and messages that can quote values (a duplicate key, a syntax
+    error near some text, an invalid string) cut at their first quote."""
     kept: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         m = _ERROR_LINE.match(line)
         if m is not None:
             errno, message = int(m.group(1)), m.group(4)
-            if errno not in _NAMES_ONLY:
-                message = _QUOTED.sub("'...'", message)
+            if errno not in _NAMES_ONLY and ("'" in message or '"' in message):
+                # A value may hold quotes of its own (O'Brien): cut from the first one on.
+                cut = min(i for i in (message.find("'"), message.find('"')) if i >= 0)
+                message = message[:cut] + "'...' (quoted values cut)"
             head = f"ERROR {errno}" + (f" ({m.group(2)})" if m.group(2) else "")
             if m.group(3):
                 head += f" at line {m.group(3)}"

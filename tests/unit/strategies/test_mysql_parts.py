@@ -230,7 +230,9 @@ def test_client_errors_carry_no_row_data() -> None:
     )
     text = safe_error_text(said)
     assert "4111" not in text and "secret-value" not in text
-    assert "ERROR 1062 (23000) at line 3: Duplicate entry '...' for key '...'" in text
+    assert "ERROR 1062 (23000) at line 3: Duplicate entry '...' (quoted values cut)" in text
+    obrien = safe_error_text("ERROR 1062 (23000): Duplicate entry 'O'Brien' for key 'PRIMARY'")
+    assert "Brien" not in obrien
     assert "for routine 'shop.f'" in text and "ERROR 2006 (HY000) at line 42" in text
     assert safe_error_text("x" * 9000) == "(no error message)"
 
@@ -257,3 +259,18 @@ def test_rows_in_key_ranges_are_digested_wherever_they_are() -> None:
     ranged.feed(dump)
     assert ranged.digests["t"].rows == 4  # 5, 17, 3, 12: the budget does not cut key ranges
     assert ranged.counts["t"] == 6
+
+
+def test_tool_failures_keep_the_tool_line_and_no_data() -> None:
+    from drd.strategies._subprocess import ToolError
+    from drd.strategies.mysql import tool_failure
+
+    dump = ToolError("mariadb-dump", 2, "mariadb-dump: Couldn't execute 'SELECT 42': Boom (1064)")
+    assert tool_failure(dump, []) == (
+        "mariadb-dump exited with status 2: mariadb-dump: Couldn't execute '...': Boom (1064)"
+    )
+    client = ToolError("mariadb", 1, "ERROR 2013 (HY000) at line 7: Lost connection pw123")
+    assert tool_failure(client, ["pw123"]) == (
+        "mariadb exited with status 1: ERROR 2013 (HY000) at line 7: Lost connection ***"
+    )
+    assert "could not be started" in tool_failure(ToolError("mariadb", None, "no such file"), [])
