@@ -188,15 +188,19 @@ async def run_checks(target: CheckTarget, checks: Sequence[CheckSpec]) -> list[C
         results.extend(found)
     stats = target.metadata.get("statistics")
     captured = stats.get("captured") if isinstance(stats, Mapping) else None
+    password = target.restore_options.get("password")
     restored = Restored(
         target.kind,
         target.target,
         target.captured_at,
         captured if isinstance(captured, Mapping) else {},
+        password if isinstance(password, str) else None,
     )
     for number, check in enumerate(checks, start=1):
         name = check.display_name(number)
-        query = check.sql or (freshness_query(check.freshness) if check.freshness else None)
+        query = check.sql or (
+            freshness_query(check.freshness, restored.restored_as) if check.freshness else None
+        )
         run = _declarative(check, name, restored, target)
         results.append(await _timed(name, check.kind, check.critical, check.timeout, run, query))
     return results

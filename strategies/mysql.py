@@ -227,6 +227,7 @@ class MysqlStrategy(Strategy[MysqlOptions]):
     Options: ClassVar[type[SourceOptions]] = MysqlOptions
     scratch_kinds: ClassVar[tuple[str, ...]] = ("ephemeral-mariadb", "mysql-server")
     default_scratch: ClassVar[str | None] = "ephemeral-mariadb"
+    check_kinds: ClassVar[tuple[str, ...]] = ("sql", "freshness", "command")
     restored_as: ClassVar[str | None] = "mysql"
 
     async def dump(self) -> AsyncGenerator[bytes, None]:

@@ -384,7 +384,10 @@ def test_restore_test_under_the_hardened_unit(
         pytest.skip("the kernel has no MDWE (Linux < 6.3)")
     database = make_source(mariadb_factory, rows=500)
     mariadb(
-        "CREATE VIEW matching AS SELECT id FROM customers WHERE name REGEXP '^customer [0-9]+$'",
+        "CREATE VIEW matching AS SELECT id FROM customers WHERE name REGEXP '^customer [0-9]+$';"
+        "CREATE TABLE events (id INT AUTO_INCREMENT PRIMARY KEY, "
+        "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6));"
+        "INSERT INTO events () VALUES (), (), ();",
         database,
     )
     env = DrdEnv(tmp_path)
@@ -394,11 +397,18 @@ def test_restore_test_under_the_hardened_unit(
         [mysql_source("db", database)],
         checks={
             "db": [
+                {"sql": "SELECT COUNT(*) FROM customers", "expect": {"equals": 100}},
+                {
+                    "name": "balances",
+                    "sql": "SELECT SUM(balance), COUNT(DISTINCT city) FROM customers",
+                    "expect": {"matches_source": True},
+                },
+                {"freshness": {"table": "events", "column": "at", "within": "1h"}},
                 {
                     "name": "regexp-in-copy",
                     "command": 'test "$(mariadb --defaults-extra-file="$DRD_RESTORED_MYSQL_CNF" '
                     '-N -e "SELECT COUNT(*) FROM matching")" = 100',
-                }
+                },
             ]
         },
     )
@@ -417,3 +427,7 @@ def test_restore_test_under_the_hardened_unit(
     (report,) = json.loads(proc.stdout)["reports"]
     assert report["result"] == "passed", report
     assert all(c["status"] == "passed" for c in report["checks"]), report["checks"]
+    checks = by_name(report)
+    assert checks["balances"]["expected"] == checks["balances"]["actual"]
+    assert isinstance(checks["balances"]["actual"], list)
+    assert checks["freshness-3"]["query"] == "SELECT max(`at`) FROM `events`"
