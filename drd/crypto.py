@@ -10,6 +10,9 @@
 - The data key is wrapped (AES-256-GCM) under a KEK, bound to its backup id and key id.
 - Manifests: public fields in clear (listing and retention need no key) but authenticated as the
   associated data of the sealed body.
+- Version 2 binds every object to its location: a data object's header names its full key, and
+  a manifest's associated data includes the key it is stored under (given by the reader, never
+  taken from the document), so an object copied to another place fails authentication.
 
 Every AEAD key is used for one purpose only: the KEK itself never keys a cipher; the wrapping and
 manifest keys are derived from it by HKDF with distinct labels.
@@ -27,7 +30,7 @@ import secrets
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -44,6 +47,7 @@ __all__ = [
     "MAX_SEGMENT_SIZE",
     "Key",
     "Keyring",
+    "Opened",
     "StreamDecryptor",
     "StreamEncryptor",
     "ciphertext_size",
@@ -51,6 +55,7 @@ __all__ = [
     "header_size",
     "new_data_key",
     "open_manifest",
+    "open_sealed",
     "read_manifest_public",
     "seal_manifest",
     "unwrap_data_key",
@@ -73,8 +78,12 @@ MAX_SEGMENT_SIZE: Final = 1 << 26
 MAX_SEGMENTS: Final = 1 << 32
 
 MAGIC: Final = b"DRDE"
-FORMAT_VERSION: Final = 1
-MANIFEST_VERSION: Final = 1
+#: the data object version written now; version 1 (object name `data.drd`) stays readable
+FORMAT_VERSION: Final = 2
+DATA_FORMAT_VERSIONS: Final = (1, 2)
+#: the manifest version written when the writer names the location; 1 stays readable
+MANIFEST_VERSION: Final = 2
+MANIFEST_VERSIONS: Final = (1, 2)
 
 _PREAMBLE = struct.Struct(">4sBH")  # magic, version, length of the rest of the header
 _SEGMENT_SIZE = struct.Struct(">I")
@@ -90,6 +99,9 @@ _WRAPPED_SIZE = 1 + NONCE_SIZE + KEY_SIZE + TAG_SIZE
 _MANIFEST_LABEL = b"drd manifest v1"
 # Top-level manifest fields that are not part of the associated data (they carry the seal).
 _SEAL_FIELDS = ("nonce", "sealed_body")
+# Version 2: the member of the associated data that holds the object's location. It is supplied
+# by the reader (where it read the object), so a document never carries it.
+_LOCATION_FIELD = "location"
 # Integers outside this range do not survive a round trip through a JSON parser that uses
 # doubles, so a re-implementation could not rebuild the associated data byte for byte.
 _MAX_SAFE_INT = (1 << 53) - 1
@@ -273,6 +285,7 @@ class _Header:
     backup_id: str
     key_id: str
     object_name: str
+    version: int = FORMAT_VERSION
 
     def encode(self) -> bytes:
         rest = b"".join(
@@ -287,7 +300,7 @@ class _Header:
         )
         if len(rest) > 0xFFFF:
             raise ValueError("stream header is longer than 65535 bytes")
-        return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(rest)) + rest
+        return _PREAMBLE.pack(MAGIC, self.version, len(rest)) + rest
 
     @classmethod
     def decode(cls, raw: bytes) -> _Header:
@@ -318,7 +331,10 @@ class _Header:
             raise IntegrityError("malformed header: unexpected bytes after the object name")
         if not 1 <= segment_size <= MAX_SEGMENT_SIZE:
             raise IntegrityError(f"malformed header: segment size {segment_size} out of range")
-        return cls(segment_size, salt, nonce_prefix, *texts)
+        backup_id, key_id, object_name = texts
+        return cls(
+            segment_size, salt, nonce_prefix, backup_id, key_id, object_name, raw[len(MAGIC)]
+        )
 
 
 def header_size(*, backup_id: str, key_id: str, object_name: str) -> int:
@@ -384,9 +400,18 @@ def _segment_nonce(prefix: bytes, index: int, final: bool) -> bytes:
 # --------------------------------------------------------------------------------- streaming
 
 
+def _check_data_version(version: int) -> None:
+    if version not in DATA_FORMAT_VERSIONS:
+        raise ValueError(
+            f"data object format version {version} is not one of {DATA_FORMAT_VERSIONS}"
+        )
+
+
 class StreamEncryptor:
     """Encrypts one data object. Not thread-safe; one call at a time (from any thread).
 
+    `object_name` is the object's full key in version 2 (its location: `plan/source/id/data.drd`),
+    `data.drd` in version 1. `version` exists to write version 1 for tests and vectors.
     `_salt` and `_nonce_prefix` exist for known-answer tests only: production code must let
     them default to fresh random values.
     """
@@ -399,16 +424,20 @@ class StreamEncryptor:
         key_id: str,
         object_name: str,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        version: int = FORMAT_VERSION,
         _salt: bytes | None = None,
         _nonce_prefix: bytes | None = None,
     ) -> None:
         _check_data_key(data_key)
         _check_segment_size(segment_size)
+        _check_data_version(version)
         salt = secrets.token_bytes(SALT_SIZE) if _salt is None else _salt
         prefix = secrets.token_bytes(NONCE_PREFIX_SIZE) if _nonce_prefix is None else _nonce_prefix
         if len(salt) != SALT_SIZE or len(prefix) != NONCE_PREFIX_SIZE:
             raise ValueError("bad salt or nonce prefix size")
-        self._header = _Header(segment_size, salt, prefix, backup_id, key_id, object_name).encode()
+        self._header = _Header(
+            segment_size, salt, prefix, backup_id, key_id, object_name, version
+        ).encode()
         self._aead = AESGCM(_hkdf(data_key, salt, self._header))
         self._prefix = prefix
         self._index = 0
@@ -455,15 +484,27 @@ class StreamEncryptor:
 
 
 class StreamDecryptor:
-    """Decrypts one data object, checking its header against what the manifest says it is.
+    """Decrypts one data object, checking its header against what the manifest says it is:
+    the format `version` (the manifest says which), backup id, key id and object name (the
+    object's location in version 2).
 
     update() returns the plaintext of fully authenticated segments only (it lags one segment
     behind, since the last full segment may turn out to be the final one). After an
     IntegrityError the decryptor refuses further input.
     """
 
-    def __init__(self, data_key: bytes, *, backup_id: str, key_id: str, object_name: str) -> None:
+    def __init__(
+        self,
+        data_key: bytes,
+        *,
+        backup_id: str,
+        key_id: str,
+        object_name: str,
+        version: int = FORMAT_VERSION,
+    ) -> None:
         _check_data_key(data_key)
+        _check_data_version(version)
+        self._version = version
         self._data_key = data_key
         self._expected = (
             ("backup id", backup_id),
@@ -519,8 +560,13 @@ class StreamDecryptor:
         if len(buf) < _PREAMBLE.size:
             return None
         _, version, rest_length = _PREAMBLE.unpack_from(buf)
-        if version != FORMAT_VERSION:
+        if version not in DATA_FORMAT_VERSIONS:
             raise IntegrityError(f"unsupported data object format version {version}")
+        if version != self._version:
+            # A downgrade (or an object swapped in from another backup) is refused outright.
+            raise IntegrityError(
+                f"data object is format version {version}, its manifest says {self._version}"
+            )
         end = _PREAMBLE.size + rest_length
         if len(buf) < end:
             return None
@@ -674,27 +720,49 @@ def _manifest_key(kek: Key) -> AESGCM:
     return AESGCM(_hkdf(kek.secret, None, _MANIFEST_LABEL))
 
 
+def _check_location(location: str) -> None:
+    if not isinstance(location, str) or not location:
+        raise ValueError("a manifest's location must be a non-empty string")
+
+
+def _associated_data(envelope: Mapping[str, Any], location: str | None) -> bytes:
+    """Version 1: the envelope. Version 2: the envelope plus the object's location."""
+    if location is None:
+        return _canonical_json(envelope)
+    return _canonical_json({**envelope, _LOCATION_FIELD: location})
+
+
 def seal_manifest(
     keyring: Keyring,
     public: dict[str, Any],
     body: dict[str, Any],
     *,
+    location: str | None = None,
     _nonce: bytes | None = None,
 ) -> bytes:
     """A JSON manifest sealed with the primary KEK: `public` in clear but authenticated, `body`
     encrypted. Public values are limited to strings, integers, booleans, null, lists and
-    objects (no floats). `_nonce` exists for known-answer tests only."""
+    objects (no floats).
+
+    With `location` (the key the document is stored under, e.g. `plan/source/id/manifest.json`)
+    this writes version 2, which is bound to that location: opened from anywhere else it fails
+    authentication. Without it, version 1 (documents whose writer cannot name their place).
+    `_nonce` exists for known-answer tests only."""
     kek = keyring.primary
     if "key_id" in public and public["key_id"] != kek.key_id:
         raise ValueError("public key_id is not the primary key's id")
     _check_public(public)
+    if location is not None:
+        _check_location(location)
     envelope: dict[str, Any] = {
-        "drd_manifest": MANIFEST_VERSION,
+        "drd_manifest": 1 if location is None else MANIFEST_VERSION,
         "key_id": kek.key_id,
         "public": public,
     }
     nonce = secrets.token_bytes(NONCE_SIZE) if _nonce is None else _nonce
-    sealed = _manifest_key(kek).encrypt(nonce, _canonical_json(body), _canonical_json(envelope))
+    sealed = _manifest_key(kek).encrypt(
+        nonce, _canonical_json(body), _associated_data(envelope, location)
+    )
     document = {
         **envelope,
         "nonce": base64.b64encode(nonce).decode("ascii"),
@@ -736,20 +804,40 @@ def _parse_manifest(raw: bytes, problem: str) -> dict[str, Any]:
     version = document.get("drd_manifest")
     if type(version) is not int:
         raise IntegrityError(f"{problem}: not a drd manifest")
-    if version != MANIFEST_VERSION:
+    if version not in MANIFEST_VERSIONS:
         raise IntegrityError(f"{problem}: unsupported manifest version {version}")
     if not isinstance(document.get("public"), dict):
         raise IntegrityError(f"{problem}: public fields missing")
     for name in ("key_id", *_SEAL_FIELDS):
         if not isinstance(document.get(name), str):
             raise IntegrityError(f"{problem}: {name} missing")
+    if version >= 2 and _LOCATION_FIELD in document:
+        raise IntegrityError(f"{problem}: a stored manifest never names its own location")
     return document
 
 
-def open_manifest(keyring: Keyring, raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify a sealed manifest and return (public, body)."""
+class Opened(NamedTuple):
+    """A verified sealed document."""
+
+    #: the `drd_manifest` version: 2 is bound to its location, 1 is not
+    version: int
+    public: dict[str, Any]
+    body: dict[str, Any]
+
+
+def open_sealed(keyring: Keyring, raw: bytes, *, location: str | None = None) -> Opened:
+    """Verify a sealed manifest (or report) read from `location` and return it with its version.
+
+    A version 2 document authenticates only with the location it was sealed for: read from
+    another key, it fails as altered. A version 1 document is not bound to a place (the caller
+    checks its public fields against the location); `location` is then not used."""
     problem = "manifest failed authentication"
     document = _parse_manifest(raw, problem)
+    version: int = document["drd_manifest"]
+    if version >= 2:
+        if location is None:
+            raise IntegrityError(f"{problem}: a version {version} manifest needs its location")
+        _check_location(location)
     kek = keyring.get(document["key_id"])
     try:
         nonce = base64.b64decode(document["nonce"], validate=True)
@@ -762,13 +850,16 @@ def open_manifest(keyring: Keyring, raw: bytes) -> tuple[dict[str, Any], dict[st
     # top-level field (not just public ones) is detected.
     envelope = {k: v for k, v in document.items() if k not in _SEAL_FIELDS}
     try:
-        aad = _canonical_json(envelope)
+        aad = _associated_data(envelope, location if version >= 2 else None)
     except ValueError:
         raise IntegrityError(f"{problem}: public fields are not canonicalizable") from None
     try:
         plaintext = _manifest_key(kek).decrypt(nonce, sealed, aad)
     except InvalidTag:
-        raise IntegrityError(f"{problem}: it was altered or forged") from None
+        why = "it was altered or forged" + (
+            ", or moved from another location" if version >= 2 else ""
+        )
+        raise IntegrityError(f"{problem}: {why}") from None
     try:
         body = _loads(plaintext)
     except ValueError:
@@ -776,7 +867,15 @@ def open_manifest(keyring: Keyring, raw: bytes) -> tuple[dict[str, Any], dict[st
     if not isinstance(body, dict):
         # Authentic yet unreadable: only a broken sealer could have written it.
         raise IntegrityError("manifest body is not a JSON object")
-    return document["public"], body
+    return Opened(version, document["public"], body)
+
+
+def open_manifest(
+    keyring: Keyring, raw: bytes, *, location: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify a sealed manifest and return (public, body) (see open_sealed)."""
+    opened = open_sealed(keyring, raw, location=location)
+    return opened.public, opened.body
 
 
 def read_manifest_public(raw: bytes) -> dict[str, Any]:

@@ -49,6 +49,14 @@ class IntegrityError(DrdError):
     exit_code = 5
 
 
+class DamagedCopy(IntegrityError):
+    """A region's copy is not what the verified manifest says (altered, truncated, longer)."""
+
+    def __init__(self, message: str, *, region: str) -> None:
+        super().__init__(message)
+        self.region = region
+
+
 class StorageError(DrdError):
     """A storage operation failed."""
 
@@ -59,12 +67,21 @@ class TransientStorageError(StorageError):
     """Worth retrying: timeouts, 429/5xx, connection resets."""
 
 
+class ChecksumMismatch(TransientStorageError):
+    """What was stored is not what was sent (GCS refused the finalizing chunk's checksum, or
+    the finalized object's checksum differs): damaged on the way, worth a new upload."""
+
+
 class PermanentStorageError(StorageError):
     """Not worth retrying: permission denied, bad request, bucket missing."""
 
 
 class ObjectNotFound(PermanentStorageError):
     """The object does not exist."""
+
+
+class ObjectExists(PermanentStorageError):
+    """A create-only write (`if_absent`) found an object under its key: nothing was written."""
 
 
 class NotEnoughCopies(StorageError):

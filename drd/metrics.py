@@ -204,8 +204,41 @@ class Metrics:
         )
         self.copy_repairs = Counter(
             "drd_copy_repairs",
-            "Missing backup copies copied from another region, by result",
+            "Missing or damaged backup copies copied from another region, by result",
             ("plan", "region", "result"),
+            registry=r,
+        )
+        self.integrity_findings = Gauge(
+            "drd_integrity_findings",
+            "Standing integrity findings in a region, by kind (rollback, disagreement, "
+            "future_dated, invalid_record): what a writer to the region may have done",
+            ("plan", "region", "finding"),
+            registry=r,
+        )
+        self.copies_damaged = Counter(
+            "drd_copies_damaged",
+            "Backup copies found damaged (data not what the verified manifest says), by region",
+            ("plan", "region"),
+            registry=r,
+        )
+
+        # Scrubbing (fed by drd.daemon.scrub_loop): re-reading stored copies
+        self.scrub_oldest_verified = Gauge(
+            "drd_scrub_oldest_verified_timestamp_seconds",
+            "When the least recently verified copy of the source in the region was last read "
+            "and checked (or written)",
+            (*PS, "region"),
+            registry=r,
+        )
+        self.scrub_period = Gauge(
+            "drd_scrub_period_seconds",
+            "Every copy is to be re-read and checked within this period",
+            registry=r,
+        )
+        self.scrub_bytes = Counter(
+            "drd_scrub_read_bytes",
+            "Bytes of stored copies read and checked by scrubbing",
+            ("region",),
             registry=r,
         )
 

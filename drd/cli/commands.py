@@ -161,11 +161,11 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
         "plan": entry.ref.plan,
         "source": entry.ref.source,
         "backup_id": entry.backup_id,
-        "kind": entry.public.kind,
-        "started_at": entry.public.started_at,
-        "completed_at": entry.public.completed_at,
-        "key_id": entry.public.key_id,
-        "status": entry.public.status,
+        "kind": entry.public.kind if entry.public else None,
+        "started_at": entry.public.started_at if entry.public else None,
+        "completed_at": entry.public.completed_at if entry.public else None,
+        "key_id": entry.public.key_id if entry.public else None,
+        "status": entry.public.status if entry.public else None,
         "degraded": body.degraded if body else None,
         "verified": entry.verified,
         "problem": str(entry.verify_error) if entry.verify_error else None,
@@ -196,7 +196,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
     for e in catalog.entries:
         body = e.manifest.body if e.manifest else None
         status = "" if e.verified else f"  UNVERIFIED: {e.verify_error}"
-        if e.public.status != STATUS_OK:
+        if e.public is not None and e.public.status != STATUS_OK:
             status += f"  {e.public.status.upper()}"
             if body and body.degraded:
                 status += ": " + "; ".join(body.degraded)
@@ -207,7 +207,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
         if tested:
             status += "  " + _test_summary(tested)
         print(
-            f"{e.ref!s:<28} {e.backup_id:<26} {e.public.started:%Y-%m-%d %H:%M:%S}  "
+            f"{e.ref!s:<28} {e.backup_id:<26} {e.captured:%Y-%m-%d %H:%M:%S}  "
             f"{_human(body.plaintext_size) if body else '?':>10} "
             f"{_human(body.ciphertext_size) if body else '?':>10}  "
             f"{','.join(sorted(e.complete_regions)) or '-'}{status}"
@@ -287,6 +287,7 @@ async def restore(
     backup_id: str | None,
     region: str | None,
     create_roles: bool = False,
+    allow_older: bool = False,
 ) -> Outcome:
     try:
         ref = SourceRef.parse(what)
@@ -309,6 +310,7 @@ async def restore(
             backup_id=backup_id,
             prefer_region=region,
             options={"create_roles": True} if create_roles else {},
+            allow_older=allow_older,
         )
     print(
         f"restored {ref}@{result.backup_id} from region {result.region} into "
@@ -317,8 +319,15 @@ async def restore(
     created = result.outcome.details.get("created_roles")
     if created:
         print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
+    for newer, why in result.skipped_newer.items():
+        print(
+            f"warning: NEWER backup {ref}@{newer} was passed over (--allow-older): {why}",
+            file=sys.stderr,
+        )
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
+    for region_name, why in result.unusable.items():
+        print(f"warning: region {region_name} holds no usable copy: {why}", file=sys.stderr)
     for line in result.outcome.warnings:
         print(f"warning: not everything could be restored: {line}", file=sys.stderr)
     return None
@@ -330,7 +339,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     from drd.daemon.retention_loop import lock_free_sources
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
-    from drd.retention.sweep import sweep
+    from drd.retention.sweep import RetentionMemory, sweep
 
     assert config_path is not None
     cfg = load_config(config_path)
@@ -348,6 +357,8 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
                     now=now,
                     dry_run=dry_run,
                     orphan_grace=grace,
+                    # The daemon's memory: when backups were first seen, regions' oldest copy.
+                    memory=RetentionMemory(cfg.state_dir / "retention.json"),
                     skip_sources=() if dry_run else busy,
                 )
             print("\n".join(format_sweep(report)))
@@ -368,6 +379,60 @@ async def doctor(config_path: Path | None) -> Outcome:
     return DoctorFailed if report.failed else None
 
 
+async def check(
+    config_path: Path | None,
+    what: str | None,
+    keys: str | None,
+    *,
+    read_data: bool,
+    repair_copies: bool = True,
+) -> Outcome:
+    """Check (and repair) every copy of PLAN, or of every plan, now (drd.retention.check).
+    Exit 5 when anything damaged, forged or suspicious was found (even if repaired), 6 when a
+    region could not be listed, else 0."""
+    from drd.clock import utcnow
+    from drd.daemon.retention_loop import lock_free_sources
+    from drd.errors import IntegrityError, StorageError
+    from drd.repository.heads import HeadMemory
+    from drd.retention.check import check_plan
+    from drd.retention.scrub import ScrubMemory
+
+    assert config_path is not None
+    cfg = load_config(config_path)
+    plans = [find_plan(cfg, what)] if what else list(cfg.plans)
+    keyring = keyring_for(cfg, keys)
+    memory = ScrubMemory(cfg.state_dir / "scrub.json")
+    heads = HeadMemory(cfg.state_dir)
+    problems, unreachable = 0, False
+    async with AsyncExitStack() as stack:
+        regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        for plan in plans:
+            # Holding the locks: no backup of these sources writes while copies are judged.
+            with lock_free_sources(cfg.state_dir, plan) as busy:
+                report = await check_plan(
+                    plan,
+                    regions,
+                    keyring,
+                    memory=memory,
+                    heads=heads,
+                    now=utcnow(),
+                    read_data=read_data,
+                    repair_copies=repair_copies,
+                    skip_sources=busy,
+                )
+            print("\n".join(report.format()))
+            problems += report.problems
+            unreachable = unreachable or bool(report.unreachable)
+    if problems:
+        print(f"check: FAILED ({problems} problem(s))")
+        return IntegrityError
+    if unreachable:
+        print("check: INCOMPLETE (a region could not be listed)")
+        return StorageError
+    print("check: ok")
+    return None
+
+
 async def restore_test(
     config_path: Path | None,
     what: str,
@@ -376,6 +441,7 @@ async def restore_test(
     backup_id: str | None,
     region: str | None,
     as_json: bool,
+    allow_older: bool = False,
 ) -> Outcome:
     """Restore tests of PLAN or PLAN/SOURCE now; exit 11 if any failed (drd.verify.restore_run)."""
     from drd.verify.restore_run import configured_scratch_dsns, restore_tests_for
@@ -405,6 +471,7 @@ async def restore_test(
                     base_dir=cfg.path.parent,
                     backup_id=backup_id,
                     region=region,
+                    allow_older=allow_older,
                 )
             except DrdError as exc:
                 errors.append(exc)

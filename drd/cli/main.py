@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     rs = command("restore", "restore a backup into a new database or directory")
     rs.add_argument("what", metavar="PLAN/SOURCE")
     rs.add_argument("--to", required=True, metavar="TARGET", help="a DSN or a path; must not exist")
-    rs.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rs.add_argument("--backup", metavar="ID", help="default: the newest backup")
     rs.add_argument("--region", help="read this region first")
     rs.add_argument(
         "--create-roles",
@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         help="PostgreSQL: create the roles the backup refers to that the target server lacks "
         "(NOLOGIN, no privileges beyond the backup's); without it a restore that needs them "
         "stops before changing anything (exit 13)",
+    )
+    rs.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="when no copy of the newest backup can be verified, restore the newest one that "
+        "can (default: fail, naming the newer backup and why)",
     )
     keys_arg(rs)
     storage_arg(rs)
@@ -95,10 +101,28 @@ def _parser() -> argparse.ArgumentParser:
 
     command("doctor", "check that every region can destroy backups within max_age")
 
+    ck = command("check", "check every copy of PLAN (or every plan) now, and repair them")
+    ck.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
+    ck.add_argument(
+        "--read-data",
+        action="store_true",
+        help="also read every data object and check its digest against the manifest",
+    )
+    ck.add_argument(
+        "--no-repair", action="store_true", help="only report: copy and replace nothing"
+    )
+    keys_arg(ck)
+
     rt = command("restore-test", "restore into a scratch environment, check, time it (RTO)")
     rt.add_argument("what", metavar="PLAN[/SOURCE]")
-    rt.add_argument("--backup", metavar="ID", help="default: the newest complete backup")
+    rt.add_argument("--backup", metavar="ID", help="default: the newest backup")
     rt.add_argument("--region", help="read this region's copy (default: each region in turn)")
+    rt.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="when no copy of the newest backup can be verified, test the newest one that can "
+        "(default: the test fails on the newest backup)",
+    )
     rt.add_argument("--json", action="store_true", help="print the full reports as JSON")
     keys_arg(rt)
 
@@ -183,6 +207,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 backup_id=args.backup,
                 region=args.region,
                 create_roles=args.create_roles,
+                allow_older=args.allow_older,
             )
         )
     if args.command == "prune":
@@ -191,6 +216,16 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
         )
     if args.command == "doctor":
         return asyncio.run(commands.doctor(_config_path(args, required=True)))
+    if args.command == "check":
+        return asyncio.run(
+            commands.check(
+                _config_path(args, required=True),
+                args.plan,
+                args.keys,
+                read_data=args.read_data,
+                repair_copies=not args.no_repair,
+            )
+        )
     if args.command == "restore-test":
         return asyncio.run(
             commands.restore_test(
@@ -200,6 +235,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 backup_id=args.backup,
                 region=args.region,
                 as_json=args.json,
+                allow_older=args.allow_older,
             )
         )
     if args.command == "drill":

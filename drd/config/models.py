@@ -317,6 +317,16 @@ class RegionConfig(_Model):
         )
 
 
+class ScrubConfig(_Model):
+    """Re-reading stored copies to find silent damage (drd.daemon.scrub_loop, `drd check`)."""
+
+    enabled: bool = True
+    #: every copy is read and checked (size, ciphertext digest) at least this often
+    period: PositiveDuration = timedelta(days=7)
+    #: a cost cap: at most this many bytes read per hour, over every region
+    bytes_per_hour: Annotated[Size, Field(gt=0)] = 20 * 1024**3
+
+
 class DaemonConfig(_Model):
     """How the daemon runs jobs."""
 
@@ -330,6 +340,8 @@ class DaemonConfig(_Model):
     retry_wait: PositiveDuration = timedelta(seconds=30)
     #: on SIGTERM, how long running jobs get to finish before they are cancelled
     shutdown_grace: PositiveDuration = timedelta(seconds=30)
+    #: re-reading stored copies on a schedule
+    scrub: ScrubConfig = Field(default_factory=ScrubConfig)
 
 
 def _default_keys() -> KeysConfig:

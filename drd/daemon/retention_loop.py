@@ -28,6 +28,7 @@ from drd.config.models import Plan
 from drd.daemon.lifecycle import cancel_task, run_rounds
 from drd.layout import SourceRef
 from drd.locks import LockBusy, source_lock
+from drd.repository.heads import HeadMemory
 from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
 from drd.retention.sweep import RetentionMemory, SweepReport, sweep
@@ -78,6 +79,8 @@ class RetentionLoop:
         self.on_copies = on_copies
         cfg, metrics = services.cfg, services.metrics
         self.memory = RetentionMemory(services.state_dir / "retention.json")
+        # What each region is compared with to notice one going back in time (repair).
+        self.heads = HeadMemory(services.state_dir)
         # A backup job may run up to job_timeout: its data is not a leftover before that.
         self.orphan_grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
         self.due: dict[str, datetime] = {}
@@ -134,8 +137,9 @@ class RetentionLoop:
             services.keyring,
             metrics=services.metrics,
             now=now,
-            destroy_age=report.policy.destroy_age,
+            destroy_age=report.destroy_ages,
             skip_sources=busy,
+            memory=self.heads,
         )
         self.repairs[plan.name] = repaired
         for copy in repaired.repaired:
@@ -154,7 +158,7 @@ class RetentionLoop:
     def _next_run(self, report: SweepReport, repaired: RepairReport, busy: bool) -> datetime:
         now = report.now
         # Never wait longer than a new backup takes to expire.
-        after = min(SWEEP_EVERY, max(report.policy.destroy_age, _MIN_WAIT))
+        after = min(SWEEP_EVERY, max(report.min_destroy_age, _MIN_WAIT))
         if busy or not report.ok or repaired.failed or repaired.unreachable:
             after = min(after, RETRY_AFTER)
         due = now + after

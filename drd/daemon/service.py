@@ -34,6 +34,7 @@ from drd.daemon.lifecycle import Loop, drain, wait_any
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
 from drd.daemon.schedule import Schedule, next_due
+from drd.daemon.scrub_loop import ScrubLoop
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, TransientStorageError
@@ -123,6 +124,8 @@ class Daemon:
             is_busy=self._retention_busy,
             on_copies=self._retention_copies_changed,
         )
+        # Re-reading stored copies on a schedule: see drd.daemon.scrub_loop.
+        self.scrub = ScrubLoop(self.services, is_busy=self._retention_busy)
         # The audit trail (API calls, drills) and failover drills: see drd.daemon.drill_loop.
         self.audit = AuditLog(
             cfg.state_dir / "audit.jsonl", self.regions, keyring, on_state_error=self.state_failed
@@ -136,7 +139,12 @@ class Daemon:
             has_backup=lambda ref: self.sources[ref].last_capture is not None,
             on_state_error=self.state_failed,
         )
-        self.loops: tuple[Loop, ...] = (self.retention, self.restore_tests, self.drills)
+        self.loops: tuple[Loop, ...] = (
+            self.retention,
+            self.scrub,
+            self.restore_tests,
+            self.drills,
+        )
 
     # -- state --------------------------------------------------------------------------------
 
@@ -164,12 +172,12 @@ class Daemon:
                 entry = catalog.newest_complete(st.ref, plan.storage.min_copies)
                 if entry is not None:
                     assert entry.manifest is not None
-                    st.last_capture = entry.public.started
+                    st.last_capture = entry.manifest.public.started
                     st.last_backup_id = entry.backup_id
                     st.copies = {r: r in entry.complete_regions for r in plan.storage.regions}
                     st.stored_bytes = entry.manifest.body.ciphertext_size
                     st.source_bytes = entry.manifest.body.plaintext_size
-                    completed = datetime.fromisoformat(entry.public.completed_at)
+                    completed = datetime.fromisoformat(entry.manifest.public.completed_at)
                     self.metrics.backup_last_success.labels(plan.name, source.name).set(
                         completed.timestamp()
                     )

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from drd import __version__, crypto
 from drd.clock import Clock, utcnow
 from drd.errors import NotEnoughCopies, PermanentStorageError
-from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
+from drd.layout import SourceRef, new_backup_id
 from drd.repository.fanout import FanOut
 from drd.repository.manifest import (
+    DATA_FORMAT,
     STATUS_DEGRADED,
     STATUS_OK,
     Manifest,
@@ -97,9 +98,11 @@ async def run_backup(
         data_key,
         backup_id=backup_id,
         key_id=kek.key_id,
-        object_name=DATA_OBJECT,
+        # Version 2: the header names the object's location, so it cannot pass for another.
+        object_name=ref.data_key(backup_id),
         segment_size=segment_size,
         level=zstd_level,
+        version=DATA_FORMAT,
     )
     fan = FanOut(regions, ref.data_key(backup_id))
     ctx = {"plan": ref.plan, "source": ref.source, "backup_id": backup_id}
@@ -165,6 +168,7 @@ async def run_backup(
             ciphertext_digest=sealer.ciphertext_digest,
             strategy_metadata=metadata,
             drd_version=__version__,
+            data_format=DATA_FORMAT,
         ),
     )
     sealed = manifest.seal(keyring)

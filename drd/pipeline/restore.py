@@ -18,10 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drd import crypto
-from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError, UsageError
-from drd.layout import DATA_OBJECT, SourceRef
+from drd.errors import (
+    BackupNotFound,
+    DrdError,
+    IntegrityError,
+    KeyringError,
+    StorageError,
+    UsageError,
+)
+from drd.layout import SourceRef
 from drd.pipeline.backup import close_stream
-from drd.repository.catalog import CatalogEntry, build_catalog
+from drd.repository.catalog import CatalogEntry, build_catalog, error_class
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener
 from drd.secret_source import redact_target
@@ -42,6 +49,10 @@ class RestoreResult:
     seconds: float
     # regions tried before the one that worked, with why they were skipped
     skipped: dict[str, str] = field(default_factory=dict)
+    # regions whose copy was found unusable before any was tried (not tried), with why
+    unusable: dict[str, str] = field(default_factory=dict)
+    # newer backups passed over with --allow-older, with why none of their copies was usable
+    skipped_newer: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,9 +126,10 @@ async def stream_plaintext(
             data_key,
             backup_id=pub.backup_id,
             key_id=pub.key_id,
-            object_name=DATA_OBJECT,
+            object_name=manifest.data_object_name(),
             expect_ciphertext=(body.ciphertext_size, body.ciphertext_digest),
             expect_plaintext=(body.plaintext_size, body.plaintext_digest),
+            version=body.data_format,
         )
         reader = storage.open_reader(ref.data_key(pub.backup_id))
         try:
@@ -135,41 +147,116 @@ async def stream_plaintext(
         raise type(exc)(f"{where}: {exc}") from None
 
 
+def unusable(entry: CatalogEntry) -> str | None:
+    """Why no copy of `entry` can be restored (None: a verified manifest and an intact copy)."""
+    if not entry.verified:
+        return str(entry.verify_error or "no copy of the manifest can be verified")
+    if not entry.complete_regions:
+        problems = "; ".join(f"{r}: {p}" for r, p in entry.copy_problems().items())
+        return f"no intact copy in any region ({problems})"
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backup chosen for a restore, and any newer ones passed over (`--allow-older`)."""
+
+    entry: CatalogEntry
+    #: backup id -> why none of its copies could be used
+    skipped_newer: dict[str, str] = field(default_factory=dict)
+
+
+def choose(
+    ref: SourceRef,
+    entries: Sequence[CatalogEntry],
+    *,
+    backup_id: str | None = None,
+    allow_older: bool = False,
+    unreachable: str = "",
+) -> Choice:
+    """The backup to restore: `backup_id`, or the newest one.
+
+    The newest backup is never skipped silently: when no copy of it can be verified (its
+    manifest forged, moved, sealed with an unknown key, unreadable in every region) or none is
+    intact, the choice fails and names it, why, and the older backups that would restore, so
+    the operator decides to lose more data knowingly: `allow_older` takes the newest backup
+    that can be restored, and the choice says which newer ones it passed over."""
+    if backup_id is not None:
+        chosen = [e for e in entries if e.backup_id == backup_id]
+        if not chosen:
+            raise BackupNotFound(f"no backup {backup_id} of {ref} in any region{unreachable}")
+        entry = chosen[0]
+        why = unusable(entry)
+        if why is not None:
+            raise _unusable_error(entry)(f"backup {ref}@{entry.backup_id}: {why}{unreachable}")
+        return Choice(entry)
+    if not entries:
+        raise BackupNotFound(f"no backup of {ref} in any region{unreachable}")
+    skipped: dict[str, str] = {}
+    for entry in reversed(entries):
+        why = unusable(entry)
+        if why is None:
+            return Choice(entry, skipped)
+        skipped[entry.backup_id] = why
+        if not allow_older:
+            break
+    newest = entries[-1]
+    older = [e.backup_id for e in entries[:-1] if unusable(e) is None]
+    if allow_older:
+        raise _unusable_error(newest)(
+            f"no backup of {ref} can be restored: "
+            + "; ".join(f"{i}: {w}" for i, w in skipped.items())
+            + unreachable
+        )
+    hint = (
+        f"; older backups that verify: {', '.join(older[-3:])} (use --allow-older to restore "
+        f"the newest of them, or --backup ID)"
+        if older
+        else "; no older backup verifies either"
+    )
+    raise _unusable_error(newest)(
+        f"the newest backup {ref}@{newest.backup_id} cannot be restored: "
+        f"{skipped[newest.backup_id]}{hint}{unreachable}"
+    )
+
+
+def _unusable_error(entry: CatalogEntry) -> type[DrdError]:
+    """Its own exit code: a missing key (4), a storage failure (6), else integrity (5)."""
+    error = entry.verify_error
+    if not entry.verified and isinstance(error, KeyringError | StorageError):
+        return type(error)
+    return IntegrityError
+
+
+async def choose_backup(
+    ref: SourceRef,
+    regions: Sequence[Storage],
+    keyring: crypto.Keyring,
+    backup_id: str | None = None,
+    *,
+    allow_older: bool = False,
+) -> Choice:
+    catalog = await build_catalog(regions, keyring, ref.prefix)
+    return choose(
+        ref,
+        catalog.for_source(ref),
+        backup_id=backup_id,
+        allow_older=allow_older,
+        unreachable=_region_note(catalog.region_errors),
+    )
+
+
 async def find_backup(
     ref: SourceRef,
     regions: Sequence[Storage],
     keyring: crypto.Keyring,
     backup_id: str | None = None,
+    *,
+    allow_older: bool = False,
 ) -> CatalogEntry:
-    """The backup to restore: `backup_id`, or the newest one with a verified manifest.
-
-    The newest backup is never skipped silently: if every copy of it is damaged the restore
-    fails and names the older backups, so the operator chooses to lose more data knowingly.
-    """
-    catalog = await build_catalog(regions, keyring, ref.prefix)
-    entries = catalog.for_source(ref)
-    unreachable = _region_note(catalog.region_errors)
-    if backup_id is not None:
-        entries = [e for e in entries if e.backup_id == backup_id]
-        if not entries:
-            raise BackupNotFound(f"no backup {backup_id} of {ref} in any region{unreachable}")
-    verified = [e for e in entries if e.verified]
-    if not verified:
-        if not entries:
-            raise BackupNotFound(f"no backup of {ref} in any region{unreachable}")
-        newest = entries[-1]
-        assert newest.verify_error is not None
-        raise type(newest.verify_error)(f"backup {ref}@{newest.backup_id}: {newest.verify_error}")
-    entry = verified[-1]
-    if not entry.complete_regions:
-        problems = "; ".join(f"{r}: {p}" for r, p in entry.copy_problems().items())
-        older = [e.backup_id for e in verified[:-1] if e.complete_regions]
-        hint = f"; older intact backups: {', '.join(older[-3:])} (use --backup)" if older else ""
-        raise IntegrityError(
-            f"backup {ref}@{entry.backup_id}: no intact copy in any region ({problems}){hint}"
-            f"{unreachable}"
-        )
-    return entry
+    """The backup to restore (see choose)."""
+    choice = await choose_backup(ref, regions, keyring, backup_id, allow_older=allow_older)
+    return choice.entry
 
 
 def _region_note(errors: dict[str, str]) -> str:
@@ -187,13 +274,21 @@ async def restore_backup(
     backup_id: str | None = None,
     prefer_region: str | None = None,
     options: Mapping[str, Any] | None = None,
+    allow_older: bool = False,
 ) -> RestoreResult:
-    """Restore the backup (`backup_id`, default the newest complete one) into `target`.
+    """Restore the chosen backup (see choose) from the first region whose copy works.
+
+    Any failure of one copy (its manifest forged, moved, sealed with a foreign key or
+    unreadable; its data truncated, altered or unreadable) moves on to the next region: one bad
+    region cannot stop a restore. When every copy fails, the error names every copy tried and
+    why, and the copies the catalog had already found unusable. A failure of the target (it
+    exists, the restore tool failed) stops at once.
+
     `options` are keyword arguments of the kind's restore() (PostgreSQL: create_roles=True);
     UsageError, before any data is read, if that kind's restore does not take one of them."""
-    entry = await find_backup(ref, regions, keyring, backup_id)
-    by_name = {r.name: r for r in regions}
-    order = sorted(entry.complete_regions, key=lambda name: name != prefer_region)
+    choice = await choose_backup(ref, regions, keyring, backup_id, allow_older=allow_older)
+    entry = choice.entry
+    assert entry.manifest is not None and entry.public is not None  # a verified entry
     strategy = get_strategy(entry.public.kind)
     options = dict(options or {})
     accepted = inspect.signature(strategy.restore).parameters
@@ -203,8 +298,11 @@ async def restore_backup(
             f"a {entry.public.kind} backup's restore takes no option "
             f"{', '.join('--' + name.replace('_', '-') for name in unknown)}"
         )
-    skipped: dict[str, str] = {}
-    first_error: DrdError | None = None
+    for newer, why in choice.skipped_newer.items():
+        log.warning("restore %s: newer backup %s passed over (--allow-older): %s", ref, newer, why)
+    by_name = {r.name: r for r in regions}
+    order = sorted(entry.complete_regions, key=lambda name: name != prefer_region)
+    failed: dict[str, DrdError] = {}
     for region in order:
         storage = by_name[region]
         where = f"{region}:{ref.manifest_key(entry.backup_id)}"
@@ -212,19 +310,32 @@ async def restore_backup(
         try:
             # Each region's own manifest is verified before its data is trusted.
             manifest = Manifest.open(
-                keyring, await storage.get(ref.manifest_key(entry.backup_id)), where
+                keyring,
+                await storage.get(ref.manifest_key(entry.backup_id)),
+                where,
+                ref,
+                entry.backup_id,
             )
+            if manifest != entry.manifest:
+                raise IntegrityError(f"{where}: manifest differs from the verified one")
             metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
             outcome = await strategy.restore(
                 stream_plaintext(storage, ref, manifest, keyring), target, metadata, **options
             )
-        except (IntegrityError, StorageError) as exc:
+        except (IntegrityError, KeyringError, StorageError) as exc:
             log.error("restore %s@%s from %s failed: %s", ref, entry.backup_id, region, exc)
-            skipped[region] = str(exc)
-            first_error = first_error or exc
+            failed[region] = exc
             continue
         result = RestoreResult(
-            ref, entry.backup_id, region, target, outcome, time.monotonic() - started, skipped
+            ref,
+            entry.backup_id,
+            region,
+            target,
+            outcome,
+            time.monotonic() - started,
+            {r: str(e) for r, e in failed.items()},
+            unusable={r: p for r, p in entry.copy_problems().items() if r not in failed},
+            skipped_newer=choice.skipped_newer,
         )
         log.info(
             "restored %s@%s from %s into %s in %.1fs",
@@ -235,8 +346,11 @@ async def restore_backup(
             result.seconds,
         )
         return result
-    assert first_error is not None
-    detail = "; ".join(f"{r}: {e}" for r, e in skipped.items())
-    raise type(first_error)(
+    assert failed
+    detail = "; ".join(f"{r}: {e}" for r, e in failed.items())
+    untried = {r: p for r, p in entry.copy_problems().items() if r not in failed}
+    if untried:
+        detail += "; not tried: " + "; ".join(f"{r}: {p}" for r, p in untried.items())
+    raise error_class(failed.values())(
         f"restore of {ref}@{entry.backup_id} failed from every region ({detail})"
     )

@@ -13,6 +13,7 @@ from drd.errors import ConfigError
 from drd.layout import SourceRef
 from drd.locks import source_lock
 from drd.pipeline.backup import BackupResult, run_backup
+from drd.repository.heads import HeadMemory, Mark, write_head
 from drd.repository.leftovers import remove_orphans
 from drd.restore_tests.spec import capture_queries
 from drd.storage.base import Storage
@@ -48,6 +49,14 @@ async def backup_source(
         removed = await remove_orphans(ref, targets)
         if removed:
             log.info("%s: removed %d leftover objects of interrupted backups", ref, removed)
-        return await run_backup(
+        result = await run_backup(
             ref, strategy, targets, keyring, min_copies=plan.storage.min_copies, clock=clock
         )
+        # What a region that later goes back in time is compared with (drd.repository.heads).
+        newest = Mark.of(result.backup_id, result.manifest.public.started)
+        committed = result.committed_regions
+        HeadMemory(state_dir).record_commit(ref, newest, committed)
+        await write_head(
+            ref, [t for t in targets if t.name in committed], keyring, newest, committed, clock()
+        )
+        return result

@@ -1,21 +1,29 @@
 """The catalog of backups, rebuilt from storage alone.
 
 The daemon's own disk is never the only record: every question "which backups exist, where,
-and are they complete" is answered by listing the regions. A backup is listed only when a
-manifest for it is committed somewhere; data without a manifest is a leftover of interrupted
-work (an orphan), never a backup.
+and are they complete" is answered by listing the regions. A backup id is listed when a
+manifest object for it exists in some region, readable or not: the newest backup must never
+disappear from the list because its manifest cannot be read or verified right now (the entry
+then says why, copy by copy). Data of an id without a manifest in any region is a leftover of
+interrupted work (an orphan), never a backup.
+
+Every region's copy of a manifest is read and judged on its own: verified with the keyring,
+bound to its location (drd.repository.manifest), and equal to the other regions' verified
+copies. One bad copy (forged, sealed with a foreign key, moved from another place, unreadable)
+only makes that copy unusable: the entry still has every other region's copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from drd import crypto
-from drd.errors import DrdError, KeyringError
-from drd.layout import DATA_OBJECT, MANIFEST_OBJECT, SourceRef, is_backup_id
+from drd.errors import DrdError, IntegrityError, KeyringError, StorageError
+from drd.layout import DATA_OBJECT, MANIFEST_OBJECT, SourceRef, backup_id_time, is_backup_id
 from drd.repository.manifest import Manifest, ManifestPublic, read_public
 from drd.storage.base import ObjectInfo, Storage
 
@@ -30,28 +38,69 @@ class CopyState:
     has_manifest: bool = False
     data_size: int | None = None
     keys: list[str] = field(default_factory=list)
+    #: this region's manifest verified with the keyring, is bound to its location and equals
+    #: the entry's manifest
+    verified: bool = False
+    #: why this region's manifest cannot be used (None: usable, or there is none)
+    manifest_error: DrdError | None = None
+
+    @property
+    def manifest_unreadable(self) -> bool:
+        """The manifest could not be read (a storage error): it may be fine."""
+        return isinstance(self.manifest_error, StorageError)
+
+    @property
+    def manifest_invalid(self) -> bool:
+        """The manifest was read and is not this backup's (forged, foreign key, moved, ...)."""
+        return self.manifest_error is not None and not self.manifest_unreadable
 
 
 @dataclass
 class CatalogEntry:
     ref: SourceRef
     backup_id: str
-    public: ManifestPublic
-    # Set when the manifest was verified with the keyring; None without a usable key.
+    #: from the verified manifest, else from a copy whose public half names this place; None
+    #: when no copy could be read at all
+    public: ManifestPublic | None
+    # Set when a copy of the manifest was verified with the keyring; None otherwise.
     manifest: Manifest | None
-    # Why the manifest could not be verified (no key, unknown key id, forged): kept as the
-    # exception so callers can re-raise it with its own exit code.
+    # Why no copy of the manifest could be verified (no key, unknown key id, forged, moved,
+    # unreadable): kept as the exception so callers can re-raise it with its own exit code.
     verify_error: DrdError | None = None
     copies: dict[str, CopyState] = field(default_factory=dict)
+    #: regions whose manifest verified but differs from the entry's (a key was misused)
+    disagreeing: list[str] = field(default_factory=list)
+
+    @property
+    def captured(self) -> datetime:
+        """The capture time: the verified manifest's, else the one in the backup id."""
+        if self.manifest is not None:
+            return self.manifest.public.started
+        return backup_id_time(self.backup_id)
+
+    @property
+    def order(self) -> tuple[datetime, datetime, str]:
+        """Where the entry sorts among its source's backups: by the second in its id, then by
+        the verified capture time; a backup whose manifest cannot be verified sorts last in
+        its second (it may be the newer one: it must never be passed over for an older)."""
+        second = backup_id_time(self.backup_id)
+        if self.manifest is not None:
+            return (second, self.manifest.public.started, self.backup_id)
+        return (second, second + timedelta(seconds=1), self.backup_id)
 
     @property
     def complete_regions(self) -> list[str]:
-        """Regions holding a committed manifest and a data object of the manifest's size."""
+        """Regions holding a usable manifest and a data object of the manifest's size (with a
+        keyring: verified copies only)."""
         want = self.manifest.body.ciphertext_size if self.manifest else None
         return [
             c.region
             for c in self.copies.values()
-            if c.has_manifest and c.data_size is not None and (want is None or c.data_size == want)
+            if c.has_manifest
+            and c.manifest_error is None
+            and (c.verified or self.manifest is None)
+            and c.data_size is not None
+            and (want is None or c.data_size == want)
         ]
 
     @property
@@ -65,6 +114,8 @@ class CatalogEntry:
         for c in self.copies.values():
             if not c.has_manifest:
                 problems[c.region] = "no manifest (interrupted or lost copy)"
+            elif c.manifest_error is not None:
+                problems[c.region] = f"manifest unusable: {c.manifest_error}"
             elif c.data_size is None:
                 problems[c.region] = "data object missing"
             elif want is not None and c.data_size < want:
@@ -78,7 +129,7 @@ class CatalogEntry:
 
 @dataclass
 class Orphan:
-    """Objects of a backup id that has no manifest in a region: interrupted work."""
+    """Objects of a backup id that has no manifest in any region listed: interrupted work."""
 
     ref: SourceRef
     backup_id: str
@@ -117,6 +168,26 @@ async def _list_region(storage: Storage, prefix: str) -> list[ObjectInfo]:
     return await storage.list(prefix)
 
 
+def error_class(errors: Iterable[DrdError]) -> type[DrdError]:
+    """The exit code of several copies' failures: an integrity failure is the gravest (the
+    storage holds something that is not the backup), then a missing key, then the first
+    (storage) error."""
+    found = list(errors)
+    for kind in (IntegrityError, KeyringError):
+        if any(isinstance(e, kind) for e in found):
+            return kind
+    return type(found[0])
+
+
+def combined_error(errors: dict[str, DrdError], what: str) -> DrdError:
+    """One error for several copies' failures, naming every copy (see error_class). A single
+    copy's error is returned as it is."""
+    if len(errors) == 1:
+        return next(iter(errors.values()))
+    detail = "; ".join(f"{region}: {exc}" for region, exc in errors.items())
+    return error_class(errors.values())(f"{what} ({detail})")
+
+
 async def build_catalog(
     regions: Sequence[Storage], keyring: crypto.Keyring | None, prefix: str = ""
 ) -> Catalog:
@@ -151,45 +222,84 @@ async def build_catalog(
     entries: list[CatalogEntry] = []
     orphans: list[Orphan] = []
 
+    async def read_one(region: str, key: str) -> bytes | DrdError:
+        try:
+            async with semaphore:
+                return await by_name[region].get(key)
+        except DrdError as exc:
+            return exc
+
     async def read_entry(ref: SourceRef, backup_id: str, copies: dict[str, CopyState]) -> None:
-        holders = [c.region for c in copies.values() if c.has_manifest]
-        errors: list[str] = []
-        for region in holders:
-            where = f"{region}:{ref.manifest_key(backup_id)}"
+        key = ref.manifest_key(backup_id)
+        holders = [c for c in copies.values() if c.has_manifest]
+        raws = await asyncio.gather(*(read_one(c.region, key) for c in holders))
+        public: ManifestPublic | None = None
+        manifest: Manifest | None = None
+        manifest_from = ""
+        opened: dict[bytes, Manifest] = {}  # identical copies are verified once
+        disagreeing: list[str] = []
+        for copy, raw in zip(holders, raws, strict=True):
+            where = f"{copy.region}:{key}"
+            if isinstance(raw, DrdError):
+                copy.manifest_error = raw
+                continue
             try:
-                async with semaphore:
-                    raw = await by_name[region].get(ref.manifest_key(backup_id))
-                public = read_public(raw, where)
+                found_public = read_public(raw, where, ref, backup_id)
             except DrdError as exc:
-                errors.append(str(exc))
-                continue
-            manifest: Manifest | None = None
-            verify_error: DrdError | None = None
+                found_public = None
+                copy.manifest_error = exc
             if keyring is None:
-                verify_error = KeyringError("not verified: no keyring loaded")
-            else:
-                try:
-                    manifest = Manifest.open(keyring, raw, where)
-                except DrdError as exc:
-                    verify_error = exc
-            if verify_error is not None and keyring is not None and region != holders[-1]:
-                # A copy that fails verification may be the only bad one: try the next region.
-                errors.append(str(verify_error))
+                if found_public is not None and public is None:
+                    public = found_public
                 continue
-            entries.append(CatalogEntry(ref, backup_id, public, manifest, verify_error, copies))
-            return
-        if errors:
-            log.warning("backup %s@%s: no readable manifest: %s", ref, backup_id, "; ".join(errors))
+            result = opened.get(raw)
+            if result is None:
+                try:
+                    result = opened[raw] = Manifest.open(keyring, raw, where, ref, backup_id)
+                except DrdError as exc:
+                    # Authentication first: its message says more than the location check's.
+                    copy.manifest_error = exc
+                    continue
+            copy.manifest_error = None
+            if manifest is None:
+                manifest, manifest_from = result, copy.region
+                public = result.public
+                copy.verified = True
+            elif result == manifest:
+                copy.verified = True
+            else:
+                disagreeing.append(copy.region)
+                copy.manifest_error = IntegrityError(
+                    f"{where}: a verified manifest that differs from region {manifest_from}'s"
+                )
+        verify_error: DrdError | None = None
+        if keyring is None:
+            verify_error = KeyringError("not verified: no keyring loaded")
+        elif manifest is None:
+            errors = {c.region: c.manifest_error for c in holders if c.manifest_error is not None}
+            verify_error = combined_error(errors, "no copy of the manifest can be verified")
+            log.warning("backup %s@%s: no verifiable manifest: %s", ref, backup_id, verify_error)
+        if disagreeing:
+            log.error(
+                "backup %s@%s: regions %s hold a verified manifest that differs from region "
+                "%s's: one of them was sealed with a stolen or misused key",
+                ref,
+                backup_id,
+                ", ".join(disagreeing),
+                manifest_from,
+            )
+        entries.append(
+            CatalogEntry(ref, backup_id, public, manifest, verify_error, copies, disagreeing)
+        )
 
     tasks = []
     for (ref, backup_id), copies in found.items():
-        for state in copies.values():
-            if not state.has_manifest:
-                orphans.append(Orphan(ref, backup_id, state.region, state.keys))
         if any(c.has_manifest for c in copies.values()):
             tasks.append(read_entry(ref, backup_id, copies))
+        else:
+            orphans += [Orphan(ref, backup_id, c.region, c.keys) for c in copies.values()]
     await asyncio.gather(*tasks)
     # Capture time first: ids only have second resolution, two backups in one second must
     # still come out in the order they were taken.
-    entries.sort(key=lambda e: (e.ref.plan, e.ref.source, e.public.started, e.backup_id))
+    entries.sort(key=lambda e: (e.ref.plan, e.ref.source, *e.order))
     return Catalog(entries, orphans, region_errors)

@@ -1,7 +1,10 @@
 """Removing leftovers of interrupted backups (a kill -9, a crash, a cancelled upload).
 
 Only called while holding the source's lock: then no backup of that source is in flight on
-this host, so every backup id without a manifest in a region is dead work, whatever its age.
+this host, so every backup id without a manifest in ANY region is dead work, whatever its age.
+Data of a backup committed in some region is never a leftover, even where its own manifest is
+missing (a kill -9 between the manifest writes, a lost object): repair gives that region its
+manifest back. While a region cannot be listed, nothing is removed: what it holds is unknown.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ log = logging.getLogger(__name__)
 async def remove_orphans(ref: SourceRef, regions: Sequence[Storage]) -> int:
     """Delete objects of `ref` that belong to no committed manifest; return how many."""
     catalog = await build_catalog(regions, None, ref.prefix)
+    if catalog.region_errors:
+        log.warning(
+            "%s: leftovers not removed: region(s) %s cannot be listed, and may hold the "
+            "manifest of what looks like a leftover elsewhere",
+            ref,
+            ", ".join(sorted(catalog.region_errors)),
+        )
+        return 0
     by_name = {r.name: r for r in regions}
     removed = 0
     for orphan in catalog.orphans:

@@ -5,6 +5,12 @@ work on a machine that has only the storage; it is still authenticated, as assoc
 sealed body. The body holds everything restore needs, including the wrapped data key: without a
 manifest a data object is unreadable, which is what makes deleting manifests first a
 crypto-shred.
+
+A manifest is bound to where it is stored (`<plan>/<source>/<backup_id>/manifest.json`): a
+reader refuses one whose plan, source or backup id differ from its location, and version 2
+also binds the location cryptographically (it is part of the associated data, so a manifest
+copied to another place fails authentication). Version 1 manifests stay readable, with the
+location check on their public fields.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from typing import Any
 
 from drd import crypto
 from drd.errors import IntegrityError
+from drd.layout import DATA_OBJECT, SourceRef
 
-FORMAT = "drd-backup-1"
+FORMAT = "drd-backup-2"
+#: data objects written now (drd.crypto): version 2 names its own location in its header
+DATA_FORMAT = crypto.FORMAT_VERSION
 #: a backup that is a faithful image of its source
 STATUS_OK = "ok"
 #: a complete, restorable backup that is not a faithful image of its source: something could
@@ -63,6 +72,8 @@ class ManifestBody:
     ciphertext_digest: str
     strategy_metadata: dict[str, Any] = field(default_factory=dict)
     drd_version: str = ""
+    #: the data object's format version (drd.crypto); absent in manifests of version 1 (then 1)
+    data_format: int = 1
 
     @property
     def degraded(self) -> list[str]:
@@ -79,33 +90,72 @@ class ManifestBody:
             if isinstance(legacy, str) and f"{part}_digest" not in raw:
                 raw[f"{part}_digest"] = f"sha256:{legacy}"
         try:
-            return cls(**{f: raw[f] for f in cls.__dataclass_fields__ if f in raw})
+            body = cls(**{f: raw[f] for f in cls.__dataclass_fields__ if f in raw})
         except TypeError as exc:
             raise IntegrityError(f"{where}: manifest body is malformed ({exc})") from None
+        if type(body.data_format) is not int or body.data_format not in crypto.DATA_FORMAT_VERSIONS:
+            raise IntegrityError(f"{where}: unsupported data format {body.data_format!r}")
+        return body
 
 
 @dataclass(frozen=True)
 class Manifest:
     public: ManifestPublic
     body: ManifestBody
+    #: the sealed document's version: 2 is bound to its location cryptographically
+    version: int = crypto.MANIFEST_VERSION
 
     def seal(self, keyring: crypto.Keyring) -> bytes:
-        return crypto.seal_manifest(keyring, asdict(self.public), asdict(self.body))
+        """Sealed for its own location (the plan, source and backup id it names)."""
+        location = self.ref.manifest_key(self.public.backup_id)
+        if self.version < 2:
+            return crypto.seal_manifest(keyring, asdict(self.public), asdict(self.body))
+        return crypto.seal_manifest(
+            keyring, asdict(self.public), asdict(self.body), location=location
+        )
+
+    @property
+    def ref(self) -> SourceRef:
+        return SourceRef(self.public.plan, self.public.source)
+
+    def data_object_name(self) -> str:
+        """What the data object's header must name: its location (version 2) or `data.drd`."""
+        if self.body.data_format >= 2:
+            return self.ref.data_key(self.public.backup_id)
+        return DATA_OBJECT
 
     @classmethod
-    def open(cls, keyring: crypto.Keyring, raw: bytes, where: str) -> Manifest:
-        """Verify and parse; `where` names the object in errors (region and key)."""
+    def open(
+        cls, keyring: crypto.Keyring, raw: bytes, where: str, ref: SourceRef, backup_id: str
+    ) -> Manifest:
+        """Verify and parse the manifest stored at `ref`'s `backup_id`; `where` names the
+        object in errors (region and key). A manifest of another place is an IntegrityError."""
         try:
-            public, body = crypto.open_manifest(keyring, raw)
+            opened = crypto.open_sealed(keyring, raw, location=ref.manifest_key(backup_id))
         except IntegrityError as exc:
             raise IntegrityError(f"{where}: {exc}") from None
-        return cls(ManifestPublic.from_dict(public, where), ManifestBody.from_dict(body, where))
+        public = ManifestPublic.from_dict(opened.public, where)
+        check_location(public, ref, backup_id, where)
+        return cls(public, ManifestBody.from_dict(opened.body, where), opened.version)
 
 
-def read_public(raw: bytes, where: str) -> ManifestPublic:
-    """The unauthenticated public half, for key-less listing and retention."""
+def check_location(public: ManifestPublic, ref: SourceRef, backup_id: str, where: str) -> None:
+    """Refuse a manifest whose plan, source or backup id differ from where it is stored: a
+    backup copied under another plan, source or id is not that backup."""
+    if (public.plan, public.source, public.backup_id) != (ref.plan, ref.source, backup_id):
+        raise IntegrityError(
+            f"{where}: manifest of {public.plan}/{public.source}@{public.backup_id} stored as "
+            f"{ref}@{backup_id} (copied from another place)"
+        )
+
+
+def read_public(raw: bytes, where: str, ref: SourceRef, backup_id: str) -> ManifestPublic:
+    """The unauthenticated public half, for key-less listing and retention; still refused when
+    it names another place than where it is stored."""
     try:
         public = crypto.read_manifest_public(raw)
     except IntegrityError as exc:
         raise IntegrityError(f"{where}: {exc}") from None
-    return ManifestPublic.from_dict(public, where)
+    found = ManifestPublic.from_dict(public, where)
+    check_location(found, ref, backup_id, where)
+    return found

@@ -39,7 +39,9 @@ class Sealer:
         object_name: str,
         segment_size: int,
         level: int,
+        version: int = crypto.FORMAT_VERSION,
     ) -> None:
+        """`object_name`: the data object's key (its location) for version 2."""
         self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self._encryptor = crypto.StreamEncryptor(
             data_key,
@@ -47,6 +49,7 @@ class Sealer:
             key_id=key_id,
             object_name=object_name,
             segment_size=segment_size,
+            version=version,
         )
         self._plain = ContentDigest()
         self._cipher = ContentDigest()
@@ -105,11 +108,13 @@ class Opener:
         object_name: str,
         expect_ciphertext: tuple[int, str],
         expect_plaintext: tuple[int, str],
+        version: int = crypto.FORMAT_VERSION,
     ) -> None:
         """`expect_*`: (size, tagged digest) from the manifest; the digests' algorithms say
-        how to hash (BLAKE3, or SHA-256 for manifests older than drd 0.2)."""
+        how to hash (BLAKE3, or SHA-256 for manifests older than drd 0.2). `version` and
+        `object_name`: the data format the manifest names, and the name its header must hold."""
         self._decryptor = crypto.StreamDecryptor(
-            data_key, backup_id=backup_id, key_id=key_id, object_name=object_name
+            data_key, backup_id=backup_id, key_id=key_id, object_name=object_name, version=version
         )
         self._decompressor = zstandard.ZstdDecompressor().decompressobj()
         self._expect_ciphertext = expect_ciphertext

@@ -6,11 +6,19 @@ region. Two things decide when drd must act:
 - The age of a backup: now minus its capture time. The capture time is read from the backup
   id (`drd.layout.backup_id_time`): the id is made from the capture time, it is known for every
   object under the backup's prefix (leftovers without a manifest too), and no manifest has to
-  be read (or trusted) to know it.
+  be read (or trusted) to know it. But an id can be written by anyone who can write to a
+  region: the sweep ages a backup from the earliest time drd knows for it, its id's time or
+  when drd first saw it, whichever is earlier. An id dated in the future (beyond a small
+  skew) is an integrity finding, and ages from when drd first saw it: it never outlives the
+  14-day ceiling.
 - How long a region keeps bytes after drd deletes them (GCS soft delete, noncurrent versions):
-  the deletion delay. A backup is deleted at `max_age - delay`, so its bytes are really gone by
-  max_age. Settings that make that impossible (holds, versioning nobody cleans up, a delay
-  longer than max_age) are findings, reported by `drd doctor`, /readyz and every sweep.
+  the deletion delay. A region's copy is deleted at `max_age - delay` of THAT region, so its
+  bytes are really gone by max_age; every region has its own deletion age, and one bucket's
+  settings never shorten the other regions' retention. Settings that make that impossible
+  (holds, versioning nobody cleans up, a delay longer than max_age) or that would force
+  deleting copies earlier than a sane minimum (24 hours: the region's copies would be
+  unreadable almost at once) are errors, reported by `drd doctor` (which fails), /readyz
+  (not ready) and every sweep; such a region deletes at that minimum.
 
 Nothing here does I/O or reads the clock; drd.retention.sweep does both.
 """
@@ -32,6 +40,11 @@ from drd.storage.base import DeletionSettings
 DEFAULT_ORPHAN_GRACE = timedelta(hours=6)
 #: GCS runs lifecycle actions asynchronously, "up to 24 hours" after their conditions are met.
 LIFECYCLE_LAG = timedelta(days=1)
+#: a backup id may be this far ahead of this host's clock (another host's clock) unflagged
+MAX_CLOCK_SKEW = timedelta(minutes=15)
+#: a region's deletion settings may not force deleting its copies younger than this (or than
+#: half of max_age, for plans that keep backups less than two days)
+MIN_DESTROY_AGE = timedelta(hours=24)
 
 BackupKey = tuple[SourceRef, str]
 
@@ -46,6 +59,8 @@ class Backup:
     #: a manifest is committed in at least one region that could be listed; False: the
     #: objects are leftovers of interrupted work (or of a destruction that was interrupted)
     committed: bool = True
+    #: the time its id claims, when `captured` is earlier (drd first saw it before that)
+    dated: datetime | None = None
 
     @property
     def key(self) -> BackupKey:
@@ -112,6 +127,11 @@ def apply_policy(
     ):
         age = now - backup.captured
         what = "backup" if backup.committed else "leftover of interrupted work (no manifest)"
+        if backup.dated is not None and backup.dated > now + MAX_CLOCK_SKEW:
+            what += (
+                f" DATED {human_age(backup.dated - now)} IN THE FUTURE (integrity finding; aged "
+                "from when drd first saw it)"
+            )
         if age >= limit:
             destroy, reason = True, f"{what}, age {human_age(age)}: reached {why_limit}"
         elif not backup.committed and age >= policy.orphan_grace:
@@ -206,11 +226,16 @@ def describe(settings: DeletionSettings) -> str:
     return text + (f" ({settings.note})" if settings.note else "")
 
 
+def minimum_destroy_age(max_age: timedelta) -> timedelta:
+    return min(MIN_DESTROY_AGE, max_age / 2)
+
+
 def region_findings(
     region: str, settings: DeletionSettings, max_age: timedelta
 ) -> list[SettingsFinding]:
     """What `settings` mean for destroying backups within `max_age` in `region`."""
     out: list[SettingsFinding] = []
+    minimum = minimum_destroy_age(max_age)
 
     def add(severity: Severity, message: str) -> None:
         out.append(SettingsFinding(severity, region, message))
@@ -246,10 +271,20 @@ def region_findings(
             f"{human_age(settings.retention_period)}; with {human_age(delay)} more before deleted "
             f"data is gone, destroying backups {within} is impossible",
         )
+    elif max_age - delay < minimum:
+        add(
+            "error",
+            f"deleted data stays {human_age(delay)}: to be gone by {human_age(max_age)}, this "
+            f"region's copies would have to be deleted at age {human_age(max_age - delay)}, "
+            f"earlier than the {human_age(minimum)} minimum (they would be unreadable almost "
+            f"at once); they are deleted at {human_age(minimum)}, so destroying backups {within} "
+            "is impossible here. Shorten this bucket's soft delete: the other regions keep "
+            "their own deletion age",
+        )
     elif delay:
         add(
             "info",
-            f"deleted data stays {human_age(delay)}: backups are deleted at age "
+            f"deleted data stays {human_age(delay)}: this region's copies are deleted at age "
             f"{human_age(max_age - delay)} so that they are gone by {human_age(max_age)}",
         )
     if settings.object_retention:
@@ -267,24 +302,25 @@ def region_findings(
     return out
 
 
-def deletion_lead(
+def region_leads(
     max_age: timedelta, settings: Mapping[str, DeletionSettings]
-) -> tuple[timedelta, list[SettingsFinding]]:
-    """The plan-wide deletion delay (the longest of its regions that can keep the promise) and
-    every region's findings.
+) -> tuple[dict[str, timedelta], list[SettingsFinding]]:
+    """Each region's own deletion lead (its copies are deleted at `max_age - lead`), and every
+    region's findings.
 
-    One delay for all regions keeps a backup's copies together: it is deleted everywhere at
-    the same age, so it never looks like a backup missing copies that repair would bring back.
-    A region that cannot keep the promise at all is left out of the delay (and reported as an
-    error): deleting every backup the moment it is made would not make that region compliant,
-    only the plan useless.
+    A region's settings only move that region's deletion: a bucket that keeps deleted data for
+    a long time never shortens the other regions' retention. (Repair copies a backup only to
+    regions where it is younger than their own deletion age, so a region that deletes earlier
+    does not get it back.) A region whose settings cannot keep the promise is an error and
+    deletes at the sane minimum, never at an age that makes its copies useless; a region whose
+    deleted bytes never go away by themselves (a hold, versioning nobody cleans up) deletes at
+    max_age: deleting earlier would not make it compliant.
     """
-    lead = timedelta(0)
+    leads: dict[str, timedelta] = {}
     findings: list[SettingsFinding] = []
+    minimum = minimum_destroy_age(max_age)
     for region, region_settings in sorted(settings.items()):
-        found = region_findings(region, region_settings, max_age)
-        findings += found
+        findings += region_findings(region, region_settings, max_age)
         delay = deletion_delay(region_settings)
-        if delay is not None and not any(f.severity == "error" for f in found):
-            lead = max(lead, delay)
-    return lead, findings
+        leads[region] = timedelta(0) if delay is None else min(delay, max_age - minimum)
+    return leads, findings

@@ -10,10 +10,10 @@ from datetime import timedelta
 from drd.config.models import MAX_RETENTION, Config
 from drd.retention.policy import (
     SettingsFinding,
-    deletion_lead,
     describe,
     human_age,
     region_findings,
+    region_leads,
 )
 from drd.retention.sweep import SweepReport
 from drd.storage.base import DeletionSettings, Storage
@@ -26,12 +26,14 @@ def format_sweep(report: SweepReport) -> list[str]:
     policy = report.policy
     verb = "would destroy" if report.dry_run else "destroyed"
     head = f"plan {report.plan}: max_age {human_age(policy.max_age)}"
-    if policy.deletion_delay:
-        head += (
-            f", deleting at age {human_age(policy.destroy_age)} (the storage keeps deleted data "
-            f"{human_age(policy.deletion_delay)})"
-        )
     lines = [head + (" [dry run: nothing is changed]" if report.dry_run else "")]
+    for name, region_policy in sorted(report.policies.items()):
+        if region_policy.deletion_delay:
+            lines.append(
+                f"  region {name} deletes its copies at age "
+                f"{human_age(region_policy.destroy_age)} (its storage keeps deleted data "
+                f"{human_age(region_policy.deletion_delay)})"
+            )
     lines += [f"  {finding}" for finding in report.findings if finding.severity != "info"]
     if report.skipped_sources:
         lines.append(
@@ -39,8 +41,9 @@ def format_sweep(report: SweepReport) -> list[str]:
             + ", ".join(report.skipped_sources)
             + ": next time"
         )
-    destroy = {b.key: b for b in report.decision.destroy}
     for name, region in sorted(report.regions.items()):
+        own = report.decisions.get(name, report.decision)
+        destroy = {b.key: b for b in own.destroy}
         if region.error is not None:
             oldest = (
                 f"oldest copy {human_age(report.now - region.oldest)} ({region.oldest_from})"
@@ -62,7 +65,7 @@ def format_sweep(report: SweepReport) -> list[str]:
             summary += f"; oldest copy{left} {human_age(report.now - region.oldest)}"
         lines.append(f"  region {name}: {summary}")
         for backup in sorted(doomed, key=lambda b: (str(b.ref), b.captured)):
-            reason = report.decision.reasons[backup.key]
+            reason = own.reasons[backup.key]
             error = region.failed.get(backup.key)
             if error is not None:
                 lines.append(f"    FAILED {backup}: {reason}: {error}")
@@ -86,8 +89,8 @@ class RegionCheck:
 @dataclass
 class DoctorReport:
     regions: list[RegionCheck]
-    #: plan -> (deletion lead, findings for its max_age)
-    plans: dict[str, tuple[timedelta, list[SettingsFinding]]]
+    #: plan -> (each region's deletion lead, findings for its max_age)
+    plans: dict[str, tuple[dict[str, timedelta], list[SettingsFinding]]]
 
     @property
     def failed(self) -> bool:
@@ -120,7 +123,7 @@ async def check_deletion(cfg: Config, regions: Sequence[Storage]) -> DoctorRepor
             )
         )
     plans = {
-        plan.name: deletion_lead(
+        plan.name: region_leads(
             plan.retention.max_age, {r: known[r] for r in plan.storage.regions if r in known}
         )
         for plan in cfg.plans
@@ -140,12 +143,16 @@ def format_doctor(report: DoctorReport, cfg: Config) -> list[str]:
             lines.append(f"  {finding.severity}: {finding.message}")
             shown.add(finding.message)
     for plan in cfg.plans:
-        lead, found = report.plans[plan.name]
+        leads, found = report.plans[plan.name]
         max_age = plan.retention.max_age
-        lines.append(
-            f"plan {plan.name}: max_age {human_age(max_age)}: backups are deleted at age "
-            f"{human_age(max_age - lead)} in region(s) {', '.join(plan.storage.regions)}"
+        by_age: dict[timedelta, list[str]] = {}
+        for region in plan.storage.regions:
+            by_age.setdefault(max_age - leads.get(region, timedelta(0)), []).append(region)
+        ages = "; ".join(
+            f"at age {human_age(age)} in region(s) {', '.join(names)}"
+            for age, names in sorted(by_age.items(), reverse=True)
         )
+        lines.append(f"plan {plan.name}: max_age {human_age(max_age)}: backups are deleted {ages}")
         for finding in found:
             if finding.severity != "info" and finding.message not in shown:
                 lines.append(f"  region {finding.region}: {finding.severity}: {finding.message}")

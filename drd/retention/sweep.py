@@ -45,7 +45,7 @@ from drd.retention.policy import (
     RetentionPolicy,
     SettingsFinding,
     apply_policy,
-    deletion_lead,
+    region_leads,
 )
 from drd.storage.base import DeletionSettings, Storage
 
@@ -69,6 +69,8 @@ class RetentionMemory:
         self.path = path
         self.oldest: dict[tuple[str, str], datetime | None] = {}
         self.settings: dict[str, DeletionSettings] = {}
+        #: plan -> "source/backup_id" -> when a sweep first saw it (ages never start later)
+        self.first_seen: dict[str, dict[str, datetime]] = {}
         if path is not None:
             self._load(path)
 
@@ -78,6 +80,8 @@ class RetentionMemory:
             for plan, regions in raw["oldest"].items():
                 for region, when in regions.items():
                     self.oldest[(plan, region)] = datetime.fromisoformat(when) if when else None
+            for plan, seen in (raw.get("first_seen") or {}).items():
+                self.first_seen[plan] = {k: datetime.fromisoformat(v) for k, v in seen.items()}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -85,11 +89,34 @@ class RetentionMemory:
             # is down, never data.
             log.warning("retention state %s unreadable, starting afresh: %s", path, exc)
             self.oldest.clear()
+            self.first_seen.clear()
 
     def remember(self, plan: str, region: str, oldest: datetime | None) -> None:
         if self.oldest.get((plan, region), "unset") == oldest:
             return
         self.oldest[(plan, region)] = oldest
+        self._persist()
+
+    def seen(self, plan: str, keys: Collection[BackupKey], now: datetime, *, prune: bool) -> None:
+        """Record when each backup was first seen; with `prune` (every region was listed),
+        forget those no region holds any more."""
+        seen = self.first_seen.setdefault(plan, {})
+        names = {f"{ref.source}/{backup_id}" for ref, backup_id in keys}
+        changed = False
+        for name in names - set(seen):
+            seen[name] = now
+            changed = True
+        if prune:
+            for name in set(seen) - names:
+                del seen[name]
+                changed = True
+        if changed:
+            self._persist()
+
+    def first_seen_at(self, plan: str, key: BackupKey) -> datetime | None:
+        return self.first_seen.get(plan, {}).get(f"{key[0].source}/{key[1]}")
+
+    def _persist(self) -> None:
         if self.path is not None:
             try:
                 self._save(self.path)
@@ -100,9 +127,15 @@ class RetentionMemory:
         data: dict[str, dict[str, str | None]] = {}
         for (plan, region), when in sorted(self.oldest.items()):
             data.setdefault(plan, {})[region] = when.isoformat() if when else None
+        first_seen = {
+            plan: {k: when.isoformat() for k, when in sorted(seen.items())}
+            for plan, seen in sorted(self.first_seen.items())
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(path.name + ".tmp")
-        temp.write_text(json.dumps({"oldest": data}, indent=1, sort_keys=True))
+        temp.write_text(
+            json.dumps({"oldest": data, "first_seen": first_seen}, indent=1, sort_keys=True)
+        )
         os.replace(temp, path)
 
     def publish(self, metrics: Metrics, now: datetime) -> None:
@@ -139,12 +172,30 @@ class SweepReport:
     plan: str
     now: datetime
     dry_run: bool
+    #: the plan's: max_age, no deletion lead (each region has its own, in `policies`)
     policy: RetentionPolicy
+    #: every region's decisions merged: destroyed where any region destroys it, with that
+    #: region's reason
     decision: RetentionDecision
     regions: dict[str, RegionSweep]
     findings: list[SettingsFinding]
     #: sources left out of this sweep because a backup of theirs was running
     skipped_sources: list[str] = field(default_factory=list)
+    #: region -> its own policy (its deletion lead) and decision
+    policies: dict[str, RetentionPolicy] = field(default_factory=dict)
+    decisions: dict[str, RetentionDecision] = field(default_factory=dict)
+
+    @property
+    def destroy_ages(self) -> dict[str, timedelta]:
+        """Region -> the age at which its copies are deleted."""
+        return {name: p.destroy_age for name, p in self.policies.items()}
+
+    @property
+    def min_destroy_age(self) -> timedelta:
+        return min(self.destroy_ages.values(), default=self.policy.destroy_age)
+
+    def policy_for(self, region: str) -> RetentionPolicy:
+        return self.policies.get(region, self.policy)
 
     @property
     def failures(self) -> int:
@@ -155,7 +206,41 @@ class SweepReport:
         return self.failures == 0 and not any(r.error for r in self.regions.values())
 
     def next_expiry(self) -> datetime | None:
-        return self.decision.next_expiry()
+        return min(
+            (d for d in (x.next_expiry() for x in self.decisions.values()) if d is not None),
+            default=self.decision.next_expiry(),
+        )
+
+
+def _merge(decisions: Mapping[str, RetentionDecision]) -> RetentionDecision:
+    """One decision for the plan: a backup is destroyed if some region destroys it (its
+    reason is that region's), else kept (with the reason of the region it expires first in)."""
+    merged = RetentionDecision()
+    by_key: dict[BackupKey, Backup] = {}
+    destroyed: dict[BackupKey, str] = {}
+    for decision in decisions.values():
+        for backup in decision.destroy:
+            by_key[backup.key] = backup
+            destroyed.setdefault(backup.key, decision.reasons[backup.key])
+        for backup in decision.keep:
+            by_key.setdefault(backup.key, backup)
+            due = decision.expires.get(backup.key)
+            if due is not None and (
+                backup.key not in merged.expires or due < merged.expires[backup.key]
+            ):
+                merged.expires[backup.key] = due
+                merged.reasons[backup.key] = decision.reasons[backup.key]
+            merged.reasons.setdefault(backup.key, decision.reasons[backup.key])
+    for key, backup in sorted(
+        by_key.items(), key=lambda kv: (str(kv[0][0]), kv[1].captured, kv[0][1])
+    ):
+        if key in destroyed:
+            merged.destroy.append(backup)
+            merged.reasons[key] = destroyed[key]
+            merged.expires.pop(key, None)
+        else:
+            merged.keep.append(backup)
+    return merged
 
 
 async def _read_settings(storage: Storage) -> DeletionSettings:
@@ -265,11 +350,16 @@ async def sweep(
             settings[name] = memory.settings[name] = region.settings
         elif name in memory.settings:
             settings[name] = region.settings = memory.settings[name]
-    lead, findings = deletion_lead(plan.retention.max_age, settings)
+    # Each region's settings move that region's deletion age only.
+    leads, findings = region_leads(plan.retention.max_age, settings)
     for name in sorted(set(found) - set(settings)):
         why = found[name].settings_error or "not read"
         findings.append(SettingsFinding("warning", name, f"deletion settings unknown: {why}"))
-    policy = RetentionPolicy(plan.retention.max_age, lead, orphan_grace)
+    policy = RetentionPolicy(plan.retention.max_age, timedelta(0), orphan_grace)
+    policies = {
+        name: RetentionPolicy(plan.retention.max_age, leads.get(name, timedelta(0)), orphan_grace)
+        for name in found
+    }
 
     reachable = {n: r for n, r in found.items() if r.error is None}
     committed: dict[BackupKey, bool] = {}
@@ -277,13 +367,48 @@ async def sweep(
         for key, keys in region.holds.items():
             has_manifest = any(k.endswith("/" + MANIFEST_OBJECT) for k in keys)
             committed[key] = committed.get(key, False) or has_manifest
-    backups = [
-        Backup(ref, backup_id, backup_id_time(backup_id), is_committed)
-        for (ref, backup_id), is_committed in committed.items()
-    ]
+    # Data without a manifest in any reachable region is a leftover, unless a region that
+    # cannot be listed may hold its manifest: then it is kept like a backup (destroyed at its
+    # destroy age, not after the leftover grace), never taken for dead work.
+    unknown = len(reachable) < len(found)
+    if not dry_run:
+        memory.seen(plan.name, committed.keys(), now, prune=not unknown)
+    backups = []
+    for key, is_committed in committed.items():
+        dated = backup_id_time(key[1])
+        # The earliest time drd knows: the id's, or when it first saw the backup (an id dated
+        # in the future is aged from then, never kept past the ceiling).
+        first = memory.first_seen_at(plan.name, key) or now
+        backups.append(
+            Backup(
+                key[0],
+                key[1],
+                min(dated, first),
+                is_committed or unknown,
+                dated if first < dated else None,
+            )
+        )
     skipped = sorted({b.ref.source for b in backups if b.ref.source in skip_sources})
-    decision = apply_policy([b for b in backups if b.ref.source not in skip_sources], policy, now)
-    report = SweepReport(plan.name, now, dry_run, policy, decision, found, findings, skipped)
+    decisions = {
+        name: apply_policy(
+            [b for b in backups if b.key in region.holds and b.ref.source not in skip_sources],
+            policies[name],
+            now,
+        )
+        for name, region in reachable.items()
+    }
+    report = SweepReport(
+        plan.name,
+        now,
+        dry_run,
+        policy,
+        _merge(decisions),
+        found,
+        findings,
+        skipped,
+        policies,
+        decisions,
+    )
     for finding in findings:
         if finding.severity != "info":
             log.warning("plan %s: %s", plan.name, finding)
@@ -308,11 +433,16 @@ async def _destroy_all(
     semaphore = asyncio.Semaphore(_CONCURRENT_BACKUPS)
     reachable = {n: r for n, r in report.regions.items() if r.error is None}
 
+    def doomed_in(name: str, backup: Backup) -> bool:
+        decision = report.decisions.get(name)
+        return decision is not None and any(b.key == backup.key for b in decision.destroy)
+
     async def one(backup: Backup) -> None:
+        # Only the regions whose own deletion age it reached (each region has its own lead).
         holders = {
             name: (regions[name], region.holds[backup.key])
             for name, region in reachable.items()
-            if backup.key in region.holds
+            if backup.key in region.holds and doomed_in(name, backup)
         }
         async with semaphore:
             errors = await _destroy(backup, holders)
@@ -323,7 +453,7 @@ async def _destroy_all(
                     "retention: destroyed %s in region %s (%s)",
                     backup,
                     name,
-                    report.decision.reasons[backup.key],
+                    report.decisions[name].reasons[backup.key],
                 )
                 if metrics is not None:
                     metrics.retention_deleted.labels(report.plan, name).inc()
@@ -379,7 +509,6 @@ def _account_oldest(
     a failed deletion where that copy is overdue."""
     captured = {b.key: b.captured for b in backups}
     assumed = min(captured.values(), default=None)
-    destroy_age = report.policy.destroy_age
     for name, region in report.regions.items():
         if region.error is None:
             left = [captured[k] for k in region.holds if k not in {b.key for b in region.destroyed}]
@@ -390,6 +519,7 @@ def _account_oldest(
             region.oldest, region.oldest_from = assumed, "assumed"
         if update:
             memory.remember(report.plan, name, region.oldest)
+        destroy_age = report.policy_for(name).destroy_age
         overdue = region.oldest is not None and report.now - region.oldest >= destroy_age
         if region.error is not None and overdue:
             region.overdue_unreachable = True

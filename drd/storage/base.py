@@ -17,6 +17,9 @@ Contract all backends honour (checked by tests/conformance):
   works in all; an invalid key raises PermanentStorageError.
 - A writer whose `write` or `commit` failed is dead: later calls raise StorageError and the
   caller starts a new upload. `abort()` after a successful `commit()` does nothing.
+- A create-only write (`if_absent=True`) never replaces an object: if one exists under the key
+  at commit, the commit raises ObjectExists and the existing object is left as it was. Repair
+  writes this way only, so it can never overwrite a backup's copy.
 """
 
 from __future__ import annotations
@@ -132,15 +135,22 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
-    ) -> ObjectWriter: ...
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
+    ) -> ObjectWriter:
+        """`if_absent`: create only; commit() raises ObjectExists if the key is taken."""
 
     async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
     ) -> ObjectInfo:
-        """Write a whole (small) object. Default: the same path as streaming uploads (one
-        upload protocol, one verification); a backend overrides it only to do better."""
-        writer = await self.open_writer(key, metadata)
+        """Write a whole (small) object (`if_absent`: only if no object is there yet). Default:
+        the same path as streaming uploads (one upload protocol, one verification); a backend
+        overrides it only to do better."""
+        writer = await self.open_writer(key, metadata, if_absent=if_absent)
         try:
             await writer.write(data)
             return await writer.commit()

@@ -104,17 +104,22 @@ class FaultyStorage(Storage):
     # -- the Storage interface ---------------------------------------------------------------
 
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
     ) -> ObjectWriter:
         await self._enter("open_writer", key)
-        inner = await self.inner.open_writer(key, metadata)
+        inner = await self.inner.open_writer(key, metadata, if_absent=if_absent)
         return FaultyWriter(self, key, inner, self._byte_limit("write_bytes", key))
 
     async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
     ) -> ObjectInfo:
         await self._enter("put", key)
-        return await self.inner.put(key, data, metadata)
+        return await self.inner.put(key, data, metadata, if_absent=if_absent)
 
     async def get(self, key: str) -> bytes:
         await self._enter("get", key)

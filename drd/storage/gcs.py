@@ -12,10 +12,18 @@ cancel the session, and recovery and retries must stay within a deadline we choo
   what it has (`bytes */*`) and resend from there, within `retry_deadline`. Memory: one chunk
   plus one piece per region.
 - commit() sends the rest with the total size and `X-Goog-Hash: crc32c=...` (computed locally
-  while streaming), so real GCS refuses to finalize bytes that do not match. It then checks the
-  finalized object's size and crc32c against the local values; on a mismatch it deletes that
-  generation (`if_generation_match`, so a concurrent newer object survives) and raises.
+  while streaming), so real GCS refuses to finalize bytes that do not match: HTTP 400 ("Provided
+  CRC32C ... doesn't match calculated CRC32C ..."). The bytes were damaged on the way, not
+  refused for good: that is a ChecksumMismatch, a TransientStorageError (the upload starts over,
+  `put` does so itself). It then checks the finalized object's size and crc32c against the
+  local values, the same check a second time (the emulators ignore X-Goog-Hash); on a mismatch
+  it deletes that generation (`if_generation_match`, so a concurrent newer object survives) and
+  raises ChecksumMismatch too.
 - abort() sends DELETE to the session URI (real GCS: 499, the session is gone).
+- A create-only upload (`if_absent`) opens its session with `ifGenerationMatch=0`: real GCS
+  answers the final chunk with 412 when the name is taken, and keeps the existing object
+  (ObjectExists). fake-gcs-server ignores preconditions on resumable uploads: callers that
+  must never overwrite (repair) also look first, and tests say which check they exercise.
 
 Every blocking call runs on this region's own small thread pool, so a dead region cannot use up
 the threads other regions and local I/O need. Library calls get an explicit per-request timeout
@@ -50,6 +58,8 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from drd.bytequeue import ByteQueue, Piece
 from drd.digests import Crc32c
 from drd.errors import (
+    ChecksumMismatch,
+    ObjectExists,
     ObjectNotFound,
     PermanentStorageError,
     StorageError,
@@ -191,6 +201,13 @@ class _RetryableStatus(Exception):
     """A 408/429/5xx answer inside the upload protocol."""
 
 
+# GCS's answer to a finalizing chunk whose X-Goog-Hash does not match what it received, e.g.
+# 'Provided CRC32C "AAAAAA==" doesn't match calculated CRC32C "mnG7TA=="' (MD5 likewise).
+_CHECKSUM_REFUSED = re.compile(r"(crc32c|md5)\b.{0,120}\b(match|mismatch|differ)", re.I | re.S)
+#: attempts of one whole-object `put` whose bytes arrived damaged
+_PUT_ATTEMPTS = 3
+
+
 class _Body:
     """A request body made of pieces. requests sends any sized iterable as is, with a
     Content-Length of len() (urllib3 writes the pieces one by one): no joined copy."""
@@ -253,7 +270,7 @@ class _ResumableUpload:
                 span = f"bytes {start}-{end}/{size}" if count else f"bytes */{size}"
                 # An empty _Body would be sent chunked (no length): b"" has Content-Length 0.
                 body = _Body(self.pending.peek(count)) if count else b""
-                return self._handle(self._put(body, span, headers))
+                return self._handle(self._put(body, span, headers), finalizing=bool(crc32c))
             except (*_NETWORK_ERRORS, _RetryableStatus) as exc:
                 if time.monotonic() + delay > give_up:
                     raise TransientStorageError(
@@ -273,7 +290,7 @@ class _ResumableUpload:
             timeout=(self._timeout, self._timeout),
         )
 
-    def _handle(self, response: Any) -> dict[str, Any] | None:
+    def _handle(self, response: Any, *, finalizing: bool = False) -> dict[str, Any] | None:
         status = int(response.status_code)
         if status == 308:
             confirmed_range = response.headers.get("Range", "")  # "bytes=0-N"; none: nothing kept
@@ -292,6 +309,13 @@ class _ResumableUpload:
         if status in _RETRY_STATUS or status >= 500:
             raise _RetryableStatus(f"HTTP {status}")
         message = _redact(response.text[:300])
+        if status == 412:
+            raise ObjectExists("an object exists under this name already (create-only upload)")
+        if status == 400 and finalizing and _CHECKSUM_REFUSED.search(response.text or ""):
+            raise ChecksumMismatch(
+                f"the server refused the upload's checksum (HTTP 400: {message}): the bytes were "
+                "damaged on the way; a new upload is needed"
+            )
         if status in (404, 410):
             # The session expired or the server lost it (a restarted emulator does that).
             # Only a new upload from the first byte can continue.
@@ -355,7 +379,7 @@ class GCSWriter(ObjectWriter):
                 )
             except StorageError as exc:
                 log.warning("region %s: %s", self._storage.name, exc)
-            raise TransientStorageError(
+            raise ChecksumMismatch(
                 f"region {self._storage.name}: commit {self._key!r}: stored object "
                 f"({stored_size} bytes, crc32c {stored_crc}) does not match what was sent "
                 f"({self._size} bytes, crc32c {crc}); deleted it"
@@ -465,7 +489,7 @@ class GCSStorage(Storage):
     # -- the Storage interface ---------------------------------------------------------------
 
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
     ) -> ObjectWriter:
         blob = self._bucket.blob(self._object_name(key))
         blob.metadata = dict(metadata) if metadata else None
@@ -475,6 +499,7 @@ class GCSStorage(Storage):
             blob.create_resumable_upload_session,
             content_type="application/octet-stream",
             checksum=None,  # we checksum ourselves, over the whole stream
+            if_generation_match=0 if if_absent else None,
             timeout=self._timeout,
             retry=self._retry,
         )
@@ -486,6 +511,29 @@ class GCSStorage(Storage):
             deadline=self._deadline,
         )
         return GCSWriter(self, key, upload, dict(metadata or {}))
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
+    ) -> ObjectInfo:
+        # The same path as streaming uploads: one upload protocol, one verification. The bytes
+        # are at hand, so an upload they reached damaged is simply made again.
+        for attempt in range(1, _PUT_ATTEMPTS + 1):
+            writer = await self.open_writer(key, metadata, if_absent=if_absent)
+            try:
+                await writer.write(data)
+                return await writer.commit()
+            except ChecksumMismatch as exc:
+                if attempt == _PUT_ATTEMPTS:
+                    raise
+                log.warning("region %s: put %r: %s; uploading again", self.name, key, exc)
+            finally:
+                await writer.abort()  # no-op after a successful commit
+        raise AssertionError("unreachable")
 
     async def get(self, key: str) -> bytes:
         blob = self._bucket.blob(self._object_name(key))

@@ -46,15 +46,24 @@ class ObservedStorage(Storage):
         return result
 
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
     ) -> ObjectWriter:
-        writer = await self._call("open_writer", lambda: self.inner.open_writer(key, metadata))
+        writer = await self._call(
+            "open_writer", lambda: self.inner.open_writer(key, metadata, if_absent=if_absent)
+        )
         return _ObservedWriter(writer, self._record)
 
     async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
     ) -> ObjectInfo:
-        info: ObjectInfo = await self._call("put", lambda: self.inner.put(key, data, metadata))
+        info: ObjectInfo = await self._call(
+            "put", lambda: self.inner.put(key, data, metadata, if_absent=if_absent)
+        )
         return info
 
     async def get(self, key: str) -> bytes:

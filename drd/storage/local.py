@@ -7,7 +7,10 @@ same directory and are renamed into place on commit. Every dot-name is bookkeepi
 start a segment with '.' (`validate_key`), so `list()` can skip them all.
 
 Commit order: fsync data, write+fsync info, rename info, rename data, fsync directory. The
-data rename is the commit point, so a crash never shows a new object without its info. The
+data rename is the commit point, so a crash never shows a new object without its info. A
+create-only commit (`if_absent`) links the data into place instead (link(2) fails if the name
+is taken, atomically, and leaves the existing object alone), then renames the info: a crash
+between the two shows the new object without its info (checksum None until rewritten). The
 info records the data file's inode, size and mtime (a rename keeps all three), so an info
 left behind by a crash or a concurrent overwrite is recognised as stale and ignored (the
 object then reads as checksum None, no metadata) rather than misattributed.
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from drd.digests import Crc32c
 from drd.errors import (
+    ObjectExists,
     ObjectNotFound,
     PermanentStorageError,
     StorageError,
@@ -89,9 +93,17 @@ def _read_info(path: Path, st: os.stat_result) -> tuple[str | None, dict[str, st
 class LocalWriter(ObjectWriter):
     """Streams into a hidden temp file beside the destination; commit renames it into place."""
 
-    def __init__(self, storage: LocalStorage, key: str, path: Path, metadata: Mapping[str, str]):
+    def __init__(
+        self,
+        storage: LocalStorage,
+        key: str,
+        path: Path,
+        metadata: Mapping[str, str],
+        if_absent: bool = False,
+    ):
         self._storage = storage
         self._key = key
+        self._if_absent = if_absent
         self._path = path
         self._metadata = dict(metadata)
         self._temp = path.with_name(f".{path.name}{PARTIAL_MARK}{secrets.token_hex(8)}")
@@ -130,6 +142,10 @@ class LocalWriter(ObjectWriter):
         except OSError as exc:
             self._state = "failed"
             await asyncio.to_thread(self._cleanup)
+            if exc.errno == errno.EEXIST and self._if_absent:
+                raise ObjectExists(
+                    f"region {self._storage.name}: {self._key!r} exists already"
+                ) from None
             raise self._storage._error(exc, "commit", self._key, self._path) from exc
         self._state = "committed"
         return info
@@ -153,8 +169,13 @@ class LocalWriter(ObjectWriter):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(info_temp, _info_path(self._path))
-        os.rename(self._temp, self._path)
+        if self._if_absent:
+            os.link(self._temp, self._path)  # EEXIST: the existing object stays as it was
+            os.rename(info_temp, _info_path(self._path))
+            os.unlink(self._temp)
+        else:
+            os.rename(info_temp, _info_path(self._path))
+            os.rename(self._temp, self._path)
         _fsync_dir(self._path.parent)
         return ObjectInfo(self._key, self._size, checksum, self._metadata)
 
@@ -276,10 +297,10 @@ class LocalStorage(Storage):
     # -- the Storage interface ---------------------------------------------------------------
 
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
     ) -> ObjectWriter:
         path = self._path(key)
-        writer = LocalWriter(self, key, path, metadata or {})
+        writer = LocalWriter(self, key, path, metadata or {}, if_absent)
         try:
             await asyncio.to_thread(self._make_parents_and_open, writer, path)
         except OSError as exc:

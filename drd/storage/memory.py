@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
 from drd.digests import Crc32c
-from drd.errors import ObjectNotFound, PermanentStorageError
+from drd.errors import ObjectExists, ObjectNotFound, PermanentStorageError
 from drd.storage.base import ObjectInfo, ObjectWriter, Storage, validate_key
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
@@ -29,9 +29,16 @@ def _make_object(key: str, data: bytes, metadata: Mapping[str, str] | None) -> _
 
 
 class MemoryWriter(ObjectWriter):
-    def __init__(self, storage: MemoryStorage, key: str, metadata: Mapping[str, str] | None):
+    def __init__(
+        self,
+        storage: MemoryStorage,
+        key: str,
+        metadata: Mapping[str, str] | None,
+        if_absent: bool = False,
+    ):
         self._storage = storage
         self._key = key
+        self._if_absent = if_absent
         self._metadata = dict(metadata or {})
         self._buffer = bytearray()
         self._state = "open"
@@ -48,6 +55,9 @@ class MemoryWriter(ObjectWriter):
 
     async def commit(self) -> ObjectInfo:
         self._check_open()
+        if self._if_absent and self._key in self._storage._objects:
+            self._state = "failed"
+            raise ObjectExists(f"region {self._storage.name}: {self._key!r} exists already")
         obj = _make_object(self._key, bytes(self._buffer), self._metadata)
         self._buffer = bytearray()
         self._state = "committed"
@@ -55,7 +65,7 @@ class MemoryWriter(ObjectWriter):
         return obj.info
 
     async def abort(self) -> None:
-        if self._state == "open":
+        if self._state in ("open", "failed"):
             self._state = "aborted"
             self._buffer = bytearray()
 
@@ -76,14 +86,21 @@ class MemoryStorage(Storage):
             raise ObjectNotFound(f"region {self.name}: object {key!r} not found") from None
 
     async def open_writer(
-        self, key: str, metadata: Mapping[str, str] | None = None
+        self, key: str, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False
     ) -> ObjectWriter:
-        return MemoryWriter(self, validate_key(key), metadata)
+        return MemoryWriter(self, validate_key(key), metadata, if_absent)
 
     async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
     ) -> ObjectInfo:
         obj = _make_object(validate_key(key), bytes(data), metadata)
+        if if_absent and key in self._objects:
+            raise ObjectExists(f"region {self.name}: {key!r} exists already")
         self._objects[key] = obj
         return obj.info
 

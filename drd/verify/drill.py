@@ -502,8 +502,8 @@ async def _drill_source(
         return
     entry = candidate.entry
     result.backup_id = entry.backup_id
-    result.backup_captured_at = entry.public.started_at
-    result.rpo_seconds = max(0.0, (report.started_at - entry.public.started).total_seconds())
+    result.backup_captured_at = entry.captured.isoformat()
+    result.rpo_seconds = max(0.0, (report.started_at - entry.captured).total_seconds())
     # The surviving regions holding an intact copy, in plan order; none: let the restore test
     # say why (an unverifiable manifest, no intact copy).
     complete = entry.complete_regions

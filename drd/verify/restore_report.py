@@ -102,6 +102,8 @@ class RestoreTestReport:
     bytes: dict[str, int] = field(default_factory=dict)
     #: regions without an intact copy of this backup (not tested, for the record)
     copy_problems: dict[str, str] = field(default_factory=dict)
+    #: newer backups passed over (`--allow-older`), with why none of their copies was usable
+    skipped_newer: dict[str, str] = field(default_factory=dict)
     #: the regions the report was written to
     stored_in: list[str] = field(default_factory=list)
 
@@ -162,6 +164,7 @@ class RestoreTestReport:
             "restore": self.restore,
             "bytes": self.bytes,
             "copy_problems": self.copy_problems,
+            "skipped_newer": self.skipped_newer,
             "stored_in": self.stored_in,
             "drd_version": __version__,
         }
@@ -173,6 +176,10 @@ class RestoreTestReport:
         if self.failure_category:
             head += f": {self.failure_category}: {self.failure_message}"
         lines = [head]
+        lines.extend(
+            f"  NOT TESTED: newer backup {self.ref}@{newer}: {why}"
+            for newer, why in self.skipped_newer.items()
+        )
         p = self.phases
         if self.measured:
             target = self.rto_target_seconds

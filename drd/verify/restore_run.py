@@ -31,7 +31,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from drd.errors import (
 from drd.layout import SourceRef
 from drd.locks import restore_test_lock
 from drd.metrics import Metrics
-from drd.pipeline.restore import StreamMeter, stream_plaintext
+from drd.pipeline.restore import StreamMeter, choose, stream_plaintext, unusable
 from drd.pipeline.source_backup import plan_regions
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import STATUS_OK, Manifest
@@ -71,10 +71,13 @@ ROTATION_FILE = "restore-tests/rotation.json"
 
 @dataclass(frozen=True)
 class Candidate:
-    """A backup to test and why it was chosen (newest | random-older | requested)."""
+    """A backup to test and why it was chosen (newest | newest-usable | random-older |
+    requested)."""
 
     entry: CatalogEntry
     selection: str
+    #: newer backups passed over (allow_older), with why none of their copies can be used
+    skipped_newer: Mapping[str, str] = field(default_factory=dict)
 
 
 async def choose_backups(
@@ -86,9 +89,16 @@ async def choose_backups(
     backup_id: str | None = None,
     also_random_older: bool = False,
     rng: random.Random | None = None,
+    allow_older: bool = False,
 ) -> list[Candidate]:
-    """The backups a run tests. The newest backup is never skipped silently: when its manifest
-    fails verification everywhere it is still chosen, and the test fails on it."""
+    """The backups a run tests. The newest backup is never skipped silently: when no copy of
+    it can be verified, or none is intact, it is still chosen and the test fails on it, naming
+    it and why, unless `allow_older`: then the newest backup that can be restored is tested
+    ("newest-usable"), and the candidate names the newer ones passed over.
+
+    `min_copies` is kept for callers; a backup is tested whatever its number of copies (the
+    missing ones are in the report and have their own alert)."""
+    del min_copies
     catalog = await build_catalog(regions, keyring, ref.prefix)
     entries = catalog.for_source(ref)
     if backup_id is not None:
@@ -98,21 +108,15 @@ async def choose_backups(
         return [Candidate(chosen[0], "requested")]
     if not entries:
         raise BackupNotFound(f"no backup of {ref} in any region to test")
-    # Copies in a region that cannot be listed right now cannot be counted: do not skip the
-    # test for that, test what the reachable regions hold (the outage has its own alert).
-    reachable = len(regions) - len(catalog.region_errors)
-    newest = catalog.newest_complete(ref, max(1, min(min_copies, reachable)))
-    if not entries[-1].verified:
-        newest = entries[-1]
-    if newest is None:
-        raise BackupNotFound(f"no backup of {ref} is complete in {min_copies} region(s)")
-    out = [Candidate(newest, "newest")]
+    newest = entries[-1]
+    if unusable(newest) is None or not allow_older:
+        out = [Candidate(newest, "newest")]
+    else:
+        choice = choose(ref, entries, allow_older=True)
+        out = [Candidate(choice.entry, "newest-usable", choice.skipped_newer)]
     if also_random_older:
-        older = [
-            e
-            for e in entries
-            if e.verified and e.complete_regions and e.public.started < newest.public.started
-        ]
+        first = out[0].entry
+        older = [e for e in entries if unusable(e) is None and e.captured < first.captured]
         if older:
             out.append(Candidate((rng or random.SystemRandom()).choice(older), "random-older"))
     return out
@@ -176,9 +180,10 @@ async def run_restore_test(
         plan=plan.name,
         source=source.name,
         backup_id=entry.backup_id,
-        kind=entry.public.kind,
-        backup_captured_at=entry.public.started_at,
+        kind=entry.public.kind if entry.public is not None else "unknown",
+        backup_captured_at=entry.captured.isoformat(),
         selection=candidate.selection,
+        skipped_newer=dict(candidate.skipped_newer),
         started_at=clock(),
         rto_target_seconds=plan.targets.rto.total_seconds(),
         copy_problems=entry.copy_problems(),
@@ -218,7 +223,14 @@ async def _run(
 ) -> None:
     ref = report.ref
     if not entry.verified:
-        report.fail("integrity_failed", f"the manifest cannot be verified: {entry.verify_error}")
+        category: Category = (
+            "fetch_failed" if isinstance(entry.verify_error, StorageError) else "integrity_failed"
+        )
+        report.fail(
+            category,
+            f"no copy of the manifest can be verified: {entry.verify_error} (a restore would "
+            "fail on this backup; `--allow-older` tests the newest backup that verifies)",
+        )
         return
     available = entry.complete_regions
     order = list(plan.storage.regions)
@@ -286,7 +298,7 @@ async def _fetch_restore_check(
     started = time.perf_counter()
     raw = await storage.get(ref.manifest_key(entry.backup_id))
     phases.fetch = time.perf_counter() - started
-    manifest = Manifest.open(keyring, raw, where)
+    manifest = Manifest.open(keyring, raw, where, ref, entry.backup_id)
     metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
     strategy = get_strategy(manifest.public.kind)
     meter = StreamMeter()
@@ -431,9 +443,10 @@ async def restore_tests_for(
     region: str | None = None,
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
+    allow_older: bool = False,
 ) -> list[RestoreTestReport]:
-    """A whole run for one source: the newest backup (or `backup_id`), plus a random older
-    one when the plan asks for it."""
+    """A whole run for one source: the newest backup (or `backup_id`; with `allow_older` the
+    newest that can be verified), plus a random older one when the plan asks for it."""
     ref = SourceRef(plan.name, source.name)
     candidates = await choose_backups(
         ref,
@@ -442,6 +455,7 @@ async def restore_tests_for(
         min_copies=plan.storage.min_copies,
         backup_id=backup_id,
         also_random_older=plan.restore_test.also_random_older and backup_id is None,
+        allow_older=allow_older,
     )
     reports = []
     for candidate in candidates:

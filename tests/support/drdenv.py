@@ -36,14 +36,17 @@ class DrdEnv:
         self.regions.append({"name": name, "url": f"file:{path}"})
         return path
 
-    def add_gcs_region(self, name: str, server: FakeGcsServer, bucket: str) -> None:
+    def add_gcs_region(
+        self, name: str, server: FakeGcsServer, bucket: str, *, endpoint: str | None = None
+    ) -> None:
+        """`endpoint`: reach the server through it (a proxy) instead of directly."""
         server.create_bucket(bucket)
         self.regions.append(
             {
                 "name": name,
                 "url": f"gs://{bucket}/drd",
                 "project": "drd-test",
-                "endpoint": server.endpoint,
+                "endpoint": endpoint or server.endpoint,
                 "credentials": {"source": "anonymous"},
                 "chunk_size": "1MiB",
                 "retry_deadline": "2s",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -43,6 +44,11 @@ from drd.errors import DrdError, IntegrityError, KeyringError
 VECTORS = json.loads(
     (Path(__file__).parent.parent / "vectors" / "format_v1.json").read_text(encoding="utf-8")
 )
+VECTORS_V2 = json.loads(
+    (Path(__file__).parent.parent / "vectors" / "format_v2.json").read_text(encoding="utf-8")
+)
+#: every frozen stream, with the data object version it was written in
+STREAMS = [dict(v, version=v.get("version", 1)) for v in VECTORS["streams"]] + VECTORS_V2["streams"]
 
 BACKUP = "20261128T134700Z-9f2c1a0b"
 OTHER_BACKUP = "20261129T010203Z-00c0ffee"
@@ -551,7 +557,7 @@ def test_manifest_key_ids(keyring: Keyring) -> None:
         b"\xff\xfe",
         b"[]",
         b'{"public": {}}',
-        b'{"drd_manifest": 2, "public": {}, "key_id": "k", "nonce": "", "sealed_body": ""}',
+        b'{"drd_manifest": 3, "public": {}, "key_id": "k", "nonce": "", "sealed_body": ""}',
         b'{"drd_manifest": true, "public": {}, "key_id": "k", "nonce": "", "sealed_body": ""}',
         b'{"drd_manifest": 1, "public": [], "key_id": "k", "nonce": "", "sealed_body": ""}',
         b'{"drd_manifest": 1, "public": {"a": NaN}, "key_id": "k", "nonce": "", "sealed_body": ""}',
@@ -775,11 +781,15 @@ class Spec:
 
     @classmethod
     def open_manifest(
-        cls, keks: dict[str, bytes], text: str
+        cls, keks: dict[str, bytes], text: str, location: str | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         doc = json.loads(text)
-        assert doc["drd_manifest"] == 1
+        assert doc["drd_manifest"] in (1, 2)
         envelope = {k: v for k, v in doc.items() if k not in ("nonce", "sealed_body")}
+        if doc["drd_manifest"] == 2:
+            # Section 4: the reader adds where it read the document from.
+            assert location is not None and "location" not in doc
+            envelope["location"] = location
         aad = json.dumps(
             envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
@@ -790,7 +800,7 @@ class Spec:
 
     @classmethod
     def parse_header(cls, obj: bytes) -> tuple[bytes, int, bytes, bytes, list[str]]:
-        assert obj[0:4] == b"DRDE" and obj[4] == 1
+        assert obj[0:4] == b"DRDE" and obj[4] in (1, 2)
         header = obj[: 7 + int.from_bytes(obj[5:7], "big")]
         segment_size = int.from_bytes(header[7:11], "big")
         salt, prefix = header[11:43], header[43:50]
@@ -804,9 +814,18 @@ class Spec:
 
     @classmethod
     def decrypt_object(
-        cls, data_key: bytes, obj: bytes, backup_id: str, key_id: str, object_name: str
+        cls,
+        data_key: bytes,
+        obj: bytes,
+        backup_id: str,
+        key_id: str,
+        object_name: str,
+        version: int = 2,
     ) -> bytes:
+        """`version` is what the manifest says (`data_format`); `object_name` the object's
+        location in version 2, `data.drd` in version 1."""
         header, segment_size, salt, prefix, fields = cls.parse_header(obj)
+        assert header[4] == version
         assert fields == [backup_id, key_id, object_name]
         aead = AESGCM(cls.hkdf(data_key, salt, header))
         rest, chunk, out, i = obj[len(header) :], segment_size + 16, [], 0
@@ -826,6 +845,7 @@ class Spec:
         segment_size: int,
         fields: tuple[str, str, str],
         finals: list[bool] | None = None,
+        version: int = 2,
     ) -> bytes:
         """Encrypt pre-cut segment plaintexts as section 3 says (by default only the last one is
         flagged final)."""
@@ -833,7 +853,7 @@ class Spec:
             finals = [i == len(plaintexts) - 1 for i in range(len(plaintexts))]
         salt, prefix = os.urandom(32), os.urandom(7)
         rest = segment_size.to_bytes(4, "big") + salt + prefix + b"".join(map(cls.lp, fields))
-        header = b"DRDE\x01" + len(rest).to_bytes(2, "big") + rest
+        header = b"DRDE" + bytes([version]) + len(rest).to_bytes(2, "big") + rest
         aead = AESGCM(cls.hkdf(data_key, salt, header))
         out = [header]
         for i, pt in enumerate(plaintexts):
@@ -851,7 +871,7 @@ def test_vector_keys() -> None:
         assert crypto._key_string(secret) == v["key_string"]
 
 
-@pytest.mark.parametrize("v", VECTORS["streams"], ids=lambda v: v["name"])
+@pytest.mark.parametrize("v", STREAMS, ids=lambda v: f"v{v['version']}: {v['name']}")
 def test_vector_streams_byte_for_byte(v: dict[str, Any]) -> None:
     data_key = bytes.fromhex(v["data_key_hex"])
     plaintext = bytes.fromhex(v["plaintext_hex"])
@@ -862,17 +882,21 @@ def test_vector_streams_byte_for_byte(v: dict[str, Any]) -> None:
             data_key,
             **fields,
             segment_size=v["segment_size"],
+            version=v["version"],
             _salt=bytes.fromhex(v["salt_hex"]),
             _nonce_prefix=bytes.fromhex(v["nonce_prefix_hex"]),
         )
         step = chunk or max(1, len(plaintext))
         out = b"".join(enc.update(plaintext[i : i + step]) for i in range(0, len(plaintext), step))
         assert out + enc.finalize() == expected
-        assert decrypt(expected, data_key, chunk=chunk, **fields) == plaintext
+        dec = StreamDecryptor(data_key, **fields, version=v["version"])
+        step = chunk or len(expected)
+        opened = [dec.update(expected[i : i + step]) for i in range(0, len(expected), step)]
+        assert b"".join(opened) + dec.finalize() == plaintext
     assert ciphertext_size(len(plaintext), v["segment_size"], hsize(**fields)) == len(expected)
 
 
-@pytest.mark.parametrize("v", VECTORS["streams"], ids=lambda v: v["name"])
+@pytest.mark.parametrize("v", STREAMS, ids=lambda v: f"v{v['version']}: {v['name']}")
 def test_vector_streams_decrypt_with_the_spec(v: dict[str, Any]) -> None:
     data_key = bytes.fromhex(v["data_key_hex"])
     obj = bytes.fromhex(v["ciphertext_hex"])
@@ -884,7 +908,9 @@ def test_vector_streams_decrypt_with_the_spec(v: dict[str, Any]) -> None:
         v["nonce_prefix_hex"],
     )
     assert Spec.hkdf(data_key, salt, header).hex() == v["object_key_hex"]
-    plaintext = Spec.decrypt_object(data_key, obj, v["backup_id"], v["key_id"], v["object_name"])
+    plaintext = Spec.decrypt_object(
+        data_key, obj, v["backup_id"], v["key_id"], v["object_name"], v["version"]
+    )
     assert plaintext.hex() == v["plaintext_hex"]
 
 
@@ -917,7 +943,7 @@ def test_spec_restores_a_backup_from_vectors_alone() -> None:
     stream = VECTORS["streams"][1]
     obj = bytes.fromhex(stream["ciphertext_hex"])
     plaintext = Spec.decrypt_object(
-        data_key, obj, public["backup_id"], public["key_id"], "data.drd"
+        data_key, obj, public["backup_id"], public["key_id"], "data.drd", version=1
     )
     assert plaintext.hex() == stream["plaintext_hex"]
 
@@ -956,3 +982,94 @@ def test_final_flag_before_the_end_is_refused(data_key: bytes) -> None:
         data_key, [b"a" * 16, b"b" * 5], 16, (BACKUP, KEY_ID, OBJECT), finals=[True, True]
     )
     fails(obj, data_key, "trailing data after final segment 0")
+
+
+# ------------------------------------------------- version 2: every object bound to its location
+
+LOCATION = f"prod/orders-db/{BACKUP}/manifest.json"
+
+
+def test_vector_manifest_v2_is_bound_to_its_location() -> None:
+    (m,) = VECTORS_V2["manifests"]
+    ring = Keyring([Key.from_secret(bytes.fromhex(s)) for s in m["keyring_secrets_hex"]])
+    raw = seal_manifest(
+        ring, m["public"], m["body"], location=m["location"], _nonce=bytes.fromhex(m["nonce_hex"])
+    )
+    assert raw.decode("utf-8") == m["manifest"]
+    assert json.loads(raw)["drd_manifest"] == 2 and "location" not in json.loads(raw)
+    assert crypto.open_sealed(ring, raw, location=m["location"]) == (2, m["public"], m["body"])
+    keks = {k.key_id: k.secret for k in ring}
+    assert Spec.open_manifest(keks, m["manifest"], m["location"]) == (m["public"], m["body"])
+    elsewhere = m["location"].replace("orders-db", "other-db")
+    with pytest.raises(IntegrityError, match="moved from another location"):
+        open_manifest(ring, raw, location=elsewhere)
+    with pytest.raises(InvalidTag):
+        Spec.open_manifest(keks, m["manifest"], elsewhere)
+
+
+def test_spec_restores_a_v2_backup_from_vectors_alone() -> None:
+    keks = dict(Spec.parse_key(v["key_string"]) for v in VECTORS_V2["keys"])
+    (m,) = VECTORS_V2["manifests"]
+    public, body = Spec.open_manifest(keks, m["manifest"], m["location"])
+    data_key = Spec.unwrap(
+        keks[public["key_id"]], public["key_id"], public["backup_id"], body["wrapped_data_key"]
+    )
+    stream = VECTORS_V2["streams"][1]
+    location = f"{public['plan']}/{public['source']}/{public['backup_id']}/data.drd"
+    assert stream["object_name"] == location
+    obj = bytes.fromhex(stream["ciphertext_hex"])
+    assert body["data_format"] == 2 and body["ciphertext_size"] == len(obj)
+    plaintext = Spec.decrypt_object(
+        data_key, obj, public["backup_id"], public["key_id"], location, body["data_format"]
+    )
+    assert plaintext.hex() == stream["plaintext_hex"]
+
+
+def test_manifest_v2_refuses_another_place_a_missing_location_and_a_downgrade(
+    keyring: Keyring,
+) -> None:
+    pub = dict(PUBLIC, key_id=keyring.primary.key_id)
+    raw = seal_manifest(keyring, pub, BODY, location=LOCATION)
+    assert open_manifest(keyring, raw, location=LOCATION) == (pub, BODY)
+    assert read_manifest_public(raw) == pub  # listing without a key still works
+    for other in (LOCATION.replace(BACKUP, OTHER_BACKUP), LOCATION.replace("prod/", "staging/")):
+        with pytest.raises(IntegrityError, match="moved from another location"):
+            open_manifest(keyring, raw, location=other)
+    with pytest.raises(IntegrityError, match="needs its location"):
+        open_manifest(keyring, raw)
+    with pytest.raises(IntegrityError, match="manifest failed authentication"):
+        open_manifest(keyring, edit(raw, lambda d: d.update(drd_manifest=1)), location=LOCATION)
+    with pytest.raises(IntegrityError, match="never names its own location"):
+        open_manifest(keyring, edit(raw, lambda d: d.update(location=LOCATION)), location=LOCATION)
+    # Version 1 carries no location: it opens wherever it is (callers check its public fields).
+    v1 = seal_manifest(keyring, pub, BODY)
+    assert json.loads(v1)["drd_manifest"] == 1
+    assert crypto.open_sealed(keyring, v1, location="anywhere").version == 1
+
+
+def test_data_object_v2_names_its_location_and_the_version_must_match(data_key: bytes) -> None:
+    location = f"prod/orders-db/{BACKUP}/data.drd"
+    plaintext = os.urandom(50)
+    v2 = encrypt(plaintext, data_key, object_name=location)
+    assert v2[4] == 2 and location.encode() in v2[: hsize(object_name=location)]
+    assert decrypt(v2, data_key, object_name=location) == plaintext
+    fails_as = [
+        (dict(object_name="data.drd"), "header object name mismatch"),
+        (dict(object_name=location.replace("orders-db", "files")), "header object name mismatch"),
+    ]
+    for expect, match in fails_as:
+        with pytest.raises(IntegrityError, match=match):
+            decrypt(v2, data_key, **expect)
+    # A version 1 object where the manifest says version 2 (a downgrade) is refused at once.
+    enc = StreamEncryptor(
+        data_key, backup_id=BACKUP, key_id=KEY_ID, object_name=location, segment_size=16, version=1
+    )
+    v1 = enc.update(plaintext) + enc.finalize()
+    with pytest.raises(IntegrityError, match="format version 1, its manifest says 2"):
+        decrypt(v1, data_key, object_name=location)
+    dec = StreamDecryptor(
+        data_key, backup_id=BACKUP, key_id=KEY_ID, object_name=location, version=1
+    )
+    assert dec.update(v1) + dec.finalize() == plaintext
+    with pytest.raises(ValueError):
+        StreamEncryptor(data_key, backup_id=BACKUP, key_id=KEY_ID, object_name=OBJECT, version=3)

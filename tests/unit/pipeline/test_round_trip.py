@@ -286,7 +286,7 @@ async def _rewrite_as_legacy(
 ) -> None:
     """Re-seal the backup's manifest as drd 0.1 wrote it: `*_sha256` digests, no algorithm."""
     key = REF.manifest_key(backup_id)
-    manifest = Manifest.open(keyring, await region.get(key), key)
+    manifest = Manifest.open(keyring, await region.get(key), key, REF, backup_id)
     body = asdict(manifest.body)
     del body["plaintext_digest"], body["ciphertext_digest"]
     body["plaintext_sha256"] = hashlib.sha256(plaintext).hexdigest()
@@ -366,4 +366,81 @@ async def test_a_restore_option_the_kind_does_not_take_is_a_usage_error(
     await _backup(rs, keyring)
     with pytest.raises(UsageError, match="takes no option --create-roles"):
         await restore_backup(REF, rs, keyring, "target", options={"create_roles": True})
+
+
+# -- issue 13, must-hold 1: a manifest is bound to where it is stored -------------------------
+
+
+async def test_a_backup_copied_to_another_place_is_refused_as_that_copys_error(
+    blob_strategy, keyring
+) -> None:
+    rs = regions()
+    result = await _backup(rs, keyring)
+    other = SourceRef("billing", "files")
+    for key in (REF.data_key(result.backup_id), REF.manifest_key(result.backup_id)):
+        await rs[0].put(key.replace("billing/db/", "billing/files/"), await rs[0].get(key))
+    catalog = await build_catalog(rs, keyring)
+    moved = next(e for e in catalog.entries if e.ref == other)
+    assert not moved.verified and moved.complete_regions == []
+    assert "moved from another location" in moved.copy_problems()["r0"]
+    with pytest.raises(IntegrityError, match="moved from another location"):
+        await restore_backup(other, rs, keyring, "target", backup_id=result.backup_id)
+    assert "target" not in RESTORED
+    # The original is untouched and restores from either region.
+    assert (await restore_backup(REF, rs, keyring, "target")).backup_id == result.backup_id
+
+
+# -- issue 13, must-hold 3: one bad region cannot stop a restore ------------------------------
+
+
+async def test_any_failure_of_one_copy_moves_on_to_the_next_region(blob_strategy, keyring):
+    r0, r1 = regions()
+    faulty = FaultyStorage(r0)
+    result = await _backup([faulty, r1], keyring)
+    data_key = REF.data_key(result.backup_id)
+    # A transient fault reading the data, mid-stream: region r1 is used.
+    faulty.fail_reader_after(2000, TransientStorageError("503 after the retry deadline"))
+    out = await restore_backup(REF, [faulty, r1], keyring, "t1")
+    assert out.region == "r1" and "503 after the retry deadline" in out.skipped["r0"]
+    assert RESTORED["t1"] == blob_bytes(60_000)
+    # The manifest unreadable in r0: the catalog says so, r1 restores.
+    faulty.clear()
+    faulty.fail("get", TransientStorageError("manifest read timed out"), match=REF.prefix)
+    out = await restore_backup(REF, [faulty, r1], keyring, "t2")
+    assert out.region == "r1" and "manifest read timed out" in out.unusable["r0"]
+    # Both copies failing: every copy is named, the gravest cause gives the exit code.
+    faulty.clear()
+    faulty.fail_reader_after(10, TransientStorageError("connection reset"))
+    await _corrupt(r1, data_key, _flip)
+    with pytest.raises(IntegrityError) as err:
+        await restore_backup(REF, [faulty, r1], keyring, "t3")
+    assert "r0: " in str(err.value) and "connection reset" in str(err.value)
+    assert "r1: " in str(err.value) and "failed authentication" in str(err.value)
+    assert "t3" not in RESTORED
+
+
+async def test_an_unverifiable_backup_in_the_same_second_is_never_passed_over(
+    blob_strategy, keyring
+) -> None:
+    """Ids have second resolution: a newer backup whose manifest cannot be verified, taken in
+    the same second as an older verified one, must not sort before it."""
+    rs = regions()
+    old = await _backup(rs, keyring, seed=1)
+    new = await run_backup(
+        REF,
+        strategy(60_000, seed=2),
+        rs,
+        keyring,
+        min_copies=2,
+        segment_size=SEG,
+        clock=lambda: old.manifest.public.started,
+    )
+    pair = {old.backup_id, new.backup_id}
+    for r in rs:
+        key = REF.manifest_key(new.backup_id)
+        await r.put(key, (await r.get(key)).replace(b'"kind": "blob"', b'"kind": "blub"'))
+    entries = (await build_catalog(rs, keyring)).entries
+    assert {e.backup_id for e in entries} == pair and entries[-1].backup_id == new.backup_id
+    with pytest.raises(IntegrityError, match=f"newest backup billing/db@{new.backup_id}"):
+        await restore_backup(REF, rs, keyring, "target")
     assert "target" not in RESTORED

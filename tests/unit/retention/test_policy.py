@@ -22,9 +22,9 @@ from drd.retention.policy import (
     RetentionPolicy,
     apply_policy,
     deletion_delay,
-    deletion_lead,
     describe,
     region_findings,
+    region_leads,
 )
 from drd.storage.base import DeletionSettings
 from drd.storage.gcs import GCS_DEFAULT_SOFT_DELETE, deletion_settings_from_bucket
@@ -198,6 +198,27 @@ FINDINGS: list[tuple[str, DeletionSettings, timedelta, list[str], str]] = [
     ),
     ("retention policy that fits", DeletionSettings(retention_period=3 * D), 14 * D, [], ""),
     (
+        "soft delete 13d: deleted at the 1-day minimum",
+        DeletionSettings(soft_delete=13 * D),
+        14 * D,
+        ["info"],
+        "deleted at age 1d",
+    ),
+    (
+        "soft delete 13d12h: would force deleting at 12h",
+        DeletionSettings(soft_delete=13 * D + 12 * H),
+        14 * D,
+        ["error"],
+        "deleted at age 12h, earlier than the 1d minimum",
+    ),
+    (
+        "a 2-day plan: the minimum is half its max_age",
+        DeletionSettings(soft_delete=1 * D + 12 * H),
+        2 * D,
+        ["error"],
+        "earlier than the 1d minimum",
+    ),
+    (
         "object retention",
         DeletionSettings(object_retention=True),
         14 * D,
@@ -236,20 +257,29 @@ def test_region_findings(
     assert all(f.region == "ew1" for f in found)
 
 
-def test_deletion_lead_is_the_slowest_region_that_can_keep_the_promise() -> None:
-    lead, found = deletion_lead(
+def test_each_region_has_its_own_deletion_lead() -> None:
+    """Issue 13: one bucket's deletion settings only move that region's deletion (the plan-wide
+    lead of the slowest region used to shorten every region's retention)."""
+    leads, found = region_leads(
         14 * D,
         {
             "a": DeletionSettings(),
             "b": DeletionSettings(soft_delete=3 * D),
             "c": DeletionSettings(soft_delete=7 * D),
-            # Cannot keep the promise: reported, and left out so that the other regions do not
-            # destroy every backup right after it is made.
+            # Cannot keep the promise: an error, and it deletes at the 1-day minimum, never
+            # earlier (nor does it move the others).
             "d": DeletionSettings(soft_delete=30 * D),
+            # Deleted bytes never go by themselves: deleting early would not help.
+            "e": DeletionSettings(event_based_hold=True),
         },
     )
-    assert lead == 7 * D
-    assert [(f.region, f.severity) for f in found] == [("b", "info"), ("c", "info"), ("d", "error")]
+    assert leads == {"a": timedelta(0), "b": 3 * D, "c": 7 * D, "d": 13 * D, "e": timedelta(0)}
+    assert [(f.region, f.severity) for f in found] == [
+        ("b", "info"),
+        ("c", "info"),
+        ("d", "error"),
+        ("e", "error"),
+    ]
 
 
 def test_describe_names_every_setting() -> None:
@@ -396,8 +426,8 @@ def test_default_gcs_bucket_halves_a_14_day_plan() -> None:
         bucket(softDeletePolicy={"retentionDurationSeconds": str(7 * 86400)})
     )
     assert settings.soft_delete == GCS_DEFAULT_SOFT_DELETE
-    lead, found = deletion_lead(14 * D, {"ew1": settings})
-    assert lead == 7 * D and [f.severity for f in found] == ["info"]
+    leads, found = region_leads(14 * D, {"ew1": settings})
+    assert leads == {"ew1": 7 * D} and [f.severity for f in found] == ["info"]
 
 
 def test_versioned_bucket_without_cleanup_is_flagged() -> None:
@@ -433,3 +463,18 @@ async def test_gcs_without_permission_to_read_the_bucket_assumes_the_default() -
     assert "storage.buckets.get" in settings.note
     severities = [f.severity for f in region_findings("ew1", settings, 14 * D)]
     assert severities == ["warning", "info"]
+
+
+def test_a_future_dated_id_is_named_and_aged_from_first_sight() -> None:
+    """The sweep passes the earliest time drd knows (when it first saw the id) as `captured`
+    and the id's own time as `dated`: the backup ages normally and the reason says why."""
+    seen = NOW - 10 * D
+    b = Backup(REF, "20991231T000000Z-0000000a", seen, dated=NOW + 900 * D)
+    decision = apply_policy([b], POLICY, NOW)
+    assert b in decision.keep and decision.expires[b.key] == seen + POLICY.destroy_age
+    assert "IN THE FUTURE (integrity finding" in decision.reasons[b.key]
+    later = apply_policy([b], POLICY, seen + POLICY.destroy_age)
+    assert b in later.destroy
+    # A few minutes ahead (another host's clock) is not a finding.
+    near = Backup(REF, "20261120T120500Z-0000000b", NOW, dated=NOW + 5 * timedelta(minutes=1))
+    assert "FUTURE" not in apply_policy([near], POLICY, NOW).reasons[near.key]

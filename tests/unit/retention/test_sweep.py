@@ -364,27 +364,34 @@ class SoftDeleting(MemoryStorage):
         return DeletionSettings(soft_delete=self.soft_delete)
 
 
-async def test_deletion_is_scheduled_early_by_the_slowest_region_delay(
-    blob_strategy, keyring
-) -> None:
+async def test_each_region_deletes_at_its_own_age(blob_strategy, keyring) -> None:
+    """Issue 13, must-hold 9: a region's deletion delay moves that region's deletion only (the
+    slowest region's delay used to shorten every region's retention)."""
     rs: dict[str, MemoryStorage] = {
         "ew1": MemoryStorage("ew1"),
         "uc1": SoftDeleting("uc1", 3 * D),
-        "as1": SoftDeleting("as1", 30 * D),  # cannot keep the promise: flagged, not followed
+        "as1": SoftDeleting("as1", 30 * D),  # cannot keep the promise: flagged, 1-day minimum
     }
     kept = await backup_at(NOW - 10 * D - H, list(rs.values()), keyring)
     gone = await backup_at(NOW - 11 * D, list(rs.values()), keyring)
 
     report = await sweep(make_plan(), rs, now=NOW)
 
-    assert report.policy.destroy_age == 11 * D
-    for r in rs.values():
-        assert await ids_in(r) == {kept}
+    assert report.destroy_ages == {"ew1": 14 * D, "uc1": 11 * D, "as1": 1 * D}
+    assert await ids_in(rs["ew1"]) == {kept, gone}
+    assert await ids_in(rs["uc1"]) == {kept}
+    assert await ids_in(rs["as1"]) == set()
     assert gone in {b.backup_id for b in report.decision.destroy}
     errors = [f for f in report.findings if f.severity == "error"]
     assert [f.region for f in errors] == ["as1"]
     assert "within 14 days is impossible" in errors[0].message
-    assert "region as1: error:" in "\n".join(format_sweep(report))
+    text = "\n".join(format_sweep(report))
+    assert "region as1: error:" in text
+    assert "region uc1 deletes its copies at age 11d (its storage keeps deleted data 3d)" in text
+    assert "region ew1: 0 destroyed, 0 failed, 2 kept" in text
+    # Repair does not bring back what a region deleted at its own age.
+    repaired = await repair(make_plan(), rs, keyring, now=NOW, destroy_age=report.destroy_ages)
+    assert repaired.repaired == [] and await ids_in(rs["uc1"]) == {kept}
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,12 +466,13 @@ async def test_repair_never_copies_a_damaged_backup(blob_strategy, keyring) -> N
     assert sample(metrics, "drd_copy_repairs_total", plan="billing", region="as1", result="failure")
 
 
-async def test_repair_leaves_incomplete_expiring_and_unreachable_alone(
+async def test_repair_copies_a_single_copy_and_leaves_expiring_and_unreachable_alone(
     blob_strategy, keyring
 ) -> None:
     rs = memory_regions()
-    # Committed in one region only: below min_copies 2, not a backup.
-    await backup_at(NOW - 1 * D, [rs["ew1"]], keyring, min_copies=1)
+    # Committed in one region only (below the plan's min_copies 2): still a committed backup
+    # that lost copies, repaired to every plan region whatever min_copies is (issue 13).
+    single = await backup_at(NOW - 1 * D, [rs["ew1"]], keyring, min_copies=1)
     # Complete, but retention destroys it within the hour.
     await backup_at(NOW - 14 * D, [rs["ew1"], rs["uc1"]], keyring, FILES)
     down = FaultyStorage(rs["as1"])
@@ -473,11 +481,13 @@ async def test_repair_leaves_incomplete_expiring_and_unreachable_alone(
     report = await repair(
         make_plan(), {**rs, "as1": down}, keyring, now=NOW + 30 * M, destroy_age=14 * D
     )
-    assert report.repaired == report.failed == [] and "as1" in report.unreachable
+    assert [(c.backup_id, c.region) for c in report.repaired] == [(single, "uc1")]
+    assert report.failed == [] and "as1" in report.unreachable
 
     report = await repair(make_plan(), rs, keyring, now=NOW + 30 * M, destroy_age=14 * D)
-    assert report.repaired == report.failed == []
-    assert await rs["as1"].list() == []
+    assert [(c.backup_id, c.region) for c in report.repaired] == [(single, "as1")]
+    assert report.failed == []
+    assert {i.key.split("/")[2] for i in await rs["as1"].list()} == {single}
 
 
 # --------------------------------------------------------------------------------------------
