@@ -1,4 +1,4 @@
-"""Running a check's query against the restored copy, PostgreSQL or SQLite alike.
+"""Running a check's query against the restored copy, PostgreSQL, SQLite or MySQL alike.
 
 Each query gets a connection of its own: a query that times out or breaks its session cannot
 take the next check down with it. SQLite files are opened read-only; a query that runs past its
@@ -64,9 +64,37 @@ async def sqlite_rows(path: Path, query: str, limit: int = ROW_LIMIT) -> list[tu
             db.close()
 
 
-async def rows(restored_as: str | None, target: str | Path, query: str) -> list[tuple[Any, ...]]:
+async def mysql_rows(
+    url: str, query: str, *, password: str | None = None, utc: bool = False, limit: int = ROW_LIMIT
+) -> list[tuple[Any, ...]]:
+    """Rows of `query` on a MySQL/MariaDB copy (a mysql:// URL; `password` when it has none),
+    as the client's text, the form a "matches the source" result was captured in. At most
+    `limit` rows come back (the session's sql_select_limit); `utc`: TIMESTAMP values in UTC."""
+    from drd.strategies import mysql_client, mysql_tools
+
+    server, database = mysql_client.parse_target(url)
+    if password is not None and server.password is None:
+        server = mysql_client.Server(
+            server.host, server.port, server.user, server.socket, password, None
+        )
+    tool = await mysql_tools.find_tool("client")
+    if tool is None:
+        raise RuntimeError("no mariadb/mysql client found")
+    body = query.rstrip().rstrip(";")
+    settings = f"SET SESSION sql_select_limit = {int(limit)};"
+    if utc:
+        settings += " SET SESSION time_zone = '+00:00';"
+    fetched = await mysql_client.Client(server, tool.path).rows(f"{settings}\n{body};", database)
+    return [tuple(row) for row in fetched[:limit]]
+
+
+async def rows(
+    restored_as: str | None, target: str | Path, query: str, *, password: str | None = None
+) -> list[tuple[Any, ...]]:
     """Rows of `query` on the restored database, by what it is (Strategy.restored_as): a file
-    for "sqlite", else a libpq DSN."""
+    for "sqlite", a mysql:// URL for "mysql", else a libpq DSN."""
     if restored_as == "sqlite":
         return await sqlite_rows(Path(target), query)
+    if restored_as == "mysql":
+        return await mysql_rows(str(target), query, password=password)
     return await pg_rows(str(target), query)

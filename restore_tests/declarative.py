@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ class Restored:
     captured_at: datetime
     #: the source's results of "matches_source" queries, by capture key
     captured: Mapping[str, Any]
+    #: a MySQL copy's password, when its URL has none (a server drd started)
+    password: str | None = field(default=None, repr=False)
 
     @property
     def restored_as(self) -> str | None:
@@ -54,7 +56,9 @@ def _result(check: CheckSpec, name: str, verdict: Verdict, query: str | None) ->
 
 async def sql_check(check: CheckSpec, name: str, restored: Restored) -> CheckResult:
     assert check.sql is not None and check.expect is not None
-    fetched = await databases.rows(restored.restored_as, restored.target, check.sql)
+    fetched = await databases.rows(
+        restored.restored_as, restored.target, check.sql, password=restored.password
+    )
     if len(fetched) > CAPTURE_ROW_LIMIT and check.expect.kind in ("equals", "matches_source"):
         verdict = Verdict(
             "failed",
@@ -90,17 +94,31 @@ def _split_dotted(name: str) -> list[str]:
     return [*parts, current]
 
 
-def freshness_query(spec: FreshnessSpec) -> str:
+def _mysql_identifier(name: str) -> str:
+    """`db.table` or `t` with backquotes (MySQL/MariaDB)."""
+    parts = [p.strip().strip('"`') for p in _split_dotted(name)]
+    return ".".join("`" + p.replace("`", "``") + "`" for p in parts)
+
+
+def freshness_query(spec: FreshnessSpec, restored_as: str | None = None) -> str:
     if spec.sql is not None:
         return spec.sql
     assert spec.table is not None and spec.column is not None
-    return f"SELECT max({_identifier(spec.column)}) FROM {_identifier(spec.table)}"
+    quote = _mysql_identifier if restored_as == "mysql" else _identifier
+    return f"SELECT max({quote(spec.column)}) FROM {quote(spec.table)}"
 
 
 async def freshness_check(check: CheckSpec, name: str, restored: Restored) -> CheckResult:
     assert check.freshness is not None
-    query = freshness_query(check.freshness)
-    fetched = await databases.rows(restored.restored_as, restored.target, query)
+    query = freshness_query(check.freshness, restored.restored_as)
+    if restored.restored_as == "mysql":
+        # TIMESTAMP values in UTC; a DATETIME (no zone) is taken as UTC, like a PostgreSQL
+        # timestamp without time zone.
+        fetched = await databases.mysql_rows(
+            str(restored.target), query, password=restored.password, utc=True
+        )
+    else:
+        fetched = await databases.rows(restored.restored_as, restored.target, query)
     newest = fetched[0][0] if fetched and fetched[0] else None
     verdict = evaluate_freshness(newest, restored.captured_at, check.freshness.within)
     return _result(check, name, verdict, query)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from drd.restore_tests import builtin
+from drd.restore_tests import builtin, mysql_checks
 from drd.restore_tests.command import command_check
 from drd.restore_tests.databases import check_dsn
 from drd.restore_tests.declarative import (
@@ -54,6 +54,9 @@ class CheckTarget:
     command_env: dict[str, str] = field(default_factory=dict)
     #: the working directory of command checks (drd.yaml's directory)
     cwd: Path = field(default_factory=Path.cwd)
+    #: what the scratch environment gave the restore besides the target (a MySQL copy's
+    #: password, when its URL has none)
+    restore_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _statistics(metadata: Mapping[str, Any], part: str) -> Any:
@@ -121,11 +124,19 @@ async def _tree_builtins(t: CheckTarget) -> list[CheckResult]:
     return [builtin.digests(_statistics(t.metadata, "file_digests"), actual)]
 
 
+async def _mysql_builtins(t: CheckTarget) -> list[CheckResult]:
+    password = t.restore_options.get("password")
+    return await mysql_checks.mysql_builtins(
+        str(t.target), t.metadata, password=password if isinstance(password, str) else None
+    )
+
+
 #: the built-in checks by what the restored copy is (Strategy.restored_as)
 _BUILTINS: dict[str, Callable[[CheckTarget], Awaitable[list[CheckResult]]]] = {
     "postgres": _postgres_builtins,
     "sqlite": _sqlite_builtins,
     "tree": _tree_builtins,
+    "mysql": _mysql_builtins,
 }
 
 
@@ -177,15 +188,19 @@ async def run_checks(target: CheckTarget, checks: Sequence[CheckSpec]) -> list[C
         results.extend(found)
     stats = target.metadata.get("statistics")
     captured = stats.get("captured") if isinstance(stats, Mapping) else None
+    password = target.restore_options.get("password")
     restored = Restored(
         target.kind,
         target.target,
         target.captured_at,
         captured if isinstance(captured, Mapping) else {},
+        password if isinstance(password, str) else None,
     )
     for number, check in enumerate(checks, start=1):
         name = check.display_name(number)
-        query = check.sql or (freshness_query(check.freshness) if check.freshness else None)
+        query = check.sql or (
+            freshness_query(check.freshness, restored.restored_as) if check.freshness else None
+        )
         run = _declarative(check, name, restored, target)
         results.append(await _timed(name, check.kind, check.critical, check.timeout, run, query))
     return results

@@ -10,6 +10,8 @@ check must fit its source's kind) live there, in `_check_restore_test_sources`.
       scratch:                         # by source name or by source kind; a name wins
         postgres: {kind: ephemeral-postgres}
         main-db: {kind: postgres-server, dsn: "host=10.0.0.9 dbname=postgres"}
+        mysql: {kind: ephemeral-mariadb}
+        orders-db: {kind: mysql-server, url: "mysql://drd@10.0.0.8?password=env:SCRATCH_PW"}
         files: {kind: tempdir, dir: /var/tmp/drd}
       checks:                          # by source name
         main-db:
@@ -24,8 +26,9 @@ check must fit its source's kind) live there, in `_check_restore_test_sources`.
           - file: {path: logo.png, min_size: 1KiB}
 
 Defaults come from each source kind's strategy (Strategy.default_scratch): postgres sources get
-an ephemeral server of the backup's major version, sqlite and files sources a temporary
-directory; cloudsql sources have none (the plan names a scratch project).
+an ephemeral server of the backup's major version, mysql sources an ephemeral server of the
+source's flavour (MariaDB or MySQL), sqlite and files sources a temporary directory; cloudsql
+sources have none (the plan names a scratch project).
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ from drd.fields import PositiveDuration, Size
 from drd.fields import rule as _rule
 from drd.strategies import get_strategy
 
-SCRATCH_KINDS = ("ephemeral-postgres", "postgres-server", "tempdir", "cloudsql-scratch-project")
+SCRATCH_KINDS = (
+    "ephemeral-postgres",
+    "postgres-server",
+    "tempdir",
+    "cloudsql-scratch-project",
+    "ephemeral-mariadb",
+    "mysql-server",
+)
 # Which scratch kinds can hold a source kind, and which checks fit it, is the source kind's own
 # business: its strategy says (Strategy.scratch_kinds, default_scratch, check_kinds).
 CHECK_KINDS = ("sql", "freshness", "file", "command")
@@ -67,6 +77,8 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "postgres-server": ("dsn",),
     "tempdir": ("dir",),
     "cloudsql-scratch-project": ("project", "staging", "tier", "region", "connect"),
+    "ephemeral-mariadb": ("dir", "bin_dir", "user"),
+    "mysql-server": ("url",),
 }
 
 
@@ -74,18 +86,30 @@ class ScratchSpec(_Spec):
     """Where a restore test restores to. Never the source: drd.config refuses a scratch
     server database or directory that is the source's own."""
 
-    kind: Literal["ephemeral-postgres", "postgres-server", "tempdir", "cloudsql-scratch-project"]
+    kind: Literal[
+        "ephemeral-postgres",
+        "postgres-server",
+        "tempdir",
+        "cloudsql-scratch-project",
+        "ephemeral-mariadb",
+        "mysql-server",
+    ]
     #: postgres-server: a libpq DSN of the scratch server's maintenance database (no password:
     #: libpq reads PGPASSWORD or ~/.pgpass); drd creates and drops its own database there
     dsn: str | None = Field(default=None, repr=False)
-    #: ephemeral-postgres, tempdir: the directory the scratch copy is made in (default: the
-    #: system's temp directory); it needs room for the restored copy
+    #: mysql-server: the scratch server, `mysql://USER@HOST[:PORT][?password=env:VAR|
+    #: credential:NAME&socket=PATH]` (never the source's database); drd creates and drops its
+    #: own database there
+    url: str | None = Field(default=None, repr=False)
+    #: ephemeral-postgres, ephemeral-mariadb, tempdir: the directory the scratch copy is made
+    #: in (default: the system's temp directory); it needs room for the restored copy
     dir: Path | None = None
     #: ephemeral-postgres: directory of initdb/pg_ctl/postgres (default: those of the backup's
-    #: major version, /usr/lib/postgresql/<major>/bin)
+    #: major version, /usr/lib/postgresql/<major>/bin); ephemeral-mariadb: directory of
+    #: mariadbd and mariadb-install-db, or mysqld (default: /usr/sbin, /usr/bin, PATH)
     bin_dir: Path | None = None
-    #: ephemeral-postgres: the OS user the server runs as when drd runs as root (default
-    #: postgres; PostgreSQL refuses to run as root)
+    #: ephemeral-postgres, ephemeral-mariadb: the OS user the server runs as when drd runs as
+    #: root (default postgres, or mysql; neither server runs as root)
     user: str | None = None
     #: cloudsql-scratch-project: the GCP project the scratch instances are created in (never
     #: the source's own); drd.verify.scratch.cloudsql
@@ -109,6 +133,7 @@ class ScratchSpec(_Spec):
     def _fields_fit_kind(self) -> Self:
         for name in (
             "dsn",
+            "url",
             "dir",
             "bin_dir",
             "user",
@@ -132,6 +157,15 @@ class ScratchSpec(_Spec):
                 conninfo_to_dict(self.dsn)
             except Exception:
                 raise _rule("dsn", "not a valid libpq connection string") from None
+        if self.kind == "mysql-server":
+            if self.url is None:
+                raise _rule("url", "field required for kind: mysql-server (the scratch server)")
+            from drd.strategies.mysql_client import parse_server_url
+
+            try:
+                parse_server_url(self.url, read_secret=False)
+            except ValueError as exc:
+                raise _rule("url", str(exc)) from None
         if self.kind == "cloudsql-scratch-project":
             if self.project is None:
                 raise _rule(

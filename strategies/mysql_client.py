@@ -50,11 +50,13 @@ class Server:
     def options_file_text(self) -> str:
         """A [client] option group for --defaults-file (values quoted, escapes doubled)."""
         lines = ["[client]"]
-        values = {"host": self.host, "port": str(self.port), "user": self.user}
         if self.socket:
-            values["socket"] = self.socket
+            # The client only takes the socket for host "localhost"; with any other host it
+            # would connect over TCP, to whatever server listens there.
+            values = {"host": "localhost", "user": self.user, "socket": self.socket}
             values["protocol"] = "SOCKET"
         else:
+            values = {"host": self.host, "port": str(self.port), "user": self.user}
             values["protocol"] = "TCP"
         if self.password is not None:
             values["password"] = self.password
@@ -96,6 +98,91 @@ class ClientError(Exception):
 
 
 _ERRNO = re.compile(r"ERROR (\d+)")
+_ERROR_LINE = re.compile(r"^ERROR (\d+)(?: \((\w+)\))?(?: at line (\d+))?: ?(.*)$")
+_TOOL_LINE = re.compile(r"^(?:mariadb|mysql|mariadb-dump|mysqldump)(?: \S+)?: ")
+# A quoted part starts where no word goes on (not the apostrophe of "Couldn't").
+_QUOTED = re.compile(r"(?<!\w)'(?:[^'\\]|\\.|'')*'|(?<!\w)\"(?:[^\"\\]|\\.|\"\")*\"")
+# Errors whose quoted parts are names (of users, databases, tables, columns, routines, keys,
+# privileges) or server limits, never values: their message is kept as the server wrote it.
+_NAMES_ONLY = frozenset(
+    {
+        1005,
+        1007,
+        1008,
+        1044,
+        1045,
+        1046,
+        1049,
+        1050,
+        1051,
+        1054,
+        1060,
+        1061,
+        1068,
+        1091,
+        1109,
+        1113,
+        1117,
+        1118,
+        1136,
+        1142,
+        1143,
+        1146,
+        1149,
+        1153,
+        1193,
+        1215,
+        1227,
+        1264,
+        1301,
+        1305,
+        1356,
+        1359,
+        1370,
+        1396,
+        1406,
+        1419,
+        1449,
+        1451,
+        1452,
+        1462,
+        1630,
+        1792,
+        2002,
+        2003,
+        2005,
+        2006,
+        2013,
+        2026,
+        4047,
+    }
+)
+_MAX_ERROR = 2000
+
+
+def safe_error_text(text: str) -> str:
+    """What the client or dump tool said, without row data: only its `ERROR ...` lines and its
+    own one-line complaints (the statement echo the client prints on an error, which may hold
+    whole rows, is dropped), and messages that can quote values (a duplicate key, a syntax
+    error near some text, an invalid string) cut at their first quote."""
+    kept: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _ERROR_LINE.match(line)
+        if m is not None:
+            errno, message = int(m.group(1)), m.group(4)
+            if errno not in _NAMES_ONLY and ("'" in message or '"' in message):
+                # A value may hold quotes of its own (O'Brien): cut from the first one on.
+                cut = min(i for i in (message.find("'"), message.find('"')) if i >= 0)
+                message = message[:cut] + "'...' (quoted values cut)"
+            head = f"ERROR {errno}" + (f" ({m.group(2)})" if m.group(2) else "")
+            if m.group(3):
+                head += f" at line {m.group(3)}"
+            kept.append(f"{head}: {message[:300]}")
+        elif _TOOL_LINE.match(line):
+            kept.append(_QUOTED.sub("'...'", line)[:300])
+    out = "; ".join(dict.fromkeys(kept))
+    return out[-_MAX_ERROR:] if out else "(no error message)"
 
 
 def _decode_batch(field_text: str) -> str | None:
@@ -161,7 +248,7 @@ class Client:
         if proc.returncode != 0:
             text = redact(err.decode("utf-8", "replace").strip(), [self.server.password])
             m = _ERRNO.search(text)
-            raise ClientError(text[-2000:], int(m.group(1)) if m else None)
+            raise ClientError(safe_error_text(text), int(m.group(1)) if m else None)
         return out.decode("utf-8", "replace")
 
     async def rows(self, sql: str, database: str | None = None) -> list[list[str | None]]:
@@ -183,6 +270,13 @@ def ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def unquote_ident(quoted: str) -> str:
+    """The name an ident() stands for."""
+    if len(quoted) >= 2 and quoted[0] == quoted[-1] == "`":
+        return quoted[1:-1].replace("``", "`")
+    return quoted
+
+
 def lit(text: str) -> str:
     """A string literal that means the same whatever sql_mode (NO_BACKSLASH_ESCAPES, ...) is."""
     return f"CONVERT(X'{text.encode('utf-8').hex()}' USING utf8mb4)"
@@ -195,9 +289,11 @@ async def database_exists(client: Client, name: str) -> bool:
     return rows[0][0] == "1"
 
 
-def parse_target(target: str) -> tuple[Server, str]:
-    """`mysql://USER@HOST[:PORT]/DATABASE[?password=env:VAR|credential:NAME&socket=PATH]`."""
-    parts = urlsplit(target)
+def parse_server_url(url: str, *, read_secret: bool = True) -> tuple[Server, str]:
+    """`mysql://USER@HOST[:PORT][/DATABASE][?password=env:VAR|credential:NAME&socket=PATH]`:
+    the server and the database ("" when the URL names none). With read_secret=False the
+    password reference is checked but not read (drd validate, away from the secrets)."""
+    parts = urlsplit(url)
     if parts.scheme not in ("mysql", "mariadb"):
         raise ValueError("expected mysql://USER@HOST[:PORT]/DATABASE[?password=env:VAR]")
     try:
@@ -209,8 +305,8 @@ def parse_target(target: str) -> tuple[Server, str]:
             "never put a password in the URL: use ?password=env:VAR or credential:NAME"
         )
     database = unquote(parts.path.lstrip("/"))
-    if not database or "/" in database:
-        raise ValueError("it must name the database to create (mysql://USER@HOST/DATABASE)")
+    if "/" in database:
+        raise ValueError("the path is one database name")
     if len(database) > MAX_IDENT:
         raise ValueError(f"database name longer than {MAX_IDENT} characters")
     params = dict(parse_qsl(parts.query))
@@ -220,7 +316,8 @@ def parse_target(target: str) -> tuple[Server, str]:
     password, env_name = None, None
     if "password" in params:
         ref = SecretRef.parse(params["password"])
-        password = ref.read("restore target password")
+        if read_secret:
+            password = ref.read("restore target password")
         env_name = ref.name if ref.source == "env" else None
     server = Server(
         host=parts.hostname or "127.0.0.1",
@@ -230,4 +327,20 @@ def parse_target(target: str) -> tuple[Server, str]:
         password=password,
         password_env=env_name,
     )
+    return server, database
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` naming `database` instead of the one it names (if any)."""
+    from urllib.parse import quote, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(database, safe="")))
+
+
+def parse_target(target: str) -> tuple[Server, str]:
+    """`mysql://USER@HOST[:PORT]/DATABASE[?password=env:VAR|credential:NAME&socket=PATH]`."""
+    server, database = parse_server_url(target)
+    if not database:
+        raise ValueError("it must name the database to create (mysql://USER@HOST/DATABASE)")
     return server, database

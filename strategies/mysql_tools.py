@@ -20,6 +20,23 @@ class Tool:
     path: str
     version: str
 
+    async def supports(self, option: str) -> bool:
+        """Whether the tool's --help lists `option` (e.g. --dump-history)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.path,
+                "--no-defaults",
+                "--help",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=client_env(),
+            )
+        except OSError:
+            return False
+        out, _ = await proc.communicate()
+        return option.encode() in out
+
 
 _TOOL_NAMES = {"dump": ("mariadb-dump", "mysqldump"), "client": ("mariadb", "mysql")}
 

@@ -6,6 +6,10 @@ test applies it again before it creates anything, in case a plan was built some 
 - postgres-server: the scratch server's DSN must not name the source's own database (same host,
   port and database). The same server is fine: drd only ever creates and drops its own uniquely
   named database there.
+- mysql-server: the scratch server's URL must not name the source's own database (same
+  server, same database). The same server is fine, as for postgres-server: drd only creates and
+  drops its own `drd_scratch_<id>` databases there. Servers compare by host and port, a local
+  socket and the loopback names counting as one host.
 - tempdir: the directory must not be the source path, nor lie inside the tree of a source that
   backs up a whole directory tree (files; Strategy.source_is_tree): the restore would write into
   the live tree, and its copy would end up in the next backup. A parent of the source is fine:
@@ -58,6 +62,33 @@ def same_database(scratch_dsn: str, source_dsn: str) -> bool:
     return a[1] == b[1] and bool(a[0] & b[0])
 
 
+def _mysql_server(host: str, port: int, socket: str | None) -> tuple[str, int | None]:
+    """(host, port) of a MySQL server; a socket is local, on a port nobody can tell (None)."""
+    if socket:
+        return "local", None
+    return ("local" if host.lower() in _LOCAL_HOSTS else host.lower()), port
+
+
+def same_mysql_database(scratch_url: str, source: Any) -> bool:
+    """Whether a mysql-server scratch URL names the database of `source` (MysqlOptions)."""
+    from drd.strategies.mysql_client import parse_server_url
+
+    database = getattr(source, "database", None)
+    if getattr(source, "kind", None) != "mysql" or not isinstance(database, str):
+        return False
+    try:
+        server, named = parse_server_url(scratch_url, read_secret=False)
+    except ValueError:
+        return False
+    if named != database:
+        return False
+    ours = _mysql_server(server.host, server.port, server.socket)
+    theirs = _mysql_server(
+        str(getattr(source, "host", "")), int(getattr(source, "port", 3306)), source.socket
+    )
+    return ours[0] == theirs[0] and (None in (ours[1], theirs[1]) or ours[1] == theirs[1])
+
+
 def _real(path: Path | str) -> Path:
     return Path(os.path.realpath(os.path.abspath(path)))
 
@@ -99,6 +130,17 @@ def refusal(spec: ScratchSpec, source: Any) -> tuple[str, str] | None:
                 "restore tests never touch their source; name the scratch server's maintenance "
                 "database (e.g. dbname=postgres), drd creates its own database there",
             )
+    if (
+        spec.kind == "mysql-server"
+        and spec.url is not None
+        and same_mysql_database(spec.url, source)
+    ):
+        return (
+            "url",
+            f"names the database of source {name} itself (same server and database): "
+            "restore tests never touch their source; name the scratch server only (drd "
+            "creates its own database there)",
+        )
     if spec.dir is not None:
         source_path = getattr(source, "path", None)
         if source_path is not None:

@@ -403,6 +403,7 @@ async def _restore_and_check(
             "DRD_BACKUP_CAPTURED_AT": manifest.public.started_at,
         },
         cwd=base_dir,
+        restore_options=env.restore_options,
     )
     report.checks.extend(await run_checks(target, plan.restore_test.checks_for(source.name)))
     phases.checks = time.perf_counter() - started

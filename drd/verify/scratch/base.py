@@ -1,6 +1,7 @@
 """What every scratch environment is, and which module opens each scratch kind.
 
-A scratch kind's module (ephemeral_postgres, postgres_server, tempdir, cloudsql_env) has an
+A scratch kind's module (ephemeral_postgres, postgres_server, tempdir, cloudsql_env,
+ephemeral_mariadb, mysql_server) has an
 `open_env(spec, request)`: an async context manager that sets the environment up, yields its
 ScratchEnv and destroys it however the block ends. `OPENERS` says which module that is for each
 kind; drd.verify.scratch.environment.open_scratch picks it. The modules are imported only when a
@@ -45,7 +46,8 @@ class ScratchEnv:
 
     #: the scratch kind (restore_test.scratch `kind:`)
     kind: str
-    #: what Strategy.restore() restores into: a DSN (postgres) or a path (sqlite, files)
+    #: what Strategy.restore() restores into: a DSN (postgres), a mysql:// URL or a path
+    #: (sqlite, files)
     target: str = field(repr=False)
     #: extra keyword arguments for Strategy.restore()
     restore_options: dict[str, Any]
@@ -66,6 +68,8 @@ class ScratchEnv:
     after_restore: Callable[[], Awaitable[list[CheckResult]]] | None = field(
         default=None, repr=False
     )
+    #: more environment for a command check (a MySQL copy: where it is, how to log in)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def command_env(self) -> dict[str, str]:
         """Where the restored copy is, for a command check (added to its environment)."""
@@ -78,6 +82,7 @@ class ScratchEnv:
             env["DRD_RESTORED_DSN"] = self.dsn
         if self.path is not None:
             env["DRD_RESTORED_PATH"] = str(self.path)
+        env.update(self.env)
         return env
 
 
@@ -106,6 +111,8 @@ OPENERS: dict[str, str] = {
     "postgres-server": "drd.verify.scratch.postgres_server",
     "tempdir": "drd.verify.scratch.tempdir",
     "cloudsql-scratch-project": "drd.verify.scratch.cloudsql_env",
+    "ephemeral-mariadb": "drd.verify.scratch.ephemeral_mariadb",
+    "mysql-server": "drd.verify.scratch.mysql_server",
 }
 
 

@@ -115,6 +115,8 @@ DESTROYERS = {
     "postgres-server": "drd.verify.scratch.postgres_server",
     "tempdir": "drd.verify.scratch.tempdir",
     "cloudsql-instance": "drd.verify.scratch.cloudsql",
+    "ephemeral-mariadb": "drd.verify.scratch.ephemeral_mariadb",
+    "mysql-server": "drd.verify.scratch.mysql_server",
 }
 
 
@@ -208,6 +210,10 @@ def describe(record: Mapping[str, Any]) -> str:
         return f"ephemeral PostgreSQL server in {record.get('root')}"
     if kind == "postgres-server":
         return f"scratch database {record.get('database')} ({record.get('dsn')})"
+    if kind == "ephemeral-mariadb":
+        return f"ephemeral MariaDB/MySQL server in {record.get('root')}"
+    if kind == "mysql-server":
+        return f"scratch database {record.get('database')} ({record.get('url')})"
     if kind == "cloudsql-instance":
         return f"Cloud SQL scratch instance {record.get('project')}/{record.get('instance')}"
     return f"scratch directory {record.get('path')}"

@@ -105,14 +105,27 @@ async def test_round_trip_is_identical(mariadb_factory: MariaDbFactory) -> None:
 async def test_exclude_tables(mariadb_factory: MariaDbFactory) -> None:
     source = mariadb_factory("drdm_src")
     populate_rich_database(source.name, rows=100)
-    mariadb("CREATE TABLE scratchpad (x INT); INSERT INTO scratchpad VALUES (1)", source.name)
-    strategy = make_strategy(source.name, exclude_tables=["scratchpad"])
+    mariadb(
+        "CREATE TABLE scratchpad (x INT); INSERT INTO scratchpad VALUES (1);"
+        "CREATE TRIGGER scratchpad_audit AFTER INSERT ON scratchpad FOR EACH ROW "
+        "INSERT INTO audit (what) VALUES ('x');"
+        "CREATE VIEW scratch_view AS SELECT x FROM scratchpad;",
+        source.name,
+    )
+    strategy = make_strategy(source.name, exclude_tables=["scratchpad", "scratch_view"])
     chunks = await dump_all(strategy)
     meta = strategy.restore_metadata()
     assert "`scratchpad`" not in meta["statistics"]["row_counts"]
+    assert not any("scratch" in key for key in meta["statistics"]["inventory"])
     target = mariadb_factory.reserve("drdm_restored")
     await MysqlStrategy.restore(replay(chunks), target.url, meta)
-    assert query("SHOW TABLES LIKE 'scratchpad'", target.name) == []
+    assert query("SHOW TABLES LIKE 'scratch%'", target.name) == []
+    assert query("SHOW TRIGGERS LIKE 'scratchpad'", target.name) == []
+    from drd.restore_tests.mysql_checks import mysql_builtins
+
+    assert {r.name: r.status for r in await mysql_builtins(target.url, meta)} == dict.fromkeys(
+        ("row_counts", "schema", "sequences", "objects", "content"), "passed"
+    )
 
 
 async def test_target_exists_is_refused(mariadb_factory: MariaDbFactory) -> None:
@@ -253,3 +266,57 @@ async def test_schema_change_during_dump_fails(
     monkeypatch.setattr(mysql_mod, "schema_info", racing)
     with pytest.raises(SourceError, match="schema changed during the dump"):
         await dump_all(make_strategy(source.name))
+
+
+async def test_a_backup_taken_before_the_two_part_dump_still_restores_and_tests(
+    mariadb_factory: MariaDbFactory,
+) -> None:
+    """Older drd dumped everything in one mariadb-dump run (--routines --triggers --events
+    --hex-blob) and recorded neither objects_offset nor sequences, inventory or content."""
+    import subprocess
+
+    from drd.restore_tests.mysql_checks import mysql_builtins
+
+    source = mariadb_factory("drdm_src")
+    counts = populate_rich_database(source.name, rows=500)
+    strategy = make_strategy(source.name)
+    await dump_all(strategy)
+    meta = strategy.restore_metadata()
+    for key in ("objects_offset", "largest_statement", "history", "history_lost"):
+        meta.pop(key)
+    for key in ("sequences", "inventory", "content"):
+        meta["statistics"].pop(key)
+    old = subprocess.run(
+        [
+            "mariadb-dump",
+            "--no-defaults",
+            "--host=127.0.0.1",
+            "--user=root",
+            "--protocol=TCP",
+            "--single-transaction",
+            "--skip-lock-tables",
+            "--routines",
+            "--triggers",
+            "--events",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+            "--quick",
+            "--skip-dump-date",
+            "--",
+            source.name,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    target = mariadb_factory.reserve("drdm_restored")
+    outcome = await MysqlStrategy.restore(replay([old]), target.url, meta)
+    assert outcome.details["rows"] == counts
+    assert dump_text(target.name) == dump_text(source.name)
+    results = {r.name: r.status for r in await mysql_builtins(target.url, meta)}
+    assert results == {
+        "row_counts": "passed",
+        "schema": "passed",
+        "sequences": "skipped",
+        "objects": "skipped",
+        "content": "skipped",
+    }

@@ -105,7 +105,7 @@ CASES = [
         'restore_test:\n  scratch:\n    main-db: {kind: postgres-server, dsn: "h=", dir: /x}\n',
         [
             f"{P}:10: restore_test.scratch.main-db.dir: only applies to kind: ephemeral-postgres "
-            "or tempdir"
+            "or tempdir or ephemeral-mariadb"
         ],
         id="scratch-field-of-another-kind",
     ),
@@ -113,7 +113,8 @@ CASES = [
         "restore_test:\n  scratch:\n    main-db: {kind: docker}\n",
         [
             f"{P}:10: restore_test.scratch.main-db.kind: must be 'ephemeral-postgres', "
-            "'postgres-server', 'tempdir' or 'cloudsql-scratch-project'"
+            "'postgres-server', 'tempdir', 'cloudsql-scratch-project', 'ephemeral-mariadb' or "
+            "'mysql-server'"
         ],
         id="unknown-scratch-kind",
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,120 @@ def test_views_dependency_order() -> None:
     assert [v.name for v in ordered] == ["b", "c", "a"]
     cyclic = _views_in_dependency_order([view("x", "`y`"), view("y", "`x`")])
     assert sorted(v.name for v in cyclic) == ["x", "y"]
+
+
+# The shapes issue 16 found: a column list (INVISIBLE or generated columns, history columns,
+# unquoted and odd names), a sequence's DO SETVAL, rows digested and the largest statement.
+FIDELITY_DUMP = rb"""DROP SEQUENCE IF EXISTS `s`;
+CREATE SEQUENCE `s` start with 100 minvalue 1 maxvalue 9223372036854775806 increment by 1;
+DO SETVAL(`s`, 1100, 0);
+DO SETVAL(`odd ``seq`, -5, 1);
+INSERT INTO `t` (`id`, `a`, `h`) VALUES (1,1,1),
+(2,2,2),
+(3,3,3),
+(4,4,4);
+INSERT INTO `vt` (`id`, `x`, row_start, row_end) VALUES (1,1,'2026-12-03 14:32:18','x'),
+(1,2,'a)b','2038-01-19 03:14:07.999999');
+INSERT INTO `w` (`we(ird``)`, `b`) VALUES ('(',')'),(NULL,'');
+INSERT INTO `g` VALUES (1,1,2),(2,2,4);
+"""
+
+
+def read(
+    chunks: list[bytes], digest_rows: int | None = 0, ranges: dict[str, Any] | None = None
+) -> RowCounter:
+    counter = RowCounter(digest_rows, ranges)
+    for chunk in chunks:
+        counter.feed(chunk)
+    return counter
+
+
+def test_row_counter_column_lists_and_sequences() -> None:
+    whole = read([FIDELITY_DUMP])
+    assert whole.counts == {"t": 4, "vt": 2, "w": 2, "g": 2}
+    assert whole.sequences == {"s": [1100, 0], "odd `seq": [-5, 1]}
+    assert {t: d.rows for t, d in whole.digests.items()} == whole.counts
+    assert whole.largest.table == "vt"
+    first = FIDELITY_DUMP.index(b"INSERT INTO `vt`")
+    assert whole.largest.bytes == FIDELITY_DUMP.index(b";", first) + 1 - first
+    for cut in range(1, len(FIDELITY_DUMP)):
+        split = read([FIDELITY_DUMP[:cut], FIDELITY_DUMP[cut:]])
+        assert split.counts == whole.counts, cut
+        assert split.sequences == whole.sequences, cut
+        assert {t: d.hexdigest for t, d in split.digests.items()} == {
+            t: d.hexdigest for t, d in whole.digests.items()
+        }, cut
+        assert split.largest == whole.largest, cut
+
+
+def test_row_digests_sample_order_and_content() -> None:
+    rows = [f"({i},'v{i}')".encode() for i in range(10)]
+    forward = b"INSERT INTO `t` VALUES " + b",".join(rows) + b";\n"
+    backward = b"INSERT INTO `t` VALUES " + b",".join(reversed(rows)) + b";\n"
+    assert read([forward]).digests["t"].hexdigest == read([backward]).digests["t"].hexdigest
+    changed = forward.replace(b"'v7'", b"'v8'")
+    assert read([changed]).digests["t"].hexdigest != read([forward]).digests["t"].hexdigest
+    sample = read([forward], 3).digests["t"]
+    head = b"INSERT INTO `t` VALUES " + b",".join(rows[:3]) + b";\n"
+    assert sample.rows == 3 and sample.hexdigest == read([head]).digests["t"].hexdigest
+    assert read([forward], None).digests == {}
+
+
+def test_client_errors_carry_no_row_data() -> None:
+    from drd.strategies.mysql_client import safe_error_text
+
+    said = (
+        "--------------\nINSERT INTO `t` VALUES (1,'4111 1111 1111 1111')\n--------------\n\n"
+        "ERROR 1062 (23000) at line 3: Duplicate entry '4111 1111 1111 1111' for key 'PRIMARY'\n"
+        "ERROR 1064 (42000) at line 9: You have an error in your SQL syntax; check the manual "
+        "near 'secret-value' at line 1\n"
+        "ERROR 1370 (42000) at line 183: execute command denied to user 'app'@'%' for routine "
+        "'shop.f'\n"
+        "ERROR 2006 (HY000) at line 42: Server has gone away\n"
+    )
+    text = safe_error_text(said)
+    assert "4111" not in text and "secret-value" not in text
+    assert "ERROR 1062 (23000) at line 3: Duplicate entry '...' (quoted values cut)" in text
+    obrien = safe_error_text("ERROR 1062 (23000): Duplicate entry 'O'Brien' for key 'PRIMARY'")
+    assert "Brien" not in obrien
+    assert "for routine 'shop.f'" in text and "ERROR 2006 (HY000) at line 42" in text
+    assert safe_error_text("x" * 9000) == "(no error message)"
+
+
+def test_key_ranges_spread_over_the_table() -> None:
+    from drd.strategies.mysql_stats import SAMPLE_RANGES, spread
+
+    assert spread(1, 800, 800, 1000) == [[1, 800]]  # fits the budget: the whole table
+    ranges = spread(1, 1_000_000, 1_000_000, 1000)
+    assert len(ranges) == SAMPLE_RANGES
+    assert ranges[0] == [1, 100] and ranges[-1] == [900_001, 900_100]
+    assert sum(high - low + 1 for low, high in ranges) == 1000
+    sparse = spread(-50, 10_000_000, 1000, 100)  # keys far apart: wider ranges
+    assert sum(high - low + 1 for low, high in sparse) > 100
+    assert sparse[0][0] == -50
+
+
+def test_rows_in_key_ranges_are_digested_wherever_they_are() -> None:
+    rows = [f"({i},'v{i}')".encode() for i in (5, 17, 3, 250, 12, -1)]
+    dump = b"INSERT INTO `t` VALUES " + b",".join(rows) + b";\n"
+    counter = read([dump], 1, None)
+    assert counter.digests["t"].rows == 1  # the head: only the first row
+    ranged = RowCounter(1, {"t": [[1, 5], [12, 20]]})
+    ranged.feed(dump)
+    assert ranged.digests["t"].rows == 4  # 5, 17, 3, 12: the budget does not cut key ranges
+    assert ranged.counts["t"] == 6
+
+
+def test_tool_failures_keep_the_tool_line_and_no_data() -> None:
+    from drd.strategies._subprocess import ToolError
+    from drd.strategies.mysql import tool_failure
+
+    dump = ToolError("mariadb-dump", 2, "mariadb-dump: Couldn't execute 'SELECT 42': Boom (1064)")
+    assert tool_failure(dump, []) == (
+        "mariadb-dump exited with status 2: mariadb-dump: Couldn't execute '...': Boom (1064)"
+    )
+    client = ToolError("mariadb", 1, "ERROR 2013 (HY000) at line 7: Lost connection pw123")
+    assert tool_failure(client, ["pw123"]) == (
+        "mariadb exited with status 1: ERROR 2013 (HY000) at line 7: Lost connection ***"
+    )
+    assert "could not be started" in tool_failure(ToolError("mariadb", None, "no such file"), [])
