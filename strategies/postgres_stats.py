@@ -142,7 +142,8 @@ async def capture(conn: Any, queries: Mapping[str, str]) -> dict[str, Any]:
     )
     for key, query in queries.items():
         try:
-            async with conn.transaction():
+            # Rolled back: whatever the query sets (SET LOCAL) ends with it.
+            async with conn.transaction(force_rollback=True):
                 out[key] = {"value": await run_query(conn, query)}
         except (psycopg.Error, ValueError) as exc:
             out[key] = {"error": error_text(exc)}
@@ -152,13 +153,17 @@ async def capture(conn: Any, queries: Mapping[str, str]) -> dict[str, Any]:
 
 async def collect(conn: Any, queries: Mapping[str, str]) -> dict[str, Any]:
     """Everything restore tests compare, from inside the dump's snapshot transaction. Each part
-    is taken in a savepoint; a part that fails is recorded as {"error": ...}."""
+    is taken in a savepoint that is rolled back afterwards (everything here only reads), so
+    neither an error nor a setting a part makes (the fingerprint's search_path) outlives it: a
+    released savepoint would hand a SET LOCAL on to the snapshot transaction, and the plan's
+    queries after it would run with search_path=pg_catalog. A part that fails is recorded as
+    {"error": ...}."""
     import psycopg
 
     stats: dict[str, Any] = {"snapshot": "the dump's own (pg_export_snapshot)"}
     for name, take in (("row_counts", row_counts), ("schema", schema_fingerprint)):
         try:
-            async with conn.transaction():
+            async with conn.transaction(force_rollback=True):
                 stats[name] = await take(conn)
         except psycopg.Error as exc:
             stats[name] = {"error": error_text(exc)}
