@@ -159,11 +159,13 @@ def check_restore_test_sources(
         strategy = get_strategy(source.kind)
         if key not in restore_test.scratch:
             if strategy.default_scratch is None:
+                # A plan whose restore tests cannot run is not a plan that proves anything.
                 example = strategy.scratch_example or "{kind: ...}"
-                report.warning(
+                report.error(
                     ("restore_test", "scratch"),
-                    f"source {source.name} (kind {source.kind}) has no scratch environment: its "
-                    f"restore tests fail until one is given ({example})",
+                    f"source {source.name} (kind {source.kind}) has no scratch environment, so "
+                    f"its restore tests cannot run: give one ({example})",
+                    missing=True,
                 )
             continue  # the default always fits
         spec = restore_test.scratch[key]

@@ -13,6 +13,7 @@ import pytest
 from drd import strategies
 from drd.config.guard import path_conflict, same_database
 from drd.config.loader import load_config
+from drd.errors import ConfigError
 from drd.restore_tests.spec import capture_queries
 from tests.unit.test_config import (  # noqa: F401 - fixtures
     EXAMPLE_REGISTRY,
@@ -257,16 +258,17 @@ def test_path_conflict(tmp_path: Path) -> None:
     assert path_conflict(tmp_path, str(db), "sqlite") is None
 
 
-def test_a_kind_without_a_default_scratch_warns(workdir: Path) -> None:  # noqa: F811
+def test_a_kind_without_a_default_scratch_is_an_error(workdir: Path) -> None:  # noqa: F811
+    """A plan whose restore test cannot run fails validation (it was a warning)."""
     plan = edit(
         with_restore_test("restore_test: {every: 24h}\n"),
         [("  - name: uploads\n", "  - {name: ledger, kind: cloudsql}\n  - name: uploads\n")],
     )
     assert findings(workdir, plan=plan) == [
-        f"{P}:8: warning: restore_test.scratch: source ledger (kind cloudsql) has no scratch "
-        "environment: its restore tests fail until one is given ({kind: "
+        f"{P}:8: restore_test.scratch: source ledger (kind cloudsql) has no scratch "
+        "environment, so its restore tests cannot run: give one ({kind: "
         "cloudsql-scratch-project, project: ...})"
     ]
     write(workdir, plans={"billing.yaml": plan})
-    (loaded,) = load_config(Path("drd.yaml"), today=TODAY).plans
-    assert loaded.restore_test.scratch_for(loaded.source("ledger")) is None
+    with pytest.raises(ConfigError, match="has no scratch environment"):
+        load_config(Path("drd.yaml"), today=TODAY)
