@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     memory.sort(key=lambda m: (m["tool"], m["op"], m["size_mb"]))
 
-    from drd.backup import ZSTD_LEVEL
+    from drd.pipeline.backup import ZSTD_LEVEL
 
     summaries = report.summarize(bench.runs)
     results: dict[str, Any] = {

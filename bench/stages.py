@@ -16,8 +16,8 @@ from typing import Any
 import zstandard
 
 from drd import crypto
-from drd.backup import ZSTD_LEVEL
 from drd.digests import ContentDigest, Crc32c
+from drd.pipeline.backup import ZSTD_LEVEL
 from drd.repository.sealing import Opener, Sealer
 
 CHUNK = 1 << 20

@@ -16,6 +16,9 @@ Rules every strategy follows:
   image the dump is (row counts, a schema fingerprint, file digests), together with the
   results of `capture_queries` (see restore_tests/): restore tests compare them with the
   restored copy. Failing to take them never fails the dump; the error is recorded instead.
+  Its "degraded" key, when present, lists why the dump is not a faithful image of the source
+  (a file that kept changing while being read, ...): the backup is then recorded as
+  `degraded` instead of `ok` (drd.pipeline.backup).
 - restore() is a classmethod: at 3 a.m. on a fresh machine there may be no plan, only the
   manifest. It restores into a *new* staging location next to the target and hands it over
   (rename) only when the stream ended cleanly and the tool succeeded. On any failure (including
@@ -51,6 +54,9 @@ class RestoreOutcome:
     target: str
     # strategy-specific facts about the restored copy (tables restored, files written, ...)
     details: dict[str, Any] = field(default_factory=dict)
+    #: what the target could not take although the backup has it (one line each; the restore
+    #: still succeeded): xattrs on a filesystem without them, device nodes without root, ...
+    warnings: list[str] = field(default_factory=list)
 
 
 OptionsT = TypeVar("OptionsT", bound=SourceOptions)

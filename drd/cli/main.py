@@ -1,4 +1,6 @@
-"""The `drd` command line. Errors are mapped to exit codes here and only here."""
+"""The `drd` command line. Errors are mapped to exit codes here and only here: a DrdError a
+command raised (printed here), the failure a command returned as its Outcome (it printed what
+failed itself), and an interrupt. The codes are drd.errors's (and the README's table)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drd import __version__
-from drd.errors import DrdError, UsageError
+from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError
 from drd.secret_source import protect_process
 
-log = logging.getLogger("drd")
+if TYPE_CHECKING:
+    from drd.cli.commands import Outcome
 
-EXIT_OK = 0
-EXIT_INTERRUPTED = 130
+log = logging.getLogger("drd")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,16 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for problem in unprotected:
         logging.getLogger("drd").warning("process hardening: %s", problem)
     try:
-        return _dispatch(args)
+        failure = _dispatch(args)
     except DrdError as exc:
         print(f"drd: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("drd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_OK if failure is None else failure.exit_code
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace) -> Outcome:
     from drd.cli import commands
 
     if args.command == "keygen":
@@ -217,9 +221,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from drd.daemon.service import run_daemon
 
-        return run_daemon(
+        # Returns (0) once a signal stopped it; what stops it otherwise is raised.
+        run_daemon(
             _config_path(args, required=True), args.keys, log=(args.log_level, args.log_format)
         )
+        return None
     raise UsageError(f"unknown command {args.command}")
 
 

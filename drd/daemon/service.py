@@ -25,7 +25,6 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from drd import crypto
-from drd.backup import BackupResult
 from drd.clock import Clock, utcnow
 from drd.config.loader import load_config
 from drd.config.models import Config, Plan
@@ -38,9 +37,10 @@ from drd.daemon.schedule import Schedule, next_due
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.errors import DrdError, NotEnoughCopies, SourceError, StateError, TransientStorageError
-from drd.jobs import backup_source, plan_regions
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.pipeline.backup import BackupResult
+from drd.pipeline.source_backup import backup_source, plan_regions
 from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
@@ -331,8 +331,16 @@ class Daemon:
             self._history_finish(job_id, "failure", detail=detail)
             self._backup_failed(st, detail, began)
             return
-        self._history_finish(job_id, "success", backup_id=result.backup_id)
+        degraded = "; ".join(result.degraded)
+        self._history_finish(
+            job_id,
+            "success",
+            backup_id=result.backup_id,
+            detail=f"degraded: {degraded}" if degraded else None,
+        )
         self.metrics.backups.labels(*labels, "success").inc()
+        if degraded:
+            self.metrics.backups_degraded.labels(*labels).inc()
         self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         self.metrics.backup_last_success.labels(*labels).set(time.time())
         body = result.manifest.body

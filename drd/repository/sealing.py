@@ -27,8 +27,8 @@ class Sealer:
     """plaintext -> zstd -> encrypted segments, hashing both ends.
 
     `level` (zstd's) has no default: it is the backup's choice, made and explained once in
-    drd.backup (ZSTD_LEVEL). A reader needs no level: the data object's plaintext is a plain zstd
-    stream (docs/format.md, section 3)."""
+    drd.pipeline.backup (ZSTD_LEVEL). A reader needs no level: the data object's plaintext is a
+    plain zstd stream (docs/format.md, section 3)."""
 
     def __init__(
         self,

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from drd import crypto
-from drd.backup import close_stream
 from drd.config.models import Plan
 from drd.digests import ContentDigest, Crc32c, short
 from drd.errors import DrdError, IntegrityError, StorageError
 from drd.layout import backup_id_time
 from drd.metrics import Metrics
+from drd.pipeline.backup import close_stream
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import Manifest
 from drd.storage.base import Storage

@@ -47,13 +47,13 @@ from drd.errors import (
     KeyringError,
     StorageError,
 )
-from drd.jobs import plan_regions
 from drd.layout import SourceRef
 from drd.locks import restore_test_lock
 from drd.metrics import Metrics
+from drd.pipeline.restore import StreamMeter, stream_plaintext
+from drd.pipeline.source_backup import plan_regions
 from drd.repository.catalog import CatalogEntry, build_catalog
-from drd.repository.manifest import Manifest
-from drd.restore import StreamMeter, stream_plaintext
+from drd.repository.manifest import STATUS_OK, Manifest
 from drd.restore_tests import builtin
 from drd.restore_tests.runner import CheckTarget, run_checks
 from drd.restore_tests.spec import ScratchSpec
@@ -362,11 +362,15 @@ async def _restore_and_check(
         phases.fetch += meter.fetch_seconds
         phases.decrypt_decompress = meter.open_seconds
         phases.restore = max(0.0, wall - meter.fetch_seconds - meter.open_seconds)
-    report.restore = outcome.details
+    report.restore = dict(outcome.details)
+    if outcome.warnings:  # what the scratch target could not take (xattrs, device nodes)
+        report.restore["warnings"] = list(outcome.warnings)
     started = time.perf_counter()
     report.checks.append(
         builtin.integrity(meter.complete, meter.ciphertext_bytes, meter.plaintext_bytes)
     )
+    if manifest.public.status != STATUS_OK:  # a degraded backup: the report says what it lacks
+        report.checks.append(builtin.backup_status(manifest.public.status, manifest.body.degraded))
     if env.after_restore is not None:
         report.checks.extend(await env.after_restore())
     target = CheckTarget(

@@ -18,7 +18,7 @@ from google.cloud import storage
 from drd import crypto
 from drd.errors import SourceError
 from drd.layout import SourceRef
-from drd.restore import find_backup, stream_plaintext
+from drd.pipeline.restore import find_backup, stream_plaintext
 from drd.storage.local import LocalStorage
 from drd.strategies.cloudsql import (
     CloudSqlOptions,

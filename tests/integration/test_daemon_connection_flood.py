@@ -91,8 +91,15 @@ def test_half_open_connections_stall_neither_probes_nor_backups(tmp_path: Path) 
             time.sleep(0.2)
         # Connections that never sent a request were closed by the daemon (header timeout 5s,
         # or evicted to make room), not kept until the client gives up.
-        time.sleep(max(0.0, flood_started + 12 - time.monotonic()))
-        assert sum(1 for s in sockets if _closed_by_peer(s)) == len(sockets)
+        # (A connection the kernel completed late, after SYN retries under load, gets its own
+        # 5 s from when it was accepted: poll, with room for a slow machine.)
+        open_left = len(sockets)
+        while time.monotonic() < flood_started + 60:
+            open_left = sum(1 for s in sockets if not _closed_by_peer(s))
+            if open_left == 0:
+                break
+            time.sleep(0.5)
+        assert open_left == 0, f"{open_left} idle connections still open after 60s"
         text = (tmp_path / "daemon.log").read_text()
         assert "Too many open files" not in text
         assert len(text.splitlines()) < 50, text[-3000:]
@@ -111,7 +118,7 @@ def test_half_open_connections_stall_neither_probes_nor_backups(tmp_path: Path) 
 def _closed_by_peer(s: socket.socket) -> bool:
     s.setblocking(False)
     try:
-        return s.recv(1) == b""
+        return s.recv(1) == b""  # EOF stays EOF on every later call
     except BlockingIOError:
         return False  # still open, nothing sent
     except OSError:

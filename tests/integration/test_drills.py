@@ -6,7 +6,7 @@ fake-gcs-server processes.
    checked, RTO and RPO measured against the targets, scratch gone, report in every region;
 2. `lose_region`: that region's server is stopped, the drill reads nothing from it (no storage
    operation at all is counted for it) and still passes;
-3. (tests/unit/test_drill_api.py)
+3. (tests/unit/server/test_drill_api.py)
 4. the newest backup's data flipped by one bit in every region: the drill fails with
    integrity_failed, after trying every region's copy, and the drill metrics say 0.
 """

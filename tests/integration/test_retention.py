@@ -3,7 +3,7 @@ injected clock (backups are made by the real pipeline with a clock in the past).
 
 fake-gcs-server implements no soft delete, versioning, lifecycle or retention policy: every
 bucket here deletes at once, and the deletion-delay logic is tested against the settings
-objects in tests/unit/test_retention_policy.py. What these tests prove is that objects are
+objects in tests/unit/retention/test_policy.py. What these tests prove is that objects are
 really gone from each emulated region, by listing it through a fresh client.
 """
 
@@ -24,14 +24,14 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
 from drd import crypto
-from drd.backup import run_backup
 from drd.config.loader import load_config
 from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.daemon.service import Daemon
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.pipeline.backup import run_backup
+from drd.pipeline.restore import restore_backup
 from drd.repository.catalog import build_catalog
-from drd.restore import restore_backup
 from drd.retention.sweep import RetentionMemory, sweep
 from drd.storage.base import DeletionSettings, Storage
 from drd.storage.faults import FaultyStorage

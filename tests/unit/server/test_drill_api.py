@@ -20,14 +20,14 @@ from aiohttp.test_utils import TestClient
 
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.service import Daemon
-from drd.jobs import backup_source
 from drd.metrics import Metrics
+from drd.pipeline.source_backup import backup_source
 from drd.repository.catalog import build_catalog
 from drd.retention.sweep import sweep
 from drd.verify.drill import REPORT_OBJECT, drill_prefix, open_report, render_markdown
 from tests.support.audit import open_audit_object
 from tests.support.blob_strategy import BlobStrategy
-from tests.unit.test_api import TOKENS, bearer, client  # noqa: F401 - the fixture
+from tests.unit.server.test_api import TOKENS, bearer, client  # noqa: F401 - the fixture
 
 Client = TestClient[Any, Any]
 

@@ -13,13 +13,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from drd import crypto
-from drd.backup import run_backup
 from drd.config.loader import load_config
 from drd.config.models import Config
 from drd.daemon.service import Daemon
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.pipeline.backup import run_backup
 from drd.storage.base import ObjectInfo, ObjectWriter, Storage
 from drd.storage.faults import FaultyStorage
 from drd.storage.memory import MemoryStorage

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from drd import crypto
-from drd.backup import run_backup
 from drd.config.models import Plan, PlanStorage, RestoreTest, Schedule, Targets
 from drd.errors import BackupNotFound, IntegrityError
 from drd.layout import SourceRef
 from drd.locks import LockBusy, restore_test_lock
 from drd.metrics import Metrics
+from drd.pipeline.backup import run_backup
 from drd.repository.catalog import build_catalog
 from drd.restore_tests.spec import CheckSpec
 from drd.storage.memory import MemoryStorage

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drd import crypto
-from drd.backup import close_stream
 from drd.errors import BackupNotFound, DrdError, IntegrityError, StorageError, UsageError
 from drd.layout import DATA_OBJECT, SourceRef
+from drd.pipeline.backup import close_stream
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener

@@ -10,13 +10,13 @@ import blake3
 import pytest
 
 from drd import crypto
-from drd.backup import run_backup
 from drd.digests import Crc32c
 from drd.errors import IntegrityError, KeyringError, NotEnoughCopies, TransientStorageError
 from drd.layout import SourceRef
+from drd.pipeline.backup import run_backup
+from drd.pipeline.restore import restore_backup
 from drd.repository.catalog import build_catalog
 from drd.repository.manifest import Manifest
-from drd.restore import restore_backup
 from drd.storage.base import ObjectInfo, ObjectWriter
 from drd.storage.faults import FaultyStorage
 from drd.storage.memory import MemoryStorage

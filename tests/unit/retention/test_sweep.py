@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from drd import crypto
-from drd.backup import run_backup
 from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.errors import PermanentStorageError, TransientStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.pipeline.backup import run_backup
+from drd.pipeline.restore import restore_backup
 from drd.repository.catalog import build_catalog
-from drd.restore import restore_backup
 from drd.retention.repair import repair
 from drd.retention.report import format_sweep
 from drd.retention.sweep import RetentionMemory, sweep

@@ -24,7 +24,7 @@ from drd.config.yamlsource import Position, YamlSourceError, parse_yaml
 from drd.errors import ConfigError
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TODAY = date(2026, 11, 28)
 
 # --------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from drd import crypto
-from drd.backup import BackupResult, run_backup
 from drd.clock import Clock, utcnow
 from drd.config.models import Plan
 from drd.errors import ConfigError
 from drd.layout import SourceRef
 from drd.locks import source_lock
+from drd.pipeline.backup import BackupResult, run_backup
 from drd.repository.leftovers import remove_orphans
 from drd.restore_tests.spec import capture_queries
 from drd.storage.base import Storage

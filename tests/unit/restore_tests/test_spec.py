@@ -15,7 +15,7 @@ from drd.config.guard import path_conflict, same_database
 from drd.config.loader import load_config
 from drd.errors import ConfigError
 from drd.restore_tests.spec import capture_queries
-from tests.unit.test_config import (  # noqa: F401 - fixtures
+from tests.unit.config.test_config import (  # noqa: F401 - fixtures
     EXAMPLE_REGISTRY,
     FAKE_REGISTRY,
     PLAN,
