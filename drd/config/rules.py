@@ -180,6 +180,16 @@ def check_restore_test_sources(
         refused = refusal(spec, source)
         if refused is not None:
             report.error((*loc, refused[0]), refused[1])
+    if isinstance(restore_test.content, dict):
+        kinds = sorted({source.kind for source in sources})
+        for key in restore_test.content:
+            if key not in by_name and key not in kinds:
+                report.error(
+                    ("restore_test", "content", key),
+                    f"neither a source of this plan ({', '.join(by_name) or 'none'}) nor the "
+                    f"kind of one ({', '.join(kinds) or 'none'})",
+                    key=True,
+                )
     for name, checks in restore_test.checks.items():
         checked = by_name.get(name)
         if checked is None:

@@ -15,6 +15,7 @@ from drd.config.guard import path_conflict, same_database
 from drd.config.loader import load_config
 from drd.errors import ConfigError
 from drd.restore_tests.spec import capture_queries
+from drd.strategies.base import ContentDigest
 from tests.unit.config.test_config import (  # noqa: F401 - fixtures
     EXAMPLE_REGISTRY,
     FAKE_REGISTRY,
@@ -272,3 +273,29 @@ def test_a_kind_without_a_default_scratch_is_an_error(workdir: Path) -> None:  #
     write(workdir, plans={"billing.yaml": plan})
     with pytest.raises(ConfigError, match="has no scratch environment"):
         load_config(Path("drd.yaml"), today=TODAY)
+
+
+def test_content_digests_sampled_by_default_full_by_source_or_kind(
+    workdir: Path,  # noqa: F811
+    fake_strategies: None,
+) -> None:
+    plan = with_restore_test(
+        "restore_test:\n  sample_rows: 500\n"
+        "  content: {main-db: full, files: sampled, nosuch: full}\n"
+    )
+    assert findings(workdir, plan=plan) == [
+        f"{P}:10: restore_test.content.nosuch: neither a source of this plan (main-db, uploads) "
+        "nor the kind of one (files, postgres)"
+    ]
+    write(workdir, plans={"billing.yaml": plan.replace(", nosuch: full", "")})
+    (loaded,) = load_config(Path("drd.yaml"), today=TODAY).plans
+    rt = loaded.restore_test
+    assert rt.content_for(loaded.source("main-db")) == ContentDigest("full", 500)
+    assert rt.content_for(loaded.source("uploads")) == ContentDigest("sampled", 500)
+    write(workdir, plans={"billing.yaml": with_restore_test("restore_test: {content: full}\n")})
+    (loaded,) = load_config(Path("drd.yaml"), today=TODAY).plans
+    assert loaded.restore_test.content_for(loaded.source("uploads")) == ContentDigest("full")
+    bad = with_restore_test("restore_test: {content: everything, sample_rows: 0}\n")
+    found = findings(workdir, plan=bad)
+    assert any("restore_test.content" in f for f in found), found
+    assert any("restore_test.sample_rows" in f for f in found), found
