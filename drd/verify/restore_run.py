@@ -387,6 +387,7 @@ async def _restore_and_check(
             "DRD_BACKUP_CAPTURED_AT": manifest.public.started_at,
         },
         cwd=base_dir,
+        restore_details=outcome.details,
     )
     report.checks.extend(await run_checks(target, plan.restore_test.checks_for(source.name)))
     phases.checks = time.perf_counter() - started
