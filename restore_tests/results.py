@@ -20,7 +20,8 @@ _MAX_SHOWN = 4000
 @dataclass
 class CheckResult:
     name: str
-    #: integrity, row_counts, schema, file_digests, sql, freshness, file, command
+    #: integrity, the built-ins (row_counts, schema, file_digests, sequences, ...), or the
+    #: plan's sql, freshness, file, command
     kind: str
     status: Status
     #: a failed critical check fails the restore test; a non-critical one is a warning
@@ -30,6 +31,11 @@ class CheckResult:
     detail: str = ""
     query: str | None = None
     seconds: float = 0.0
+    #: what the check compared (or checked), in words: "count(*) of every table (partitions
+    #: included), in the dump's snapshot and in the copy"
+    compared: str = ""
+    #: how much of the data that covered: "12 tables, 48,210 rows" or "8 of 1,000,000 rows"
+    coverage: str = ""
 
     @property
     def failed(self) -> bool:
@@ -48,6 +54,8 @@ class CheckResult:
             "expected": _shown(self.expected),
             "actual": _shown(self.actual),
             "detail": self.detail,
+            "compared": self.compared,
+            "coverage": self.coverage,
             "seconds": round(self.seconds, 3),
         }
         if self.query is not None:
@@ -62,6 +70,8 @@ class CheckResult:
         text = f"{mark} {self.name}"
         if self.detail:
             text += f": {self.detail}"
+        elif self.coverage and not self.failed:
+            text += f": {self.coverage}"
         if self.failed:
             compared = self.comparison(_short)
             if compared:

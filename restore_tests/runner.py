@@ -1,9 +1,10 @@
 """Running every check of one restore test against its restored copy.
 
-Built-in checks first (row counts and schema for databases, file digests for trees), then the
-plan's checks in order. Each check is bounded by its own timeout and a check that breaks (an
-SQL error, a lost connection, a command that cannot start) fails as that check, never the
-whole run: the report lists every result.
+Built-in checks first (for databases row counts, schema, sequences, the other objects, owners
+and privileges, the database's properties, large objects and the rows' content; file digests
+for trees), then the plan's checks in order. Each check is bounded by its own timeout and a
+check that breaks (an SQL error, a lost connection, a command that cannot start) fails as that
+check, never the whole run: the report lists every result.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class CheckTarget:
     #: what the scratch environment gave the restore besides the target (a MySQL copy's
     #: password, when its URL has none)
     restore_options: Mapping[str, Any] = field(default_factory=dict)
+    #: what the restore said about the copy (RestoreOutcome.details: e.g. whether owners and
+    #: privileges were kept, which the built-in checks then compare or skip)
+    restore_details: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _statistics(metadata: Mapping[str, Any], part: str) -> Any:
@@ -69,31 +73,64 @@ def _statistics(metadata: Mapping[str, Any], part: str) -> Any:
 
 
 async def _postgres_builtins(t: CheckTarget) -> list[CheckResult]:
+    """Each figure is read from the copy by the function that took it at backup time
+    (drd.strategies.postgres_stats), then compared (drd.restore_tests.builtin)."""
     import psycopg
 
+    from drd.strategies import postgres_content, postgres_inventory
+
+    expected_content = _statistics(t.metadata, "content")
+    readers: dict[str, Callable[[Any], Awaitable[Any]]] = {
+        "row_counts": postgres_stats.row_counts,
+        "schema": postgres_stats.schema_fingerprint,
+        "sequences": postgres_stats.sequence_values,
+        "inventory": postgres_inventory.inventory,
+        "large_objects": postgres_stats.large_objects,
+        "grants": postgres_inventory.grants,
+        "database": postgres_inventory.database_properties,
+        "content": lambda db: postgres_content.verify(db, expected_content),
+    }
+    found: dict[str, Any] = {}
+    broken: dict[str, str] = {}
     try:
         async with await psycopg.AsyncConnection.connect(
             check_dsn(str(t.target)), autocommit=True
         ) as db:
-            counts = await postgres_stats.row_counts(db)
-            fingerprint = await postgres_stats.schema_fingerprint(db)
+            for name, read in readers.items():
+                try:
+                    found[name] = await read(db)
+                except psycopg.Error as exc:
+                    broken[name] = f"cannot read the restored database: {error_text(exc)}"
     except psycopg.Error as exc:
         why = f"cannot read the restored database: {error_text(exc)}"
-        return [
-            CheckResult("row_counts", "row_counts", "failed", detail=why),
-            CheckResult("schema", "schema", "failed", detail=why),
-        ]
+        broken = dict.fromkeys(readers, why)
     num = t.metadata.get("server_version_num")
     source_major = num // 10000 if isinstance(num, int) else None
     comparable = source_major is None or t.server_major is None or source_major == t.server_major
-    return [
-        builtin.row_counts(
-            _statistics(t.metadata, "row_counts"),
-            counts,
-            list(t.metadata.get("exclude_tables") or []),
+    owners_kept = t.restore_details.get("owners") != "dropped"
+    compare: dict[str, Callable[[Any, Any], CheckResult]] = {
+        "row_counts": lambda want, got: builtin.row_counts(
+            want, got, list(t.metadata.get("exclude_tables") or [])
         ),
-        builtin.schema(_statistics(t.metadata, "schema"), fingerprint, comparable=comparable),
-    ]
+        "schema": lambda want, got: builtin.schema(want, got, comparable=comparable),
+        "sequences": builtin.sequences,
+        "inventory": lambda want, got: builtin.inventory(want, got, comparable=comparable),
+        "large_objects": builtin.large_objects,
+        "grants": lambda want, got: builtin.grants(
+            want, got, owners_kept=owners_kept, comparable=comparable
+        ),
+        "database": lambda want, got: builtin.database(
+            want, got, owners_kept=owners_kept, comparable=comparable
+        ),
+        "content": lambda want, got: builtin.content(want, got, comparable=comparable),
+    }
+    results = []
+    for name, check in compare.items():
+        if name in broken:
+            results.append(CheckResult(name, name, "failed", detail=broken[name]))
+        else:
+            results.append(check(_statistics(t.metadata, name), found[name]))
+    return results
 
 
 def _sqlite_figures(path: Path) -> tuple[dict[str, int], dict[str, Any]]:

@@ -14,8 +14,9 @@ Rules every strategy follows:
   in the manifest and handed back to restore() (tool versions, formats, statistics).
   Statistics for restore tests go under its "statistics" key, taken from the same consistent
   image the dump is (row counts, a schema fingerprint, file digests), together with the
-  results of `capture_queries` (see restore_tests/): restore tests compare them with the
-  restored copy. Failing to take them never fails the dump; the error is recorded instead.
+  results of `capture_queries` (see restore_tests/) and content digests as `content` asks:
+  restore tests compare them with the restored copy. Failing to take them never fails the
+  dump; the error is recorded instead.
   Its "degraded" key, when present, lists why the dump is not a faithful image of the source
   (a file that kept changing while being read, ...): the backup is then recorded as
   `degraded` instead of `ok` (drd.pipeline.backup).
@@ -31,7 +32,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +46,25 @@ class SourceOptions(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: str
+
+
+#: how much of the data the content digests for restore tests cover: "sampled" (rows chosen by
+#: key ranges, up to a row budget per table) or "full" (every row)
+ContentMode = Literal["sampled", "full"]
+#: the per-table row budget of a sampled content digest, unless the plan says otherwise
+DEFAULT_SAMPLE_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class ContentDigest:
+    """What the plan asks the backup to record about the data itself, for the restore tests'
+    content check (restore_test.content, restore_test.sample_rows). Kinds without per-row
+    content digests ignore it."""
+
+    mode: ContentMode = "sampled"
+    #: sampled: tables of at most this many rows are digested whole; bigger ones in key ranges
+    #: holding this many rows in all
+    sample_rows: int = DEFAULT_SAMPLE_ROWS
 
 
 @dataclass
@@ -108,6 +128,9 @@ class Strategy(abc.ABC, Generic[OptionsT]):
         #: ("matches the source"); the caller sets them before dump(). Kinds without SQL ignore
         #: them.
         self.capture_queries: dict[str, str] = {}
+        #: how much of the data the content digests cover (the plan's restore_test.content);
+        #: the caller sets it before dump()
+        self.content = ContentDigest()
 
     @abc.abstractmethod
     def dump(self) -> AsyncIterator[bytes]:

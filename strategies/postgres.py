@@ -76,10 +76,11 @@ from pydantic import Field
 from drd.errors import MissingRoles, RestoreError, SourceError, TargetExists
 from drd.secret_source import child_environment
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
-from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
+from drd.strategies.base import ContentDigest, RestoreOutcome, SourceOptions, Strategy
 from drd.strategies.postgres_toc import (
     DatabaseEntries,
     TocError,
+    TocScanner,
     TocWatcher,
     describe,
     quote_ident,
@@ -427,10 +428,10 @@ class _Snapshot:
                 await snapshot._stop()
             await db.close()
 
-    def start_statistics(self, queries: Mapping[str, str]) -> None:
+    def start_statistics(self, queries: Mapping[str, str], content: ContentDigest) -> None:
         from drd.strategies import postgres_stats
 
-        self._task = asyncio.ensure_future(postgres_stats.collect(self._db, dict(queries)))
+        self._task = asyncio.ensure_future(postgres_stats.collect(self._db, dict(queries), content))
 
     async def statistics(self) -> dict[str, Any]:
         """The statistics, or {"error": ...} if the session failed (never fails the dump)."""
@@ -444,10 +445,25 @@ class _Snapshot:
             return {"error": error_text(exc)}
 
     async def _stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            # Waited for, not awaited: a CancelledError raised into the dump generator while it
+            # closes leaves it marked running (CPython 3.11), and a later anext() then fails.
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: its failure is the dump's business, not logged
+
+
+def _toc_sequences(toc: TocScanner) -> dict[str, Any]:
+    """The sequence values the archive holds, or {"error": ...} (never fails the dump)."""
+    from drd.strategies.postgres_stats import sequences_from_toc
+
+    try:
+        entries = toc.finish()
+        return sequences_from_toc(entries, _codec(entries.encoding))
+    except TocError as exc:
+        return {"error": f"cannot read the archive's table of contents: {exc}"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,19 +514,25 @@ class PostgresStrategy(Strategy[PostgresOptions]):
         # statistics are taken meanwhile: both see the same data (drd.strategies.postgres_stats).
         async with _Snapshot.open(opts.dsn, where, conn.password) as snapshot:
             argv.insert(1, f"--snapshot={snapshot.id}")
-            snapshot.start_statistics(self.capture_queries)
+            snapshot.start_statistics(self.capture_queries, self.content)
+            # The TOC at the archive's head holds the sequence values pg_dump read.
+            toc = TocScanner()
             try:
                 async with contextlib.aclosing(
                     stream_stdout(argv, conn.env(), chunk_size=CHUNK_SIZE)
                 ) as stream:
                     async for chunk in stream:
                         size += len(chunk)
+                        if not toc.done and toc.error is None:
+                            toc.feed(chunk)
                         yield chunk
             except ToolError as exc:
                 raise SourceError(
                     f"{where}: pg_dump failed: {redact(str(exc), [conn.password])}"
                 ) from None
             statistics = await snapshot.statistics()
+            if "error" not in statistics:
+                statistics["sequences"] = _toc_sequences(toc)
         try:
             facts = await _source_facts(opts.dsn)
         except Exception as exc:

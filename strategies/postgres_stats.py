@@ -1,30 +1,44 @@
-"""PostgreSQL statistics for restore tests: exact row counts, a schema fingerprint, and the
-results of the plan's "matches the source" queries.
+"""PostgreSQL statistics for restore tests, taken inside the dump's own snapshot and read again
+from the restored copy by the same functions:
 
-At backup time they are taken inside the dump's own snapshot: PostgresStrategy.dump() opens a
-REPEATABLE READ READ ONLY transaction, exports its snapshot (pg_export_snapshot) and hands it
-to `pg_dump --snapshot`, then counts and queries in that same transaction while pg_dump streams.
-Both see exactly the same data, so a restored copy must match the counts to the row, whatever
-was written to the source meanwhile. The price is a second full read of every table (count(*)
-scans), concurrent with pg_dump's; the transaction is read-only, so a capture query cannot
-change the source.
+- `row_counts`: exact count(*) of every table (partitions included, each on its own);
+- `schema`: a fingerprint of relations, columns, constraints and indexes (below);
+- `inventory`, `grants`, `database`: the other objects, their owners and privileges, and the
+  database's own properties (drd.strategies.postgres_inventory), each entry named so that a
+  difference names the object;
+- `large_objects`: their count and total size;
+- `content`: digests of the rows themselves, sampled by key ranges or of every row
+  (drd.strategies.postgres_content);
+- `sequences`: the values pg_dump wrote into the backup (read from its TOC as it streams:
+  sequences are not transactional, see sequences_from_toc);
+- `captured`: the results of the plan's "matches the source" queries.
 
-On the restored copy the same functions run against the scratch database.
+At backup time PostgresStrategy.dump() opens a REPEATABLE READ READ ONLY transaction, exports
+its snapshot (pg_export_snapshot) and hands it to `pg_dump --snapshot`, then takes these in that
+same transaction while pg_dump streams. Both see exactly the same data, so a restored copy must
+match them to the row, whatever was written to the source meanwhile. The price is a second full
+read of every table (count(*) scans; with `content: full` each row is also digested),
+concurrent with pg_dump's; the transaction is read-only, so a capture query cannot change the
+source.
 
 The schema fingerprint hashes, in four parts, what a restore must reproduce: relations (tables,
 views, sequences, ...), columns (name, type, NOT NULL, default, identity, generated),
 constraints and indexes, as the catalog functions print them with search_path set to
 pg_catalog (so every name is schema-qualified the same way on both sides). Owners and grants are
-left out: a scratch restore drops them on purpose. Objects that belong to extensions are left
-out too (CREATE EXTENSION recreates them). The catalog functions' output can differ between
-major versions, so fingerprints are only comparable between servers of the same major version.
+compared apart (`grants`): a restore onto a shared scratch server drops them on purpose. Objects
+that belong to extensions are left out (CREATE EXTENSION recreates them). The catalog
+functions' output can differ between major versions, so fingerprints and inventories are only
+comparable between servers of the same major version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from drd.strategies.base import ContentDigest
+from drd.strategies.postgres_toc import DatabaseEntries
 from drd.strategies.statistics import digest, error_text, result_value
 
 # Every user table that holds rows (plain tables and partitions), as quote_ident() names them.
@@ -142,7 +156,8 @@ async def capture(conn: Any, queries: Mapping[str, str]) -> dict[str, Any]:
     )
     for key, query in queries.items():
         try:
-            async with conn.transaction():
+            # Rolled back: whatever the query sets (SET LOCAL) ends with it.
+            async with conn.transaction(force_rollback=True):
                 out[key] = {"value": await run_query(conn, query)}
         except (psycopg.Error, ValueError) as exc:
             out[key] = {"error": error_text(exc)}
@@ -150,17 +165,148 @@ async def capture(conn: Any, queries: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-async def collect(conn: Any, queries: Mapping[str, str]) -> dict[str, Any]:
-    """Everything restore tests compare, from inside the dump's snapshot transaction. Each part
-    is taken in a savepoint; a part that fails is recorded as {"error": ...}."""
+async def collect(
+    conn: Any, queries: Mapping[str, str], content: ContentDigest | None = None
+) -> dict[str, Any]:
+    """Everything restore tests compare, from inside the dump's snapshot transaction (the
+    sequences come from the dump's own TOC: sequences_from_toc). Each part is taken in a
+    savepoint that is rolled back afterwards (everything here only reads), so neither an error
+    nor a setting a part makes (the fingerprint's search_path) outlives it: a released
+    savepoint would hand a SET LOCAL on to the snapshot transaction, and the plan's queries
+    after it would run with search_path=pg_catalog. A part that fails is recorded as
+    {"error": ...}."""
     import psycopg
 
+    from drd.strategies import postgres_content, postgres_inventory
+
+    content = content or ContentDigest()
     stats: dict[str, Any] = {"snapshot": "the dump's own (pg_export_snapshot)"}
-    for name, take in (("row_counts", row_counts), ("schema", schema_fingerprint)):
+    parts: list[tuple[str, Callable[[Any], Awaitable[Any]]]] = [
+        ("row_counts", row_counts),
+        ("schema", schema_fingerprint),
+        ("inventory", postgres_inventory.inventory),
+        ("grants", postgres_inventory.grants),
+        ("database", postgres_inventory.database_properties),
+        ("large_objects", large_objects),
+    ]
+    for name, take in parts:
         try:
-            async with conn.transaction():
+            async with conn.transaction(force_rollback=True):
                 stats[name] = await take(conn)
         except psycopg.Error as exc:
             stats[name] = {"error": error_text(exc)}
+    counts = stats["row_counts"]
+    if isinstance(counts, Mapping) and "error" not in counts:
+        try:
+            async with conn.transaction(force_rollback=True):
+                stats["content"] = await postgres_content.capture(conn, counts, content)
+        except psycopg.Error as exc:
+            stats["content"] = {"error": error_text(exc)}
+    else:
+        stats["content"] = {"error": "the row counts could not be taken"}
     stats["captured"] = await capture(conn, queries)
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences: the values the dump holds
+
+
+_SETVAL = re.compile(rb"setval\('(?:[^']|'')*',\s*(-?\d+),\s*(true|false)\)")
+_PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+
+def qualified(schema: str, name: str) -> str:
+    """schema.name with each part double-quoted unless it is a plain lower-case word (the same
+    on both sides: the sequences' keys)."""
+
+    def quote(part: str) -> str:
+        return part if _PLAIN_IDENT.match(part) else '"' + part.replace('"', '""') + '"'
+
+    return f"{quote(schema)}.{quote(name)}"
+
+
+def sequences_from_toc(entries: DatabaseEntries, codec: str = "utf-8") -> dict[str, Any]:
+    """The value and is_called of every sequence, as this dump will restore them: pg_dump's
+    SEQUENCE SET entries. Sequences are not transactional: a sequence read in the dump's
+    snapshot says what it is *now*, not what pg_dump read, so the statistics session does not
+    read them itself; the backup's own values are what a restore must give back. `codec`:
+    Python's codec of the archive's encoding (the names are in it)."""
+    out: dict[str, Any] = {}
+    for schema, name, statement in entries.sequences:
+        match = _SETVAL.search(statement)
+        if match is None:
+            continue
+        key = qualified(schema.decode(codec, "replace"), name.decode(codec, "replace"))
+        out[key] = {"value": match.group(1).decode(), "is_called": match.group(2) == b"true"}
+    return out
+
+
+_SEQUENCES_SQL = f"""
+SELECT n.nspname, c.relname
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'S' AND {_USER_RELATIONS}
+ORDER BY 1, 2
+"""
+
+
+async def sequence_values(conn: Any) -> dict[str, Any]:
+    """The value and is_called of every sequence of the (restored) database."""
+    from psycopg import sql
+
+    cur = await conn.execute(_SEQUENCES_SQL)
+    out: dict[str, Any] = {}
+    for schema, name in await cur.fetchall():
+        cur = await conn.execute(
+            sql.SQL("SELECT last_value::text, is_called FROM {}").format(
+                sql.Identifier(schema, name)
+            )
+        )
+        row = await cur.fetchone()
+        out[qualified(schema, name)] = {"value": str(row[0]), "is_called": bool(row[1])}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Large objects
+
+# The logical size of every large object: its last page's offset plus that page's length (a
+# sparse object's holes count, as lo_lseek64 to its end says).
+_LO_SQL = """
+SELECT count(*), coalesce(sum(size), 0)::text FROM (
+    SELECT coalesce((SELECT l.pageno::bigint * (current_setting('block_size')::int / 4)
+                            + length(l.data)
+                     FROM pg_catalog.pg_largeobject l WHERE l.loid = m.oid
+                     ORDER BY l.pageno DESC LIMIT 1), 0) AS size
+    FROM pg_catalog.pg_largeobject_metadata m
+) s
+"""
+# Without the right to read pg_largeobject (not a superuser): each object opened and sought to
+# its end, a batch at a time, in a savepoint rolled back afterwards (it closes the descriptors).
+_LO_BATCH_SQL = """
+SELECT m.oid, pg_catalog.lo_lseek64(pg_catalog.lo_open(m.oid, 262144), 0, 2)
+FROM pg_catalog.pg_largeobject_metadata m WHERE m.oid > %s ORDER BY m.oid LIMIT 1000
+"""
+
+
+async def large_objects(conn: Any) -> dict[str, Any]:
+    """{"count": n, "bytes": total} of the database's large objects."""
+    import psycopg
+
+    try:
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(_LO_SQL)
+            row = await cur.fetchone()
+            return {"count": int(row[0]), "bytes": str(row[1])}
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    count, total, after = 0, 0, 0
+    while True:
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(_LO_BATCH_SQL, (after,))
+            batch = await cur.fetchall()
+        if not batch:
+            return {"count": count, "bytes": str(total)}
+        count += len(batch)
+        total += sum(int(size) for _, size in batch)
+        after = int(batch[-1][0])

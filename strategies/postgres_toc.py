@@ -33,6 +33,8 @@ _DATABASE_DESCS = frozenset({"DATABASE", "DATABASE PROPERTIES"})
 _TAGGED_DESCS = frozenset({"COMMENT", "SECURITY LABEL", "ACL"})
 #: entries that say how the archive's statements are to be read
 _SESSION_DESCS = frozenset({"ENCODING", "STDSTRINGS"})
+#: the value pg_dump read for a sequence: `SELECT pg_catalog.setval('s.n', 42, true);`
+_SEQUENCE_SET = "SEQUENCE SET"
 #: consumed bytes are dropped from the buffer once this many have piled up
 _COMPACT = 1 << 20
 
@@ -49,6 +51,8 @@ class TocEntry:
     owner: bytes
     #: the entry's SQL, in the archive's encoding
     defn: bytes
+    #: the entry's schema (kept for SEQUENCE SET entries only)
+    namespace: bytes = b""
 
 
 @dataclass
@@ -72,6 +76,9 @@ class DatabaseEntries:
     acl: list[bytes] = field(default_factory=list)
     #: whether a DATABASE entry was found (pg_dump 11 and newer always write one)
     has_database_entry: bool = False
+    #: SEQUENCE SET entries, (schema, sequence, the setval statement), in the archive's
+    #: encoding: the values this backup restores (restore tests compare them with the copy)
+    sequences: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
 
 
 class TocScanner:
@@ -200,8 +207,10 @@ class TocScanner:
         yield from self._str(keep=False)  # oid
         tag = yield from self._raw()
         desc = (yield from self._raw()).decode("ascii", "replace")
+        sequence = desc == _SEQUENCE_SET
         wanted = (
-            desc in _DATABASE_DESCS
+            sequence
+            or desc in _DATABASE_DESCS
             or desc in _SESSION_DESCS
             or (desc in _TAGGED_DESCS and tag.startswith(b"DATABASE "))
         )
@@ -209,7 +218,7 @@ class TocScanner:
         defn = (yield from self._str(keep=wanted)) or b""
         yield from self._str(keep=False)  # drop statement
         yield from self._str(keep=False)  # copy statement
-        yield from self._str(keep=False)  # namespace
+        namespace = (yield from self._str(keep=sequence)) or b""
         yield from self._str(keep=False)  # tablespace
         if version >= (1, 14):
             yield from self._str(keep=False)  # table access method
@@ -224,7 +233,7 @@ class TocScanner:
             raise TocError(f"the archive's table of contents is damaged (offset flag {flag})")
         yield from self._skip(off_size)
         if wanted:
-            self._keep(TocEntry(desc, tag, owner, defn))
+            self._keep(TocEntry(desc, tag, owner, defn, namespace))
 
     def _keep(self, entry: TocEntry) -> None:
         found = self.found
@@ -245,6 +254,8 @@ class TocScanner:
             found.security_labels.append(entry.defn)
         elif entry.desc == "ACL":
             found.acl.append(entry.defn)
+        elif entry.desc == _SEQUENCE_SET:
+            found.sequences.append((entry.namespace, entry.tag, entry.defn))
 
 
 class TocWatcher:

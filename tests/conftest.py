@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.support.blob_strategy",
     "tests.support.fakegcs",
     "tests.support.pg",
+    "tests.support.pg_estate",
     "tests.support.mariadb",
     "tests.cloudsql_fake",
 ]

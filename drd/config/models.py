@@ -50,6 +50,7 @@ from drd.storage.google_auth import (
 )
 from drd.storage.urls import parse_region_url
 from drd.strategies import SourceOptions
+from drd.strategies.base import DEFAULT_SAMPLE_ROWS, ContentDigest, ContentMode
 
 if TYPE_CHECKING:
     from drd.storage.regions import RegionSpec
@@ -447,6 +448,12 @@ class RestoreTest(_Model):
     scratch: dict[str, ScratchSpec] = Field(default_factory=dict)
     #: declarative checks, by source name
     checks: dict[str, list[CheckSpec]] = Field(default_factory=dict)
+    #: what the built-in content check covers, recorded at backup time: "sampled" (rows chosen
+    #: by key ranges, at most sample_rows per table) or "full" (every row of every table); for
+    #: every source, or by source name or kind ({main-db: full}; the others sampled)
+    content: ContentMode | dict[str, ContentMode] = "sampled"
+    #: the per-table row budget of a sampled content digest: smaller tables are digested whole
+    sample_rows: int = Field(default=DEFAULT_SAMPLE_ROWS, ge=1, le=10_000_000)
 
     def scratch_for(self, source: SourceOptions) -> ScratchSpec | None:
         """The plan's scratch for the source (by name, else by kind), else its kind's default
@@ -456,6 +463,13 @@ class RestoreTest(_Model):
 
     def checks_for(self, source_name: str) -> list[CheckSpec]:
         return list(self.checks.get(source_name, []))
+
+    def content_for(self, source: SourceOptions) -> ContentDigest:
+        """How much of the source's data its backups digest for the content check."""
+        mode = self.content
+        if isinstance(mode, dict):
+            mode = mode.get(source.name) or mode.get(source.kind) or "sampled"
+        return ContentDigest(mode, self.sample_rows)
 
 
 class PlanFile(_Model):

@@ -159,11 +159,13 @@ def check_restore_test_sources(
         strategy = get_strategy(source.kind)
         if key not in restore_test.scratch:
             if strategy.default_scratch is None:
+                # A plan whose restore tests cannot run is not a plan that proves anything.
                 example = strategy.scratch_example or "{kind: ...}"
-                report.warning(
+                report.error(
                     ("restore_test", "scratch"),
-                    f"source {source.name} (kind {source.kind}) has no scratch environment: its "
-                    f"restore tests fail until one is given ({example})",
+                    f"source {source.name} (kind {source.kind}) has no scratch environment, so "
+                    f"its restore tests cannot run: give one ({example})",
+                    missing=True,
                 )
             continue  # the default always fits
         spec = restore_test.scratch[key]
@@ -178,6 +180,16 @@ def check_restore_test_sources(
         refused = refusal(spec, source)
         if refused is not None:
             report.error((*loc, refused[0]), refused[1])
+    if isinstance(restore_test.content, dict):
+        kinds = sorted({source.kind for source in sources})
+        for key in restore_test.content:
+            if key not in by_name and key not in kinds:
+                report.error(
+                    ("restore_test", "content", key),
+                    f"neither a source of this plan ({', '.join(by_name) or 'none'}) nor the "
+                    f"kind of one ({', '.join(kinds) or 'none'})",
+                    key=True,
+                )
     for name, checks in restore_test.checks.items():
         checked = by_name.get(name)
         if checked is None:

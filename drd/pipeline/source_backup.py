@@ -45,6 +45,8 @@ async def backup_source(
     strategy = get_strategy(source.kind)(source)
     # The plan's "matches the source" checks compare with results taken during the dump.
     strategy.capture_queries = capture_queries(plan.restore_test.checks_for(source.name))
+    # ... and so do the built-in content digests, sampled or of every row as the plan says.
+    strategy.content = plan.restore_test.content_for(source)
     with log_context(job="backup", plan=ref.plan, source=ref.source), source_lock(state_dir, ref):
         # Holding the lock, nothing else writes this source: leftovers are dead work.
         removed = await remove_orphans(ref, targets)

@@ -404,6 +404,7 @@ async def _restore_and_check(
         },
         cwd=base_dir,
         restore_options=env.restore_options,
+        restore_details=outcome.details,
     )
     report.checks.extend(await run_checks(target, plan.restore_test.checks_for(source.name)))
     phases.checks = time.perf_counter() - started

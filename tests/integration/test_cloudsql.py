@@ -37,6 +37,10 @@ from tests.support.pg import database_fingerprint, populate_rich_database
 pytestmark = pytest.mark.integration
 
 SOURCE_PROJECT, SCRATCH_PROJECT = "acme-prod", "acme-scratch"
+# A plan whose restore tests cannot run does not validate: every plan here names its scratch.
+RESTORE_TEST = {
+    "scratch": {"cloudsql": {"kind": "cloudsql-scratch-project", "project": SCRATCH_PROJECT}}
+}
 POLL = PollPolicy(timeout=60, initial=0.05, maximum=0.2)
 # Every path of sqladmin v1 that drd may use (instances, databases, backupRuns, operations).
 _V1 = re.compile(
@@ -118,7 +122,7 @@ def test_export_and_managed_backups_and_a_scratch_restore_test(
     env = DrdEnv(tmp_path)
     env.add_local_region("a")
     env.add_local_region("b")
-    env.add_plan("billing", [world.source(modes=["export", "managed"])])
+    env.add_plan("billing", [world.source(modes=["export", "managed"])], restore_test=RESTORE_TEST)
     env.ok("validate")
     world.api.http_errors(2, 503)  # transient: retried
     world.api.http_errors(1, 429)
@@ -195,7 +199,7 @@ def test_managed_only_backup_restores_with_restore_backup(
     env.add_local_region("b")
     source = world.source(modes=["managed"])
     del source["staging"], source["database"]
-    env.add_plan("billing", [source])
+    env.add_plan("billing", [source], restore_test=RESTORE_TEST)
     env.ok("backup", "billing/main-db")
     regions, keyring = regions_and_keyring(env, monkeypatch)
     import asyncio
@@ -237,7 +241,7 @@ def test_failed_and_hanging_operations(tmp_path: Path, world: World) -> None:
     env = DrdEnv(tmp_path)
     env.add_local_region("a")
     env.add_local_region("b")
-    env.add_plan("billing", [world.source()])
+    env.add_plan("billing", [world.source()], restore_test=RESTORE_TEST)
     env.write()
     world.api.fail_next("EXPORT", "Could not export: disk quota exceeded")
     proc = env.run("backup", "billing/main-db")
@@ -250,7 +254,7 @@ def test_failed_and_hanging_operations(tmp_path: Path, world: World) -> None:
     env = DrdEnv(tmp_path / "hang")
     env.add_local_region("a")
     env.add_local_region("b")
-    env.add_plan("billing", [world.source(operation_timeout=1.5)])
+    env.add_plan("billing", [world.source(operation_timeout=1.5)], restore_test=RESTORE_TEST)
     env.write()
     world.api.hang_next("EXPORT")
     proc = env.run("backup", "billing/main-db")
@@ -264,7 +268,7 @@ def test_failed_and_hanging_operations(tmp_path: Path, world: World) -> None:
     bad = DrdEnv(tmp_path / "bad")
     bad.add_local_region("a")
     bad.add_local_region("b")
-    bad.add_plan("billing", [world.source(instance="no-such-instance")])
+    bad.add_plan("billing", [world.source(instance="no-such-instance")], restore_test=RESTORE_TEST)
     proc = bad.run("backup", "billing/main-db")
     assert proc.returncode == 7
     assert "HTTP 404: The Cloud SQL instance does not exist." in proc.stderr

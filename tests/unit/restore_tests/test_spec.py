@@ -13,7 +13,9 @@ import pytest
 from drd import strategies
 from drd.config.guard import path_conflict, same_database
 from drd.config.loader import load_config
+from drd.errors import ConfigError
 from drd.restore_tests.spec import capture_queries
+from drd.strategies.base import ContentDigest
 from tests.unit.config.test_config import (  # noqa: F401 - fixtures
     EXAMPLE_REGISTRY,
     FAKE_REGISTRY,
@@ -258,16 +260,43 @@ def test_path_conflict(tmp_path: Path) -> None:
     assert path_conflict(tmp_path, str(db), "sqlite") is None
 
 
-def test_a_kind_without_a_default_scratch_warns(workdir: Path) -> None:  # noqa: F811
+def test_a_kind_without_a_default_scratch_is_an_error(workdir: Path) -> None:  # noqa: F811
+    """A plan whose restore test cannot run fails validation (it was a warning)."""
     plan = edit(
         with_restore_test("restore_test: {every: 24h}\n"),
         [("  - name: uploads\n", "  - {name: ledger, kind: cloudsql}\n  - name: uploads\n")],
     )
     assert findings(workdir, plan=plan) == [
-        f"{P}:8: warning: restore_test.scratch: source ledger (kind cloudsql) has no scratch "
-        "environment: its restore tests fail until one is given ({kind: "
+        f"{P}:8: restore_test.scratch: source ledger (kind cloudsql) has no scratch "
+        "environment, so its restore tests cannot run: give one ({kind: "
         "cloudsql-scratch-project, project: ...})"
     ]
     write(workdir, plans={"billing.yaml": plan})
+    with pytest.raises(ConfigError, match="has no scratch environment"):
+        load_config(Path("drd.yaml"), today=TODAY)
+
+
+def test_content_digests_sampled_by_default_full_by_source_or_kind(
+    workdir: Path,  # noqa: F811
+    fake_strategies: None,
+) -> None:
+    plan = with_restore_test(
+        "restore_test:\n  sample_rows: 500\n"
+        "  content: {main-db: full, files: sampled, nosuch: full}\n"
+    )
+    assert findings(workdir, plan=plan) == [
+        f"{P}:10: restore_test.content.nosuch: neither a source of this plan (main-db, uploads) "
+        "nor the kind of one (files, postgres)"
+    ]
+    write(workdir, plans={"billing.yaml": plan.replace(", nosuch: full", "")})
     (loaded,) = load_config(Path("drd.yaml"), today=TODAY).plans
-    assert loaded.restore_test.scratch_for(loaded.source("ledger")) is None
+    rt = loaded.restore_test
+    assert rt.content_for(loaded.source("main-db")) == ContentDigest("full", 500)
+    assert rt.content_for(loaded.source("uploads")) == ContentDigest("sampled", 500)
+    write(workdir, plans={"billing.yaml": with_restore_test("restore_test: {content: full}\n")})
+    (loaded,) = load_config(Path("drd.yaml"), today=TODAY).plans
+    assert loaded.restore_test.content_for(loaded.source("uploads")) == ContentDigest("full")
+    bad = with_restore_test("restore_test: {content: everything, sample_rows: 0}\n")
+    found = findings(workdir, plan=bad)
+    assert any("restore_test.content" in f for f in found), found
+    assert any("restore_test.sample_rows" in f for f in found), found
