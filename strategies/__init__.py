@@ -15,12 +15,14 @@ def registry() -> dict[str, type[AnyStrategy]]:
     from drd.strategies.gcs_bucket import GcsBucketStrategy
     from drd.strategies.mysql import MysqlStrategy
     from drd.strategies.postgres import PostgresStrategy
+    from drd.strategies.postgres_physical import PostgresPhysicalStrategy
     from drd.strategies.sqlite import SqliteStrategy
 
     return {
         s.kind: s
         for s in (
             PostgresStrategy,
+            PostgresPhysicalStrategy,
             SqliteStrategy,
             FilesStrategy,
             MysqlStrategy,

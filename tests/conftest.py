@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.support.blob_strategy",
     "tests.support.fakegcs",
     "tests.support.pg",
+    "tests.support.pgcluster",
     "tests.support.mariadb",
     "tests.cloudsql_fake",
 ]
