@@ -257,12 +257,19 @@ async def restore(
     backup_id: str | None,
     region: str | None,
     create_roles: bool = False,
+    pitr: Mapping[str, Any] | None = None,
 ) -> int:
+    from drd.cli import pitr_commands
+
     try:
         ref = SourceRef.parse(what)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     cfg = load_config(config_path) if config_path is not None else None
+    pitr = dict(pitr or {})
+    asked = [
+        f"--{k}" for k in (*pitr_commands.TARGET_FLAGS, "start", "user", "port") if pitr.get(k)
+    ]
     keyring = keyring_for(cfg, keys)
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, storage_args)
@@ -271,6 +278,29 @@ async def restore(
             find_source(plan, ref.source)
             regions = [r for r in regions if r.name in plan.storage.regions]
         check_region(region, [r.name for r in regions])
+        if await pitr_commands.is_physical(cfg, ref, regions):
+            if create_roles:
+                raise UsageError("--create-roles: a physical restore brings the roles back itself")
+            return await pitr_commands.restore(
+                ref,
+                regions,
+                keyring,
+                fetch_argv=pitr_commands.fetch_argv(config_path, ref, keys, storage_args),
+                target_dir=target,
+                backup_id=backup_id,
+                region=region,
+                at=pitr.get("at"),
+                lsn=pitr.get("lsn"),
+                latest=bool(pitr.get("latest")),
+                start=bool(pitr.get("start")),
+                user=pitr.get("user"),
+                port=pitr.get("port"),
+                as_json=bool(pitr.get("as_json")),
+            )
+        if asked:
+            raise UsageError(
+                f"{', '.join(asked)}: only for point-in-time recovery of postgres-physical sources"
+            )
         result = await restore_backup(
             ref,
             regions,

@@ -83,8 +83,50 @@ def _parser() -> argparse.ArgumentParser:
         "(NOLOGIN, no privileges beyond the backup's); without it a restore that needs them "
         "stops before changing anything (exit 13)",
     )
+    pitr = rs.add_argument_group(
+        "point-in-time recovery (postgres-physical sources; --to is a new data directory)"
+    )
+    point = pitr.add_mutually_exclusive_group()
+    point.add_argument(
+        "--at", metavar="TIME", help="recover to this time (ISO 8601, UTC if no zone)"
+    )
+    point.add_argument("--lsn", metavar="LSN", help="recover to this WAL position (X/Y)")
+    point.add_argument(
+        "--latest",
+        action="store_true",
+        help="recover everything archived (the default without --backup)",
+    )
+    pitr.add_argument(
+        "--start", action="store_true", help="start the server and wait until recovery is done"
+    )
+    pitr.add_argument(
+        "--user", help="when run as root: the OS user that owns and runs it (default postgres)"
+    )
+    pitr.add_argument("--port", type=int, help="with --start: the port the server listens on")
+    pitr.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keys_arg(rs)
     storage_arg(rs)
+
+    wp = command("wal-push", "archive_command: store a WAL file in the plan's regions")
+    wp.add_argument("what", metavar="PLAN/SOURCE")
+    wp.add_argument("path", metavar="PATH", help="the file (%%p)")
+    keys_arg(wp)
+
+    wf = command(
+        "wal-fetch",
+        "restore_command: fetch a WAL file (NAME, %%f) from any region that has it into PATH "
+        "(%%p); exit 1 if the archive does not have it, 126 (recovery stops) for a gap",
+    )
+    wf.add_argument("files", nargs="+", metavar="[PLAN/SOURCE] NAME PATH")
+    wf.add_argument(
+        "--socket", help="ask the drd process that started this recovery (no PLAN/SOURCE)"
+    )
+    wf.add_argument("--system-id", help="the cluster's system identifier")
+    wf.add_argument("--segment-size", type=int, default=16 << 20, help=argparse.SUPPRESS)
+    wf.add_argument("--expect", help=argparse.SUPPRESS)
+    wf.add_argument("--region", help="read this region first")
+    keys_arg(wf)
+    storage_arg(wf)
 
     pr = command("prune", "destroy expired backups in every region now, and say why")
     pr.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
@@ -128,7 +170,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Before any secret is read: no core file, no same-user reader of this process's memory.
     unprotected = protect_process()
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        # A restore_command that cannot run must stop recovery, not end it early: PostgreSQL
+        # takes exit codes up to 125 (argparse's 2 included) for "no such WAL file".
+        words = sys.argv[1:] if argv is None else list(argv)
+        if exc.code not in (0, None) and "wal-fetch" in words:
+            raise SystemExit(126) from None
+        raise
     from drd.logs import setup_logging
 
     # Flags, then DRD_LOG_*, then (for `drd run`) the config's `log:` section, then defaults.
@@ -141,13 +191,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except DrdError as exc:
         print(f"drd: error: {exc}", file=sys.stderr)
+        if args.command == "wal-fetch":
+            return 126  # as above: never "missing" by mistake
         return exc.exit_code
+    except Exception:
+        if args.command != "wal-fetch":
+            raise
+        logging.getLogger("drd").exception("wal-fetch failed")
+        return 126
     except KeyboardInterrupt:
         print("drd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "wal-fetch":
+        wanted = 2 if args.socket else 3
+        if len(args.files) != wanted:
+            raise UsageError(
+                "wal-fetch: give NAME PATH with --socket, PLAN/SOURCE NAME PATH without"
+            )
+    if args.command == "wal-fetch" and args.socket:
+        # Before anything else is imported: this runs once per WAL file of a recovery.
+        from drd.walclient import fetch_over_socket
+
+        return fetch_over_socket(args.socket, *args.files)
     from drd.cli import commands
 
     if args.command == "keygen":
@@ -168,6 +236,31 @@ def _dispatch(args: argparse.Namespace) -> int:
                 as_json=args.json,
             )
         )
+    if args.command == "wal-fetch":
+        from drd.cli import pitr_commands
+
+        return asyncio.run(
+            pitr_commands.wal_fetch(
+                _config_path(args, required=not args.storage),
+                args.files[0],
+                args.files[1],
+                args.files[2],
+                args.keys,
+                args.storage,
+                system_id=args.system_id,
+                segment_size=args.segment_size,
+                expect=args.expect,
+                region=args.region,
+            )
+        )
+    if args.command == "wal-push":
+        from drd.cli import pitr_commands
+
+        return asyncio.run(
+            pitr_commands.wal_push(
+                _config_path(args, required=True), args.what, args.path, args.keys
+            )
+        )
     if args.command == "restore":
         return asyncio.run(
             commands.restore(
@@ -179,6 +272,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 backup_id=args.backup,
                 region=args.region,
                 create_roles=args.create_roles,
+                pitr={
+                    "at": args.at,
+                    "lsn": args.lsn,
+                    "latest": args.latest,
+                    "start": args.start,
+                    "user": args.user,
+                    "port": args.port,
+                    "as_json": args.json,
+                },
             )
         )
     if args.command == "prune":
