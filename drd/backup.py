@@ -6,6 +6,9 @@
 A backup is complete only when its manifest is committed in at least `min_copies` regions.
 Until then nothing is visible to `drd list`; if that bar is missed the copies already written
 are removed again, so a failed backup never looks complete and never leaves a manifest behind.
+A backup the strategy says is not a faithful image of the source (its metadata's "degraded"
+list: a file that kept changing while being read, ...) is committed with status `degraded`
+instead of `ok`: restorable, and flagged everywhere it is shown.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from drd.clock import Clock, utcnow
 from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import DATA_OBJECT, SourceRef, new_backup_id
 from drd.repository.fanout import FanOut
-from drd.repository.manifest import Manifest, ManifestBody, ManifestPublic
+from drd.repository.manifest import (
+    STATUS_DEGRADED,
+    STATUS_OK,
+    Manifest,
+    ManifestBody,
+    ManifestPublic,
+)
 from drd.repository.sealing import COMPRESSION, Sealer
 from drd.storage.base import Storage
 from drd.strategies.base import AnyStrategy
@@ -55,6 +64,15 @@ class BackupResult:
     @property
     def missing(self) -> list[RegionCopy]:
         return [c for c in self.copies if not c.committed]
+
+    @property
+    def status(self) -> str:
+        """ok, or degraded: complete and restorable, but not a faithful image (`degraded`)."""
+        return self.manifest.public.status
+
+    @property
+    def degraded(self) -> list[str]:
+        return self.manifest.body.degraded
 
 
 async def run_backup(
@@ -124,6 +142,8 @@ async def run_backup(
         )
         raise
 
+    metadata = {**strategy.restore_metadata(), "host": socket.gethostname()}
+    degraded = metadata.get("degraded")
     manifest = Manifest(
         ManifestPublic(
             backup_id=backup_id,
@@ -133,6 +153,7 @@ async def run_backup(
             key_id=kek.key_id,
             started_at=started.isoformat(),
             completed_at=clock().isoformat(),
+            status=STATUS_DEGRADED if degraded else STATUS_OK,
         ),
         ManifestBody(
             wrapped_data_key=crypto.wrap_data_key(kek, data_key, backup_id),
@@ -142,7 +163,7 @@ async def run_backup(
             plaintext_digest=sealer.plaintext_digest,
             ciphertext_size=sealer.ciphertext_size,
             ciphertext_digest=sealer.ciphertext_digest,
-            strategy_metadata={**strategy.restore_metadata(), "host": socket.gethostname()},
+            strategy_metadata=metadata,
             drd_version=__version__,
         ),
     )
@@ -189,6 +210,13 @@ async def run_backup(
         f"; MISSING {_reasons(result.missing)}" if result.missing else "",
         extra=ctx,
     )
+    if result.degraded:
+        log.warning(
+            "%s: the backup is DEGRADED (not a faithful image of the source): %s",
+            where,
+            "; ".join(result.degraded),
+            extra=ctx,
+        )
     return result
 
 

@@ -7,9 +7,26 @@ Messages must never contain key material, tokens or passwords.
 
 from __future__ import annotations
 
+#: The exit codes that are not an error's: success, and interrupted (Ctrl-C; 128 + SIGINT).
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
 
 class DrdError(Exception):
     """Base class: an expected failure with a clear message for the operator."""
+
+    exit_code = 1
+
+
+class PartialFailure(DrdError):
+    """Some, not all, of the sources a command worked on failed (each one was reported)."""
+
+    exit_code = 1
+
+
+class DoctorFailed(DrdError):
+    """`drd doctor` found a region that cannot destroy backups within max_age, or could not
+    check one (its report says which)."""
 
     exit_code = 1
 
@@ -91,6 +108,26 @@ class BackupNotFound(DrdError):
     exit_code = 8
 
 
+class OutsideWindow(BackupNotFound):
+    """A point-in-time restore's target is outside every recovery window (the message names
+    the windows and any gap); nothing was touched."""
+
+
+class WalNotFound(DrdError):
+    """`drd wal-fetch`: the archive does not hold the WAL file (PostgreSQL then looks in its
+    own pg_wal, or ends recovery: that is what restore_command's exit 1 means)."""
+
+    exit_code = 1
+
+
+class WalFetchFailed(DrdError):
+    """`drd wal-fetch`: a WAL file the recovery needs cannot be had intact from any region (a
+    gap, or every copy refused). PostgreSQL stops recovery on exit codes above 125 instead of
+    taking the file for missing, so a recovery never ends early without saying so."""
+
+    exit_code = 126
+
+
 class TargetExists(DrdError):
     """The restore target already exists; drd never overwrites."""
 
@@ -101,6 +138,39 @@ class UsageError(DrdError):
     """The command line is wrong."""
 
     exit_code = 2
+
+
+class CloudSqlError(DrdError):
+    """The Cloud SQL Admin API refused a request (4xx), or gave up after retries (the HTTP
+    status, when there was one, is in `code`)."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OperationFailed(CloudSqlError):
+    """A Cloud SQL operation ended DONE with an error, or did not finish before its deadline."""
+
+
+class LockBusy(DrdError):
+    """A backup (or a restore test) of this source is already running: another task or
+    process holds its lock (drd.locks)."""
+
+    exit_code = 10
+
+
+class DrillBusy(DrdError):
+    """A drill of this plan is already running (`drill_id` names it; empty when drd is
+    shutting down and starts none). 409 at the API."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, drill_id: str) -> None:
+        super().__init__(message)
+        self.drill_id = drill_id
 
 
 class RestoreTestFailed(DrdError):

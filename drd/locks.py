@@ -10,12 +10,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from drd.errors import DrdError
+from drd.errors import LockBusy as LockBusy  # defined with every error; named here too
 from drd.layout import SourceRef
-
-
-class LockBusy(DrdError):
-    exit_code = 10
 
 
 @contextlib.contextmanager

@@ -59,6 +59,13 @@ class Metrics:
         self.backups = Counter(
             "drd_backups", "Backups attempted, by result", (*PS, "result"), registry=r
         )
+        self.backups_degraded = Counter(
+            "drd_backups_degraded",
+            "Successful backups that are degraded: complete and restorable, but not a faithful "
+            "image of the source (e.g. a file kept changing while being read; drd list says why)",
+            PS,
+            registry=r,
+        )
         self.backup_duration = Histogram(
             "drd_backup_duration_seconds",
             "Wall time of a backup",
@@ -235,6 +242,7 @@ class Metrics:
         for result in ("success", "failure"):
             self.backups.labels(plan, source, result)
             self.restore_tests.labels(plan, source, result)
+        self.backups_degraded.labels(plan, source)
         for reason in RESTORE_TEST_FAILURE_REASONS:
             self.restore_test_failures.labels(plan, source, reason)
         for region in regions:

@@ -35,15 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from drd import crypto, walclient
+from drd import crypto
 from drd.errors import (
     BackupNotFound,
     DrdError,
     IntegrityError,
     NotEnoughCopies,
+    OutsideWindow,
     RestoreError,
     StorageError,
     TargetExists,
+    WalFetchFailed,
+    WalNotFound,
 )
 from drd.layout import SourceRef
 from drd.repository.catalog import CatalogEntry, build_catalog
@@ -76,29 +79,6 @@ from drd.strategies.postgres_wal import (
 )
 
 log = logging.getLogger(__name__)
-
-#: wal-fetch exit codes (drd.walclient): a gap or an unreadable copy never silently ends a
-#: recovery early
-FETCH_OK, FETCH_MISSING, FETCH_FATAL = (
-    walclient.FETCH_OK,
-    walclient.FETCH_MISSING,
-    walclient.FETCH_FATAL,
-)
-
-
-class OutsideWindow(BackupNotFound):
-    """The recovery target is not inside any recovery window; nothing was touched."""
-
-
-class WalNotFound(DrdError):
-    exit_code = FETCH_MISSING
-
-
-class WalFetchFailed(DrdError):
-    """A WAL file that should be in the archive cannot be had intact from any region."""
-
-    exit_code = FETCH_FATAL
-
 
 # --------------------------------------------------------------------------------------------
 # Shipping

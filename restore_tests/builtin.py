@@ -11,6 +11,7 @@ broken backup).
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,23 @@ def integrity(complete: bool, ciphertext_bytes: int, plaintext_bytes: int) -> Ch
         )
     return failed(
         name, name, expected=expected, actual="the stream was not read to its authenticated end"
+    )
+
+
+def backup_status(status: str, reasons: Sequence[str]) -> CheckResult:
+    """Whether the backup is a faithful image of its source. A degraded backup (something could
+    not be captured consistently) restores, but the report must say what it lacks: a warning,
+    not a failure (restoring it is the best the backup can do)."""
+    name = "backup_status"
+    if status == "ok":
+        return passed(name, name, expected="ok", actual="ok")
+    return failed(
+        name,
+        name,
+        critical=False,
+        expected="ok",
+        actual=status,
+        detail="the backup is " + status + (": " + "; ".join(reasons) if reasons else ""),
     )
 
 
@@ -140,16 +158,38 @@ def schema(expected: Any, actual: Mapping[str, Any], *, comparable: bool = True)
     )
 
 
-def digests(expected: Any, actual: file_digests.DigestList) -> CheckResult:
-    """Every restored file has the content archived, and no file is missing or extra."""
+def digests(
+    expected: Any, actual: file_digests.DigestList, *, privileged: bool | None = None
+) -> CheckResult:
+    """Every restored file has the content archived, and no file is missing or extra; for a
+    tree (file_digests.TreeDigests) also every entry's type, mode, owner, mtime, symlink target,
+    device numbers, xattrs/ACLs and the hard links. `privileged`: whether the restore ran as
+    root (default: whether this process is root); if not, owners, privileged xattrs and device
+    nodes could not be restored and are not compared. The result says what was compared."""
     name = "file_digests"
     unavailable = _unavailable(name, name, expected)
     if unavailable is not None:
         return unavailable
     assert isinstance(expected, Mapping)
-    problems = file_digests.compare(dict(expected), actual)
     want = f"{expected.get('count')} files, tree digest {str(expected.get('tree'))[:16]}"
     got = f"{actual.count} files, tree digest {actual.tree[:16]}"
+    if isinstance(actual, file_digests.TreeDigests):
+        if privileged is None:
+            privileged = os.geteuid() == 0
+        found = file_digests.compare_tree(expected, actual, privileged=privileged)
+        problems = found.problems
+        covered = "compared " + "; ".join(found.compared)
+        if found.not_compared:
+            covered += "; not compared: " + "; ".join(found.not_compared)
+        entries = expected.get("entries")
+        if isinstance(entries, Mapping):
+            want += f", {entries.get('count')} entries"
+            got += f", {actual.entries.count} entries"
+    else:
+        problems = file_digests.compare(dict(expected), actual)
+        covered = f"compared the content (sha256) of {expected.get('count')} files"
     if not problems:
-        return passed(name, name, expected=want, actual=got)
-    return failed(name, name, expected=want, actual=got, detail="; ".join(problems))
+        return passed(name, name, expected=want, actual=got, detail=covered)
+    return failed(
+        name, name, expected=want, actual=got, detail="; ".join(problems) + f" ({covered})"
+    )

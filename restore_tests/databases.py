@@ -64,8 +64,9 @@ async def sqlite_rows(path: Path, query: str, limit: int = ROW_LIMIT) -> list[tu
             db.close()
 
 
-async def rows(env_kind: str, target: str | Path, query: str) -> list[tuple[Any, ...]]:
-    """Rows of `query` on the restored database: a DSN for postgres, a file for sqlite."""
-    if env_kind == "sqlite":
+async def rows(restored_as: str | None, target: str | Path, query: str) -> list[tuple[Any, ...]]:
+    """Rows of `query` on the restored database, by what it is (Strategy.restored_as): a file
+    for "sqlite", else a libpq DSN."""
+    if restored_as == "sqlite":
         return await sqlite_rows(Path(target), query)
     return await pg_rows(str(target), query)

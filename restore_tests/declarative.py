@@ -16,6 +16,7 @@ from drd.restore_tests import databases
 from drd.restore_tests.expectations import QueryOutcome, Verdict, evaluate, evaluate_freshness
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import CheckSpec, FileSpec, FreshnessSpec, capture_key
+from drd.strategies import get_strategy
 from drd.strategies.statistics import CAPTURE_ROW_LIMIT, json_value, result_value
 
 
@@ -23,7 +24,7 @@ from drd.strategies.statistics import CAPTURE_ROW_LIMIT, json_value, result_valu
 class Restored:
     """Where the restored copy is, for the checks."""
 
-    #: the source kind: postgres, sqlite or files
+    #: the source kind
     kind: str
     #: a DSN (postgres) or a path (sqlite file, files tree)
     target: str | Path
@@ -31,6 +32,11 @@ class Restored:
     captured_at: datetime
     #: the source's results of "matches_source" queries, by capture key
     captured: Mapping[str, Any]
+
+    @property
+    def restored_as(self) -> str | None:
+        """What the copy is (postgres, sqlite, tree): its kind's strategy says."""
+        return get_strategy(self.kind).restored_as
 
 
 def _result(check: CheckSpec, name: str, verdict: Verdict, query: str | None) -> CheckResult:
@@ -48,7 +54,7 @@ def _result(check: CheckSpec, name: str, verdict: Verdict, query: str | None) ->
 
 async def sql_check(check: CheckSpec, name: str, restored: Restored) -> CheckResult:
     assert check.sql is not None and check.expect is not None
-    fetched = await databases.rows(restored.kind, restored.target, check.sql)
+    fetched = await databases.rows(restored.restored_as, restored.target, check.sql)
     if len(fetched) > CAPTURE_ROW_LIMIT and check.expect.kind in ("equals", "matches_source"):
         verdict = Verdict(
             "failed",
@@ -94,7 +100,7 @@ def freshness_query(spec: FreshnessSpec) -> str:
 async def freshness_check(check: CheckSpec, name: str, restored: Restored) -> CheckResult:
     assert check.freshness is not None
     query = freshness_query(check.freshness)
-    fetched = await databases.rows(restored.kind, restored.target, query)
+    fetched = await databases.rows(restored.restored_as, restored.target, query)
     newest = fetched[0][0] if fetched and fetched[0] else None
     verdict = evaluate_freshness(newest, restored.captured_at, check.freshness.within)
     return _result(check, name, verdict, query)

@@ -29,7 +29,7 @@ from drd.restore_tests.declarative import (
 )
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import CheckSpec
-from drd.strategies import file_digests, postgres_stats, sqlite_stats
+from drd.strategies import file_digests, get_strategy, postgres_stats, sqlite_stats
 from drd.strategies.statistics import error_text
 
 #: how long the built-in checks may take together (they scan every table of the copy)
@@ -40,7 +40,7 @@ BUILTIN_TIMEOUT = timedelta(hours=1)
 class CheckTarget:
     """What the checks run against."""
 
-    #: the source kind: postgres, sqlite or files
+    #: the source kind (its strategy's restored_as says which built-in checks apply)
     kind: str
     #: the restored database's DSN (postgres) or the restored file or tree (sqlite, files)
     target: str | Path
@@ -116,15 +116,16 @@ async def _sqlite_builtins(t: CheckTarget) -> list[CheckResult]:
     ]
 
 
-async def _files_builtins(t: CheckTarget) -> list[CheckResult]:
+async def _tree_builtins(t: CheckTarget) -> list[CheckResult]:
     actual = await asyncio.to_thread(file_digests.tree_digests, Path(t.target))
     return [builtin.digests(_statistics(t.metadata, "file_digests"), actual)]
 
 
+#: the built-in checks by what the restored copy is (Strategy.restored_as)
 _BUILTINS: dict[str, Callable[[CheckTarget], Awaitable[list[CheckResult]]]] = {
     "postgres": _postgres_builtins,
     "sqlite": _sqlite_builtins,
-    "files": _files_builtins,
+    "tree": _tree_builtins,
 }
 
 
@@ -161,7 +162,8 @@ async def _timed(
 async def run_checks(target: CheckTarget, checks: Sequence[CheckSpec]) -> list[CheckResult]:
     """The built-in checks for the target's kind, then `checks`, in order."""
     results: list[CheckResult] = []
-    builtins = _BUILTINS.get(target.kind)
+    restored_as = get_strategy(target.kind).restored_as
+    builtins = _BUILTINS.get(restored_as) if restored_as is not None else None
     if builtins is not None:
         started = time.monotonic()
         try:

@@ -23,8 +23,9 @@ check must fit its source's kind) live there, in `_check_restore_test_sources`.
         uploads:
           - file: {path: logo.png, min_size: 1KiB}
 
-Defaults: postgres sources get an ephemeral server of the backup's major version, sqlite and
-files sources a temporary directory.
+Defaults come from each source kind's strategy (Strategy.default_scratch): postgres sources get
+an ephemeral server of the backup's major version, sqlite and files sources a temporary
+directory; cloudsql sources have none (the plan names a scratch project).
 """
 
 from __future__ import annotations
@@ -39,21 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from drd.fields import PositiveDuration, Size
 from drd.fields import rule as _rule
+from drd.strategies import get_strategy
 
 SCRATCH_KINDS = ("ephemeral-postgres", "postgres-server", "tempdir", "cloudsql-scratch-project")
-#: which scratch kinds can hold which source kinds
-SCRATCH_FOR_SOURCE: dict[str, tuple[str, ...]] = {
-    "postgres": ("ephemeral-postgres", "postgres-server"),
-    "sqlite": ("tempdir",),
-    "files": ("tempdir",),
-    "cloudsql": ("cloudsql-scratch-project",),
-}
-#: which check kinds fit which source kinds ("command" fits every kind)
-CHECKS_FOR_SOURCE: dict[str, tuple[str, ...]] = {
-    "postgres": ("sql", "freshness", "command"),
-    "sqlite": ("sql", "freshness", "command"),
-    "files": ("file", "command"),
-}
+# Which scratch kinds can hold a source kind, and which checks fit it, is the source kind's own
+# business: its strategy says (Strategy.scratch_kinds, default_scratch, check_kinds).
 CHECK_KINDS = ("sql", "freshness", "file", "command")
 
 
@@ -172,8 +163,11 @@ class ScratchSpec(_Spec):
         return self
 
 
-def default_scratch(source_kind: str) -> ScratchSpec:
-    return ScratchSpec(kind="ephemeral-postgres" if source_kind == "postgres" else "tempdir")
+def default_scratch(source_kind: str) -> ScratchSpec | None:
+    """Where a source is restored when the plan names no scratch environment: its strategy's
+    default_scratch; None when its kind has none (the plan must name one)."""
+    kind = get_strategy(source_kind).default_scratch
+    return None if kind is None else ScratchSpec.model_validate({"kind": kind})
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Rules every strategy follows:
   image the dump is (row counts, a schema fingerprint, file digests), together with the
   results of `capture_queries` (see restore_tests/): restore tests compare them with the
   restored copy. Failing to take them never fails the dump; the error is recorded instead.
+  Its "degraded" key, when present, lists why the dump is not a faithful image of the source
+  (a file that kept changing while being read, ...): the backup is then recorded as
+  `degraded` instead of `ok` (drd.backup).
 - restore() is a classmethod: at 3 a.m. on a fresh machine there may be no plan, only the
   manifest. It restores into a *new* staging location next to the target and hands it over
   (rename) only when the stream ended cleanly and the tool succeeded. On any failure (including
@@ -51,6 +54,9 @@ class RestoreOutcome:
     target: str
     # strategy-specific facts about the restored copy (tables restored, files written, ...)
     details: dict[str, Any] = field(default_factory=dict)
+    #: what the target could not take although the backup has it (one line each; the restore
+    #: still succeeded): xattrs on a filesystem without them, device nodes without root, ...
+    warnings: list[str] = field(default_factory=list)
 
 
 OptionsT = TypeVar("OptionsT", bound=SourceOptions)
@@ -61,6 +67,33 @@ class Strategy(abc.ABC, Generic[OptionsT]):
     kind: ClassVar[str]
     #: the pydantic model of this kind's source entry in a plan (the class of OptionsT)
     Options: ClassVar[type[SourceOptions]]
+
+    # What a restore test can do with a backup of this kind. drd.config, drd.restore_tests and
+    # drd.verify.scratch ask these instead of keeping tables of kinds; the defaults fit a kind
+    # that restore tests only restore (into a scratch directory) and check with commands.
+
+    #: the scratch environment kinds (restore_test.scratch `kind:`) that can hold a restored
+    #: copy; the plan may name no other. Empty: none is declared, and the plan's choice is not
+    #: checked ahead of the restore
+    scratch_kinds: ClassVar[tuple[str, ...]] = ()
+    #: the scratch environment kind used when the plan names none; None: there is no sensible
+    #: default, the plan must name one (drd validate warns, the restore test fails saying so)
+    default_scratch: ClassVar[str | None] = "tempdir"
+    #: the scratch entry drd validate suggests when there is no default_scratch (YAML flow)
+    scratch_example: ClassVar[str] = ""
+    #: the declarative checks (restore_test.checks: sql, freshness, file, command) that apply
+    #: to a restored copy of this kind
+    check_kinds: ClassVar[tuple[str, ...]] = ("command",)
+    #: what the restored copy is to the checks: "postgres" (a database reached by a libpq DSN),
+    #: "sqlite" (a database file) or "tree" (a directory tree). drd.restore_tests picks the
+    #: built-in checks by it (row counts and schema, file digests) and how sql and freshness
+    #: checks query the copy. None: no built-in checks read the copy
+    restored_as: ClassVar[str | None] = None
+    #: the name of the restored file or directory in a scratch directory
+    restored_name: ClassVar[str] = "restored"
+    #: the source's `path` is a directory tree backed up whole: a scratch directory inside it
+    #: is refused (the restore would write into the live tree, and the next backup hold it)
+    source_is_tree: ClassVar[bool] = False
 
     def __init__(self, options: SourceOptions) -> None:
         if not isinstance(options, self.Options):

@@ -57,7 +57,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drd.errors import ConfigError, DrdError, RestoreError, SourceError, TargetExists
+from drd.errors import CloudSqlError as CloudSqlError  # defined with every error; named here too
+from drd.errors import ConfigError, RestoreError, SourceError, TargetExists
+from drd.errors import OperationFailed as OperationFailed
 from drd.storage.google_auth import (
     CLOUD_PLATFORM_SCOPES,
     STORAGE_SCOPES,
@@ -75,20 +77,6 @@ FORMAT_MANAGED = "cloudsql-managed-backup"
 _BUCKET = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 Mode = Literal["export", "managed"]
-
-
-class CloudSqlError(DrdError):
-    """The API refused a request (4xx), or gave up after retries (status in `code`)."""
-
-    exit_code = 7
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class OperationFailed(CloudSqlError):
-    """An operation ended DONE with an error, or did not finish before its deadline."""
 
 
 class StagingOptions(BaseModel):
@@ -367,6 +355,11 @@ class CopyRowCounter:
 class CloudSqlStrategy(Strategy[CloudSqlOptions]):
     kind: ClassVar[str] = "cloudsql"
     Options: ClassVar[type[SourceOptions]] = CloudSqlOptions
+    # Restore tests: only into a new instance in a scratch project the plan names (there is no
+    # default); the scratch environment checks the copy itself (drd.verify.scratch.cloudsql_env).
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("cloudsql-scratch-project",)
+    default_scratch: ClassVar[str | None] = None
+    scratch_example: ClassVar[str] = "{kind: cloudsql-scratch-project, project: ...}"
 
     def _poll(self) -> PollPolicy:
         o = self.opts

@@ -463,6 +463,12 @@ def staging_name(target: str) -> str:
 class PostgresStrategy(Strategy[PostgresOptions]):
     kind: ClassVar[str] = "postgres"
     Options: ClassVar[type[SourceOptions]] = PostgresOptions
+    # Restore tests: into a server of the backup's major version (or a database on a scratch
+    # server), checked by row counts, schema fingerprint and SQL.
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("ephemeral-postgres", "postgres-server")
+    default_scratch: ClassVar[str | None] = "ephemeral-postgres"
+    check_kinds: ClassVar[tuple[str, ...]] = ("sql", "freshness", "command")
+    restored_as: ClassVar[str | None] = "postgres"
 
     # -- dump -----------------------------------------------------------------------------
 

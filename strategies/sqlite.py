@@ -93,6 +93,11 @@ def _check(path: Path) -> tuple[list[str], int]:
 class SqliteStrategy(Strategy[SqliteOptions]):
     kind: ClassVar[str] = "sqlite"
     Options: ClassVar[type[SourceOptions]] = SqliteOptions
+    # Restore tests: a database file in a scratch directory, checked like a database.
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("tempdir",)
+    check_kinds: ClassVar[tuple[str, ...]] = ("sql", "freshness", "command")
+    restored_as: ClassVar[str | None] = "sqlite"
+    restored_name: ClassVar[str] = "restored.db"
 
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None

@@ -40,4 +40,8 @@ def _scrub_environment(
     from drd import secret_source
 
     secret_source._taken.clear()
+    # drd's CLI makes its process non-dumpable with a core limit of 0 at start: called in-process,
+    # that would harden the test runner itself for every later test (and their children). The
+    # hardening is tested on real drd processes (test_secret_source, test_daemon_key_material).
+    monkeypatch.setattr("drd.cli.main.protect_process", lambda: [])
     yield

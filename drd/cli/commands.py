@@ -1,4 +1,9 @@
-"""What each CLI command does. Output goes to stdout; diagnostics to stderr via logging."""
+"""What each CLI command does. Output goes to stdout; diagnostics to stderr via logging.
+
+A command that cannot go on raises a DrdError. One that ran to its end returns its Outcome:
+None when everything worked, else the error class of what failed, which it has already
+reported (per source, or in its report). drd.cli.main turns both into the exit code.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,39 @@ from drd.cli.output import print_json
 from drd.config.loader import load_config
 from drd.config.loader import validate as validate_config
 from drd.config.models import Config, Plan
-from drd.errors import ConfigError, DrdError, UsageError
+from drd.errors import (
+    ConfigError,
+    DoctorFailed,
+    DrdError,
+    DrillFailed,
+    IntegrityError,
+    PartialFailure,
+    RestoreTestFailed,
+    StorageError,
+    UsageError,
+)
 from drd.jobs import backup_source
 from drd.layout import SourceRef, check_name
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
+from drd.repository.manifest import STATUS_OK
 from drd.restore import restore_backup
 from drd.runtime import keyring_for, open_regions
 from drd.secret_source import redact_target
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import latest_summaries
 
-EXIT_FAILED = 1
+#: None: every part worked; else the class of the failure the command reported (see above)
+Outcome = type[DrdError] | None
 
 
-def keygen(*, quiet: bool) -> int:
+def failed_sources(errors: Sequence[DrdError], sources: int) -> Outcome:
+    """Every source failed: the (first) failure's class; some did: PartialFailure."""
+    if not errors:
+        return None
+    return type(errors[0]) if len(errors) == sources else PartialFailure
+
+
+def keygen(*, quiet: bool) -> Outcome:
     print(crypto.generate_key())
     if not quiet:
         print(
@@ -35,10 +59,10 @@ def keygen(*, quiet: bool) -> int:
             "# To rotate, put the new key first and keep the old ones after it.",
             file=sys.stderr,
         )
-    return 0
+    return None
 
 
-def token(name: str, role: str) -> int:
+def token(name: str, role: str) -> Outcome:
     from drd.server.auth import generate_token, token_hash
 
     check_name("token", name)
@@ -50,10 +74,10 @@ def token(name: str, role: str) -> int:
         f"#   - {{name: {name}, role: {role}, sha256: {token_hash(secret)}}}",
         file=sys.stderr,
     )
-    return 0
+    return None
 
 
-def validate(config_path: Path | None) -> int:
+def validate(config_path: Path | None) -> Outcome:
     assert config_path is not None
     findings = validate_config(config_path)
     errors = [f for f in findings if f.severity == "error"]
@@ -61,24 +85,24 @@ def validate(config_path: Path | None) -> int:
         print(str(finding), file=sys.stderr if finding.severity == "error" else sys.stdout)
     if errors:
         print(f"{len(errors)} error(s)", file=sys.stderr)
-        return ConfigError.exit_code
+        return ConfigError
     cfg = load_config(config_path)
     sources = sum(len(p.sources) for p in cfg.plans)
     print(
         f"ok: {config_path}: {len(cfg.plans)} plan(s), {sources} source(s), "
         f"{len(cfg.regions)} region(s)"
     )
-    return 0
+    return None
 
 
-async def backup(config_path: Path | None, what: str, keys: str | None) -> int:
+async def backup(config_path: Path | None, what: str, keys: str | None) -> Outcome:
     assert config_path is not None
     cfg = load_config(config_path)
     plan_name, _, source_name = what.partition("/")
     plan = find_plan(cfg, plan_name)
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
     keyring = keyring_for(cfg, keys)
-    failed = 0
+    failed: list[DrdError] = []
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for source in sources:
@@ -86,21 +110,21 @@ async def backup(config_path: Path | None, what: str, keys: str | None) -> int:
             try:
                 result = await backup_source(plan, source, regions, keyring, cfg.state_dir)
             except DrdError as exc:
-                failed += 1
+                failed.append(exc)
                 print(f"FAILED {ref}: {exc}", file=sys.stderr)
-                last_error: DrdError = exc
                 continue
             missing = "; ".join(f"{c.region}: {c.error}" for c in result.missing)
             print(
-                f"ok {ref}@{result.backup_id}: "
+                f"{result.status} {ref}@{result.backup_id}: "
                 f"{result.manifest.body.plaintext_size} bytes -> "
                 f"{result.manifest.body.ciphertext_size} stored in "
                 f"{','.join(result.committed_regions)}"
                 + (f" (MISSING COPIES: {missing})" if missing else "")
             )
-    if failed:
-        return last_error.exit_code if failed == len(sources) else EXIT_FAILED
-    return 0
+            for reason in result.degraded:
+                print(f"warning: {ref}@{result.backup_id} is DEGRADED: {reason}", file=sys.stderr)
+    # When every source failed, the exit code is the last failure's (as it always was).
+    return failed_sources(failed[::-1], len(sources))
 
 
 def find_plan(cfg: Config, name: str) -> Plan:
@@ -141,6 +165,8 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
         "started_at": entry.public.started_at,
         "completed_at": entry.public.completed_at,
         "key_id": entry.public.key_id,
+        "status": entry.public.status,
+        "degraded": body.degraded if body else None,
         "verified": entry.verified,
         "problem": str(entry.verify_error) if entry.verify_error else None,
         "damaged_copies": entry.copy_problems(),
@@ -170,6 +196,10 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
     for e in catalog.entries:
         body = e.manifest.body if e.manifest else None
         status = "" if e.verified else f"  UNVERIFIED: {e.verify_error}"
+        if e.public.status != STATUS_OK:
+            status += f"  {e.public.status.upper()}"
+            if body and body.degraded:
+                status += ": " + "; ".join(body.degraded)
         damaged = e.copy_problems()
         if damaged:
             status += "  DAMAGED: " + "; ".join(f"{r}: {p}" for r, p in damaged.items())
@@ -218,7 +248,7 @@ async def list_backups(
     storage_args: Sequence[str],
     *,
     as_json: bool,
-) -> int:
+) -> Outcome:
     cfg = load_config(config_path) if config_path is not None else None
     prefix = ""
     if what:
@@ -244,7 +274,7 @@ async def list_backups(
         catalog = await build_catalog(regions, keyring, prefix)
         tests = await latest_summaries(catalog, regions, keyring)
     _print_catalog(catalog, as_json, tests)
-    return 0
+    return None
 
 
 async def restore(
@@ -258,7 +288,9 @@ async def restore(
     region: str | None,
     create_roles: bool = False,
     pitr: Mapping[str, Any] | None = None,
-) -> int:
+) -> Outcome:
+    """Restore a backup; for a physical PostgreSQL source, to a point in time
+    (drd.cli.pitr_commands: `pitr` holds its flags)."""
     from drd.cli import pitr_commands
 
     try:
@@ -267,9 +299,7 @@ async def restore(
         raise UsageError(str(exc)) from None
     cfg = load_config(config_path) if config_path is not None else None
     pitr = dict(pitr or {})
-    asked = [
-        f"--{k}" for k in (*pitr_commands.TARGET_FLAGS, "start", "user", "port") if pitr.get(k)
-    ]
+    asked = [f"--{k}" for k in pitr_commands.FLAGS if pitr.get(k)]
     keyring = keyring_for(cfg, keys)
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, storage_args)
@@ -285,17 +315,13 @@ async def restore(
                 ref,
                 regions,
                 keyring,
-                fetch_argv=pitr_commands.fetch_argv(config_path, ref, keys, storage_args),
+                config_path=config_path,
+                keys=keys,
+                storage_args=storage_args,
                 target_dir=target,
                 backup_id=backup_id,
                 region=region,
-                at=pitr.get("at"),
-                lsn=pitr.get("lsn"),
-                latest=bool(pitr.get("latest")),
-                start=bool(pitr.get("start")),
-                user=pitr.get("user"),
-                port=pitr.get("port"),
-                as_json=bool(pitr.get("as_json")),
+                flags=pitr,
             )
         if asked:
             raise UsageError(
@@ -319,14 +345,15 @@ async def restore(
         print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
     for skipped, why in result.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
-    return 0
+    for line in result.outcome.warnings:
+        print(f"warning: not everything could be restored: {line}", file=sys.stderr)
+    return None
 
 
-async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> int:
+async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> Outcome:
     """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
     from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
-    from drd.errors import StorageError
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
     from drd.retention.sweep import sweep
@@ -351,10 +378,10 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
                 )
             print("\n".join(format_sweep(report)))
             failed = failed or not report.ok
-    return StorageError.exit_code if failed else 0
+    return StorageError if failed else None
 
 
-async def doctor(config_path: Path | None) -> int:
+async def doctor(config_path: Path | None) -> Outcome:
     """Check that every region can destroy backups in time (its deletion settings)."""
     from drd.retention.report import check_deletion, format_doctor
 
@@ -364,7 +391,7 @@ async def doctor(config_path: Path | None) -> int:
         regions = await open_regions(stack, cfg, [])
         report = await check_deletion(cfg, regions)
     print("\n".join(format_doctor(report, cfg)))
-    return EXIT_FAILED if report.failed else 0
+    return DoctorFailed if report.failed else None
 
 
 async def restore_test(
@@ -375,9 +402,8 @@ async def restore_test(
     backup_id: str | None,
     region: str | None,
     as_json: bool,
-) -> int:
+) -> Outcome:
     """Restore tests of PLAN or PLAN/SOURCE now; exit 11 if any failed (drd.verify.restore_run)."""
-    from drd.errors import RestoreTestFailed
     from drd.verify.restore_run import configured_scratch_dsns, restore_tests_for
     from drd.verify.scratch.registry import sweep_leftovers
 
@@ -417,10 +443,8 @@ async def restore_test(
     if as_json:
         print_json({"reports": [r.as_json() for r in reports]})
     if any(not r.passed for r in reports):
-        return RestoreTestFailed.exit_code
-    if errors:
-        return errors[0].exit_code if len(errors) == len(sources) else EXIT_FAILED
-    return 0
+        return RestoreTestFailed
+    return failed_sources(errors, len(sources))
 
 
 async def drill(
@@ -430,12 +454,11 @@ async def drill(
     *,
     lose_region: str | None,
     as_json: bool,
-) -> int:
+) -> Outcome:
     """A failover drill of PLAN, in this process; exit 12 if it failed (drd.verify.drill)."""
     import getpass
 
     from drd.daemon.drill_loop import audit_drill
-    from drd.errors import DrillFailed
     from drd.server.audit import AuditLog
     from drd.verify.drill import new_report, render_markdown, run_drill
     from drd.verify.restore_run import configured_scratch_dsns
@@ -475,15 +498,14 @@ async def drill(
         print_json(report.as_json())
     else:
         print(render_markdown(report))
-    return 0 if report.passed else DrillFailed.exit_code
+    return None if report.passed else DrillFailed
 
 
 async def audit_verify(
     config_path: Path | None, keys: str | None, *, chain: str | None, as_json: bool
-) -> int:
+) -> Outcome:
     """`drd audit verify`: any gap, edit, reorder or truncation of the trail, in the local file
     or in any region's sealed copies, is reported; exit 5 (integrity) if there is one."""
-    from drd.errors import IntegrityError
     from drd.server.audit import verify_trail
 
     assert config_path is not None
@@ -505,4 +527,4 @@ async def audit_verify(
         for note in report.notes:
             print(f"note: {note}")
         print("ok: the trail is intact" if report.ok else f"{len(report.findings)} finding(s)")
-    return 0 if report.ok else IntegrityError.exit_code
+    return None if report.ok else IntegrityError

@@ -1,4 +1,6 @@
-"""The `drd` command line. Errors are mapped to exit codes here and only here."""
+"""The `drd` command line. Errors are mapped to exit codes here and only here: a DrdError a
+command raised (printed here), the failure a command returned as its Outcome (it printed what
+failed itself), and an interrupt. The codes are drd.errors's (and the README's table)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drd import __version__
-from drd.errors import DrdError, UsageError
+from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError, WalFetchFailed
 from drd.secret_source import protect_process
 
-log = logging.getLogger("drd")
+if TYPE_CHECKING:
+    from drd.cli.commands import Outcome
 
-EXIT_OK = 0
-EXIT_INTERRUPTED = 130
+log = logging.getLogger("drd")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,11 +106,17 @@ def _parser() -> argparse.ArgumentParser:
         "--user", help="when run as root: the OS user that owns and runs it (default postgres)"
     )
     pitr.add_argument("--port", type=int, help="with --start: the port the server listens on")
+    pitr.add_argument(
+        "--drd-command",
+        metavar="CMD",
+        help="how the restored server's user runs drd, for restore_command (default: this "
+        "drd's interpreter and module; give e.g. /usr/bin/drd if that user cannot run it)",
+    )
     pitr.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keys_arg(rs)
     storage_arg(rs)
 
-    wp = command("wal-push", "archive_command: store a WAL file in the plan's regions")
+    wp = command("wal-push", "archive_command: store a WAL file (%%p) in the plan's regions")
     wp.add_argument("what", metavar="PLAN/SOURCE")
     wp.add_argument("path", metavar="PATH", help="the file (%%p)")
     keys_arg(wp)
@@ -177,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # takes exit codes up to 125 (argparse's 2 included) for "no such WAL file".
         words = sys.argv[1:] if argv is None else list(argv)
         if exc.code not in (0, None) and "wal-fetch" in words:
-            raise SystemExit(126) from None
+            raise SystemExit(WalFetchFailed.exit_code) from None
         raise
     from drd.logs import setup_logging
 
@@ -188,23 +197,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for problem in unprotected:
         logging.getLogger("drd").warning("process hardening: %s", problem)
     try:
-        return _dispatch(args)
+        failure = _dispatch(args)
     except DrdError as exc:
         print(f"drd: error: {exc}", file=sys.stderr)
-        if args.command == "wal-fetch":
-            return 126  # as above: never "missing" by mistake
+        if args.command == "wal-fetch":  # as above: never "missing" by mistake
+            return WalFetchFailed.exit_code
         return exc.exit_code
     except Exception:
         if args.command != "wal-fetch":
             raise
         logging.getLogger("drd").exception("wal-fetch failed")
-        return 126
+        return WalFetchFailed.exit_code
     except KeyboardInterrupt:
         print("drd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_OK if failure is None else failure.exit_code
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace) -> Outcome:
     if args.command == "wal-fetch":
         wanted = 2 if args.socket else 3
         if len(args.files) != wanted:
@@ -213,9 +223,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
     if args.command == "wal-fetch" and args.socket:
         # Before anything else is imported: this runs once per WAL file of a recovery.
-        from drd.walclient import fetch_over_socket
+        from drd.errors import WalNotFound
+        from drd.walclient import FETCH_MISSING, FETCH_OK, fetch_over_socket
 
-        return fetch_over_socket(args.socket, *args.files)
+        code = fetch_over_socket(args.socket, *args.files)
+        return {FETCH_OK: None, FETCH_MISSING: WalNotFound}.get(code, WalFetchFailed)
     from drd.cli import commands
 
     if args.command == "keygen":
@@ -279,6 +291,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                     "start": args.start,
                     "user": args.user,
                     "port": args.port,
+                    "drd_command": args.drd_command,
                     "as_json": args.json,
                 },
             )
@@ -319,9 +332,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from drd.daemon.service import run_daemon
 
-        return run_daemon(
+        # Returns (0) once a signal stopped it; what stops it otherwise is raised.
+        run_daemon(
             _config_path(args, required=True), args.keys, log=(args.log_level, args.log_format)
         )
+        return None
     raise UsageError(f"unknown command {args.command}")
 
 

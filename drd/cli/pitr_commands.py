@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drd.cli.output import print_json
 from drd.config.loader import load_config
 from drd.config.models import Config
 from drd.crypto import Keyring
-from drd.errors import DrdError, UsageError
+from drd.errors import UsageError, WalFetchFailed, WalNotFound
 from drd.layout import SourceRef
 from drd.runtime import keyring_for, open_regions
 from drd.storage.base import Storage
 
-TARGET_FLAGS = ("at", "lsn", "latest")
+if TYPE_CHECKING:
+    from drd.cli.commands import Outcome
+
+#: the restore flags that only apply to a physical source
+FLAGS = ("at", "lsn", "latest", "start", "user", "port", "drd_command")
 
 
 def parse_time(text: str) -> datetime:
@@ -58,10 +62,14 @@ def target_from(at: str | None, lsn: str | None, latest: bool, backup_id: str | 
 
 
 def fetch_argv(
-    config_path: Path | None, ref: SourceRef, keys: str | None, storage_args: Sequence[str]
+    config_path: Path | None,
+    ref: SourceRef,
+    keys: str | None,
+    storage_args: Sequence[str],
+    drd_argv: Sequence[str] | None = None,
 ) -> list[str]:
     """The stand-alone `drd wal-fetch` command line restore_command runs later."""
-    argv = [sys.executable, "-m", "drd.cli.main"]
+    argv = list(drd_argv or [sys.executable, "-m", "drd.cli.main"])
     if config_path is not None and not storage_args:
         argv += ["--config", str(config_path.absolute())]
     argv += ["wal-fetch", str(ref)]
@@ -77,39 +85,39 @@ async def restore(
     regions: Sequence[Storage],
     keyring: Keyring,
     *,
-    fetch_argv: Sequence[str],
+    config_path: Path | None,
+    keys: str | None,
+    storage_args: Sequence[str],
     target_dir: str,
     backup_id: str | None,
     region: str | None,
-    at: str | None,
-    lsn: str | None,
-    latest: bool,
-    start: bool,
-    user: str | None,
-    port: int | None,
-    as_json: bool = False,
-) -> int:
+    flags: Mapping[str, Any],
+) -> Outcome:
     """`drd restore` of a physical source (drd.cli.commands.restore checked the arguments and
-    opened the regions)."""
+    opened the regions; `flags` are the point-in-time ones)."""
+    import shlex
+
     from drd.pitr import restore_to_point
 
-    target = target_from(at, lsn, latest, backup_id)
+    target = target_from(flags.get("at"), flags.get("lsn"), bool(flags.get("latest")), backup_id)
+    drd_argv = shlex.split(flags["drd_command"]) if flags.get("drd_command") else None
     result = await restore_to_point(
         ref,
         regions,
         keyring,
         Path(target_dir),
         target,
-        fetch_argv=fetch_argv,
+        fetch_argv=fetch_argv(config_path, ref, keys, storage_args, drd_argv),
         backup_id=backup_id,
-        start=start,
-        user=user,
-        port=port,
+        start=bool(flags.get("start")),
+        user=flags.get("user"),
+        port=flags.get("port"),
         prefer_region=region,
+        drd_argv=drd_argv,
     )
-    if as_json:
+    if flags.get("as_json"):
         print_json(result.as_json())
-        return 0
+        return None
     base = result.window.base
     print(
         f"restored {ref} base backup {base.backup_id} from region {result.restore.region} into "
@@ -118,10 +126,14 @@ async def restore(
     print(f"recovery window used: {result.window.describe()}")
     rec = result.recovery
     if rec is None:
-        print(
-            "not started: start the server (pg_ctl -D ... start) with drd's keys in its "
-            "environment (DRD_KEYS, as for `drd wal-fetch`); it recovers, then promotes"
-        )
+        if target.kind == "base":
+            print("not started: it comes up consistent at the end of the base backup")
+        else:
+            print(
+                "not started: start the server (pg_ctl -D ... start) where its restore_command "
+                "can read drd's keys and regions (as any drd command does); it recovers, then "
+                "promotes"
+            )
     else:
         stop = rec.stop_message or "recovery reached the end of the archive"
         print(f"recovered in {rec.seconds:.1f}s ({result.wal_fetched} WAL files): {stop}")
@@ -132,7 +144,7 @@ async def restore(
         print("the server is running and promoted")
     for skipped, why in result.restore.skipped.items():
         print(f"warning: region {skipped} was skipped: {why}", file=sys.stderr)
-    return 0
+    return None
 
 
 async def is_physical(cfg: Config | None, ref: SourceRef, regions: Sequence[Storage]) -> bool:
@@ -163,19 +175,10 @@ async def wal_fetch(
     segment_size: int,
     expect: str | None,
     region: str | None,
-) -> int:
+) -> Outcome:
     """restore_command: exit 0 with the file written, 1 if the archive does not have it, 126
     (PostgreSQL then stops recovery) for a gap or a file no region has intact."""
-    from drd.pitr import (
-        FETCH_FATAL,
-        FETCH_MISSING,
-        FETCH_OK,
-        Expect,
-        WalFetcher,
-        WalFetchFailed,
-        WalNotFound,
-        write_atomically,
-    )
+    from drd.pitr import Expect, WalFetcher, write_atomically
 
     try:
         ref = SourceRef.parse(what)
@@ -204,11 +207,10 @@ async def wal_fetch(
             fetched = await fetcher.fetch(name)
         await write_atomically(Path(destination), fetched.data)
     except WalNotFound:
-        return FETCH_MISSING
-    except (WalFetchFailed, DrdError, ValueError, KeyError) as exc:
-        print(f"drd wal-fetch: {exc}", file=sys.stderr)
-        return FETCH_FATAL
-    return FETCH_OK
+        return WalNotFound  # quietly: PostgreSQL asks for files that do not exist
+    except (ValueError, KeyError) as exc:
+        raise WalFetchFailed(f"wal-fetch {name}: {exc}") from None
+    return None
 
 
 async def _only_system(regions: Sequence[Any], ref: SourceRef) -> str:
@@ -224,7 +226,7 @@ async def _only_system(regions: Sequence[Any], ref: SourceRef) -> str:
     return systems[0]
 
 
-async def wal_push(config_path: Path | None, what: str, path: str, keys: str | None) -> int:
+async def wal_push(config_path: Path | None, what: str, path: str, keys: str | None) -> Outcome:
     """archive_command: store the WAL file at `path` in the plan's regions; exit 0 once
     min_copies hold it (PostgreSQL keeps the file and calls again otherwise)."""
     from drd.pitr import push_wal
@@ -257,7 +259,7 @@ async def wal_push(config_path: Path | None, what: str, path: str, keys: str | N
         )
     for region, why in result.failed.items():
         print(f"warning: region {region}: {why}", file=sys.stderr)
-    return 0
+    return None
 
 
 @dataclass(frozen=True)

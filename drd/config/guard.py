@@ -6,9 +6,10 @@ test applies it again before it creates anything, in case a plan was built some 
 - postgres-server: the scratch server's DSN must not name the source's own database (same host,
   port and database). The same server is fine: drd only ever creates and drops its own uniquely
   named database there.
-- tempdir: the directory must not be the source path, nor lie inside a files source's tree (the
-  restore would write into the live tree, and its copy would end up in the next backup). A
-  parent of the source is fine: drd creates a new uniquely named directory in it.
+- tempdir: the directory must not be the source path, nor lie inside the tree of a source that
+  backs up a whole directory tree (files; Strategy.source_is_tree): the restore would write into
+  the live tree, and its copy would end up in the next backup. A parent of the source is fine:
+  drd creates a new uniquely named directory in it.
 - cloudsql-scratch-project: the scratch project must not be the source's own project: scratch
   instances (created, restored into, deleted) never live next to the instance they copy.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from drd.restore_tests.spec import ScratchSpec
+from drd.strategies import get_strategy
 
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
@@ -60,12 +62,20 @@ def _real(path: Path | str) -> Path:
     return Path(os.path.realpath(os.path.abspath(path)))
 
 
+def _is_tree(source_kind: str) -> bool:
+    """Whether sources of this kind back up their `path` as a whole directory tree."""
+    try:
+        return get_strategy(source_kind).source_is_tree
+    except ValueError:  # an unknown kind: drd.config reports it
+        return False
+
+
 def path_conflict(directory: Path, source_path: str, source_kind: str) -> str | None:
     """Why `directory` cannot hold scratch copies of the source at `source_path` (or None)."""
     scratch, source = _real(directory), _real(source_path)
     if scratch == source:
         return "is the source's own path"
-    if source_kind == "files" and scratch.is_relative_to(source):
+    if _is_tree(source_kind) and scratch.is_relative_to(source):
         return "is inside the source's directory tree"
     return None
 

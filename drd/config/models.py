@@ -436,7 +436,9 @@ class RestoreTest(_Model):
     #: declarative checks, by source name
     checks: dict[str, list[CheckSpec]] = Field(default_factory=dict)
 
-    def scratch_for(self, source: SourceOptions) -> ScratchSpec:
+    def scratch_for(self, source: SourceOptions) -> ScratchSpec | None:
+        """The plan's scratch for the source (by name, else by kind), else its kind's default
+        (None: its kind has none, the plan must name one)."""
         spec = self.scratch.get(source.name) or self.scratch.get(source.kind)
         return spec or default_scratch(source.kind)
 

@@ -23,8 +23,7 @@ from drd.config.raw import as_list
 from drd.config.yamlsource import Loc
 from drd.durations import format_duration
 from drd.fields import as_date
-from drd.restore_tests.spec import CHECKS_FOR_SOURCE, SCRATCH_FOR_SOURCE
-from drd.strategies import SourceOptions
+from drd.strategies import SourceOptions, get_strategy, registry
 
 #: Plans must be reviewed at least annually; older reviews get a warning.
 MAX_REVIEW_AGE = timedelta(days=366)
@@ -140,10 +139,9 @@ def check_restore_test_sources(
     if restore_test is None:
         return
     by_name = {source.name: source for source in sources}
-    kinds = sorted(SCRATCH_FOR_SOURCE)
     for key, spec in restore_test.scratch.items():
         loc: Loc = ("restore_test", "scratch", key)
-        if key not in by_name and key not in kinds:
+        if key not in by_name and key not in (kinds := kinds_with_scratch()):
             report.error(
                 loc,
                 f"neither a source of this plan ({', '.join(by_name) or 'none'}) nor a source "
@@ -157,18 +155,19 @@ def check_restore_test_sources(
             )
     for source in sources:
         key = source.name if source.name in restore_test.scratch else source.kind
-        spec = restore_test.scratch_for(source)
         loc = ("restore_test", "scratch", key)
+        strategy = get_strategy(source.kind)
         if key not in restore_test.scratch:
-            if source.kind == "cloudsql":
+            if strategy.default_scratch is None:
+                example = strategy.scratch_example or "{kind: ...}"
                 report.warning(
                     ("restore_test", "scratch"),
-                    f"source {source.name} (kind cloudsql) has no scratch environment: its "
-                    "restore tests fail until one is given ({kind: cloudsql-scratch-project, "
-                    "project: ...})",
+                    f"source {source.name} (kind {source.kind}) has no scratch environment: its "
+                    f"restore tests fail until one is given ({example})",
                 )
             continue  # the default always fits
-        fitting = SCRATCH_FOR_SOURCE.get(source.kind, ())
+        spec = restore_test.scratch[key]
+        fitting = strategy.scratch_kinds
         if spec.kind not in fitting:
             report.error(
                 (*loc, "kind"),
@@ -191,7 +190,7 @@ def check_restore_test_sources(
         seen: dict[str, int] = {}
         for index, check in enumerate(checks):
             loc = ("restore_test", "checks", name, index)
-            fitting = CHECKS_FOR_SOURCE.get(checked.kind, ("command",))
+            fitting = get_strategy(checked.kind).check_kinds
             if check.kind not in fitting:
                 report.error(
                     (*loc, check.kind),
@@ -204,6 +203,12 @@ def check_restore_test_sources(
                     (*loc, "name"), f"duplicate check name {label!r} (also [{seen[label]}])"
                 )
             seen.setdefault(label, index)
+
+
+def kinds_with_scratch() -> list[str]:
+    """The source kinds a restore_test.scratch entry may be keyed by: those whose strategy
+    names scratch environment kinds."""
+    return sorted(kind for kind, strategy in registry().items() if strategy.scratch_kinds)
 
 
 def check_source_names(report: FileReport, raw_sources: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from drd.config.models import Plan
 from drd.daemon.lifecycle import drain
-from drd.errors import DrdError
+from drd.errors import DrdError, DrillBusy
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.verify.drill import (
@@ -46,16 +46,6 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT_SECONDS = 30.0
 #: finished drills kept in memory (older ones are read back from storage)
 KEEP_FINISHED = 50
-
-
-class DrillBusy(DrdError):
-    """A drill of this plan is already running."""
-
-    exit_code = 10
-
-    def __init__(self, message: str, drill_id: str) -> None:
-        super().__init__(message)
-        self.drill_id = drill_id
 
 
 @dataclass

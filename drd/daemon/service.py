@@ -331,8 +331,16 @@ class Daemon:
             self._history_finish(job_id, "failure", detail=detail)
             self._backup_failed(st, detail, began)
             return
-        self._history_finish(job_id, "success", backup_id=result.backup_id)
+        degraded = "; ".join(result.degraded)
+        self._history_finish(
+            job_id,
+            "success",
+            backup_id=result.backup_id,
+            detail=f"degraded: {degraded}" if degraded else None,
+        )
         self.metrics.backups.labels(*labels, "success").inc()
+        if degraded:
+            self.metrics.backups_degraded.labels(*labels).inc()
         self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         self.metrics.backup_last_success.labels(*labels).set(time.time())
         body = result.manifest.body

@@ -17,6 +17,12 @@ from drd import crypto
 from drd.errors import IntegrityError
 
 FORMAT = "drd-backup-1"
+#: a backup that is a faithful image of its source
+STATUS_OK = "ok"
+#: a complete, restorable backup that is not a faithful image of its source: something could
+#: not be captured consistently (a file that kept changing while read, ...); the strategy
+#: metadata's "degraded" list says what
+STATUS_DEGRADED = "degraded"
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class ManifestPublic:
     started_at: str  # ISO 8601 UTC: the capture time (RPO is measured from it)
     completed_at: str
     format: str = FORMAT
+    #: STATUS_OK or STATUS_DEGRADED (manifests written before drd 0.3 have none: ok)
+    status: str = STATUS_OK
 
     @property
     def started(self) -> datetime:
@@ -37,8 +45,8 @@ class ManifestPublic:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> ManifestPublic:
         try:
-            return cls(**{f: raw[f] for f in cls.__dataclass_fields__})
-        except (KeyError, TypeError) as exc:
+            return cls(**{f: raw[f] for f in cls.__dataclass_fields__ if f in raw})
+        except TypeError as exc:  # a field without a default is missing
             raise IntegrityError(f"{where}: manifest is malformed ({exc})") from None
 
 
@@ -55,6 +63,12 @@ class ManifestBody:
     ciphertext_digest: str
     strategy_metadata: dict[str, Any] = field(default_factory=dict)
     drd_version: str = ""
+
+    @property
+    def degraded(self) -> list[str]:
+        """Why the backup is degraded (the strategy's words); empty for a faithful one."""
+        reasons = self.strategy_metadata.get("degraded")
+        return [str(r) for r in reasons] if isinstance(reasons, list) else []
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> ManifestBody:

@@ -1,117 +1,38 @@
-"""The daemon's HTTP endpoint: /metrics, /healthz, /readyz, /api/v1/status."""
+"""The daemon's HTTP endpoint: the aiohttp application over the route table, and its server
+(HTTPS with api.tls, connections bounded).
+
+The daemon starts it with itself (`start_http(daemon, listen)`); the handlers see it only as
+a drd.server.ports.DaemonControl.
+"""
 
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from drd.config.models import ApiTls
 from drd.errors import ConfigError
 from drd.secret_source import credential_path
 from drd.server import connections
-
-if TYPE_CHECKING:
-    from drd.daemon.service import Daemon
-
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    daemon.refresh_metrics()
-    body = generate_latest(daemon.metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+from drd.server.auth import TokenAuthority
+from drd.server.keys import API_CONFIG_KEY, AUDIT_KEY, AUTHORITY_KEY, DAEMON_KEY, MAX_BODY
+from drd.server.ports import DaemonControl
+from drd.server.routes import ROUTES
+from drd.server.security import security
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Ready = keys loaded, plans valid (both true once the daemon runs), every region answers,
-    and no region's deletion settings (as of the last retention sweep) break the promise that
-    backups are destroyed within max_age."""
-    daemon = request.app[DAEMON_KEY]
-    problems = {name: p for name, p in (await daemon.probe_regions()).items() if p}
-    retention = daemon.retention.problems()
-    checks: dict[str, Any] = {
-        "keys": "ok",
-        "plans": "ok",
-        "regions": {name: problems.get(name, "ok") for name in daemon.regions},
-        "retention": {name: "; ".join(retention.get(name, [])) or "ok" for name in daemon.regions},
-    }
-    reasons = []
-    if problems:
-        reasons.append("unreachable region(s): " + ", ".join(sorted(problems)))
-    if retention:
-        reasons.append(
-            "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))
-        )
-    state_problem = daemon.state_problem
-    checks["state"] = state_problem or "ok"
-    if state_problem:
-        reasons.append(f"state directory not writable: {state_problem}")
-    if reasons:
-        return web.json_response(
-            {"status": "unready", "reason": "; ".join(reasons), "checks": checks}, status=503
-        )
-    return web.json_response({"status": "ready", "checks": checks})
-
-
-async def status(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    now = daemon.clock()
-    plans: dict[str, Any] = {}
-    for st in daemon.sources.values():
-        plan = plans.setdefault(
-            st.plan.name,
-            {
-                "owner": st.plan.owner,
-                "reviewed_on": st.plan.reviewed_on.isoformat(),
-                "min_copies": st.plan.storage.min_copies,
-                "rpo_target_seconds": st.plan.targets.rpo.total_seconds(),
-                "rto_target_seconds": st.plan.targets.rto.total_seconds(),
-                "sources": {},
-            },
-        )
-        rpo = (now - st.last_capture).total_seconds() if st.last_capture else None
-        plan["sources"][st.ref.source] = {
-            "kind": st.source.kind,
-            "last_backup": {
-                "backup_id": st.last_backup_id,
-                "captured_at": st.last_capture.isoformat() if st.last_capture else None,
-                "stored_bytes": st.stored_bytes,
-                "source_bytes": st.source_bytes,
-            },
-            "copies": st.copies,
-            "rpo_seconds": rpo,
-            "rpo_ok": rpo is not None and rpo <= st.plan.targets.rpo.total_seconds(),
-            "last_job": {
-                "status": st.last_status,
-                "error": st.last_error,
-                "finished_at": st.last_finished.isoformat() if st.last_finished else None,
-            },
-            "running": st.running,
-            "next_due": st.next_due.isoformat() if st.next_due else None,
-            # rto_seconds, rto_ok, last_restore_test (phases, region, result), restore_test
-            **daemon.restore_tests.status(st.ref),
-        }
-    return web.json_response({"now": now.isoformat(), "plans": plans})
-
-
-def make_app(daemon: Daemon) -> web.Application:
-    from drd.server import api
-
-    app = web.Application(client_max_size=api.MAX_BODY)
+def make_app(daemon: DaemonControl) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[security])
     app[DAEMON_KEY] = daemon
-    app.router.add_get("/metrics", metrics, name="metrics")
-    app.router.add_get("/healthz", healthz, name="healthz")
-    app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/api/v1/status", status, name="status")
-    api.install(app, daemon)
+    app[API_CONFIG_KEY] = daemon.cfg.api
+    app[AUTHORITY_KEY] = TokenAuthority(daemon.cfg.api.tokens)
+    app[AUDIT_KEY] = daemon.audit  # one trail for API calls and drills
+    for route in ROUTES:
+        if route.method == "GET":  # and HEAD
+            app.router.add_get(route.path, route.handler, name=route.name)
+        else:
+            app.router.add_route(route.method, route.path, route.handler, name=route.name)
     return app
 
 
@@ -135,7 +56,9 @@ def tls_context(tls: ApiTls, credentials_dir: str | None = None) -> ssl.SSLConte
     return context
 
 
-async def start_http(daemon: Daemon, listen: str, tls: ApiTls | None = None) -> web.AppRunner:
+async def start_http(
+    daemon: DaemonControl, listen: str, tls: ApiTls | None = None
+) -> web.AppRunner:
     """Serve the app on `listen` (HTTPS with `tls`), its connections bounded
     (drd.server.connections): a client holding sockets open can neither stall the probes nor
     exhaust the process's files."""

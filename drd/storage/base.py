@@ -135,10 +135,17 @@ class Storage(abc.ABC):
         self, key: str, metadata: Mapping[str, str] | None = None
     ) -> ObjectWriter: ...
 
-    @abc.abstractmethod
     async def put(
         self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
-    ) -> ObjectInfo: ...
+    ) -> ObjectInfo:
+        """Write a whole (small) object. Default: the same path as streaming uploads (one
+        upload protocol, one verification); a backend overrides it only to do better."""
+        writer = await self.open_writer(key, metadata)
+        try:
+            await writer.write(data)
+            return await writer.commit()
+        finally:
+            await writer.abort()  # no-op after a successful commit
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes:

@@ -487,17 +487,6 @@ class GCSStorage(Storage):
         )
         return GCSWriter(self, key, upload, dict(metadata or {}))
 
-    async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
-    ) -> ObjectInfo:
-        # The same path as streaming uploads: one upload protocol, one verification.
-        writer = await self.open_writer(key, metadata)
-        try:
-            await writer.write(data)
-            return await writer.commit()
-        finally:
-            await writer.abort()  # no-op after a successful commit
-
     async def get(self, key: str) -> bytes:
         blob = self._bucket.blob(self._object_name(key))
         data = await self._run(

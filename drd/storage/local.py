@@ -298,16 +298,6 @@ class LocalStorage(Storage):
                 if attempt == 2:
                     raise
 
-    async def put(
-        self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
-    ) -> ObjectInfo:
-        writer = await self.open_writer(key, metadata)
-        try:
-            await writer.write(data)
-            return await writer.commit()
-        finally:
-            await writer.abort()  # no-op after a successful commit
-
     async def get(self, key: str) -> bytes:
         path = self._path(key)
         try:

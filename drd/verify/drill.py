@@ -59,9 +59,8 @@ from typing import Any, Literal
 from drd import __version__, crypto
 from drd.clock import Clock, utcnow
 from drd.config.models import Plan
-from drd.errors import BackupNotFound, DrdError, IntegrityError, UsageError
+from drd.errors import BackupNotFound, DrdError, IntegrityError, LockBusy, UsageError
 from drd.layout import SourceRef, new_backup_id
-from drd.locks import LockBusy
 from drd.metrics import Metrics
 from drd.storage.base import Storage
 from drd.strategies.base import SourceOptions
@@ -80,7 +79,9 @@ MARKDOWN_OBJECT = "report.md"
 LOCK_POLL_SECONDS = 0.5
 
 Status = Literal["running", "passed", "failed", "cancelled"]
-_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+#: a drill id: its start time and 8 random hex digits (new_drill_id)
+DRILL_ID_PATTERN = r"^\d{8}T\d{6}Z-[0-9a-f]{8}$"
+_ID_RE = re.compile(DRILL_ID_PATTERN)
 #: failures worth trying the next region's copy for
 _TRY_NEXT_REGION = ("fetch_failed", "integrity_failed")
 _MAX_MESSAGE = 500

@@ -52,16 +52,17 @@ from drd.layout import SourceRef
 from drd.locks import restore_test_lock
 from drd.metrics import Metrics
 from drd.repository.catalog import CatalogEntry, build_catalog
-from drd.repository.manifest import Manifest
+from drd.repository.manifest import STATUS_OK, Manifest
 from drd.restore import StreamMeter, stream_plaintext
 from drd.restore_tests import builtin
 from drd.restore_tests.runner import CheckTarget, run_checks
-from drd.restore_tests.spec import SCRATCH_FOR_SOURCE, ScratchSpec
+from drd.restore_tests.spec import ScratchSpec
 from drd.storage.base import Storage
 from drd.strategies import get_strategy
 from drd.strategies.base import AnyStrategy, SourceOptions
 from drd.verify.restore_report import Category, RestoreTestReport, store_report
-from drd.verify.scratch.environment import ScratchEnv, open_scratch
+from drd.verify.scratch.base import ScratchEnv
+from drd.verify.scratch.environment import open_scratch
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,8 @@ async def _run(
         report.region = next_region(state_dir, ref, order, available)
     storage = next(s for s in storages if s.name == report.region)
     spec = plan.restore_test.scratch_for(source)
-    fitting = SCRATCH_FOR_SOURCE.get(source.kind)
-    if fitting is not None and spec.kind not in fitting:
+    fitting = get_strategy(source.kind).scratch_kinds
+    if spec is None or (fitting and spec.kind not in fitting):
         report.fail(
             "restore_failed",
             f"no scratch environment for source {source.name} (kind {source.kind}): add "
@@ -361,11 +362,15 @@ async def _restore_and_check(
         phases.fetch += meter.fetch_seconds
         phases.decrypt_decompress = meter.open_seconds
         phases.restore = max(0.0, wall - meter.fetch_seconds - meter.open_seconds)
-    report.restore = outcome.details
+    report.restore = dict(outcome.details)
+    if outcome.warnings:  # what the scratch target could not take (xattrs, device nodes)
+        report.restore["warnings"] = list(outcome.warnings)
     started = time.perf_counter()
     report.checks.append(
         builtin.integrity(meter.complete, meter.ciphertext_bytes, meter.plaintext_bytes)
     )
+    if manifest.public.status != STATUS_OK:  # a degraded backup: the report says what it lacks
+        report.checks.append(builtin.backup_status(manifest.public.status, manifest.body.degraded))
     if env.after_restore is not None:
         report.checks.extend(await env.after_restore())
     target = CheckTarget(

@@ -49,7 +49,9 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -82,9 +84,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+# The fake runs in the test process; two test runs at once (two checkouts on one machine)
+# share the PostgreSQL server, so the names carry this process's id as well.
+_RUN = f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def pg_database_name(project: str, instance: str, database: str) -> str:
     """The local PostgreSQL database behind an instance's database (fits 63 bytes)."""
-    key = f"{project}/{instance}/{database}".encode()
+    key = f"{_RUN}/{project}/{instance}/{database}".encode()
     return "cs_" + hashlib.sha256(key).hexdigest()[:24]
 
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _popen_or_close(log: Any, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(*args, **kwargs)
+    except BaseException:
+        log.close()
+        raise
 
 
 def _unlimited_core() -> None:
@@ -41,7 +50,8 @@ def test_daemon_holds_the_key_in_no_readable_place(tmp_path: Path) -> None:
     env.api_listen = f"127.0.0.1:{port}"
     env.write()
     log = open(tmp_path / "daemon.log", "w+b")  # noqa: SIM115
-    proc = subprocess.Popen(
+    proc = _popen_or_close(
+        log,
         env.command("run"),
         env=env.env(),
         cwd=tmp_path,

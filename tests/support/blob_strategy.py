@@ -4,11 +4,12 @@ end) so pipeline tests exercise the same contract the real strategies do."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
 
+from drd import strategies
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 
 RESTORED: dict[str, bytes] = {}
@@ -67,11 +68,9 @@ class BlobStrategy(Strategy):
 
 
 @pytest.fixture
-def blob_strategy(monkeypatch: pytest.MonkeyPatch) -> type[BlobStrategy]:
-
-    from drd import strategies
-
+def blob_strategy(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[BlobStrategy]]:
+    """The blob kind is the only one known during the test."""
     RESTORED.clear()
-    monkeypatch.setattr(strategies, "registry", lambda: {"blob": BlobStrategy})
     monkeypatch.setattr(BlobStrategy, "fail_after", None)
-    return BlobStrategy
+    with strategies.registered(BlobStrategy, only=True):
+        yield BlobStrategy

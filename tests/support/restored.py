@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from drd.errors import RestoreError
-from drd.strategies import gcs_bucket, mysql
+from drd.strategies import gcs_bucket, mysql_client, mysql_stats, mysql_tools
 from drd.strategies.file_digests import FILE_LIST_LIMIT, DigestList
 
 
@@ -58,14 +58,14 @@ async def restored_mysql_statistics(
     target: str, queries: Mapping[str, str], *, client_bin_dir: str | None = None
 ) -> dict[str, Any]:
     """A restored MySQL/MariaDB database's row counts, schema and captured query results."""
-    tool = await mysql.find_tool("client", client_bin_dir)
+    tool = await mysql_tools.find_tool("client", client_bin_dir)
     if tool is None:
         raise RestoreError("no mariadb/mysql client found")
-    server, dbname = mysql.parse_target(target)
-    client = mysql.Client(server, tool)
-    stats = await mysql.collect_statistics(client, dbname)
+    server, dbname = mysql_client.parse_target(target)
+    client = mysql_client.Client(server, tool.path)
+    stats = await mysql_stats.collect_statistics(client, dbname)
     return {
         "row_counts": stats.row_counts,
         "schema": stats.schema,
-        "captured": await mysql.capture_queries(client, dbname, queries),
+        "captured": await mysql_stats.capture_queries(client, dbname, queries),
     }

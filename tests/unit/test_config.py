@@ -41,8 +41,11 @@ class FakePathOptions(SourceOptions):
 
 
 def _fake_strategy(kind_name: str, options: type[SourceOptions]) -> type[Strategy]:
-    class Fake(Strategy):
-        kind = kind_name
+    """A strategy of the real kind `kind_name`, with these options and nothing to dump: it
+    says what the real kind can do (its restore tests' scratch kinds and checks)."""
+    real = strategies.get_strategy(kind_name)
+
+    class Fake(real):  # type: ignore[valid-type,misc]
         Options = options
 
         async def dump(self) -> AsyncIterator[bytes]:
@@ -81,13 +84,15 @@ EXAMPLE_REGISTRY = {
 
 
 @pytest.fixture
-def fake_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(strategies, "registry", lambda: dict(FAKE_REGISTRY))
+def fake_strategies() -> Iterator[None]:
+    with strategies.registered(*FAKE_REGISTRY.values(), only=True):
+        yield
 
 
 @pytest.fixture
-def example_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(strategies, "registry", lambda: dict(EXAMPLE_REGISTRY))
+def example_strategies() -> Iterator[None]:
+    with strategies.registered(*EXAMPLE_REGISTRY.values(), only=True):
+        yield
 
 
 @pytest.fixture

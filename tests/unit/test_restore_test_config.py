@@ -4,24 +4,35 @@ source itself is refused at validation time. Uses test_config's files and fake d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from drd import strategies
 from drd.config.guard import path_conflict, same_database
 from drd.config.loader import load_config
 from drd.restore_tests.spec import capture_queries
 from tests.unit.test_config import (  # noqa: F401 - fixtures
+    EXAMPLE_REGISTRY,
+    FAKE_REGISTRY,
     PLAN,
     TODAY,
     P,
     edit,
-    fake_strategies,
     findings,
     workdir,
     write,
 )
+
+
+@pytest.fixture
+def fake_strategies() -> Iterator[None]:
+    """test_config's fake kinds, and cloudsql: every kind that has scratch environments is
+    known, as in the real registry (the scratch entries by kind are checked against them)."""
+    with strategies.registered(*FAKE_REGISTRY.values(), EXAMPLE_REGISTRY["cloudsql"], only=True):
+        yield
 
 
 def with_restore_test(block: str) -> str:
@@ -244,3 +255,18 @@ def test_path_conflict(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     assert path_conflict(db, str(db), "sqlite") == "is the source's own path"
     assert path_conflict(tmp_path, str(db), "sqlite") is None
+
+
+def test_a_kind_without_a_default_scratch_warns(workdir: Path) -> None:  # noqa: F811
+    plan = edit(
+        with_restore_test("restore_test: {every: 24h}\n"),
+        [("  - name: uploads\n", "  - {name: ledger, kind: cloudsql}\n  - name: uploads\n")],
+    )
+    assert findings(workdir, plan=plan) == [
+        f"{P}:8: warning: restore_test.scratch: source ledger (kind cloudsql) has no scratch "
+        "environment: its restore tests fail until one is given ({kind: "
+        "cloudsql-scratch-project, project: ...})"
+    ]
+    write(workdir, plans={"billing.yaml": plan})
+    (loaded,) = load_config(Path("drd.yaml"), today=TODAY).plans
+    assert loaded.restore_test.scratch_for(loaded.source("ledger")) is None

@@ -13,15 +13,12 @@ from drd.strategies import get_strategy
 from drd.strategies.mysql import (
     MysqlOptions,
     MysqlStrategy,
-    Server,
-    _decode_batch,
     _Definition,
-    _RowCounter,
     _views_in_dependency_order,
-    options_file,
-    parse_target,
     staging_name,
 )
+from drd.strategies.mysql_client import Server, _decode_batch, options_file, parse_target
+from drd.strategies.mysql_dump import RowCounter
 
 DUMP = rb"""/*M!999999\- enable the sandbox mode */
 -- MariaDB dump
@@ -58,7 +55,7 @@ EXPECTED = {"t": 10, "odd `name` t": 2, "empty": 1}
 
 
 def count(chunks: list[bytes]) -> dict[str, int]:
-    counter = _RowCounter()
+    counter = RowCounter()
     for chunk in chunks:
         counter.feed(chunk)
     return counter.counts

@@ -41,14 +41,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from drd.errors import ConfigError, RestoreError
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import ScratchSpec
-from drd.verify.scratch.environment import ScratchEnv
+from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 
 if TYPE_CHECKING:
     from drd.config.models import Config
@@ -211,10 +210,9 @@ async def _checks(
 
 
 @contextlib.asynccontextmanager
-async def open_cloudsql_scratch(
-    spec: ScratchSpec, source: Any, metadata: Mapping[str, Any], *, state_dir: Path
-) -> AsyncIterator[ScratchEnv]:
-    """A scratch instance in `spec.project` for a backup of the cloudsql `source`."""
+async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[ScratchEnv]:
+    """The cloudsql-scratch-project scratch kind: a scratch instance in `spec.project` for a
+    backup of the cloudsql source `request.source`."""
     import asyncio
 
     from drd.storage.google_auth import is_loopback_url
@@ -227,6 +225,7 @@ async def open_cloudsql_scratch(
     )
     from drd.verify.scratch.cloudsql import SMALLEST_TIER, scratch_instance
 
+    source, metadata, state_dir = request.source, request.metadata, request.state_dir
     if not isinstance(source, CloudSqlOptions) or spec.project is None:
         raise RestoreError("a cloudsql-scratch-project holds only cloudsql sources")
     poll = PollPolicy(source.operation_timeout, source.poll_initial, source.poll_max)
@@ -310,7 +309,7 @@ async def sweep_labelled_instances(cfg: Config) -> list[str]:
             if not isinstance(source, CloudSqlOptions):
                 continue
             spec = plan.restore_test.scratch_for(source)
-            if spec.kind != "cloudsql-scratch-project" or spec.project is None:
+            if spec is None or spec.kind != "cloudsql-scratch-project" or spec.project is None:
                 continue
             try:
                 api = open_api(

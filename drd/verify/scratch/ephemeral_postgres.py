@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from drd.errors import RestoreError
+from drd.fsutil import remove_tree
+from drd.restore_tests.spec import ScratchSpec
+from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
 from drd.verify.scratch.teardown import run_to_completion
-from drd.verify.scratch.tempdir import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +229,58 @@ async def ephemeral_postgres(
             registration.abandon()
         else:
             registration.release()
+
+
+_RESERVED_DBS = {"postgres", "template0", "template1"}
+
+
+def _database_name(metadata: Mapping[str, Any]) -> str:
+    """In a server of its own the copy keeps the source database's name (checks and commands
+    written for the source then work unchanged)."""
+    name = str(metadata.get("database") or "")
+    ok = name and name not in _RESERVED_DBS and len(name.encode()) <= 40
+    return name if ok else "restored"
+
+
+def _major(metadata: Mapping[str, Any]) -> int:
+    num = metadata.get("server_version_num")
+    if isinstance(num, int) and num >= 100000:
+        return num // 10000
+    version = str(metadata.get("pg_dump_version") or metadata.get("server_version") or "")
+    head = version.split(".", 1)[0]
+    if not head.isdigit():
+        raise RestoreError("the backup does not say which PostgreSQL version it came from")
+    return int(head)
+
+
+@contextlib.asynccontextmanager
+async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[ScratchEnv]:
+    """The ephemeral-postgres scratch kind: a server of the backup's major version, the copy
+    restored into a database of the source's name."""
+    major = _major(request.metadata)
+    async with ephemeral_postgres(
+        request.state_dir,
+        major=major,
+        parent=spec.dir,
+        bin_dir=spec.bin_dir,
+        user=spec.user,
+        label=request.label,
+    ) as server:
+        dsn = server.dsn(_database_name(request.metadata))
+        yield ScratchEnv(
+            kind=spec.kind,
+            target=dsn,
+            restore_options={
+                "owners": "keep",
+                "create_roles": True,
+                "pg_bin_dir": str(server.bin_dir),
+            },
+            description=server.describe(),
+            resource=str(server.root),
+            dsn=dsn,
+            server_major=int(server.version.split(".")[0]),
+            note=server.note,
+        )
 
 
 def _prepare_root(root: Path, run_as: str | None, password: str) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drd.restore_tests.spec import ScratchSpec
+from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 from drd.verify.scratch.registry import DB_PREFIX, new_id, register
 from drd.verify.scratch.teardown import run_to_completion
 
@@ -120,6 +122,23 @@ async def _drop(admin_dsn: str, name: str) -> None:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(found))
                 )
                 log.info("dropped scratch database %s", found)
+
+
+@contextlib.asynccontextmanager
+async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[ScratchEnv]:
+    """The postgres-server scratch kind: the copy restored into a scratch database of its own
+    on the plan's server."""
+    assert spec.dsn is not None
+    async with scratch_database(request.state_dir, spec.dsn, label=request.label) as database:
+        yield ScratchEnv(
+            kind=spec.kind,
+            target=database.dsn,
+            restore_options={"owners": "drop"},
+            description=database.describe(),
+            resource=database.name,
+            dsn=database.dsn,
+            server_major=await server_major(spec.dsn),
+        )
 
 
 def _like_escape(text: str) -> str:

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from drd.fsutil import remove_tree
+from drd.restore_tests.spec import ScratchSpec
+from drd.strategies import get_strategy
+from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
 from drd.verify.scratch.teardown import run_to_completion
 
@@ -43,26 +45,24 @@ async def scratch_dir(state_dir: Path, parent: Path | None, *, label: str) -> As
             registration.release()
 
 
+@contextlib.asynccontextmanager
+async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[ScratchEnv]:
+    """The tempdir scratch kind: the copy restored into a scratch directory, under the name its
+    kind's strategy gives it (Strategy.restored_name)."""
+    async with scratch_dir(request.state_dir, spec.dir, label=request.label) as directory:
+        restored = directory / get_strategy(request.source_kind).restored_name
+        yield ScratchEnv(
+            kind=spec.kind,
+            target=str(restored),
+            restore_options={},
+            description=f"scratch directory {directory}",
+            resource=str(directory),
+            path=restored,
+        )
+
+
 async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) -> None:
     path = Path(str(record["path"]))
     if not path.name.startswith(DIR_PREFIX):
         raise ValueError(f"refusing to remove {path}: not a drd scratch directory")
     await asyncio.to_thread(remove_tree, path)
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also copes with directories a restore made read-only."""
-
-    def retry(func: Callable[[str], object], p: str, _exc: object) -> None:
-        for d in (os.path.dirname(p), p):
-            if os.path.isdir(d) and not os.path.islink(d):
-                with contextlib.suppress(OSError):
-                    os.chmod(d, 0o700)
-        func(p)
-
-    if not os.path.lexists(path):
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)

@@ -1,0 +1,103 @@
+"""The daemon's own endpoints: /metrics, /healthz, /readyz and /api/v1/status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from drd.server.bodies import reply
+from drd.server.keys import DAEMON_KEY
+from drd.server.models import (
+    Health,
+    LastBackup,
+    LastJob,
+    PlanStatus,
+    Readiness,
+    ReadinessChecks,
+    SourceStatus,
+    Status,
+)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    daemon.refresh_metrics()
+    body = generate_latest(daemon.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return reply(Health(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready = keys loaded, plans valid (both true once the daemon runs), every region answers,
+    and no region's deletion settings (as of the last retention sweep) break the promise that
+    backups are destroyed within max_age."""
+    daemon = request.app[DAEMON_KEY]
+    problems = {name: p for name, p in (await daemon.probe_regions()).items() if p}
+    retention = daemon.retention.problems()
+    checks = ReadinessChecks(
+        keys="ok",
+        plans="ok",
+        regions={name: problems.get(name, "ok") for name in daemon.regions},
+        retention={name: "; ".join(retention.get(name, [])) or "ok" for name in daemon.regions},
+        state=daemon.state_problem or "ok",
+    )
+    reasons = []
+    if problems:
+        reasons.append("unreachable region(s): " + ", ".join(sorted(problems)))
+    if retention:
+        reasons.append(
+            "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))
+        )
+    if daemon.state_problem:
+        reasons.append(f"state directory not writable: {daemon.state_problem}")
+    if reasons:
+        return reply(Readiness(status="unready", reason="; ".join(reasons), checks=checks), 503)
+    return reply(Readiness(status="ready", checks=checks))
+
+
+async def status(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    now = daemon.clock()
+    plans: dict[str, PlanStatus] = {}
+    for st in daemon.sources.values():
+        plan = plans.get(st.plan.name)
+        if plan is None:
+            plan = plans[st.plan.name] = PlanStatus(
+                owner=st.plan.owner,
+                reviewed_on=st.plan.reviewed_on.isoformat(),
+                min_copies=st.plan.storage.min_copies,
+                rpo_target_seconds=st.plan.targets.rpo.total_seconds(),
+                rto_target_seconds=st.plan.targets.rto.total_seconds(),
+                sources={},
+            )
+        rpo = (now - st.last_capture).total_seconds() if st.last_capture else None
+        # rto_seconds, rto_ok, last_restore_test (phases, region, result), restore_test
+        restore_tests: dict[str, Any] = dict(daemon.restore_tests.status(st.ref))
+        plan.sources[st.ref.source] = SourceStatus(
+            kind=st.source.kind,
+            last_backup=LastBackup(
+                backup_id=st.last_backup_id,
+                captured_at=st.last_capture.isoformat() if st.last_capture else None,
+                stored_bytes=st.stored_bytes,
+                source_bytes=st.source_bytes,
+            ),
+            copies=dict(st.copies),
+            rpo_seconds=rpo,
+            rpo_ok=rpo is not None and rpo <= st.plan.targets.rpo.total_seconds(),
+            last_job=LastJob.model_validate(
+                {
+                    "status": st.last_status,
+                    "error": st.last_error,
+                    "finished_at": st.last_finished.isoformat() if st.last_finished else None,
+                }
+            ),
+            running=st.running,
+            next_due=st.next_due.isoformat() if st.next_due else None,
+            **restore_tests,
+        )
+    return reply(Status(now=now.isoformat(), plans=plans))
