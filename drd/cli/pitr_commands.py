@@ -10,19 +10,19 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from drd.cli.output import print_json
 from drd.config.loader import load_config
 from drd.config.models import Config
 from drd.crypto import Keyring
-from drd.errors import UsageError, WalFetchFailed, WalNotFound
+from drd.errors import DrdError, UsageError, WalFetchFailed, WalNotFound
 from drd.layout import SourceRef
 from drd.runtime import keyring_for, open_regions
 from drd.storage.base import Storage
 
-if TYPE_CHECKING:
-    from drd.cli.commands import Outcome
+#: as drd.cli.commands.Outcome (which imports this module): None, or the failure's class
+Outcome = type[DrdError] | None
 
 #: the restore flags that only apply to a physical source
 FLAGS = ("at", "lsn", "latest", "start", "user", "port", "drd_command")
