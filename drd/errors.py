@@ -125,6 +125,26 @@ class BackupNotFound(DrdError):
     exit_code = 8
 
 
+class OutsideWindow(BackupNotFound):
+    """A point-in-time restore's target is outside every recovery window (the message names
+    the windows and any gap); nothing was touched."""
+
+
+class WalNotFound(DrdError):
+    """`drd wal-fetch`: the archive does not hold the WAL file (PostgreSQL then looks in its
+    own pg_wal, or ends recovery: that is what restore_command's exit 1 means)."""
+
+    exit_code = 1
+
+
+class WalFetchFailed(DrdError):
+    """`drd wal-fetch`: a WAL file the recovery needs cannot be had intact from any region (a
+    gap, or every copy refused). PostgreSQL stops recovery on exit codes above 125 instead of
+    taking the file for missing, so a recovery never ends early without saying so."""
+
+    exit_code = 126
+
+
 class TargetExists(DrdError):
     """The restore target already exists; drd never overwrites."""
 

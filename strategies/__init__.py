@@ -20,6 +20,7 @@ from drd.strategies.base import AnyStrategy, RestoreOutcome, SourceOptions, Stra
 #: the built-in kinds: kind -> "module:class", imported on first use
 _BUILTIN: dict[str, str] = {
     "postgres": "drd.strategies.postgres:PostgresStrategy",
+    "postgres-physical": "drd.strategies.postgres_physical:PostgresPhysicalStrategy",
     "sqlite": "drd.strategies.sqlite:SqliteStrategy",
     "files": "drd.strategies.files:FilesStrategy",
     "mysql": "drd.strategies.mysql:MysqlStrategy",

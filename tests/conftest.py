@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.fakegcs",
     "tests.support.pg",
     "tests.support.pg_estate",
+    "tests.support.pgcluster",
     "tests.support.mariadb",
     "tests.cloudsql_fake",
 ]

@@ -288,12 +288,19 @@ async def restore(
     region: str | None,
     create_roles: bool = False,
     allow_older: bool = False,
+    pitr: Mapping[str, Any] | None = None,
 ) -> Outcome:
+    """Restore a backup; for a physical PostgreSQL source, to a point in time
+    (drd.cli.pitr_commands: `pitr` holds its flags)."""
+    from drd.cli import pitr_commands
+
     try:
         ref = SourceRef.parse(what)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     cfg = load_config(config_path) if config_path is not None else None
+    pitr = dict(pitr or {})
+    asked = [f"--{k}" for k in pitr_commands.FLAGS if pitr.get(k)]
     keyring = keyring_for(cfg, keys)
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, storage_args)
@@ -302,6 +309,25 @@ async def restore(
             find_source(plan, ref.source)
             regions = [r for r in regions if r.name in plan.storage.regions]
         check_region(region, [r.name for r in regions])
+        if await pitr_commands.is_physical(cfg, ref, regions):
+            if create_roles:
+                raise UsageError("--create-roles: a physical restore brings the roles back itself")
+            return await pitr_commands.restore(
+                ref,
+                regions,
+                keyring,
+                config_path=config_path,
+                keys=keys,
+                storage_args=storage_args,
+                target_dir=target,
+                backup_id=backup_id,
+                region=region,
+                flags=pitr,
+            )
+        if asked:
+            raise UsageError(
+                f"{', '.join(asked)}: only for point-in-time recovery of postgres-physical sources"
+            )
         result = await restore_backup(
             ref,
             regions,

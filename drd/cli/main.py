@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drd import __version__
-from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError
+from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError, WalFetchFailed
 from drd.secret_source import protect_process
 
 if TYPE_CHECKING:
@@ -92,8 +92,56 @@ def _parser() -> argparse.ArgumentParser:
         help="when no copy of the newest backup can be verified, restore the newest one that "
         "can (default: fail, naming the newer backup and why)",
     )
+    pitr = rs.add_argument_group(
+        "point-in-time recovery (postgres-physical sources; --to is a new data directory)"
+    )
+    point = pitr.add_mutually_exclusive_group()
+    point.add_argument(
+        "--at", metavar="TIME", help="recover to this time (ISO 8601, UTC if no zone)"
+    )
+    point.add_argument("--lsn", metavar="LSN", help="recover to this WAL position (X/Y)")
+    point.add_argument(
+        "--latest",
+        action="store_true",
+        help="recover everything archived (the default without --backup)",
+    )
+    pitr.add_argument(
+        "--start", action="store_true", help="start the server and wait until recovery is done"
+    )
+    pitr.add_argument(
+        "--user", help="when run as root: the OS user that owns and runs it (default postgres)"
+    )
+    pitr.add_argument("--port", type=int, help="with --start: the port the server listens on")
+    pitr.add_argument(
+        "--drd-command",
+        metavar="CMD",
+        help="how the restored server's user runs drd, for restore_command (default: this "
+        "drd's interpreter and module; give e.g. /usr/bin/drd if that user cannot run it)",
+    )
+    pitr.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keys_arg(rs)
     storage_arg(rs)
+
+    wp = command("wal-push", "archive_command: store a WAL file (%%p) in the plan's regions")
+    wp.add_argument("what", metavar="PLAN/SOURCE")
+    wp.add_argument("path", metavar="PATH", help="the file (%%p)")
+    keys_arg(wp)
+
+    wf = command(
+        "wal-fetch",
+        "restore_command: fetch a WAL file (NAME, %%f) from any region that has it into PATH "
+        "(%%p); exit 1 if the archive does not have it, 126 (recovery stops) for a gap",
+    )
+    wf.add_argument("files", nargs="+", metavar="[PLAN/SOURCE] NAME PATH")
+    wf.add_argument(
+        "--socket", help="ask the drd process that started this recovery (no PLAN/SOURCE)"
+    )
+    wf.add_argument("--system-id", help="the cluster's system identifier")
+    wf.add_argument("--segment-size", type=int, default=16 << 20, help=argparse.SUPPRESS)
+    wf.add_argument("--expect", help=argparse.SUPPRESS)
+    wf.add_argument("--region", help="read this region first")
+    keys_arg(wf)
+    storage_arg(wf)
 
     pr = command("prune", "destroy expired backups in every region now, and say why")
     pr.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
@@ -155,7 +203,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Before any secret is read: no core file, no same-user reader of this process's memory.
     unprotected = protect_process()
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        # A restore_command that cannot run must stop recovery, not end it early: PostgreSQL
+        # takes exit codes up to 125 (argparse's 2 included) for "no such WAL file".
+        words = sys.argv[1:] if argv is None else list(argv)
+        if exc.code not in (0, None) and "wal-fetch" in words:
+            raise SystemExit(WalFetchFailed.exit_code) from None
+        raise
     from drd.logs import setup_logging
 
     # Flags, then DRD_LOG_*, then (for `drd run`) the config's `log:` section, then defaults.
@@ -168,7 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = _dispatch(args)
     except DrdError as exc:
         print(f"drd: error: {exc}", file=sys.stderr)
+        if args.command == "wal-fetch":  # as above: never "missing" by mistake
+            return WalFetchFailed.exit_code
         return exc.exit_code
+    except Exception:
+        if args.command != "wal-fetch":
+            raise
+        logging.getLogger("drd").exception("wal-fetch failed")
+        return WalFetchFailed.exit_code
     except KeyboardInterrupt:
         print("drd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -176,6 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> Outcome:
+    if args.command == "wal-fetch":
+        wanted = 2 if args.socket else 3
+        if len(args.files) != wanted:
+            raise UsageError(
+                "wal-fetch: give NAME PATH with --socket, PLAN/SOURCE NAME PATH without"
+            )
+    if args.command == "wal-fetch" and args.socket:
+        # Before anything else is imported: this runs once per WAL file of a recovery.
+        from drd.errors import WalNotFound
+        from drd.pipeline.walclient import FETCH_MISSING, FETCH_OK, fetch_over_socket
+
+        code = fetch_over_socket(args.socket, *args.files)
+        return {FETCH_OK: None, FETCH_MISSING: WalNotFound}.get(code, WalFetchFailed)
     from drd.cli import commands
 
     if args.command == "keygen":
@@ -196,6 +272,31 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 as_json=args.json,
             )
         )
+    if args.command == "wal-fetch":
+        from drd.cli import pitr_commands
+
+        return asyncio.run(
+            pitr_commands.wal_fetch(
+                _config_path(args, required=not args.storage),
+                args.files[0],
+                args.files[1],
+                args.files[2],
+                args.keys,
+                args.storage,
+                system_id=args.system_id,
+                segment_size=args.segment_size,
+                expect=args.expect,
+                region=args.region,
+            )
+        )
+    if args.command == "wal-push":
+        from drd.cli import pitr_commands
+
+        return asyncio.run(
+            pitr_commands.wal_push(
+                _config_path(args, required=True), args.what, args.path, args.keys
+            )
+        )
     if args.command == "restore":
         return asyncio.run(
             commands.restore(
@@ -208,6 +309,16 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 region=args.region,
                 create_roles=args.create_roles,
                 allow_older=args.allow_older,
+                pitr={
+                    "at": args.at,
+                    "lsn": args.lsn,
+                    "latest": args.latest,
+                    "start": args.start,
+                    "user": args.user,
+                    "port": args.port,
+                    "drd_command": args.drd_command,
+                    "as_json": args.json,
+                },
             )
         )
     if args.command == "prune":
