@@ -253,9 +253,9 @@ class PostgresPhysicalStrategy(Strategy[PostgresPhysicalOptions]):
         user: str | None = None,
         recovery: Mapping[str, str] | None = None,
     ) -> RestoreOutcome:
-        """Extract the base backup into the new data directory `target` (module
-        docstring).
-        `recovery`: settings for postgresql.auto.conf, with a recovery.signal (drd.pipeline.pitr)."""
+        """Extract the base backup into the new data directory `target` (module docstring).
+        `recovery`: settings for postgresql.auto.conf, with a recovery.signal
+        (drd.pipeline.pitr)."""
         fmt = metadata.get("format", FORMAT)
         if fmt != FORMAT:
             raise RestoreError(f"restore into {target}: unsupported backup format {fmt!r}")
