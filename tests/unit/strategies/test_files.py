@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
-from drd.strategies import files as files_module
-from drd.strategies import get_strategy
+from drd.strategies import files_dump, get_strategy
 from drd.strategies.files import FilesOptions, FilesStrategy
 
 BASE_NS = 1_700_000_000_123_456_789  # 2023-11-14, with nanoseconds
@@ -397,7 +396,7 @@ async def test_entries_vanishing_during_the_dump_are_skipped(
     (src / "goes").write_text("x")
     (src / "gonedir").mkdir()
     (src / "gonedir" / "f").write_text("x")
-    original = files_module._Walker._listing
+    original = files_dump._Walker._listing
 
     def listing_then_delete(self: Any, path: str) -> list[os.DirEntry[str]]:
         entries = original(self, path)
@@ -407,7 +406,7 @@ async def test_entries_vanishing_during_the_dump_are_skipped(
             (src / "gonedir").rmdir()
         return entries
 
-    monkeypatch.setattr(files_module._Walker, "_listing", listing_then_delete)
+    monkeypatch.setattr(files_dump._Walker, "_listing", listing_then_delete)
     strategy = strategy_for(src)
     with caplog.at_level(logging.WARNING, logger="drd.strategies.files"):
         chunks = await collect(strategy.dump())
@@ -424,14 +423,14 @@ async def test_unreadable_file_is_source_error(
     src = tmp_path / "src"
     src.mkdir()
     (src / "secret").write_text("x")
-    original = files_module._Walker._add_file
+    original = files_dump._Walker._add_file
 
     def denied(self: Any, tar: Any, path: str, rel: str, st: Any) -> None:
         if rel == "secret":
             raise PermissionError(13, "Permission denied", path)
         original(self, tar, path, rel, st)
 
-    monkeypatch.setattr(files_module._Walker, "_add_file", denied)
+    monkeypatch.setattr(files_dump._Walker, "_add_file", denied)
     strategy = strategy_for(src)
     with pytest.raises(SourceError, match="Permission denied"):
         await collect(strategy.dump())

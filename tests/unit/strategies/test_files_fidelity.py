@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from drd.restore_tests import builtin
-from drd.strategies import file_digests
+from drd.strategies import file_digests, files_dump
 from drd.strategies import files as files_module
 from drd.strategies.file_digests import tree_digests
 from drd.strategies.files import FilesOptions, FilesStrategy
@@ -376,7 +376,7 @@ async def test_a_file_rewritten_while_read_is_read_again(
     moving.write_bytes(b"A" * (3 << 20))
     (src / "still.txt").write_text("untouched")
     new = b"B" * (2 << 20)
-    original = files_module._FileReader.read
+    original = files_dump._FileReader.read
     rewritten = threading.Event()
 
     def read_and_rewrite_once(self: Any, n: int = -1) -> bytes:
@@ -386,7 +386,7 @@ async def test_a_file_rewritten_while_read_is_read_again(
             moving.write_bytes(new)  # truncated and rewritten under the reader
         return out
 
-    monkeypatch.setattr(files_module._FileReader, "read", read_and_rewrite_once)
+    monkeypatch.setattr(files_dump._FileReader, "read", read_and_rewrite_once)
     chunks, meta = await dump(src)
     assert rewritten.is_set()
     assert (meta["reread"], meta["unstable"]) == (1, 0)
@@ -414,13 +414,13 @@ async def test_a_file_shrinking_on_every_read_says_where_the_padding_is(
     src.mkdir()
     shrinking = src / "shrinking.log"
     shrinking.write_bytes(b"L" * (1 << 20))
-    original = files_module._FileReader.__init__
+    original = files_dump._FileReader.__init__
 
     def shrink_after_stat(self: Any, fd: int, st: os.stat_result, *args: Any, **kw: Any) -> None:
         original(self, fd, st, *args, **kw)
         os.truncate(shrinking, st.st_size // 2)  # after the header said st.st_size
 
-    monkeypatch.setattr(files_module._FileReader, "__init__", shrink_after_stat)
+    monkeypatch.setattr(files_dump._FileReader, "__init__", shrink_after_stat)
     with caplog.at_level(logging.WARNING, logger="drd.strategies.files"):
         chunks, meta = await dump(src)
     last = (1 << 20) // 4  # the size the third (last) read started from
