@@ -53,7 +53,8 @@ from drd.fields import PositiveDuration, Size
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from drd.strategies._tarscan import ScannedStream, TarError, TarScanner
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
-from drd.strategies.postgres import _Conn, find_tool
+from drd.strategies.postgres_conn import _Conn
+from drd.strategies.postgres_tools import find_tool
 from drd.strategies.postgres_wal import format_lsn, parse_lsn
 
 log = logging.getLogger(__name__)

@@ -113,7 +113,7 @@ def test_postgres_and_command_check_children_get_no_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from drd.restore_tests.command import command_environment
-    from drd.strategies.postgres import _Conn
+    from drd.strategies.postgres_conn import _Conn
 
     monkeypatch.setenv("REGION_B_SA", "service-account-json")
     read_secret("env", "REGION_B_SA", what="GCS credentials of region b")

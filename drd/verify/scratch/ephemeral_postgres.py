@@ -199,7 +199,7 @@ async def ephemeral_postgres(
     however the block ends."""
     import tempfile
 
-    from drd.strategies.postgres import find_tool
+    from drd.strategies.postgres_tools import find_tool
 
     tools, _, note = find_bin_dir(major, bin_dir)
     pg_ctl = await find_tool("pg_ctl", str(tools))

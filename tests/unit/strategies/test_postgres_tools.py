@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from drd.strategies import postgres
+from drd.strategies import postgres_tools as postgres
 
 
 def _wrapper_on_path(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Path:
