@@ -12,12 +12,14 @@ Fixtures (import them into a test module, or load this module as a pytest plugin
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+from tests.support import databases
+from tests.support.databases import DatabaseFactory
 
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 3306
@@ -65,7 +67,7 @@ def target_url(database: str) -> str:
 
 
 def unique_name(prefix: str = "drdm") -> str:
-    return f"{prefix}_{secrets.token_hex(5)}"
+    return databases.unique_name(prefix)
 
 
 def database_exists(name: str) -> bool:
@@ -230,30 +232,17 @@ class MariaDatabase:
         return target_url(self.name)
 
 
-class MariaDbFactory:
-    """Creates uniquely named databases and drops them (and any name it was told about)."""
+class MariaDbFactory(DatabaseFactory[MariaDatabase]):
+    """MariaDB databases on the test server (tests.support.databases: the shared shape)."""
 
     def __init__(self) -> None:
-        self._names: list[str] = []
-
-    def __call__(self, prefix: str = "drdm") -> MariaDatabase:
-        name = unique_name(prefix)
-        self._names.append(name)
-        mariadb(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-        return MariaDatabase(name)
-
-    def reserve(self, prefix: str = "drdm") -> MariaDatabase:
-        """A unique name that is NOT created, but dropped at teardown (restore targets)."""
-        name = unique_name(prefix)
-        self._names.append(name)
-        return MariaDatabase(name)
-
-    def cleanup(self) -> None:
-        for name in reversed(self._names):
-            drop_database(name)
-            for leftover in databases_like(name + "\\_drd\\_restoring\\_%"):
-                drop_database(leftover)
-        self._names.clear()
+        super().__init__(
+            prefix="drdm",
+            create=lambda name: mariadb(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"),
+            drop=drop_database,
+            like=databases_like,
+            handle=MariaDatabase,
+        )
 
 
 @pytest.fixture(name="mariadb_factory")

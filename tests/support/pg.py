@@ -10,7 +10,6 @@ loads this module as a plugin.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.support import databases
+from tests.support.databases import DatabaseFactory
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -35,7 +37,7 @@ ADMIN_DSN = dsn_for("postgres")
 
 
 def unique_name(prefix: str = "drdt") -> str:
-    return f"{prefix}_{secrets.token_hex(5)}"
+    return databases.unique_name(prefix)
 
 
 def create_database(name: str) -> str:
@@ -255,30 +257,17 @@ class PgDatabase:
     dsn: str
 
 
-class PgDatabaseFactory:
-    """Creates uniquely named databases and drops them (and any name it was told about)."""
+class PgDatabaseFactory(DatabaseFactory[PgDatabase]):
+    """PostgreSQL databases on the test server (tests.support.databases: the shared shape)."""
 
     def __init__(self) -> None:
-        self._names: list[str] = []
-
-    def __call__(self, prefix: str = "drdt") -> PgDatabase:
-        name = unique_name(prefix)
-        self._names.append(name)
-        return PgDatabase(name, create_database(name))
-
-    def reserve(self, prefix: str = "drdt") -> PgDatabase:
-        """A unique name that is NOT created, but dropped at teardown (restore targets)."""
-        name = unique_name(prefix)
-        self._names.append(name)
-        return PgDatabase(name, dsn_for(name))
-
-    def cleanup(self) -> None:
-        for name in reversed(self._names):
-            drop_database(name)
-            # staging databases named after it, should a test have left one
-            for leftover in databases_like(name + "\\_drd\\_restoring\\_%"):
-                drop_database(leftover)
-        self._names.clear()
+        super().__init__(
+            prefix="drdt",
+            create=create_database,
+            drop=drop_database,
+            like=databases_like,
+            handle=lambda name: PgDatabase(name, dsn_for(name)),
+        )
 
 
 @pytest.fixture(name="pg_database_factory")
