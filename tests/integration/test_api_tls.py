@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import socket
 import ssl
 import subprocess
 import time
@@ -19,15 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from drd.cli.main import main
-from tests.support.drdenv import DrdEnv
+from tests.support.drdenv import DrdEnv, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _self_signed(directory: Path) -> Path:
@@ -63,19 +56,14 @@ def _self_signed(directory: Path) -> Path:
 
 
 def _env(tmp_path: Path, port: int) -> DrdEnv:
-    env = DrdEnv(tmp_path)
-    env.add_local_region("a")
-    env.add_local_region("b")
-    (tmp_path / "data").mkdir()
-    env.add_plan("p", [{"name": "tree", "kind": "files", "path": str(tmp_path / "data")}])
-    env.api_listen = f"127.0.0.1:{port}"
+    env = DrdEnv.files_plan(tmp_path, port=port)
     env.api = {"public_read": True, "tls": {"certificate": "api-cert", "key": "api-key"}}
     env.write()
     return env
 
 
 def test_the_api_speaks_tls_with_credentials_from_systemd(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = _env(tmp_path, port)
     creds = tmp_path / "credentials"
     cert = _self_signed(creds)
@@ -115,7 +103,7 @@ def test_the_api_speaks_tls_with_credentials_from_systemd(tmp_path: Path) -> Non
 
 
 def test_a_bad_tls_credential_is_a_clear_start_error(tmp_path: Path) -> None:
-    env = _env(tmp_path, _free_port())
+    env = _env(tmp_path, free_port())
     creds = tmp_path / "credentials"
     _self_signed(creds)
     (creds / "api-key").write_text("not a key\n")

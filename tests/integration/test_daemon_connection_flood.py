@@ -18,12 +18,6 @@ from tests.support.drdenv import DrdEnv
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _default_file_limit() -> None:
     # What a service gets without LimitNOFILE= (systemd's default soft limit): the attack had
     # it run out of descriptors.
@@ -36,15 +30,8 @@ def _get(url: str, timeout: float = 10) -> str:
 
 
 def test_half_open_connections_stall_neither_probes_nor_backups(tmp_path: Path) -> None:
-    env = DrdEnv(tmp_path)
-    env.add_local_region("a")
-    env.add_local_region("b")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "f.txt").write_text("hello")
-    env.add_plan("p", [{"name": "tree", "kind": "files", "path": str(data)}])
-    port = _free_port()
-    env.api_listen = f"127.0.0.1:{port}"
+    env = DrdEnv.files_plan(tmp_path)
+    port = env.api_port
     env.write()
     log = open(tmp_path / "daemon.log", "w+b")  # noqa: SIM115
     proc = subprocess.Popen(

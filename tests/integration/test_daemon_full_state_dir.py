@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drd.server.auth import generate_token, token_hash
-from tests.support.drdenv import DrdEnv
+from tests.support.drdenv import DrdEnv, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -57,14 +56,7 @@ def fill(directory: Path) -> Path:
 
 
 def make_env(tmp_path: Path, state: Path, port: int, token: str) -> DrdEnv:
-    env = DrdEnv(tmp_path)
-    env.add_local_region("a")
-    env.add_local_region("b")
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    (data / "f.txt").write_text("hello")
-    env.add_plan("p", [{"name": "tree", "kind": "files", "path": str(data)}])
-    env.api_listen = f"127.0.0.1:{port}"
+    env = DrdEnv.files_plan(tmp_path, port=port)
     env.api = {
         "public_read": True,
         "tokens": [{"name": "op", "role": "operator", "sha256": token_hash(token)}],
@@ -73,12 +65,6 @@ def make_env(tmp_path: Path, state: Path, port: int, token: str) -> DrdEnv:
     config = env.config_path.read_text().replace(str(tmp_path / "state"), str(state))
     env.config_path.write_text(config)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:

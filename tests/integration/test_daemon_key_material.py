@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import resource
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,12 +17,6 @@ import pytest
 from tests.support.drdenv import DrdEnv
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _popen_or_close(log: Any, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -39,15 +32,8 @@ def _unlimited_core() -> None:
 
 
 def test_daemon_holds_the_key_in_no_readable_place(tmp_path: Path) -> None:
-    env = DrdEnv(tmp_path)
-    env.add_local_region("a")
-    env.add_local_region("b")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "f.txt").write_text("hello")
-    env.add_plan("p", [{"name": "tree", "kind": "files", "path": str(data)}])
-    port = _free_port()
-    env.api_listen = f"127.0.0.1:{port}"
+    env = DrdEnv.files_plan(tmp_path)
+    port = env.api_port
     env.write()
     log = open(tmp_path / "daemon.log", "w+b")  # noqa: SIM115
     proc = _popen_or_close(

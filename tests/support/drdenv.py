@@ -4,6 +4,7 @@ environment, and a way to run the real `drd` command line as a subprocess."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ import yaml
 
 from drd import crypto
 from tests.support.fakegcs import FakeGcsServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -73,6 +80,24 @@ class DrdEnv:
             "sources": sources,
             **extra,
         }
+
+    @classmethod
+    def files_plan(cls, root: Path, *, port: int | None = None) -> DrdEnv:
+        """Two local regions and plan `p` with one small files source `tree`, the API on a
+        free loopback port (or `port`): the smallest real estate a daemon test runs on."""
+        env = cls(root)
+        env.add_local_region("a")
+        env.add_local_region("b")
+        data = root / "data"
+        data.mkdir(exist_ok=True)
+        (data / "f.txt").write_text("hello")
+        env.add_plan("p", [{"name": "tree", "kind": "files", "path": str(data)}])
+        env.api_listen = f"127.0.0.1:{port if port is not None else free_port()}"
+        return env
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api_listen.rpartition(":")[2])
 
     def write(self) -> Path:
         (self.root / "plans").mkdir(parents=True, exist_ok=True)
