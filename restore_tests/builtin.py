@@ -238,6 +238,41 @@ def digests(
     )
 
 
+def objects(
+    expected: Any,
+    actual: file_digests.DigestList,
+    actual_bytes: int,
+    problems: Sequence[str],
+    *,
+    where: str,
+) -> CheckResult:
+    """Every object of the bucket prefix came back under its name with its content and
+    properties, none missing or extra; read back from where the copy is (`where`: the scratch
+    prefix as GCS serves it, or the local directory's files and index)."""
+    name = "objects"
+    compared = (
+        "every object's name, content (sha256, and so its size and CRC32C), content type, "
+        "encoding, language, disposition, cache control and custom metadata, and the list of "
+        "names"
+    )
+    unavailable = _unavailable(name, name, expected)
+    if unavailable is not None:
+        unavailable.compared = compared
+        return unavailable
+    assert isinstance(expected, Mapping)
+    want = f"{expected.get('count')} objects, digest {str(expected.get('tree'))[:16]}"
+    got = f"{actual.count} objects, {actual_bytes} bytes, digest {actual.tree[:16]}"
+    found = [*problems, *file_digests.compare(dict(expected), actual)]
+    coverage = f"{expected.get('count')} objects read back from {where}"
+    fields: dict[str, Any] = {"compared": compared, "coverage": coverage}
+    if not found:
+        return passed(name, name, expected=want, actual=got, **fields)
+    shown = "; ".join(found[:_SHOW]) + (
+        f" and {len(found) - _SHOW} more" if len(found) > _SHOW else ""
+    )
+    return failed(name, name, expected=want, actual=got, detail=shown, **fields)
+
+
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL: sequences, objects, privileges, the database's properties, large objects, content
 

@@ -168,12 +168,30 @@ async def _mysql_builtins(t: CheckTarget) -> list[CheckResult]:
     )
 
 
+async def _gcs_builtins(t: CheckTarget) -> list[CheckResult]:
+    """A gcs-bucket copy read back where it is: the scratch prefix (every object downloaded
+    and hashed as GCS serves it) or the local directory (the files and the index)."""
+    from drd.strategies import gcs_bucket, gcs_bucket_local
+
+    expected = _statistics(t.metadata, "objects")
+    target = str(t.target)
+    if target.startswith("gs://"):
+        found, total, problems = await asyncio.to_thread(gcs_bucket.read_prefix, target)
+        where = target.partition("?")[0]
+    else:
+        read = await asyncio.to_thread(gcs_bucket_local.read_directory, Path(target))
+        found, total, problems = read.digests, read.bytes, read.problems
+        where = target
+    return [builtin.objects(expected, found, total, problems, where=where)]
+
+
 #: the built-in checks by what the restored copy is (Strategy.restored_as)
 _BUILTINS: dict[str, Callable[[CheckTarget], Awaitable[list[CheckResult]]]] = {
     "postgres": _postgres_builtins,
     "sqlite": _sqlite_builtins,
     "tree": _tree_builtins,
     "mysql": _mysql_builtins,
+    "gcs-objects": _gcs_builtins,
 }
 
 

@@ -52,7 +52,10 @@ SCRATCH_KINDS = (
     "cloudsql-scratch-project",
     "ephemeral-mariadb",
     "mysql-server",
+    "gcs-scratch-bucket",
 )
+#: gcs-scratch-bucket: the default prefix of the tests' own prefixes in the scratch bucket
+GCS_SCRATCH_PREFIX = "drd-restore-tests/"
 # Which scratch kinds can hold a source kind, and which checks fit it, is the source kind's own
 # business: its strategy says (Strategy.scratch_kinds, default_scratch, check_kinds).
 CHECK_KINDS = ("sql", "freshness", "file", "command")
@@ -79,6 +82,7 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "cloudsql-scratch-project": ("project", "staging", "tier", "region", "connect"),
     "ephemeral-mariadb": ("dir", "bin_dir", "user"),
     "mysql-server": ("url",),
+    "gcs-scratch-bucket": ("bucket", "prefix", "project", "endpoint", "credentials"),
 }
 
 
@@ -93,6 +97,7 @@ class ScratchSpec(_Spec):
         "cloudsql-scratch-project",
         "ephemeral-mariadb",
         "mysql-server",
+        "gcs-scratch-bucket",
     ]
     #: postgres-server: a libpq DSN of the scratch server's maintenance database (no password:
     #: libpq reads PGPASSWORD or ~/.pgpass); drd creates and drops its own database there
@@ -112,8 +117,20 @@ class ScratchSpec(_Spec):
     #: root (default postgres, or mysql; neither server runs as root)
     user: str | None = None
     #: cloudsql-scratch-project: the GCP project the scratch instances are created in (never
-    #: the source's own); drd.verify.scratch.cloudsql
+    #: the source's own); drd.verify.scratch.cloudsql. gcs-scratch-bucket: the scratch bucket's
+    #: project (billing for requester-pays buckets), optional
     project: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    #: gcs-scratch-bucket: the scratch bucket; each test restores under its own new prefix
+    #: `<prefix>drd-scratch-<id>/` there and deletes every object under it afterwards
+    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+    #: gcs-scratch-bucket: where in the scratch bucket the tests' prefixes are made
+    prefix: str | None = None
+    #: gcs-scratch-bucket: the storage API endpoint (default Google's; an emulator on loopback)
+    endpoint: str | None = None
+    #: gcs-scratch-bucket: {source: credential|env, name: ...} (a service-account JSON with
+    #: storage.objects.create/get/list/delete on the scratch bucket), or {source: anonymous}
+    #: with a loopback endpoint
+    credentials: dict[str, str] | None = Field(default=None, repr=False)
     #: cloudsql-scratch-project: the GCS staging of the import (drd.strategies.cloudsql
     #: StagingOptions: bucket, prefix, project, endpoint, credentials); default: the source's
     staging: dict[str, Any] | None = None
@@ -142,6 +159,10 @@ class ScratchSpec(_Spec):
             "tier",
             "region",
             "connect",
+            "bucket",
+            "prefix",
+            "endpoint",
+            "credentials",
         ):
             if getattr(self, name) is not None and name not in _APPLIES[self.kind]:
                 kinds = [k for k in SCRATCH_KINDS if name in _APPLIES[k]]
@@ -166,6 +187,8 @@ class ScratchSpec(_Spec):
                 parse_server_url(self.url, read_secret=False)
             except ValueError as exc:
                 raise _rule("url", str(exc)) from None
+        if self.kind == "gcs-scratch-bucket":
+            self._check_gcs_scratch()
         if self.kind == "cloudsql-scratch-project":
             if self.project is None:
                 raise _rule(
@@ -195,6 +218,60 @@ class ScratchSpec(_Spec):
                         "{connection_name}",
                     ) from None
         return self
+
+    def _check_gcs_scratch(self) -> None:
+        from pydantic import ValidationError
+
+        from drd.storage.google_auth import GoogleCredentials, anonymous_allowed, check_endpoint
+
+        if self.bucket is None:
+            raise _rule(
+                "bucket", "field required for kind: gcs-scratch-bucket (the scratch bucket)"
+            )
+        if self.prefix and (
+            self.prefix.startswith("/") or "//" in self.prefix or not self.prefix.endswith("/")
+        ):
+            raise _rule(
+                "prefix", "an object prefix ends with '/' and neither starts with '/' nor has '//'"
+            )
+        if self.credentials is None:
+            raise _rule(
+                "credentials",
+                "field required for kind: gcs-scratch-bucket ({source: credential|env, name: ...}"
+                " or {source: anonymous} with a loopback endpoint)",
+            )
+        try:
+            check_endpoint(self.endpoint)
+        except ValueError as exc:
+            raise _rule("endpoint", str(exc)) from None
+        try:
+            creds = GoogleCredentials.model_validate(self.credentials)
+        except ValidationError as exc:
+            message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise _rule("credentials", message) from None
+        if creds.source == "anonymous" and not anonymous_allowed(self.endpoint):
+            raise _rule("credentials", "anonymous credentials only with a loopback endpoint")
+
+    @property
+    def gcs_prefix(self) -> str:
+        """gcs-scratch-bucket: the prefix the tests' own prefixes are made under."""
+        return self.prefix if self.prefix is not None else GCS_SCRATCH_PREFIX
+
+    def gcs_target(self, prefix: str) -> str:
+        """The gs:// restore target (drd.strategies.gcs_bucket.open_target) of a prefix in the
+        scratch bucket: it names the credentials' source, never the credentials."""
+        from urllib.parse import urlencode
+
+        assert self.bucket is not None and self.credentials is not None
+        creds = self.credentials
+        query: dict[str, str] = {}
+        if self.endpoint:
+            query["endpoint"] = self.endpoint
+        if self.project:
+            query["project"] = self.project
+        source = creds.get("source", "")
+        query["credentials"] = source if source == "anonymous" else f"{source}:{creds['name']}"
+        return f"gs://{self.bucket}/{prefix}?{urlencode(query, safe=':/')}"
 
 
 def default_scratch(source_kind: str) -> ScratchSpec | None:

@@ -48,11 +48,11 @@ import hashlib
 import json
 import logging
 import re
-import tarfile
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator
@@ -68,23 +68,25 @@ from drd.storage.google_auth import (
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 from drd.strategies.file_digests import FILE_LIST_LIMIT, DigestList
 from drd.strategies.file_digests import compare as compare_digests
+from drd.strategies.gcs_tar import (
+    BLOCK,
+    PAX,
+    PROPERTIES,
+    RECORD,
+    Reader,
+    member_header,
+    member_properties,
+    object_digest,
+    padding,
+    read_member,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 FORMAT = "gcs-tar-pax"
-BLOCK = 512
-RECORD = 20 * BLOCK  # tar pads the archive to whole records
 SPOOL_IN_MEMORY = 8 << 20
-PAX = "DRD.gcs."
-_PROPERTIES = (
-    "content_type",
-    "content_encoding",
-    "content_language",
-    "content_disposition",
-    "cache_control",
-)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SKIPPED_LISTED = 100
 
@@ -123,16 +125,8 @@ def _object_prefix(prefix: str) -> str:
     return prefix + "/" if prefix else ""
 
 
-def object_digest(content_sha256: str, properties: Mapping[str, Any]) -> str:
-    """The digest listed for one object: its content and its properties (module docstring)."""
-    text = json.dumps(
-        {"sha256": content_sha256, **dict(properties)}, sort_keys=True, ensure_ascii=False
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _properties(blob: Any) -> dict[str, Any]:
-    props: dict[str, Any] = {p: getattr(blob, p) for p in _PROPERTIES if getattr(blob, p)}
+    props: dict[str, Any] = {p: getattr(blob, p) for p in PROPERTIES if getattr(blob, p)}
     props["metadata"] = dict(blob.metadata or {})
     return props
 
@@ -198,83 +192,6 @@ def _describe(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tar framing
-
-
-def _member_header(rel: str, size: int, mtime: float, pax: dict[str, str]) -> bytes:
-    info = tarfile.TarInfo(rel if rel and not rel.endswith("/") else (rel or ".") + "_")
-    info.size = size
-    info.mtime = int(mtime)
-    info.mode = 0o644
-    info.type = tarfile.REGTYPE
-    info.pax_headers = pax
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def _padding(size: int) -> bytes:
-    return bytes(-size % BLOCK)
-
-
-def _parse_pax(data: bytes) -> dict[str, str]:
-    """PAX extended header records: "<len> <key>=<value>\\n"."""
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= 0:
-            raise ValueError("bad PAX record length")
-        record = data[space + 1 : pos + length - 1]
-        key, _, value = record.partition(b"=")
-        out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-class _Reader:
-    """Exact reads from an async iterator of chunks (buffering at most one chunk)."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._it = chunks.__aiter__()
-        self._buf = bytearray()
-        self.total = 0
-
-    async def _fill(self) -> bool:
-        try:
-            chunk = await self._it.__anext__()
-        except StopAsyncIteration:
-            return False
-        self.total += len(chunk)
-        self._buf += chunk
-        return True
-
-    async def read_exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            if not await self._fill():
-                raise RestoreError("the archive ended in the middle of a member")
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
-
-    async def pieces(self, n: int) -> AsyncIterator[bytes]:
-        """`n` bytes, in the pieces they arrive in."""
-        left = n
-        while left:
-            if not self._buf and not await self._fill():
-                raise RestoreError("the archive ended in the middle of a member")
-            take = bytes(self._buf[:left])
-            del self._buf[: len(take)]
-            left -= len(take)
-            yield take
-
-    async def drain(self) -> None:
-        """Consume the rest (its end-of-stream checks must run)."""
-        self._buf.clear()
-        while await self._fill():
-            self._buf.clear()
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -285,6 +202,12 @@ class _Archived:
 class GcsBucketStrategy(Strategy[GcsBucketOptions]):
     kind: ClassVar[str] = "gcs-bucket"
     Options: ClassVar[type[SourceOptions]] = GcsBucketOptions
+    # A scratch prefix in a scratch bucket (the objects as GCS holds them), or a local
+    # directory for a quick check of contents and properties without a cloud.
+    scratch_kinds: ClassVar[tuple[str, ...]] = ("tempdir", "gcs-scratch-bucket")
+    check_kinds: ClassVar[tuple[str, ...]] = ("file", "command")
+    restored_as: ClassVar[str | None] = "gcs-objects"
+    restored_name: ClassVar[str] = "objects"
 
     def _open(self, where: str) -> _Bucket:
         opts = self.opts
@@ -392,7 +315,7 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
             raise SourceError(f"{where}: reading {name} failed: {_describe(exc)}") from None
         props = _properties(blob)
         pax = {f"{PAX}name": rel, f"{PAX}generation": str(blob.generation)}
-        for key in _PROPERTIES:
+        for key in PROPERTIES:
             if key in props:
                 pax[f"{PAX}{key}"] = str(props[key])
         pax[f"{PAX}metadata"] = json.dumps(props["metadata"], sort_keys=True, ensure_ascii=False)
@@ -401,7 +324,7 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
         if blob.md5_hash:
             pax[f"{PAX}md5"] = str(blob.md5_hash)
         updated: datetime | None = blob.updated
-        yield _member_header(rel, size, updated.timestamp() if updated else 0, pax)
+        yield member_header(rel, size, updated.timestamp() if updated else 0, pax)
         crc, sha = Crc32c(), hashlib.sha256()
         position = 0
         data = first
@@ -425,7 +348,7 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
                 raise SourceError(f"{where}: reading {name} failed: {_describe(exc)}") from None
         if blob.crc32c and crc.b64() != blob.crc32c:
             raise SourceError(f"{where}: {name}: the bytes read do not match its crc32c")
-        yield _padding(size)
+        yield padding(size)
         digests.add(rel, object_digest(sha.hexdigest(), props))
         done.archived = True
 
@@ -438,6 +361,10 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
         fmt = metadata.get("format", FORMAT)
         if fmt != FORMAT:
             raise RestoreError(f"restore into {target}: unsupported dump format {fmt!r}")
+        if not target.startswith("gs://"):
+            from drd.strategies.gcs_bucket_local import restore_to_directory
+
+            return await restore_to_directory(chunks, Path(target), metadata)
         bucket, prefix, shown = open_target(target)
         where = f"restore into {shown}"
         written: list[str] = []
@@ -447,9 +374,9 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
             page = await _call(_next_page, await _call(bucket.pages, prefix, 1))
             if page:
                 raise TargetExists(f"{where}: there are objects under the target prefix")
-            reader = _Reader(chunks)
+            reader = Reader(chunks)
             while True:
-                member = await _read_member(reader)
+                member = await read_member(reader)
                 if member is None:
                     break
                 rel, size, pax = member
@@ -511,32 +438,52 @@ def open_target(target: str) -> tuple[_Bucket, str, str]:
     return bucket, object_prefix, f"gs://{bucket_name}/{object_prefix}"
 
 
-async def _read_member(reader: _Reader) -> tuple[str, int, dict[str, str]] | None:
-    """The next member's (name, size, PAX records); None at the end of the archive."""
-    block = await reader.read_exact(BLOCK)
-    if block == bytes(BLOCK):
-        return None
+class _HashSink:
+    """A file-like sink that only hashes what a download writes into it."""
+
+    def __init__(self) -> None:
+        self.crc, self.sha, self.size = Crc32c(), hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.crc.update(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def read_prefix(target: str) -> tuple[DigestList, int, list[str]]:
+    """Every object under a gs:// target prefix as the backup lists them (digests of content
+    and properties), its bytes, and the objects whose stored crc32c does not match the bytes
+    served; read in streamed downloads (blocking: run it in a thread)."""
+    bucket, prefix, _shown = open_target(target)
+    digests = DigestList(FILE_LIST_LIMIT)
+    problems: list[str] = []
+    total = 0
     try:
-        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        pax: dict[str, str] = {}
-        if info.type == tarfile.XHDTYPE:
-            records = await reader.read_exact(info.size + len(_padding(info.size)))
-            pax = _parse_pax(records[: info.size])
-            info = tarfile.TarInfo.frombuf(
-                await reader.read_exact(BLOCK), "utf-8", "surrogateescape"
-            )
-    except (tarfile.TarError, ValueError, UnicodeDecodeError) as exc:
-        raise RestoreError(f"not a valid archive: {exc}") from None
-    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-        raise RestoreError(f"unexpected archive member type {info.type!r}")
-    size = int(pax.get("size", info.size))
-    rel = pax.get(f"{PAX}name", pax.get("path", info.name))
-    return rel, size, pax
+        for page in bucket.pages(prefix):
+            for blob in page:
+                sink = _HashSink()
+                pinned = bucket.bucket.blob(blob.name, generation=blob.generation)
+                pinned.download_to_file(
+                    sink,
+                    raw_download=True,
+                    checksum=None,
+                    timeout=bucket.timeout,
+                    retry=bucket.retry,
+                )
+                rel = str(blob.name)[len(prefix) :]
+                if blob.crc32c and sink.crc.b64() != blob.crc32c:
+                    problems.append(f"{rel}: the bytes served do not match its stored crc32c")
+                digests.add(rel, object_digest(sink.sha.hexdigest(), _properties(blob)))
+                total += sink.size
+    finally:
+        bucket.close()
+    return digests, total, problems
 
 
 async def _upload(
     bucket: _Bucket,
-    reader: _Reader,
+    reader: Reader,
     name: str,
     size: int,
     pax: Mapping[str, str],
@@ -544,14 +491,7 @@ async def _upload(
     where: str,
 ) -> tuple[str, str]:
     """Spool one member and upload it as a new object; (its listed digest, its crc32c)."""
-    props: dict[str, Any] = {}
-    for key in _PROPERTIES:
-        if f"{PAX}{key}" in pax:
-            props[key] = pax[f"{PAX}{key}"]
-    try:
-        props["metadata"] = json.loads(pax.get(f"{PAX}metadata", "{}"))
-    except ValueError:
-        raise RestoreError(f"{where}: {name}: malformed metadata record") from None
+    props = member_properties(pax, f"{where}: {name}")
     crc, sha = Crc32c(), hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         async for piece in reader.pieces(size):
@@ -561,10 +501,10 @@ async def _upload(
                 await _call(spool.write, piece)
             else:
                 spool.write(piece)
-        await reader.read_exact(len(_padding(size)))
+        await reader.read_exact(len(padding(size)))
         spool.seek(0)
         blob = bucket.bucket.blob(name)
-        for key in _PROPERTIES:
+        for key in PROPERTIES:
             if key in props:
                 setattr(blob, key, props[key])
         blob.metadata = props["metadata"] or None

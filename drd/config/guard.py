@@ -14,6 +14,9 @@ test applies it again before it creates anything, in case a plan was built some 
   backs up a whole directory tree (files; Strategy.source_is_tree): the restore would write into
   the live tree, and its copy would end up in the next backup. A parent of the source is fine:
   drd creates a new uniquely named directory in it.
+- gcs-scratch-bucket: the scratch prefix must not overlap the source's objects (same bucket on
+  the same endpoint, and one prefix inside the other): the restore would write among them and
+  its teardown delete them. Another prefix of the source's bucket is fine.
 - cloudsql-scratch-project: the scratch project must not be the source's own project: scratch
   instances (created, restored into, deleted) never live next to the instance they copy.
 """
@@ -111,6 +114,16 @@ def path_conflict(directory: Path, source_path: str, source_kind: str) -> str | 
     return None
 
 
+def _gcs_overlap(spec: ScratchSpec, source: Any) -> bool:
+    if getattr(source, "kind", None) != "gcs-bucket" or spec.bucket != source.bucket:
+        return False
+    if (spec.endpoint or "").rstrip("/") != (source.endpoint or "").rstrip("/"):
+        return False  # another service (an emulator): bucket names are not shared
+    ours = spec.gcs_prefix
+    theirs = source.prefix.strip("/") + "/" if source.prefix.strip("/") else ""
+    return ours.startswith(theirs) or theirs.startswith(ours)
+
+
 def refusal(spec: ScratchSpec, source: Any) -> tuple[str, str] | None:
     """(field, message) when `spec` points at `source` (a SourceOptions), else None."""
     name = getattr(source, "name", "?")
@@ -140,6 +153,13 @@ def refusal(spec: ScratchSpec, source: Any) -> tuple[str, str] | None:
             f"names the database of source {name} itself (same server and database): "
             "restore tests never touch their source; name the scratch server only (drd "
             "creates its own database there)",
+        )
+    if spec.kind == "gcs-scratch-bucket" and _gcs_overlap(spec, source):
+        return (
+            "prefix",
+            f"overlaps the objects of source {name} itself (same bucket and endpoint): restore "
+            "tests never write to their source; name another bucket or a prefix outside the "
+            "source's",
         )
     if spec.dir is not None:
         source_path = getattr(source, "path", None)

@@ -1,7 +1,7 @@
 """What every scratch environment is, and which module opens each scratch kind.
 
 A scratch kind's module (ephemeral_postgres, postgres_server, tempdir, cloudsql_env,
-ephemeral_mariadb, mysql_server) has an
+ephemeral_mariadb, mysql_server, gcs_scratch) has an
 `open_env(spec, request)`: an async context manager that sets the environment up, yields its
 ScratchEnv and destroys it however the block ends. `OPENERS` says which module that is for each
 kind; drd.verify.scratch.environment.open_scratch picks it. The modules are imported only when a
@@ -113,6 +113,7 @@ OPENERS: dict[str, str] = {
     "cloudsql-scratch-project": "drd.verify.scratch.cloudsql_env",
     "ephemeral-mariadb": "drd.verify.scratch.ephemeral_mariadb",
     "mysql-server": "drd.verify.scratch.mysql_server",
+    "gcs-scratch-bucket": "drd.verify.scratch.gcs_scratch",
 }
 
 

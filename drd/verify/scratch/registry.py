@@ -117,6 +117,7 @@ DESTROYERS = {
     "cloudsql-instance": "drd.verify.scratch.cloudsql",
     "ephemeral-mariadb": "drd.verify.scratch.ephemeral_mariadb",
     "mysql-server": "drd.verify.scratch.mysql_server",
+    "gcs-scratch-bucket": "drd.verify.scratch.gcs_scratch",
 }
 
 
@@ -214,6 +215,8 @@ def describe(record: Mapping[str, Any]) -> str:
         return f"ephemeral MariaDB/MySQL server in {record.get('root')}"
     if kind == "mysql-server":
         return f"scratch database {record.get('database')} ({record.get('url')})"
+    if kind == "gcs-scratch-bucket":
+        return f"scratch prefix {str(record.get('target', '')).partition('?')[0]}"
     if kind == "cloudsql-instance":
         return f"Cloud SQL scratch instance {record.get('project')}/{record.get('instance')}"
     return f"scratch directory {record.get('path')}"

@@ -115,8 +115,8 @@ CASES = [
         "restore_test:\n  scratch:\n    main-db: {kind: docker}\n",
         [
             f"{P}:10: restore_test.scratch.main-db.kind: must be 'ephemeral-postgres', "
-            "'postgres-server', 'tempdir', 'cloudsql-scratch-project', 'ephemeral-mariadb' or "
-            "'mysql-server'"
+            "'postgres-server', 'tempdir', 'cloudsql-scratch-project', 'ephemeral-mariadb', "
+            "'mysql-server' or 'gcs-scratch-bucket'"
         ],
         id="unknown-scratch-kind",
     ),
