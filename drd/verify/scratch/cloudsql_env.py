@@ -131,9 +131,32 @@ async def resolve_dsn(
     return None
 
 
-def _result(name: str, status: str, detail: str) -> CheckResult:
+#: what each of the API's checks compares
+_COMPARED = {
+    "restore_operation": "the final state of the Cloud SQL import or restore operation",
+    "databases": "the databases the scratch instance holds, against the backed-up database",
+    "row_counts": "count(*) of every table of the scratch copy, against the export's counts",
+}
+
+
+def _result(name: str, status: str, detail: str, coverage: str) -> CheckResult:
     mapped = {"ok": "passed", "failed": "failed", "skipped": "skipped"}[status]
-    return CheckResult(name, "cloudsql", mapped, detail=detail)  # type: ignore[arg-type]
+    return CheckResult(
+        name,
+        "cloudsql",
+        mapped,  # type: ignore[arg-type]
+        detail=detail,
+        compared=_COMPARED[name],
+        coverage=coverage if mapped != "skipped" else "",
+    )
+
+
+def _tables(metadata: Mapping[str, Any]) -> str:
+    stats = metadata.get("statistics")
+    counts = stats.get("row_counts") if isinstance(stats, Mapping) else None
+    if not isinstance(counts, Mapping):
+        return "every table"
+    return f"{len(counts)} tables, {sum(int(n) for n in counts.values())} rows"
 
 
 async def _checks(
@@ -148,11 +171,11 @@ async def _checks(
     from drd.verify.scratch.cloudsql import CloudSqlRestoreTest, _check
 
     results = [
-        CheckResult(
+        _result(
             "restore_operation",
-            "cloudsql",
-            "passed",
-            detail="the restore operation ended DONE without error",
+            "ok",
+            "the restore operation ended DONE without error",
+            f"the operation on {scratch.project}/{scratch.name}",
         )
     ]
     export = metadata.get("format") == FORMAT_EXPORT
@@ -165,11 +188,11 @@ async def _checks(
             )
         except Exception as exc:
             results.append(
-                CheckResult(
+                _result(
                     "row_counts",
-                    "cloudsql",
                     "failed",
-                    detail=f"cannot reach the scratch instance's PostgreSQL: {exc}",
+                    f"cannot reach the scratch instance's PostgreSQL: {exc}",
+                    _tables(metadata),
                 )
             )
             dsn = None
@@ -196,6 +219,7 @@ async def _checks(
                 "databases",
                 found.checks["databases"],
                 "; ".join(db_problems) or f"the instance holds {database}" if export else "",
+                f"database {database}",
             )
         )
     status = found.checks.get("row_counts")
@@ -205,7 +229,7 @@ async def _checks(
             detail = why_skipped
         elif status == "ok":
             detail = "every table holds the rows counted in the export"
-        results.append(_result("row_counts", status, detail))
+        results.append(_result("row_counts", status, detail, _tables(metadata)))
     return results
 
 
