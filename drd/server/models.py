@@ -153,7 +153,8 @@ class RestoreTestSummary(Stored):
     history."""
 
     backup_id: str
-    selection: str = Field(description="newest | random-older | requested")
+    selection: str = Field(description="newest | newest-usable | random-older | requested | drill")
+    selection_reason: str = Field(default="", description="why that backup, in a sentence")
     result: str
     failure_category: str | None
     failure_message: str | None

@@ -585,7 +585,11 @@ async def _restore_test(
                 keyring,
                 state_dir=state_dir,
                 base_dir=base_dir,
-                candidate=Candidate(candidate.entry, "drill"),
+                candidate=Candidate(
+                    candidate.entry,
+                    "drill",
+                    reason=candidate.reason or "the backup this drill restores",
+                ),
                 region=region,
                 clock=clock,
                 metrics=None,  # a drill is not the restore-test schedule's result

@@ -85,10 +85,12 @@ class RestoreTestReport:
     kind: str
     #: the backup's capture time (ISO 8601 UTC)
     backup_captured_at: str
-    #: newest | random-older | requested
+    #: newest | newest-usable | random-older | requested | drill
     selection: str
     started_at: datetime
     rto_target_seconds: float
+    #: why that backup, in a sentence (drd.verify.restore_run.choose_backups)
+    selection_reason: str = ""
     region: str | None = None
     finished_at: datetime | None = None
     failure_category: Category | None = None
@@ -151,6 +153,7 @@ class RestoreTestReport:
             **self.public(),
             "kind": self.kind,
             "selection": self.selection,
+            "selection_reason": self.selection_reason,
             "backup_captured_at": self.backup_captured_at,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -176,6 +179,8 @@ class RestoreTestReport:
         if self.failure_category:
             head += f": {self.failure_category}: {self.failure_message}"
         lines = [head]
+        if self.selection_reason:
+            lines.append(f"  chosen: {self.selection_reason}")
         lines.extend(
             f"  NOT TESTED: newer backup {self.ref}@{newer}: {why}"
             for newer, why in self.skipped_newer.items()
@@ -293,6 +298,7 @@ def summary_of(report: RestoreTestReport) -> Mapping[str, Any]:
     return {
         "backup_id": report.backup_id,
         "selection": report.selection,
+        "selection_reason": report.selection_reason,
         "result": report.result,
         "failure_category": report.failure_category,
         "failure_message": report.failure_message,

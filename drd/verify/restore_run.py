@@ -79,6 +79,8 @@ class Candidate:
     selection: str
     #: newer backups passed over (allow_older), with why none of their copies can be used
     skipped_newer: Mapping[str, str] = field(default_factory=dict)
+    #: why this backup, in a sentence for the report's reader
+    reason: str = ""
 
 
 async def choose_backups(
@@ -106,20 +108,34 @@ async def choose_backups(
         chosen = [e for e in entries if e.backup_id == backup_id]
         if not chosen:
             raise BackupNotFound(f"no backup {backup_id} of {ref} in any region")
-        return [Candidate(chosen[0], "requested")]
+        return [Candidate(chosen[0], "requested", reason=f"backup {backup_id} was asked for")]
     if not entries:
         raise BackupNotFound(f"no backup of {ref} in any region to test")
     newest = entries[-1]
+    held = f"{len(entries)} backup(s) of {ref} in the catalog"
     if unusable(newest) is None or not allow_older:
-        out = [Candidate(newest, "newest")]
+        why = f"the newest of the {held}"
+        problem = unusable(newest)
+        if problem is not None:
+            why += f", tested although no copy can be used ({problem}): it is never skipped"
+        out = [Candidate(newest, "newest", reason=why)]
     else:
         choice = choose(ref, entries, allow_older=True)
-        out = [Candidate(choice.entry, "newest-usable", choice.skipped_newer)]
+        why = (
+            f"the newest usable of the {held}: --allow-older passed over "
+            f"{len(choice.skipped_newer)} newer one(s) without a usable copy"
+        )
+        out = [Candidate(choice.entry, "newest-usable", choice.skipped_newer, why)]
     if also_random_older:
         first = out[0].entry
         older = [e for e in entries if unusable(e) is None and e.captured < first.captured]
         if older:
-            out.append(Candidate((rng or random.SystemRandom()).choice(older), "random-older"))
+            picked = (rng or random.SystemRandom()).choice(older)
+            why = (
+                f"chosen at random among the {len(older)} older usable backup(s) "
+                "(restore_test.also_random_older): old backups must restore too"
+            )
+            out.append(Candidate(picked, "random-older", reason=why))
     return out
 
 
@@ -184,6 +200,7 @@ async def run_restore_test(
         kind=entry.public.kind if entry.public is not None else "unknown",
         backup_captured_at=entry.captured.isoformat(),
         selection=candidate.selection,
+        selection_reason=candidate.reason,
         skipped_newer=dict(candidate.skipped_newer),
         started_at=clock(),
         rto_target_seconds=plan.targets.rto.total_seconds(),

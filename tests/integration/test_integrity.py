@@ -303,10 +303,14 @@ def test_the_newest_backup_is_never_skipped_silently(world: World) -> None:
     assert tested.returncode == 11, tested.stdout + tested.stderr
     assert f"FAILED p1/files@{new} (newest)" in tested.stdout
     assert "integrity_failed: no copy of the manifest can be verified" in tested.stdout
+    assert (
+        "tested although no copy can be used" in tested.stdout and "never skipped" in tested.stdout
+    )
 
     tested = env.ok("restore-test", "p1/files", "--allow-older", "--json")
     (report,) = json.loads(tested.stdout)["reports"]
     assert report["backup_id"] == old and report["selection"] == "newest-usable"
+    assert "--allow-older passed over 1 newer one(s)" in report["selection_reason"]
     assert report["result"] == "passed"
     assert "manifest failed authentication" in report["skipped_newer"][new]
     text = env.ok("restore-test", "p1/files", "--allow-older").stdout

@@ -263,12 +263,15 @@ async def test_choose_newest_and_a_random_older_one(
         REF, storages, keyring, min_copies=2, also_random_older=True, rng=random.Random(1)
     )
     assert [c.selection for c in chosen] == ["newest", "random-older"]
+    assert chosen[0].reason == "the newest of the 3 backup(s) of billing/db in the catalog"
+    assert chosen[1].reason.startswith("chosen at random among the 2 older usable backup(s)")
     assert chosen[0].entry.backup_id.startswith("20261127")
     assert chosen[1].entry.public.started < chosen[0].entry.public.started
     (requested,) = await choose_backups(
         REF, storages, keyring, min_copies=2, backup_id=chosen[1].entry.backup_id
     )
     assert requested.selection == "requested"
+    assert requested.reason == f"backup {chosen[1].entry.backup_id} was asked for"
     with pytest.raises(BackupNotFound):
         await choose_backups(REF, storages, keyring, min_copies=2, backup_id="20200101T000000Z-0")
     with pytest.raises(BackupNotFound):
@@ -283,6 +286,9 @@ async def test_choose_newest_and_a_random_older_one(
         base_dir=tmp_path,
     )
     assert [r.selection for r in reports] == ["newest", "random-older"]
+    assert [r.selection_reason for r in reports] == [c.reason for c in chosen]
+    assert reports[0].as_json()["selection_reason"] == chosen[0].reason
+    assert f"  chosen: {chosen[0].reason}" in reports[0].summary_lines()
     assert all(r.passed for r in reports)
 
 
