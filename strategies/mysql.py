@@ -30,7 +30,7 @@ What the metadata records (restore_metadata):
     history was dumped); a restore compares them with `COUNT(*)` in the restored copy;
   - `sequences`: each sequence's `DO SETVAL` (next value, is_used);
   - `content`: per-table digests of the rows' text as the dump wrote it (order-independent:
-    drd.strategies.mysql_dump.TableDigest). With `content: sample` (the default) a table whose
+    drd.strategies.mysql_dump.TableDigest). With `content: sampled` (the default) a table whose
     primary key is one integer column that comes first is sampled by key: 10 key ranges
     spread from its smallest to its largest key (read from the index before the dump), about
     `content_rows` rows together by the server's row estimate, so rows deep inside a big
@@ -162,13 +162,14 @@ class MysqlOptions(SourceOptions):
     client_bin_dir: str | None = None
     #: tables (exact names) left out of the dump
     exclude_tables: list[str] = Field(default_factory=list)
-    #: per-table content digests for restore tests, taken from the dump stream: "sample" (key
+    #: per-table content digests for restore tests, taken from the dump stream: "sampled" (key
     #: ranges spread over each table with an integer primary key, else its first rows; about
-    #: `content_rows` rows per table), "full" (every row) or "off"
-    content: Literal["sample", "full", "off"] = "sample"
-    #: the per-table row budget of content: sample (a restore test reads this many rows of
-    #: each table of the restored copy)
-    content_rows: int = Field(default=1000, ge=1, le=10_000_000)
+    #: `content_rows` rows per table), "full" (every row) or "off". Unset: the plan's
+    #: restore_test.content, as for every source kind ("sample" is the older spelling)
+    content: Literal["sampled", "sample", "full", "off"] | None = None
+    #: the per-table row budget of sampled content (a restore test reads this many rows of
+    #: each table of the restored copy); unset: the plan's restore_test.sample_rows
+    content_rows: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +259,12 @@ class MysqlStrategy(Strategy[MysqlOptions]):
             and not transaction_precise(before)
             and await dump_tool.supports("--dump-history")
         )
-        content = None if opts.content == "off" else ContentPlan(opts.content, opts.content_rows)
+        # The source's own setting wins over the plan's (restore_test.content, sample_rows).
+        mode = opts.content or self.content.mode
+        rows = opts.content_rows or self.content.sample_rows
+        content = (
+            None if mode == "off" else ContentPlan("full" if mode == "full" else "sample", rows)
+        )
         keys: dict[str, str] = {}
         ranges: dict[str, list[list[int]]] = {}
         if content is not None and content.mode == "sample":

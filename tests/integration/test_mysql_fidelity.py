@@ -216,8 +216,8 @@ def test_the_restore_test_of_such_a_database_passes_and_says_what_it_covered(
     assert all(c["status"] == "passed" for c in report["checks"]), report["checks"]
     assert checks["row_counts"]["actual"] == "4 tables, 12 rows"
     assert checks["content"]["actual"] == (
-        "4 tables, 12 rows digested (4 by primary-key ranges spread over the table, about 1000 "
-        "rows each)"
+        "4 tables, 12 rows digested (4 by primary-key ranges spread over the table, about 10000 "
+        "rows each)"  # the plan's default budget (restore_test.sample_rows)
     )
     assert checks["objects"]["expected"] == (
         "1 functions, 1 views (definer and definition of each)"

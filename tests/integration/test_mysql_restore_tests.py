@@ -106,7 +106,11 @@ def test_restore_test_in_an_ephemeral_server_and_a_scratch_database(
     cleanup_scratch(env)
     plan(
         env,
-        [mysql_source("db", database), {**mysql_source("db-server", database), "content": "full"}],
+        [mysql_source("db", database), mysql_source("db-server", database)],
+        # The plan's content settings, as for every kind: full for one source by name, a
+        # budget of 1000 rows per table for the others.
+        content={"db-server": "full"},
+        sample_rows=1000,
         scratch={
             "db-server": {"kind": "mysql-server", "url": f"mysql://root@127.0.0.1:{MARIADB_PORT}"}
         },
@@ -169,7 +173,7 @@ async def test_a_difference_fails_naming_the_table_or_object(
     from tests.integration.strategies.test_mysql import dump_all, make_strategy, replay
 
     database = make_source(mariadb_factory, rows=500)
-    strategy = make_strategy(database)
+    strategy = make_strategy(database, content_rows=1000)
     chunks = await dump_all(strategy)
     meta = strategy.restore_metadata()
     target = mariadb_factory.reserve("drdm_rtcopy")
