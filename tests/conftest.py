@@ -42,6 +42,12 @@ def _scrub_environment(
     from drd import secret_source
 
     secret_source._taken.clear()
+    # Each test starts with a cold manifest cache kept nowhere (a CLI command called in-process
+    # would otherwise point the process's cache at that test's state directory).
+    from drd.repository import manifest_cache
+
+    manifest_cache.PROCESS_CACHE.clear()
+    manifest_cache.PROCESS_CACHE.path = None
     # drd's CLI makes its process non-dumpable with a core limit of 0 at start: called in-process,
     # that would harden the test runner itself for every later test (and their children). The
     # hardening is tested on real drd processes (test_secret_source, test_daemon_key_material).

@@ -32,6 +32,7 @@ from drd.errors import (
 from drd.layout import SourceRef, check_name
 from drd.pipeline.restore import restore_backup
 from drd.pipeline.source_backup import backup_source
+from drd.repository import manifest_cache
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
 from drd.repository.manifest import STATUS_OK
 from drd.runtime import keyring_for, open_regions
@@ -41,6 +42,14 @@ from drd.verify.restore_report import latest_summaries
 
 #: None: every part worked; else the class of the failure the command reported (see above)
 Outcome = type[DrdError] | None
+
+
+def _load_config(config_path: Path) -> Config:
+    """drd.yaml, and the state directory it names keeps this command's manifest cache: the
+    next command's catalog reads only the manifests it has not seen."""
+    cfg = load_config(config_path)
+    manifest_cache.keep_in(cfg.state_dir)
+    return cfg
 
 
 def failed_sources(errors: Sequence[DrdError], sources: int) -> Outcome:
@@ -86,7 +95,7 @@ def validate(config_path: Path | None) -> Outcome:
     if errors:
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return ConfigError
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     sources = sum(len(p.sources) for p in cfg.plans)
     print(
         f"ok: {config_path}: {len(cfg.plans)} plan(s), {sources} source(s), "
@@ -97,7 +106,7 @@ def validate(config_path: Path | None) -> Outcome:
 
 async def backup(config_path: Path | None, what: str, keys: str | None) -> Outcome:
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     plan_name, _, source_name = what.partition("/")
     plan = find_plan(cfg, plan_name)
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
@@ -249,7 +258,7 @@ async def list_backups(
     *,
     as_json: bool,
 ) -> Outcome:
-    cfg = load_config(config_path) if config_path is not None else None
+    cfg = _load_config(config_path) if config_path is not None else None
     prefix = ""
     if what:
         plan, _, source = what.partition("/")
@@ -298,7 +307,7 @@ async def restore(
         ref = SourceRef.parse(what)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    cfg = load_config(config_path) if config_path is not None else None
+    cfg = _load_config(config_path) if config_path is not None else None
     pitr = dict(pitr or {})
     asked = [f"--{k}" for k in pitr_commands.FLAGS if pitr.get(k)]
     keyring = keyring_for(cfg, keys)
@@ -369,7 +378,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     from drd.retention.sweep import RetentionMemory, sweep
 
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     plans = [find_plan(cfg, what)] if what else list(cfg.plans)
     grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
     now = utcnow()
@@ -399,7 +408,7 @@ async def doctor(config_path: Path | None) -> Outcome:
     from drd.retention.report import check_deletion, format_doctor
 
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, [])
         report = await check_deletion(cfg, regions)
@@ -426,7 +435,7 @@ async def check(
     from drd.retention.scrub import ScrubMemory
 
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     plans = [find_plan(cfg, what)] if what else list(cfg.plans)
     keyring = keyring_for(cfg, keys)
     memory = ScrubMemory(cfg.state_dir / "scrub.json")
@@ -476,7 +485,7 @@ async def restore_test(
     from drd.verify.scratch.registry import sweep_leftovers
 
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     plan_name, _, source_name = what.partition("/")
     plan = find_plan(cfg, plan_name)
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
@@ -534,7 +543,7 @@ async def drill(
     from drd.verify.scratch.registry import sweep_leftovers
 
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     plan = find_plan(cfg, plan_name)
     check_region(lose_region, plan.storage.regions, plan.name, "--lose-region")
     keyring = keyring_for(cfg, keys)
@@ -578,7 +587,7 @@ async def audit_verify(
     from drd.server.audit import verify_trail
 
     assert config_path is not None
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path)
     keyring = keyring_for(cfg, keys)
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}

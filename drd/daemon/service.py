@@ -53,6 +53,7 @@ from drd.logs import log_context
 from drd.metrics import RESULTS, Metrics
 from drd.pipeline.backup import BackupResult
 from drd.pipeline.source_backup import backup_source, plan_regions
+from drd.repository import manifest_cache
 from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
@@ -116,6 +117,9 @@ class Daemon:
         # A state directory that cannot be written stops the start here, with StateError
         # (exit 14) naming it, before anything else is opened.
         self.history = History(cfg.state_dir / "history.sqlite3")
+        # Every catalog build of the daemon reads only manifests it has not read before, from
+        # its first one after a restart on (drd.repository.manifest_cache).
+        manifest_cache.keep_in(cfg.state_dir)
         #: why the last write to the state directory failed (None: it did not), for /readyz
         self.state_problem: str | None = None
         self.metrics.state_writable.set(1)

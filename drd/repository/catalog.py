@@ -25,6 +25,7 @@ from drd import crypto
 from drd.errors import DrdError, IntegrityError, KeyringError, StorageError
 from drd.layout import DATA_OBJECT, MANIFEST_OBJECT, SourceRef, backup_id_time, is_backup_id
 from drd.repository.manifest import Manifest, ManifestPublic, read_public
+from drd.repository.manifest_cache import PROCESS_CACHE, ManifestCache
 from drd.storage.base import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class CopyState:
     verified: bool = False
     #: why this region's manifest cannot be used (None: usable, or there is none)
     manifest_error: DrdError | None = None
+    #: the manifest object as the listing showed it
+    manifest_info: ObjectInfo | None = field(default=None, repr=False, compare=False)
 
     @property
     def manifest_unreadable(self) -> bool:
@@ -189,9 +192,17 @@ def combined_error(errors: dict[str, DrdError], what: str) -> DrdError:
 
 
 async def build_catalog(
-    regions: Sequence[Storage], keyring: crypto.Keyring | None, prefix: str = ""
+    regions: Sequence[Storage],
+    keyring: crypto.Keyring | None,
+    prefix: str = "",
+    *,
+    cache: ManifestCache | None = PROCESS_CACHE,
 ) -> Catalog:
-    """List `prefix` ("", "plan/" or "plan/source/") in every region and assemble the catalog."""
+    """List `prefix` ("", "plan/" or "plan/source/") in every region and assemble the catalog.
+
+    Manifest copies the listing shows unchanged since they were read are taken from `cache`
+    (drd.repository.manifest_cache) and verified as if read; `cache=None` reads every copy
+    (the scrub does: it must see what the regions hold now)."""
     listings = await asyncio.gather(
         *(_list_region(r, prefix) for r in regions), return_exceptions=True
     )
@@ -214,6 +225,7 @@ async def build_catalog(
             state.keys.append(info.key)
             if name == MANIFEST_OBJECT:
                 state.has_manifest = True
+                state.manifest_info = info
             elif name == DATA_OBJECT:
                 state.data_size = info.size
 
@@ -222,17 +234,21 @@ async def build_catalog(
     entries: list[CatalogEntry] = []
     orphans: list[Orphan] = []
 
-    async def read_one(region: str, key: str) -> bytes | DrdError:
+    async def read_one(copy: CopyState, key: str) -> bytes | DrdError:
+        if cache is not None and copy.manifest_info is not None:
+            raw = cache.lookup(copy.manifest_info)
+            if raw is not None:
+                return raw
         try:
             async with semaphore:
-                return await by_name[region].get(key)
+                return await by_name[copy.region].get(key)
         except DrdError as exc:
             return exc
 
     async def read_entry(ref: SourceRef, backup_id: str, copies: dict[str, CopyState]) -> None:
         key = ref.manifest_key(backup_id)
         holders = [c for c in copies.values() if c.has_manifest]
-        raws = await asyncio.gather(*(read_one(c.region, key) for c in holders))
+        raws = await asyncio.gather(*(read_one(c, key) for c in holders))
         public: ManifestPublic | None = None
         manifest: Manifest | None = None
         manifest_from = ""
@@ -261,6 +277,8 @@ async def build_catalog(
                     copy.manifest_error = exc
                     continue
             copy.manifest_error = None
+            if cache is not None and copy.manifest_info is not None:
+                cache.store(copy.manifest_info, raw)  # verified: worth not reading again
             if manifest is None:
                 manifest, manifest_from = result, copy.region
                 public = result.public
@@ -299,6 +317,18 @@ async def build_catalog(
         else:
             orphans += [Orphan(ref, backup_id, c.region, c.keys) for c in copies.values()]
     await asyncio.gather(*tasks)
+    if cache is not None:
+        if not region_errors:  # every region listed: what none of them shows is gone
+            cache.keep_only(
+                prefix,
+                (
+                    c.manifest_info.key
+                    for cs in found.values()
+                    for c in cs.values()
+                    if c.manifest_info
+                ),
+            )
+        await asyncio.to_thread(cache.save)
     # Capture time first: ids only have second resolution, two backups in one second must
     # still come out in the order they were taken.
     entries.sort(key=lambda e: (e.ref.plan, e.ref.source, *e.order))

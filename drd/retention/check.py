@@ -118,7 +118,8 @@ async def check_plan(
     """Check (and repair) `plan` now; the caller holds the locks of every source not in
     `skip_sources`."""
     storages = [regions[name] for name in plan.storage.regions]
-    catalog = await build_catalog(storages, keyring, f"{plan.name}/")
+    # Asked for by a person, now: every copy as the regions hold it, not as the cache has it.
+    catalog = await build_catalog(storages, keyring, f"{plan.name}/", cache=None)
     report = CheckReport(
         plan.name,
         backups=len(catalog.entries),

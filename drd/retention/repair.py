@@ -380,7 +380,11 @@ async def repair(
     went back in time is not copied from."""
     targets = [regions[name] for name in plan.storage.regions]
     by_name = {r.name: r for r in targets}
-    catalog = await build_catalog(targets, keyring, f"{plan.name}/")
+    # Copies a scrub found damaged: every manifest read as the regions hold it now, not as
+    # the manifest cache remembers it (drd.repository.manifest_cache).
+    catalog = await build_catalog(
+        targets, keyring, f"{plan.name}/", **({"cache": None} if damaged else {})
+    )
     report = RepairReport(plan.name, unreachable=dict(catalog.region_errors))
     untrusted_sources: dict[SourceRef, set[str]] = {
         ref: set(names) for ref, names in (distrust or {}).items()

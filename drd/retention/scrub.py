@@ -31,12 +31,13 @@ from pathlib import Path
 
 from drd import crypto
 from drd.config.models import Plan
-from drd.errors import DamagedCopy, DrdError
+from drd.errors import DamagedCopy, DrdError, IntegrityError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
 from drd.repository.copies import check_data
 from drd.repository.heads import HeadMemory
+from drd.repository.manifest import Manifest
 from drd.retention.integrity import is_future_dated
 from drd.retention.repair import CopyKey, RepairReport, repair
 from drd.storage.base import Storage
@@ -229,6 +230,7 @@ async def scrub_plan(
             break
         assert entry.manifest is not None
         try:
+            await _check_manifest(by_name[region], entry, keyring)
             nbytes = await check_data(by_name[region], entry.ref, entry.manifest)
         except DamagedCopy as exc:
             log.error("scrub %s@%s: %s", entry.ref, entry.backup_id, exc)
@@ -282,6 +284,23 @@ async def scrub_plan(
     if metrics is not None:
         publish(metrics, plan, catalog, memory, now, period)
     return report
+
+
+async def _check_manifest(storage: Storage, entry: CatalogEntry, keyring: crypto.Keyring) -> None:
+    """The region's manifest, read now, is the verified one: the catalog may have taken it
+    from the manifest cache, which trusts a listing's size and CRC32C
+    (drd.repository.manifest_cache); a scrub must see the bytes themselves."""
+    key = entry.ref.manifest_key(entry.backup_id)
+    where = f"{storage.name}:{key}"
+    raw = await storage.get(key)
+    try:
+        found = Manifest.open(keyring, raw, where, entry.ref, entry.backup_id)
+    except IntegrityError as exc:
+        raise DamagedCopy(
+            f"{where}: the manifest does not verify: {exc}", region=storage.name
+        ) from None
+    if found != entry.manifest:
+        raise DamagedCopy(f"{where}: the manifest is not the verified one", region=storage.name)
 
 
 def publish(

@@ -17,6 +17,7 @@ from drd.pipeline.backup import run_backup
 from drd.pipeline.restore import restore_backup
 from drd.repository.catalog import build_catalog
 from drd.repository.manifest import Manifest
+from drd.repository.manifest_cache import PROCESS_CACHE
 from drd.storage.base import ObjectInfo, ObjectWriter
 from drd.storage.faults import FaultyStorage
 from drd.storage.memory import MemoryStorage
@@ -406,6 +407,7 @@ async def test_any_failure_of_one_copy_moves_on_to_the_next_region(blob_strategy
     # The manifest unreadable in r0: the catalog says so, r1 restores.
     faulty.clear()
     faulty.fail("get", TransientStorageError("manifest read timed out"), match=REF.prefix)
+    PROCESS_CACHE.clear()  # a process that has not read these manifests before
     out = await restore_backup(REF, [faulty, r1], keyring, "t2")
     assert out.region == "r1" and "manifest read timed out" in out.unusable["r0"]
     # Both copies failing: every copy is named, the gravest cause gives the exit code.
