@@ -318,6 +318,10 @@ async def test_stored_reports_outlive_the_process_and_retention(
     stored = await fresh.get(drill_id)
     assert stored is not None and stored["status"] == "passed"
     assert stored["sources"] == report["sources"]
+    # Each check says what it compared and how much it covered (descriptions and counts).
+    (integrity,) = [c for c in stored["sources"][0]["checks"] if c["name"] == "integrity"]
+    assert "authenticated" in integrity["compared"]
+    assert integrity["coverage"].endswith("1000 restored")
     assert [x["id"] for x in await fresh.list("p")] == [drill_id]
     await fresh.load_state()
     assert metrics.registry.get_sample_value("drd_drill_last_status", {"plan": "p"}) == 1
