@@ -523,10 +523,13 @@ async def drill(
     *,
     lose_region: str | None,
     as_json: bool,
+    html: Path | None = None,
 ) -> Outcome:
-    """A failover drill of PLAN, in this process; exit 12 if it failed (drd.verify.drill)."""
+    """A failover drill of PLAN, in this process; exit 12 if it failed (drd.verify.drill).
+    `html`: also write its one-page report there (drd.verify.drill_html)."""
     import getpass
 
+    from drd.cli.html_output import check_output, write_drill_html
     from drd.daemon.drill_loop import audit_drill
     from drd.server.audit import AuditLog
     from drd.verify.drill import new_report, render_markdown, run_drill
@@ -537,6 +540,8 @@ async def drill(
     cfg = load_config(config_path)
     plan = find_plan(cfg, plan_name)
     check_region(lose_region, plan.storage.regions, plan.name, "--lose-region")
+    if html is not None:
+        check_output("--html", html)
     keyring = keyring_for(cfg, keys)
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
     report = new_report(
@@ -563,6 +568,10 @@ async def drill(
         finally:
             await audit_drill(audit, report, "finish")
             await audit.close(grace=30.0)  # a one-shot process: ship before exiting
+        if html is not None:
+            # The history from the surviving regions only: a lost region is not touched.
+            survivors = {n: s for n, s in regions.items() if n != lose_region}
+            await write_drill_html(html, plan, survivors, keyring, report.as_json())
     if as_json:
         print_json(report.as_json())
     else:
