@@ -122,12 +122,20 @@ PHASE_COLOURS: dict[str, str] = {
 }
 
 
+#: axis steps a person reads as round durations (seconds)
+_STEPS = (
+    *(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30),
+    *(60 * m for m in (1, 2, 5, 10, 15, 30)),
+    *(3600 * h for h in (1, 2, 3, 6, 12)),
+    *(86400 * d for d in (1, 2, 7, 14, 30, 90, 365)),
+)
+
+
 def nice_step(rough: float) -> float:
-    """The 1, 2 or 5 times a power of ten nearest above `rough`: axis ticks people read."""
+    """The smallest round duration (1 s, 5 min, 2 h, 7 d, ...) at least `rough` seconds."""
     if rough <= 0 or not math.isfinite(rough):
         return 1.0
-    power = 10.0 ** math.floor(math.log10(rough))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
+    return float(next((step for step in _STEPS if step >= rough), math.ceil(rough)))
 
 
 @dataclass(frozen=True)
@@ -239,10 +247,10 @@ def series_svg(
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
             f"{esc(seconds_text(value))}</text>"
         )
-    for at in (start, start + (end - start) / 2, end):
+    for at, anchor in ((start, "start"), (start + (end - start) / 2, "middle"), (end, "end")):
         x, _ = xy(at, 0)
         parts.append(
-            f'<text x="{x:.1f}" y="{height - 14}" text-anchor="middle">'
+            f'<text x="{x:.1f}" y="{height - 14}" text-anchor="{anchor}">'
             f"{esc(at.strftime('%Y-%m-%d'))}</text>"
         )
     if target is not None:
