@@ -529,7 +529,7 @@ async def drill(
     `html`: also write its one-page report there (drd.verify.drill_html)."""
     import getpass
 
-    from drd.cli.html_output import check_output, write_drill_html
+    from drd.cli.html_output import check_output, drill_page, write_output
     from drd.daemon.drill_loop import audit_drill
     from drd.server.audit import AuditLog
     from drd.verify.drill import new_report, render_markdown, run_drill
@@ -568,14 +568,17 @@ async def drill(
         finally:
             await audit_drill(audit, report, "finish")
             await audit.close(grace=30.0)  # a one-shot process: ship before exiting
+        page = None
         if html is not None:
             # The history from the surviving regions only: a lost region is not touched.
             survivors = {n: s for n, s in regions.items() if n != lose_region}
-            await write_drill_html(html, plan, survivors, keyring, report.as_json())
+            page = await drill_page(plan, survivors, keyring, report.as_json())
     if as_json:
         print_json(report.as_json())
     else:
         print(render_markdown(report))
+    if html is not None and page is not None:
+        write_output("--html", html, page)  # after the outcome is printed, whatever happens here
     return None if report.passed else DrillFailed
 
 

@@ -54,14 +54,13 @@ async def drill_history(
     return out
 
 
-async def write_drill_html(
-    path: Path,
+async def drill_page(
     plan: Plan,
     regions: Mapping[str, Storage],
     keyring: crypto.Keyring,
     report: Mapping[str, Any],
-) -> None:
+) -> str:
+    """The drill's page, with the plan's last drills as stored in `regions`."""
     from drd.verify.drill_html import render_drill_html
 
-    history = await drill_history(plan, regions, keyring)
-    write_output("--html", path, render_drill_html(report, history))
+    return render_drill_html(report, await drill_history(plan, regions, keyring))

@@ -283,7 +283,8 @@ def render_drill_html(data: Mapping[str, Any], history: Sequence[Mapping[str, An
         tag("h2", "Checks and what they covered"),
         _checks(sources),
         tag("h2", f"The last drills of plan {plan}"),
-        _history(history or [data], ident),
+        # The stored history may lack this drill (running, or its report not stored).
+        _history([*history, *([] if ident in {drill_id(d) for d in history} else [data])], ident),
     ]
     where_from = (
         f"Figures from the sealed drill report _drills/{plan}/{ident}/report.json "

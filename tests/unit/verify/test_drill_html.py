@@ -178,7 +178,9 @@ def test_renamed_or_missing_fields_are_read_or_shown_as_missing() -> None:
     )
     text = text_of(render_drill_html(data))
     assert "20261204T120000Z-1a2b3c4d" in text and "64.25s" in text and "10.0min" in text
-    # A running drill with nothing measured yet.
+    # A running drill with nothing measured yet, not in the stored history.
     bare = {"id": "20261204T120000Z-1a2b3c4d", "plan": "p", "status": "running"}
-    text = text_of(render_drill_html(bare))
+    other = {"id": "20261101T120000Z-0badf00d", "status": "passed", "started_at": "2026-11-01"}
+    text = text_of(render_drill_html(bare, [other]))
     assert "RUNNING" in text and "not measured" in text
+    assert "20261101T120000Z-0badf00d" in text and "(this one)" in text
