@@ -532,10 +532,13 @@ async def drill(
     *,
     lose_region: str | None,
     as_json: bool,
+    html: Path | None = None,
 ) -> Outcome:
-    """A failover drill of PLAN, in this process; exit 12 if it failed (drd.verify.drill)."""
+    """A failover drill of PLAN, in this process; exit 12 if it failed (drd.verify.drill).
+    `html`: also write its one-page report there (drd.verify.drill_html)."""
     import getpass
 
+    from drd.cli.html_output import check_output, drill_page, write_output
     from drd.daemon.drill_loop import audit_drill
     from drd.server.audit import AuditLog
     from drd.verify.drill import new_report, render_markdown, run_drill
@@ -546,6 +549,8 @@ async def drill(
     cfg = _load_config(config_path)
     plan = find_plan(cfg, plan_name)
     check_region(lose_region, plan.storage.regions, plan.name, "--lose-region")
+    if html is not None:
+        check_output("--html", html)
     keyring = keyring_for(cfg, keys)
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
     report = new_report(
@@ -572,10 +577,17 @@ async def drill(
         finally:
             await audit_drill(audit, report, "finish")
             await audit.close(grace=30.0)  # a one-shot process: ship before exiting
+        page = None
+        if html is not None:
+            # The history from the surviving regions only: a lost region is not touched.
+            survivors = {n: s for n, s in regions.items() if n != lose_region}
+            page = await drill_page(plan, survivors, keyring, report.as_json())
     if as_json:
         print_json(report.as_json())
     else:
         print(render_markdown(report))
+    if html is not None and page is not None:
+        write_output("--html", html, page)  # after the outcome is printed, whatever happens here
     return None if report.passed else DrillFailed
 
 

@@ -180,7 +180,21 @@ def _parser() -> argparse.ArgumentParser:
         "--lose-region", metavar="R", help="simulate losing region R: it is not read at all"
     )
     dr.add_argument("--json", action="store_true", help="print the full report as JSON")
+    dr.add_argument(
+        "--html", metavar="FILE", type=Path, help="also write the one-page HTML report to FILE"
+    )
     keys_arg(dr)
+
+    rp = command("report", "every restore test and drill of PLAN in a window, for an auditor")
+    rp.add_argument("plan", metavar="PLAN")
+    rp.add_argument(
+        "--since", default="90d", metavar="DURATION", help="the window, back from now (90d)"
+    )
+    rp.add_argument("--out", metavar="FILE", type=Path, help="write to FILE (default: stdout)")
+    rp.add_argument(
+        "--json", action="store_true", help="the figures as JSON instead of the HTML page"
+    )
+    keys_arg(rp)
 
     au = command("audit", "the audit trail")
     au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -356,6 +370,20 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 args.plan,
                 args.keys,
                 lose_region=args.lose_region,
+                as_json=args.json,
+                html=args.html,
+            )
+        )
+    if args.command == "report":
+        from drd.cli import report_command
+
+        return asyncio.run(
+            report_command.report(
+                _config_path(args, required=True),
+                args.plan,
+                args.keys,
+                since=args.since,
+                out=args.out,
                 as_json=args.json,
             )
         )

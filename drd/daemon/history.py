@@ -127,3 +127,22 @@ class History:
             ).fetchone(),
         )
         return JobRecord(*row) if row else None
+
+
+def read_finished(path: Path, kind: str, plan: str, since: float) -> list[JobRecord]:
+    """Finished jobs of this kind and plan that started at `since` (epoch seconds) or later,
+    oldest first, read without writing: the daemon may be running and owns the file (History()
+    would mark its running jobs interrupted). No file yet: no jobs."""
+    if not path.exists():
+        return []
+    with _state(path, "read the job history"):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND started_at >= ? "
+                "AND finished_at IS NOT NULL ORDER BY started_at, id",
+                (kind, plan, since),
+            ).fetchall()
+        finally:
+            db.close()
+    return [JobRecord(*row) for row in rows]

@@ -24,6 +24,8 @@ from drd.server.models import (
 )
 from drd.server.ports import DaemonControl
 from drd.verify.drill import is_drill_id
+from drd.verify.drill_html import render_drill_html
+from drd.verify.html_page import CSP
 
 
 def _daemon(request: web.Request) -> DaemonControl:
@@ -123,6 +125,26 @@ async def get_drill(request: web.Request) -> web.Response:
     if found is None:
         return error(404, f"no drill {drill_id}")
     return reply(Drill.model_validate(found))
+
+
+async def get_drill_html(request: web.Request) -> web.Response:
+    """GET /api/v1/drills/{id}/report.html: the drill's one-page report, with its plan's last
+    drills (drd.verify.drill_html)."""
+    drill_id = _drill_id_or_400(request)
+    drills = _daemon(request).drills
+    found = await drills.get(drill_id)
+    if found is None:
+        return error(404, f"no drill {drill_id}")
+    plan = found.get("plan")
+    known = {p.name for p in _daemon(request).cfg.plans}
+    # A stored report of a plan no longer configured still renders, without its history.
+    history = await drills.list(plan) if isinstance(plan, str) and plan in known else []
+    return web.Response(
+        text=render_drill_html(found, history),
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def list_drills(request: web.Request) -> web.Response:

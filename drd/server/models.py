@@ -252,6 +252,8 @@ class DrillCheck(Stored):
     kind: str
     status: str
     critical: bool
+    compared: str = Field("", description="what the check compared, in words")
+    coverage: str = Field("", description="how much of the data that covered")
 
 
 class DrillSource(Stored):

@@ -172,6 +172,21 @@ ROUTES: tuple[Route, ...] = (
         path_params=DrillPath,
     ),
     Route(
+        "GET",
+        "/api/v1/drills/{drill_id}/report.html",
+        name="drill-html",
+        operation_id="getDrillHtml",
+        handler=api.get_drill_html,
+        permission="read",
+        summary="a drill's one-page HTML report (self-contained: inline CSS and SVG, no script)",
+        replies={
+            200: Reply("the page", text="text/html"),
+            400: _error("not a drill id"),
+            404: _error("no such drill"),
+        },
+        path_params=DrillPath,
+    ),
+    Route(
         "POST",
         "/api/v1/drills/{drill_id}/cancel",
         name="drill-cancel",

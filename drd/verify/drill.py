@@ -531,7 +531,15 @@ async def _drill_source(
     result.phases = tested.phases.as_json()
     result.restore_rto_seconds = tested.rto_seconds
     result.checks = [
-        {"name": c.name, "kind": c.kind, "status": c.status, "critical": c.critical}
+        {
+            "name": c.name,
+            "kind": c.kind,
+            "status": c.status,
+            "critical": c.critical,
+            # What was compared and how much of the data: descriptions and counts, not values.
+            "compared": c.compared,
+            "coverage": c.coverage,
+        }
         for c in tested.checks
     ]
     result.scratch = {

@@ -318,6 +318,10 @@ async def test_stored_reports_outlive_the_process_and_retention(
     stored = await fresh.get(drill_id)
     assert stored is not None and stored["status"] == "passed"
     assert stored["sources"] == report["sources"]
+    # Each check says what it compared and how much it covered (descriptions and counts).
+    (integrity,) = [c for c in stored["sources"][0]["checks"] if c["name"] == "integrity"]
+    assert "authenticated" in integrity["compared"]
+    assert integrity["coverage"].endswith("1000 restored")
     assert [x["id"] for x in await fresh.list("p")] == [drill_id]
     await fresh.load_state()
     assert metrics.registry.get_sample_value("drd_drill_last_status", {"plan": "p"}) == 1
@@ -356,3 +360,28 @@ def test_markdown_has_no_check_values() -> None:
     md = render_markdown(report)
     assert "region b was treated as lost" in md and "`check_failed`: db:" in md
     assert "order-total failed" in md
+
+
+async def test_a_drill_reads_as_one_html_page(client: Client) -> None:  # noqa: F811
+    await backed_up(client)
+    r = await client.post("/api/v1/drills", json={"plan": "p"}, headers=bearer("coordinator"))
+    drill_id = (await r.json())["id"]
+    report = await wait_done(client, drill_id)
+    path = f"/api/v1/drills/{drill_id}/report.html"
+    assert (await client.get(path)).status == 401
+    r = await client.get(path, headers=bearer("viewer"))
+    assert r.status == 200 and r.content_type == "text/html" and r.charset == "utf-8"
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    page = await r.text()
+    assert "Failover drill of plan p" in page and drill_id in page
+    assert f"{report['rto_seconds']:.2f}s" in page  # the achieved RTO
+    assert "integrity" in page and "1000 restored" in page  # a check and its coverage
+    assert "(this one)" in page  # the plan's last drills, from its regions
+    h = bearer("viewer")
+    r = await client.get("/api/v1/drills/not-a-drill/report.html", headers=h)
+    assert r.status == 400 and (await r.json())["error"]["field"] == "id"
+    r = await client.get("/api/v1/drills/20260101T000000Z-00000000/report.html", headers=h)
+    assert r.status == 404
+    spec = await (await client.get("/api/v1/openapi.json")).json()
+    operation = spec["paths"]["/api/v1/drills/{drill_id}/report.html"]["get"]
+    assert "text/html" in operation["responses"]["200"]["content"]
