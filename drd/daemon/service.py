@@ -32,6 +32,7 @@ from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.history import History, JobRecord
 from drd.daemon.lifecycle import Loop, drain, wait_any
+from drd.daemon.region_probe_loop import RegionProbeLoop
 from drd.daemon.reload import config_changes, restart_only_changes
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
@@ -57,6 +58,7 @@ from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.storage.base import Storage
+from drd.storage.health import RegionHealth
 from drd.strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class Daemon:
         metrics: Metrics | None = None,
         clock: Clock = utcnow,
         notifier: Notifier | None = None,
+        health: RegionHealth | None = None,
     ) -> None:
         self.cfg = cfg
         self.keyring = keyring
@@ -113,6 +116,10 @@ class Daemon:
             cfg=cfg, regions=self.regions, keyring=keyring, metrics=self.metrics, clock=clock
         )
         self.notifier = notifier or Notifier({})
+        #: each region's health (drd_region_up), from every operation through regions wrapped
+        #: with it (drd.runtime.open_regions) and from the probe
+        self.health = health or RegionHealth(self.metrics, clock)
+        self.region_probe = RegionProbeLoop(self.services, self.health)
         # A state directory that cannot be written stops the start here, with StateError
         # (exit 14) naming it, before anything else is opened.
         self.history = History(cfg.state_dir / "history.sqlite3")
@@ -164,6 +171,7 @@ class Daemon:
             on_change=self.update_status,
         )
         self.loops: tuple[Loop, ...] = (
+            self.region_probe,
             self.retention,
             self.scrub,
             self.restore_tests,
@@ -440,6 +448,7 @@ class Daemon:
         for name, states in added.items():
             await self._load_sources(new_plans[name], states)
 
+        self.region_probe.reconfigure(self.services)
         self.retention.reconfigure(self.services)
         self.restore_tests.reconfigure(self.services, slots=self._slots)
         await self.drills.reconfigure(self.services)
@@ -649,23 +658,10 @@ class Daemon:
 
     # -- readiness ----------------------------------------------------------------------------
 
-    async def probe_regions(self, limit: float = 3.0) -> dict[str, str]:
-        """Region name -> problem ("" when fine), and drd_region_up to match."""
-
-        async def probe(storage: Storage) -> str:
-            try:
-                await asyncio.wait_for(storage.check(), limit)
-            except TimeoutError:
-                return f"no answer within {limit:.0f}s"
-            except DrdError as exc:
-                return str(exc) or type(exc).__name__
-            return ""
-
-        names = list(self.regions)
-        results = await asyncio.gather(*(probe(self.regions[n]) for n in names))
-        for name, problem in zip(names, results, strict=True):
-            self.metrics.region_up.labels(name).set(0 if problem else 1)
-        return dict(zip(names, results, strict=True))
+    async def probe_regions(self) -> dict[str, str]:
+        """Probe every region now: region name -> problem ("" when fine), and drd_region_up
+        to match."""
+        return await self.region_probe.run_once()
 
 
 def run_daemon(
@@ -700,10 +696,16 @@ async def _main(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     metrics = Metrics()
+    health = RegionHealth(metrics)
     async with AsyncExitStack() as stack:
-        region_list = await open_regions(stack, cfg, [], metrics=metrics)
+        region_list = await open_regions(stack, cfg, [], metrics=metrics, health=health)
         daemon = Daemon(
-            cfg, keyring, {r.name: r for r in region_list}, metrics=metrics, notifier=notifier
+            cfg,
+            keyring,
+            {r.name: r for r in region_list},
+            metrics=metrics,
+            notifier=notifier,
+            health=health,
         )
         daemon.log_flags = log_flags
         # Scratch environments of restore tests a crash interrupted go first.

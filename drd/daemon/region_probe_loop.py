@@ -1,0 +1,91 @@
+"""The daemon's region probe: every region asked one cheap real question on a schedule.
+
+Backups touch a region a few times a day; without the probe, drd_region_up of a region that
+went down after the last backup would stay 1 until the next one, and the DrdRegionDown alert
+would never fire in time. Every `daemon.region_probe.every` (default 30 s) each region is
+asked `Storage.check()`, concurrently, each within `daemon.region_probe.timeout`:
+
+- a GCS region lists at most one object under its prefix (storage.objects.list, which drd
+  needs anyway), no retries; a local region checks its root is a directory it can read and
+  write. Nothing is written: a probe object would be kept by a bucket's retention policy or
+  hold, and a region that cannot delete it would look down when it is not. So a region that
+  answers this but refuses writes (a full disk, a credential without objects.create) is 0
+  after each failed write and 1 after the next probe: the storage operations counter by
+  result shows it;
+- the answer goes to drd.storage.health, as every real operation's outcome does.
+
+/readyz runs the same round at once (`run_once()`), so it answers from a fresh look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from drd.daemon.lifecycle import run_rounds
+from drd.errors import DrdError
+from drd.runtime import Services
+from drd.storage.base import Storage
+from drd.storage.health import RegionHealth, region_failure
+
+log = logging.getLogger(__name__)
+
+
+class RegionProbeLoop:
+    """The daemon's region probe (the lifecycle of drd.daemon.lifecycle.Loop)."""
+
+    def __init__(self, services: Services, health: RegionHealth) -> None:
+        self.services = services
+        self.health = health
+        self._task: asyncio.Task[None] | None = None
+        self._last_round: datetime | None = None
+
+    def reconfigure(self, services: Services) -> None:
+        self.services = services
+
+    async def _probe(self, storage: Storage, limit: float) -> str:
+        try:
+            await asyncio.wait_for(storage.check(), limit)
+        except TimeoutError:
+            return f"no answer within {limit:g}s"
+        except (DrdError, OSError) as exc:
+            return region_failure(exc) or ""
+        return ""
+
+    async def run_once(self) -> dict[str, str]:
+        """Probe every region now; region -> problem ("" when it answered)."""
+        self._last_round = self.services.clock()
+        settings = self.services.cfg.daemon.region_probe
+        regions = dict(self.services.regions)
+        limit = settings.timeout.total_seconds()
+        names = list(regions)
+        results = await asyncio.gather(*(self._probe(regions[n], limit) for n in names))
+        for name, problem in zip(names, results, strict=True):
+            was_up = self.health.state(name).up
+            self.health.probed(name, problem)
+            if problem and was_up is not False:
+                log.warning("region %s: down: %s", name, problem)
+            elif not problem and was_up is False:
+                log.info("region %s: answers again", name)
+        return dict(zip(names, results, strict=True))
+
+    def seconds_until_due(self) -> float:
+        every = self.services.cfg.daemon.region_probe.every.total_seconds()
+        if self._last_round is None:
+            return 0.0
+        elapsed = (self.services.clock() - self._last_round).total_seconds()
+        return max(0.0, every - elapsed)
+
+    def start(self, stop: asyncio.Event) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(run_rounds(self, stop), name="region-probe")
+
+    async def close(self, grace: float = 0.0) -> None:
+        """At once, whatever the grace: a probe only asks, it leaves nothing half done."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
