@@ -120,6 +120,10 @@ class ReadinessChecks(Body):
     keys: Literal["ok"]
     plans: Literal["ok"]
     regions: dict[str, str] = Field(description='region -> "ok", or why it does not answer')
+    min_copies: dict[str, str] = Field(
+        description='plan -> "ok", or why too few of its regions are up to commit a backup '
+        "in storage.min_copies of them (then drd is unready)"
+    )
     retention: dict[str, str] = Field(
         description='region -> "ok", or why it cannot destroy backups within max_age'
     )

@@ -67,9 +67,10 @@ ROUTES: tuple[Route, ...] = (
         operation_id="getReadiness",
         handler=probes.readyz,
         permission=None,
-        summary="readiness: keys, plans, regions, retention settings",
+        summary="readiness: keys, plans, min_copies regions up for every plan, retention "
+        "settings, the state directory",
         replies={
-            200: Reply("ready", Readiness),
+            200: Reply("ready (a region may be down: `checks.regions`)", Readiness),
             503: Reply("not ready: `reason` says why", Readiness),
         },
     ),
