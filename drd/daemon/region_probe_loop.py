@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from datetime import datetime
 
 from drd.daemon.lifecycle import run_rounds
@@ -29,8 +28,6 @@ from drd.errors import DrdError
 from drd.runtime import Services
 from drd.storage.base import Storage
 from drd.storage.health import RegionHealth, region_failure
-
-log = logging.getLogger(__name__)
 
 
 class RegionProbeLoop:
@@ -63,12 +60,7 @@ class RegionProbeLoop:
         names = list(regions)
         results = await asyncio.gather(*(self._probe(regions[n], limit) for n in names))
         for name, problem in zip(names, results, strict=True):
-            was_up = self.health.state(name).up
             self.health.probed(name, problem)
-            if problem and was_up is not False:
-                log.warning("region %s: down: %s", name, problem)
-            elif not problem and was_up is False:
-                log.info("region %s: answers again", name)
         return dict(zip(names, results, strict=True))
 
     def seconds_until_due(self) -> float:

@@ -14,12 +14,15 @@ nothing; a timeout is recorded by whoever set the deadline, with what it waited 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 from drd.clock import Clock, utcnow
 from drd.errors import ObjectExists, ObjectNotFound, StorageError
 from drd.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +89,10 @@ class RegionHealth:
         st.operation = operation
         if st.up is up:
             return
+        if up and st.up is False:
+            log.info("region %s: answers again (%s)", region, operation)
+        elif not up:
+            log.warning("region %s: down (%s): %s", region, operation, problem)
         st.up = up
         st.changed_at = self.clock()
         if self.metrics is not None:
