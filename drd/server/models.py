@@ -284,17 +284,12 @@ class Drill(Stored):
 
     document: Literal["drill-report"]
     format: str
-    drill_id: str
     plan: str
     status: DrillStatus
     started_at: Timestamp
     finished_at: Timestamp | None
     lose_region: str | None
     regions_read: list[str]
-    rto_ms: int | None
-    rpo_ms: int | None
-    rto_target_ms: int | None
-    rpo_target_ms: int | None
     reasons: list[DrillReason]
     id: str
     rto_seconds: Seconds | None
