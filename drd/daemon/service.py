@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,6 +31,8 @@ from drd.config.loader import load_config
 from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.history import History, JobRecord
+from drd.daemon.job_requests import JobRequest, JobRequests, RunOutcome
+from drd.daemon.job_requests import Kind as JobKind
 from drd.daemon.lifecycle import Loop, drain, wait_any
 from drd.daemon.region_probe_loop import RegionProbeLoop
 from drd.daemon.reload import config_changes, restart_only_changes
@@ -127,6 +129,8 @@ class Daemon:
         self.state_problem: str | None = None
         self.metrics.state_writable.set(1)
         self.sources: dict[SourceRef, SourceState] = {}
+        #: what the API asked for, and how it went (GET /api/v1/jobs/{id})
+        self.job_requests = JobRequests(clock)
         for plan in cfg.plans:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
@@ -307,7 +311,41 @@ class Daemon:
         """Start every due job that is not already running; return what was started."""
         if self.stopping:
             return []
-        return start_due(self.sources.values(), self.clock(), self._backup_job, "backup")
+        return start_due(
+            self.sources.values(),
+            self.clock(),
+            self._backup_job,
+            "backup",
+            outcome=self._backup_outcome,
+        )
+
+    def _backup_outcome(self, st: SourceState, cancelled: bool) -> RunOutcome:
+        now = self.clock()
+        if cancelled:
+            return RunOutcome("interrupted", now, "cancelled at shutdown")
+        if st.last_status == "success":
+            return RunOutcome("success", st.last_finished or now, backup_id=st.last_backup_id)
+        return RunOutcome("failure", st.last_finished or now, st.last_error)
+
+    def request_jobs(
+        self,
+        kind: JobKind,
+        plan: str,
+        refs: Sequence[SourceRef],
+        requested_by: Mapping[str, str],
+    ) -> JobRequest:
+        """A request (the API's) for the next job of each of `refs`, just made due: its
+        resource follows them to their results (drd.daemon.job_requests)."""
+        slots: Mapping[SourceRef, JobSlot] = (
+            self.sources if kind == "backup" else self.restore_tests.sources
+        )
+        request = self.job_requests.open(kind, plan, [ref.source for ref in refs], requested_by)
+        for ref in refs:
+            slots[ref].requests.append(request.runs[ref.source])
+        return request
+
+    def job_request(self, job_id: str) -> JobRequest | None:
+        return self.job_requests.get(job_id)
 
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a backup now (API, tests). False if one is already running."""
