@@ -14,7 +14,9 @@ asked `Storage.check()`, concurrently, each within `daemon.region_probe.timeout`
   result shows it;
 - the answer goes to drd.storage.health, as every real operation's outcome does.
 
-/readyz runs the same round at once (`run_once()`), so it answers from a fresh look.
+/readyz answers from what this (and every operation) found, never asking a region itself: a
+region that hangs cannot make the readiness answer late. The daemon runs one round before it
+reports ready, so no region is unknown by then.
 """
 
 from __future__ import annotations

@@ -701,6 +701,13 @@ class Daemon:
         to match."""
         return await self.region_probe.run_once()
 
+    def region_problems(self) -> dict[str, str]:
+        """Region name -> why it is down ("" when up), from the last operation or probe."""
+        return {
+            name: "" if self.health.is_up(name) else self.health.state(name).problem
+            for name in self.regions
+        }
+
 
 def run_daemon(
     config_path: Path | None, keys: str | None, log: tuple[str | None, str | None] = (None, None)

@@ -154,6 +154,6 @@ class DaemonControl(Protocol):
         """Recompute the time-dependent gauges (at every scrape)."""
         ...
 
-    async def probe_regions(self) -> Mapping[str, str]:
-        """Region -> problem ("" when it answers)."""
+    def region_problems(self) -> Mapping[str, str]:
+        """Region -> why it is down ("" when up), as the last operation or probe found."""
         ...

@@ -62,9 +62,13 @@ async def readyz(request: web.Request) -> web.Response:
 
     A region that is down does not make drd unready while every plan can still commit its
     backups elsewhere: taking drd out of service during a regional outage would stop the very
-    backups that still work. The per-region answers are in `checks.regions` either way."""
+    backups that still work. The per-region answers are in `checks.regions` either way.
+
+    Regions are not asked here: their health is what the last operation or the periodic probe
+    found (drd.storage.health), so a region that hangs cannot make this answer late, and a
+    readiness check polled every few seconds costs the regions nothing."""
     daemon = request.app[DAEMON_KEY]
-    problems = {name: p for name, p in (await daemon.probe_regions()).items() if p}
+    problems = {name: p for name, p in daemon.region_problems().items() if p}
     retention = daemon.retention.problems()
     copies = min_copies_problems(daemon.cfg.plans, problems)
     short = {plan: why for plan, why in copies.items() if why != "ok"}

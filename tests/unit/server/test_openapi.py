@@ -193,7 +193,8 @@ async def test_real_answers_are_the_documented_ones(client: Client) -> None:  # 
         async def check(self) -> None:
             raise StorageError("region b: connection refused")
 
-    daemon.regions["b"] = Down()  # only the readiness probe looks at it from here on
+    daemon.regions["b"] = Down()  # only the region probe looks at it from here on
+    await daemon.region_probe.run_once()
     r = await client.get("/readyz")
     assert r.status == 503
     unready = await checked("getReadiness", r)

@@ -51,6 +51,8 @@ def down(c: Client, region: str) -> None:
 
 
 async def readyz(c: Client) -> tuple[int, dict[str, Any]]:
+    """/readyz after a probe round (the daemon's loop is off in these tests)."""
+    await c.daemon.region_probe.run_once()  # type: ignore[attr-defined]
     r = await c.get("/readyz")
     return r.status, await r.json()
 
@@ -83,6 +85,24 @@ async def test_a_plan_that_cannot_meet_min_copies_is_unready_and_named(client: C
 
     client.faulty["b"].clear()  # type: ignore[attr-defined]
     assert (await readyz(client))[0] == 200
+
+
+async def test_readyz_answers_from_what_operations_and_the_probe_found(
+    client: Client,
+) -> None:
+    """It never asks a region itself: a region that hangs cannot make it late, and a region a
+    job found failing is down for it at once."""
+    await client.daemon.region_probe.run_once()  # type: ignore[attr-defined]
+    faulty = client.faulty  # type: ignore[attr-defined]
+    calls = {name: len(region.calls) for name, region in faulty.items()}
+    client.daemon.health.observe(  # type: ignore[attr-defined]
+        "c", "put", PermanentStorageError("region c: permission denied")
+    )
+    r = await client.get("/readyz")
+    assert r.status == 503
+    body = await r.json()
+    assert body["checks"]["regions"]["c"] == "region c: permission denied"
+    assert {name: len(region.calls) for name, region in faulty.items()} == calls
 
 
 async def test_the_other_reasons_stay(client: Client) -> None:
