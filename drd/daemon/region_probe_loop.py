@@ -7,11 +7,15 @@ asked `Storage.check()`, concurrently, each within `daemon.region_probe.timeout`
 
 - a GCS region lists at most one object under its prefix (storage.objects.list, which drd
   needs anyway), no retries; a local region checks its root is a directory it can read and
-  write. Nothing is written: a probe object would be kept by a bucket's retention policy or
-  hold, and a region that cannot delete it would look down when it is not. So a region that
-  answers this but refuses writes (a full disk, a credential without objects.create) is 0
-  after each failed write and 1 after the next probe: the storage operations counter by
-  result shows it;
+  write. Nothing is written while writes work: a probe object in a bucket with a retention
+  policy or a hold could not be deleted;
+- a region whose last write failed (a full disk, a credential without objects.create answer a
+  listing all the same) is also written to: a small new object under `_probe/`, deleted
+  again. It stays down until that write succeeds, instead of coming back up at every listing
+  between two failed backups; after one that succeeds the probe lists only again. `_probe/` is
+  no plan's prefix (plan names cannot start with `_`), so the catalog, leftovers and
+  retention never look at it; a delete a bucket's retention policy refuses leaves that one
+  object (logged), never one per probe;
 - the answer goes to drd.storage.health, as every real operation's outcome does.
 
 /readyz answers from what this (and every operation) found, never asking a region itself: a
@@ -23,13 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import datetime
 
 from drd.daemon.lifecycle import run_rounds
 from drd.errors import DrdError
+from drd.layout import new_backup_id
 from drd.runtime import Services
 from drd.storage.base import Storage
 from drd.storage.health import RegionHealth, region_failure
+
+log = logging.getLogger(__name__)
+
+#: where a region whose writes failed is probed with a small object (see the docstring)
+PROBE_PREFIX = "_probe"
+PROBE_BODY = b"drd region probe: safe to delete\n"
 
 
 class RegionProbeLoop:
@@ -44,9 +56,23 @@ class RegionProbeLoop:
     def reconfigure(self, services: Services) -> None:
         self.services = services
 
+    async def _ask(self, storage: Storage) -> None:
+        await storage.check()
+        state = self.health.state(storage.name)
+        if not state.write_failed:
+            return
+        key = f"{PROBE_PREFIX}/{new_backup_id(self.services.clock())}"
+        await storage.put(key, PROBE_BODY, if_absent=True)
+        try:
+            await storage.delete(key)
+        except DrdError as exc:
+            log.warning("region %s: probe object %s left behind: %s", storage.name, key, exc)
+        # The put proved writes work again, whatever the delete said: list-only from here on.
+        state.write_failed = False
+
     async def _probe(self, storage: Storage, limit: float) -> str:
         try:
-            await asyncio.wait_for(storage.check(), limit)
+            await asyncio.wait_for(self._ask(storage), limit)
         except TimeoutError:
             return f"no answer within {limit:g}s"
         except (DrdError, OSError) as exc:

@@ -24,6 +24,10 @@ from drd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+#: operations that write: a region can answer a listing and still refuse these (a full disk,
+#: a credential without objects.create), and the probe then has to write to know it heals
+WRITES = frozenset({"open_writer", "put", "write", "commit", "delete"})
+
 
 @dataclass
 class RegionState:
@@ -35,6 +39,8 @@ class RegionState:
     operation: str = ""
     changed_at: datetime | None = None
     probed_at: datetime | None = None
+    #: the last write there failed (cleared by one that succeeds)
+    write_failed: bool = False
 
 
 def region_failure(exc: BaseException) -> str | None:
@@ -66,13 +72,16 @@ class RegionHealth:
     def observe(self, region: str, operation: str, exc: BaseException | None) -> None:
         """A storage operation against `region` finished: with `exc` None it succeeded."""
         if exc is None:
-            self._set(region, operation, "")
-            return
-        problem = region_failure(exc)
-        if problem is not None:
-            self._set(region, operation, problem)
+            problem: str | None = ""
         elif isinstance(exc, (ObjectNotFound, ObjectExists)):
-            self._set(region, operation, "")
+            problem = ""
+        else:
+            problem = region_failure(exc)
+        if problem is None:
+            return
+        if operation in WRITES:
+            self.state(region).write_failed = bool(problem)
+        self._set(region, operation, problem)
 
     def probed(self, region: str, problem: str) -> None:
         """The daemon's probe of `region` finished: `problem` is "" when it answered."""

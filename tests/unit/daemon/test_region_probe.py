@@ -16,6 +16,7 @@ from drd.daemon.service import Daemon
 from drd.errors import ConfigError, PermanentStorageError
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.repository.catalog import build_catalog
 from drd.storage.faults import FaultyStorage
 from drd.storage.health import RegionHealth
 from drd.storage.instrumented import ObservedStorage
@@ -165,3 +166,55 @@ def test_probe_settings_are_validated(blob_strategy, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(env.write())
     assert "daemon.region_probe.evry" in str(caught.value)
+
+
+async def test_a_region_that_lists_but_cannot_write_stays_down_until_a_write_works(
+    blob_strategy, tmp_path, keyring
+) -> None:
+    """A full disk answers a listing: after a failed write the probe writes too (a new object
+    under `_probe/`, deleted again), so region_up stays 0 instead of flapping back to 1 at
+    every listing, and is 1 once a write works; then the probe only lists again."""
+    clock, metrics = Clock(), Metrics()
+    health = RegionHealth(metrics, clock)
+    inner = MemoryStorage("b")
+    b = FaultyStorage(inner)
+    regions = {
+        "a": ObservedStorage(MemoryStorage("a"), health=health),
+        "b": ObservedStorage(b, health=health),
+    }
+    cfg = make_config(tmp_path, min_copies=1)
+    d = Daemon(cfg, keyring, regions, metrics=metrics, clock=clock, health=health)
+    full = PermanentStorageError("region b: No space left on device")
+    b.fail("open_writer", full)
+    b.fail("put", full)
+    await d.load_state()
+    d.run_once()
+    await finish(d)  # its upload to b failed; a took the copy
+    assert up(d, "b") == 0
+
+    for _ in range(2):
+        clock.now += timedelta(seconds=30)
+        problems = await d.region_probe.run_once()
+        assert problems["b"] == "region b: No space left on device" and up(d, "b") == 0
+
+    b.clear()
+    b.fail("delete", PermanentStorageError("region b: object under retention"), times=1)
+    clock.now += timedelta(seconds=30)
+    assert (await d.region_probe.run_once())["b"] == ""
+    assert up(d, "b") == 1
+    (left,) = await inner.list("_probe/")  # a refused delete leaves that one object
+    catalog = await build_catalog(list(regions.values()), keyring)
+    assert catalog.orphans == [] and {e.ref for e in catalog.entries} == {SourceRef("p", "s0")}
+
+    seen = len(b.calls)
+    clock.now += timedelta(seconds=30)
+    await d.region_probe.run_once()
+    assert [op for op, _ in b.calls[seen:]] == ["check"]  # writes work: a listing only
+    assert await inner.list("_probe/") == [left]
+
+    # A later write failure: the probe writes again, and cleans up after itself.
+    await inner.delete(left.key)
+    health.observe("b", "commit", full)
+    await d.region_probe.run_once()
+    assert up(d, "b") == 1 and await inner.list("_probe/") == []
+    await d.shutdown(1)
