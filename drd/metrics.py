@@ -264,7 +264,22 @@ class Metrics:
             registry=r,
         )
         self.region_up = Gauge(
-            "drd_region_up", "1 if the region answered the last probe", ("region",), registry=r
+            "drd_region_up",
+            "1 if the region's last storage operation or probe succeeded, 0 if it failed",
+            ("region",),
+            registry=r,
+        )
+        self.region_up_changed = Gauge(
+            "drd_region_up_changed_timestamp_seconds",
+            "When drd_region_up last changed (or was first set)",
+            ("region",),
+            registry=r,
+        )
+        self.region_last_probe = Gauge(
+            "drd_region_last_probe_timestamp_seconds",
+            "When the daemon's periodic probe of the region last finished (answered or not)",
+            ("region",),
+            registry=r,
         )
         self.state_writable = Gauge(
             "drd_state_writable",

@@ -22,6 +22,7 @@ from drd.errors import UsageError
 from drd.keys import load_keyring
 from drd.metrics import Metrics
 from drd.storage.base import Storage
+from drd.storage.health import RegionHealth
 from drd.storage.instrumented import ObservedStorage
 from drd.storage.regions import RegionSpec, open_region, parse_storage_arg
 
@@ -75,7 +76,9 @@ async def open_regions(
     storage_args: Sequence[str],
     *,
     metrics: Metrics | None = None,
+    health: RegionHealth | None = None,
 ) -> list[Storage]:
+    """The regions, each wrapped for metrics and, with `health`, for drd_region_up."""
     base = cfg.path.parent if cfg is not None else Path.cwd()
     observe = None
     if metrics is not None:
@@ -86,7 +89,7 @@ async def open_regions(
 
     regions: list[Storage] = []
     for spec in region_specs(cfg, storage_args):
-        storage = ObservedStorage(open_region(spec, base), observe)
+        storage = ObservedStorage(open_region(spec, base), observe, health)
         stack.push_async_callback(storage.close)
         regions.append(storage)
     return regions

@@ -328,6 +328,26 @@ class ScrubConfig(_Model):
     bytes_per_hour: Annotated[Size, Field(gt=0)] = 20 * 1024**3
 
 
+class RegionProbeConfig(_Model):
+    """The daemon's periodic probe of every region (drd.daemon.region_probe_loop): what keeps
+    drd_region_up true while no job touches a region."""
+
+    #: how often every region is probed
+    every: PositiveDuration = timedelta(seconds=30)
+    #: a region that has not answered within this long is down
+    timeout: PositiveDuration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _timeout_within_every(self) -> Self:
+        if self.timeout > self.every:
+            raise rule(
+                "timeout",
+                f"{format_duration(self.timeout)} is longer than every "
+                f"({format_duration(self.every)}): a probe must end before the next is due",
+            )
+        return self
+
+
 class DaemonConfig(_Model):
     """How the daemon runs jobs."""
 
@@ -343,6 +363,8 @@ class DaemonConfig(_Model):
     shutdown_grace: PositiveDuration = timedelta(seconds=30)
     #: re-reading stored copies on a schedule
     scrub: ScrubConfig = Field(default_factory=ScrubConfig)
+    #: probing every region, so that drd_region_up is true without anyone asking
+    region_probe: RegionProbeConfig = Field(default_factory=RegionProbeConfig)
 
 
 def _default_keys() -> KeysConfig:

@@ -33,6 +33,7 @@ from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.verify.drill import (
     DrillReport,
+    api_json,
     is_drill_id,
     new_report,
     read_stored_report,
@@ -223,7 +224,7 @@ class DrillManager:
         for plan in self.services.cfg.plans:
             found = await read_stored_report(plan, regions, keyring, drill_id)
             if found is not None:
-                return found
+                return api_json(found)
         return None
 
     async def list(self, plan_name: str | None, limit: int = 20) -> list[dict[str, Any]]:

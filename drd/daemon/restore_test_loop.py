@@ -27,6 +27,7 @@ from typing import Any
 
 from drd.config.models import Plan
 from drd.daemon.history import History
+from drd.daemon.job_requests import RunOutcome
 from drd.daemon.lifecycle import cancel_task, drain, run_rounds
 from drd.daemon.schedule import Schedule, next_due, slot_after
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
@@ -127,7 +128,25 @@ class RestoreTestScheduler:
             return []
         # A source is tested once its first backup is there.
         now = self.services.clock()
-        return start_due(self.sources.values(), now, self._job, JOB_KIND, self._eligible)
+        return start_due(
+            self.sources.values(), now, self._job, JOB_KIND, self._eligible, self._outcome
+        )
+
+    def _outcome(self, st: SourceTests, cancelled: bool) -> RunOutcome:
+        now = self.services.clock()
+        if cancelled:
+            return RunOutcome("interrupted", now, "cancelled at shutdown")
+        if st.last_error is not None:
+            return RunOutcome("failure", now, st.last_error)
+        tested = st.last[0].get("backup_id") if st.last else None
+        failed = [r for r in st.last if r.get("result") != "passed"]
+        if failed:
+            why = "; ".join(
+                f"{r.get('backup_id')}: {r.get('failure_category')}: {r.get('failure_message')}"
+                for r in failed
+            )
+            return RunOutcome("failure", now, why, tested)
+        return RunOutcome("success", now, backup_id=tested)
 
     def _eligible(self, st: SourceTests) -> bool:
         return self._has_backup(st.ref)

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,7 +31,10 @@ from drd.config.loader import load_config
 from drd.config.models import Config, Plan
 from drd.daemon.drill_loop import DrillManager
 from drd.daemon.history import History, JobRecord
+from drd.daemon.job_requests import JobRequest, JobRequests, RunOutcome
+from drd.daemon.job_requests import Kind as JobKind
 from drd.daemon.lifecycle import Loop, drain, wait_any
+from drd.daemon.region_probe_loop import RegionProbeLoop
 from drd.daemon.reload import config_changes, restart_only_changes
 from drd.daemon.restore_test_loop import RestoreTestScheduler
 from drd.daemon.retention_loop import RetentionLoop
@@ -58,6 +61,7 @@ from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.storage.base import Storage
+from drd.storage.health import RegionHealth
 from drd.strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,7 @@ class Daemon:
         metrics: Metrics | None = None,
         clock: Clock = utcnow,
         notifier: Notifier | None = None,
+        health: RegionHealth | None = None,
     ) -> None:
         self.cfg = cfg
         self.keyring = keyring
@@ -114,6 +119,10 @@ class Daemon:
             cfg=cfg, regions=self.regions, keyring=keyring, metrics=self.metrics, clock=clock
         )
         self.notifier = notifier or Notifier({})
+        #: each region's health (drd_region_up), from every operation through regions wrapped
+        #: with it (drd.runtime.open_regions) and from the probe
+        self.health = health or RegionHealth(self.metrics, clock)
+        self.region_probe = RegionProbeLoop(self.services, self.health)
         # A state directory that cannot be written stops the start here, with StateError
         # (exit 14) naming it, before anything else is opened.
         self.history = History(cfg.state_dir / "history.sqlite3")
@@ -124,6 +133,8 @@ class Daemon:
         self.state_problem: str | None = None
         self.metrics.state_writable.set(1)
         self.sources: dict[SourceRef, SourceState] = {}
+        #: what the API asked for, and how it went (GET /api/v1/jobs/{id})
+        self.job_requests = JobRequests(clock)
         for plan in cfg.plans:
             for source in plan.sources:
                 ref = SourceRef(plan.name, source.name)
@@ -168,6 +179,7 @@ class Daemon:
             on_change=self.update_status,
         )
         self.loops: tuple[Loop, ...] = (
+            self.region_probe,
             self.retention,
             self.scrub,
             self.restore_tests,
@@ -303,7 +315,41 @@ class Daemon:
         """Start every due job that is not already running; return what was started."""
         if self.stopping:
             return []
-        return start_due(self.sources.values(), self.clock(), self._backup_job, "backup")
+        return start_due(
+            self.sources.values(),
+            self.clock(),
+            self._backup_job,
+            "backup",
+            outcome=self._backup_outcome,
+        )
+
+    def _backup_outcome(self, st: SourceState, cancelled: bool) -> RunOutcome:
+        now = self.clock()
+        if cancelled:
+            return RunOutcome("interrupted", now, "cancelled at shutdown")
+        if st.last_status == "success":
+            return RunOutcome("success", st.last_finished or now, backup_id=st.last_backup_id)
+        return RunOutcome("failure", st.last_finished or now, st.last_error)
+
+    def request_jobs(
+        self,
+        kind: JobKind,
+        plan: str,
+        refs: Sequence[SourceRef],
+        requested_by: Mapping[str, str],
+    ) -> JobRequest:
+        """A request (the API's) for the next job of each of `refs`, just made due: its
+        resource follows them to their results (drd.daemon.job_requests)."""
+        slots: Mapping[SourceRef, JobSlot] = (
+            self.sources if kind == "backup" else self.restore_tests.sources
+        )
+        request = self.job_requests.open(kind, plan, [ref.source for ref in refs], requested_by)
+        for ref in refs:
+            slots[ref].requests.append(request.runs[ref.source])
+        return request
+
+    def job_request(self, job_id: str) -> JobRequest | None:
+        return self.job_requests.get(job_id)
 
     def trigger(self, ref: SourceRef) -> bool:
         """Ask for a backup now (API, tests). False if one is already running."""
@@ -444,6 +490,7 @@ class Daemon:
         for name, states in added.items():
             await self._load_sources(new_plans[name], states)
 
+        self.region_probe.reconfigure(self.services)
         self.retention.reconfigure(self.services)
         self.restore_tests.reconfigure(self.services, slots=self._slots)
         await self.drills.reconfigure(self.services)
@@ -653,23 +700,17 @@ class Daemon:
 
     # -- readiness ----------------------------------------------------------------------------
 
-    async def probe_regions(self, limit: float = 3.0) -> dict[str, str]:
-        """Region name -> problem ("" when fine), and drd_region_up to match."""
+    async def probe_regions(self) -> dict[str, str]:
+        """Probe every region now: region name -> problem ("" when fine), and drd_region_up
+        to match."""
+        return await self.region_probe.run_once()
 
-        async def probe(storage: Storage) -> str:
-            try:
-                await asyncio.wait_for(storage.check(), limit)
-            except TimeoutError:
-                return f"no answer within {limit:.0f}s"
-            except DrdError as exc:
-                return str(exc) or type(exc).__name__
-            return ""
-
-        names = list(self.regions)
-        results = await asyncio.gather(*(probe(self.regions[n]) for n in names))
-        for name, problem in zip(names, results, strict=True):
-            self.metrics.region_up.labels(name).set(0 if problem else 1)
-        return dict(zip(names, results, strict=True))
+    def region_problems(self) -> dict[str, str]:
+        """Region name -> why it is down ("" when up), from the last operation or probe."""
+        return {
+            name: "" if self.health.is_up(name) else self.health.state(name).problem
+            for name in self.regions
+        }
 
 
 def run_daemon(
@@ -704,10 +745,16 @@ async def _main(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     metrics = Metrics()
+    health = RegionHealth(metrics)
     async with AsyncExitStack() as stack:
-        region_list = await open_regions(stack, cfg, [], metrics=metrics)
+        region_list = await open_regions(stack, cfg, [], metrics=metrics, health=health)
         daemon = Daemon(
-            cfg, keyring, {r.name: r for r in region_list}, metrics=metrics, notifier=notifier
+            cfg,
+            keyring,
+            {r.name: r for r in region_list},
+            metrics=metrics,
+            notifier=notifier,
+            health=health,
         )
         daemon.log_flags = log_flags
         # Scratch environments of restore tests a crash interrupted go first.

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from drd.daemon.job_requests import RequestedRun, RunOutcome
 from drd.layout import SourceRef
 
 #: how long the loop sleeps when nothing is scheduled at all
@@ -30,6 +31,8 @@ class JobSlot:
     started: datetime | None = None
     #: the running job waits for one of the daemon's job slots (max_concurrent_jobs)
     waiting: bool = False
+    #: runs of API requests (drd.daemon.job_requests) the next job to start will end
+    requests: list[RequestedRun] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
@@ -39,23 +42,50 @@ class JobSlot:
 S = TypeVar("S", bound=JobSlot)
 
 
+#: how a finished job of a slot ended (True: it was cancelled), for the requests it ends
+Outcome = Callable[[S, bool], RunOutcome]
+
+
 def start_due(
     slots: Iterable[S],
     now: datetime,
     job: Callable[[S], Coroutine[Any, Any, None]],
     name: str,
     eligible: Callable[[S], bool] = lambda slot: True,
+    outcome: Outcome[S] | None = None,
 ) -> list[SourceRef]:
     """Start `job` for every eligible slot that is due and idle; return the refs started.
-    Never a second task for a source whose job still runs: runs of one source never overlap."""
+    Never a second task for a source whose job still runs: runs of one source never overlap.
+    The slot's pending requests go with the job, and `outcome` ends them when it ends."""
     started = []
     for slot in slots:
         if slot.running or slot.next_due is None or slot.next_due > now or not eligible(slot):
             continue
         slot.started, slot.waiting = now, False
-        slot.task = asyncio.create_task(job(slot), name=f"{name}:{slot.ref}")
+        requests, slot.requests = slot.requests, []
+        for run in requests:
+            run.began(now)
+        work = job(slot) if outcome is None else _ending(slot, job(slot), requests, outcome)
+        slot.task = asyncio.create_task(work, name=f"{name}:{slot.ref}")
         started.append(slot.ref)
     return started
+
+
+async def _ending(
+    slot: S,
+    work: Coroutine[Any, Any, None],
+    requests: list[RequestedRun],
+    outcome: Outcome[S],
+) -> None:
+    cancelled = True
+    try:
+        await work
+        cancelled = False
+    finally:
+        if requests:
+            ended = outcome(slot, cancelled)
+            for run in requests:
+                run.ended(ended)
 
 
 def request_now(slot: JobSlot, now: datetime, wake: asyncio.Event) -> bool:

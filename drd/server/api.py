@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from drd.errors import DrillBusy
-from drd.layout import check_name
+from drd.layout import SourceRef, check_name, is_backup_id
 from drd.server.bodies import bad_field, error, read_body, refusal, reply
 from drd.server.keys import BODY_KEY, DAEMON_KEY, PRINCIPAL_KEY
 from drd.server.models import (
@@ -20,6 +20,7 @@ from drd.server.models import (
     DrillListQuery,
     DrillRequest,
     DrillStarted,
+    Job,
     RunsStarted,
 )
 from drd.server.ports import DaemonControl
@@ -49,11 +50,20 @@ async def start_backups(request: web.Request) -> web.Response:
         refs = [ref for ref in refs if ref.source == body.source]
         if not refs:
             return error(404, f"plan {plan!r} has no source {body.source!r}")
-    started = [str(ref) for ref in refs if daemon.trigger(ref)]
-    busy = [str(ref) for ref in refs if str(ref) not in started]
+    started = [ref for ref in refs if daemon.trigger(ref)]
+    busy = [str(ref) for ref in refs if ref not in started]
     if not started:
         return error(409, "a backup of every requested source is already running", busy=busy)
-    return reply(RunsStarted(started=started, already_running=busy), 202)
+    job = daemon.request_jobs("backup", plan, started, _requested_by(request))
+    return _started(job.id, started, busy)
+
+
+def _started(job_id: str, started: list[SourceRef], busy: list[str]) -> web.Response:
+    location = f"/api/v1/jobs/{job_id}"
+    body = RunsStarted(
+        id=job_id, href=location, started=[str(r) for r in started], already_running=busy
+    )
+    return reply(body, 202, headers={"Location": location})
 
 
 def _requested_by(request: web.Request) -> dict[str, str]:
@@ -71,11 +81,27 @@ async def start_restore_tests(request: web.Request) -> web.Response:
         refs = [ref for ref in refs if ref.source == body.source]
         if not refs:
             return error(404, f"plan {plan!r} has no source {body.source!r}")
-    started = [str(ref) for ref in refs if daemon.restore_tests.trigger(ref)]
-    busy = [str(ref) for ref in refs if str(ref) not in started]
+    started = [ref for ref in refs if daemon.restore_tests.trigger(ref)]
+    busy = [str(ref) for ref in refs if ref not in started]
     if not started:
         return error(409, "a restore test of every requested source is already running", busy=busy)
-    return reply(RunsStarted(started=started, already_running=busy), 202)
+    job = daemon.request_jobs("restore-test", plan, started, _requested_by(request))
+    return _started(job.id, started, busy)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """GET /api/v1/jobs/{id}: an on-demand request's jobs and how they went."""
+    job_id = request.match_info["job_id"]
+    if not is_backup_id(job_id):
+        raise refusal(
+            web.HTTPBadRequest,
+            "id: not a job id (like 20260601T120000Z-1a2b3c4d)",
+            field="id",
+        )
+    job = _daemon(request).job_request(job_id)
+    if job is None:
+        return error(404, f"no job {job_id} (jobs are kept while the daemon runs)")
+    return reply(Job.model_validate(job.as_json()))
 
 
 async def start_drill(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from drd.errors import ConfigError
 from drd.secret_source import credential_path
 from drd.server import connections
 from drd.server.auth import TokenAuthority
+from drd.server.json_errors import json_errors
 from drd.server.keys import API_CONFIG_KEY, AUDIT_KEY, AUTHORITY_KEY, DAEMON_KEY, MAX_BODY
 from drd.server.ports import DaemonControl
 from drd.server.routes import ROUTES
@@ -23,7 +24,8 @@ from drd.server.security import security
 
 
 def make_app(daemon: DaemonControl) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[security])
+    # json_errors outside security: the errors the audit records are answered as JSON too.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, security])
     app[DAEMON_KEY] = daemon
     app[API_CONFIG_KEY] = daemon.cfg.api
     app[AUTHORITY_KEY] = TokenAuthority(daemon.cfg.api.tokens)

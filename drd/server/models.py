@@ -120,6 +120,10 @@ class ReadinessChecks(Body):
     keys: Literal["ok"]
     plans: Literal["ok"]
     regions: dict[str, str] = Field(description='region -> "ok", or why it does not answer')
+    min_copies: dict[str, str] = Field(
+        description='plan -> "ok", or why too few of its regions are up to commit a backup '
+        "in storage.min_copies of them (then drd is unready)"
+    )
     retention: dict[str, str] = Field(
         description='region -> "ok", or why it cannot destroy backups within max_age'
     )
@@ -214,8 +218,44 @@ class Status(Body):
 
 
 class RunsStarted(Body):
+    id: str = Field(description="the request's job id")
+    href: str = Field(description="where the jobs' state and results are (also Location)")
     started: list[str] = Field(description="plan/source of every run started")
-    already_running: list[str] = Field(description="plan/source of those already running")
+    already_running: list[str] = Field(
+        description="plan/source of those already running (not part of this job)"
+    )
+
+
+class JobPath(Body):
+    job_id: str = Field(pattern=DRILL_ID_PATTERN, description="a job's id")
+
+
+class JobRun(Body):
+    source: str
+    status: Literal["queued", "running", "success", "failure", "interrupted"] = Field(
+        description="queued: waiting for its turn (a restore test also for the source's first "
+        "backup); interrupted: cancelled at shutdown"
+    )
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    backup_id: str | None = Field(
+        description="the backup made (backups) or the newest one tested (restore tests)"
+    )
+    error: str | None = Field(description="why it failed")
+
+
+class Job(Body):
+    """An on-demand request's jobs, one per source, and how they went."""
+
+    id: str
+    kind: Literal["backup", "restore-test"]
+    plan: str
+    status: Literal["queued", "running", "success", "failure"] = Field(
+        description="success when every run succeeded, failure when every run ended and one did not"
+    )
+    requested_at: Timestamp
+    requested_by: dict[str, str] = Field(description="the token's name and role")
+    runs: list[JobRun]
 
 
 # ------------------------------------------------------------------------------ drills
@@ -283,17 +323,12 @@ class Drill(Stored):
 
     document: Literal["drill-report"]
     format: str
-    drill_id: str
     plan: str
     status: DrillStatus
     started_at: Timestamp
     finished_at: Timestamp | None
     lose_region: str | None
     regions_read: list[str]
-    rto_ms: int | None
-    rpo_ms: int | None
-    rto_target_ms: int | None
-    rpo_target_ms: int | None
     reasons: list[DrillReason]
     id: str
     rto_seconds: Seconds | None

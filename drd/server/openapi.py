@@ -69,7 +69,7 @@ class Route:
             out.setdefault(403, Reply("the token's role may not do this", Error))
         if self.body is not None:
             out.setdefault(400, Reply("the body is not JSON, or a field is wrong", Error))
-            out.setdefault(413, Reply("the body is larger than 64 KiB", text="text/plain"))
+            out.setdefault(413, Reply("the body is larger than 64 KiB", Error))
         return dict(sorted(out.items()))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from drd.clock import Clock
 from drd.config.models import Config, Plan
@@ -97,6 +97,14 @@ class DrillControl(Protocol):
         ...
 
 
+class JobRequestState(Protocol):
+    """An API request for on-demand jobs, and how they went (GET /api/v1/jobs/{id})."""
+
+    @property
+    def id(self) -> str: ...
+    def as_json(self) -> Mapping[str, Any]: ...
+
+
 class DaemonControl(Protocol):
     """The daemon, as the HTTP app sees it."""
 
@@ -125,6 +133,18 @@ class DaemonControl(Protocol):
         """Ask for a backup now; False if one is already running."""
         ...
 
+    def request_jobs(
+        self,
+        kind: Literal["backup", "restore-test"],
+        plan: str,
+        refs: Sequence[SourceRef],
+        requested_by: Mapping[str, str],
+    ) -> JobRequestState:
+        """Follow the next job of each of `refs` (just triggered) under one request id."""
+        ...
+
+    def job_request(self, job_id: str) -> JobRequestState | None: ...
+
     @property
     def state_problem(self) -> str | None:
         """Why the state directory cannot be written (None when it can)."""
@@ -134,6 +154,6 @@ class DaemonControl(Protocol):
         """Recompute the time-dependent gauges (at every scrape)."""
         ...
 
-    async def probe_regions(self) -> Mapping[str, str]:
-        """Region -> problem ("" when it answers)."""
+    def region_problems(self) -> Mapping[str, str]:
+        """Region -> why it is down ("" when up), as the last operation or probe found."""
         ...

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from drd.config.models import Plan
 from drd.server.bodies import reply
 from drd.server.keys import DAEMON_KEY
 from drd.server.models import (
@@ -32,23 +34,58 @@ async def healthz(request: web.Request) -> web.Response:
     return reply(Health(status="ok"))
 
 
+def min_copies_problems(plans: Sequence[Plan], down: Collection[str]) -> dict[str, str]:
+    """Plan -> why it cannot commit a backup now ("ok" when it can): fewer of its own regions
+    are up than its storage.min_copies."""
+    out = {}
+    for plan in plans:
+        regions = plan.storage.regions
+        up = [r for r in regions if r not in down]
+        need = plan.storage.min_copies
+        if len(up) >= need:
+            out[plan.name] = "ok"
+            continue
+        lost = [r for r in regions if r in down]
+        out[plan.name] = (
+            f"min_copies is {need} but only {len(up)} of its regions "
+            f"{'is' if len(up) == 1 else 'are'} up ({', '.join(up) or 'none'}); "
+            f"down: {', '.join(lost)}"
+        )
+    return out
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = keys loaded, plans valid (both true once the daemon runs), every region answers,
-    and no region's deletion settings (as of the last retention sweep) break the promise that
-    backups are destroyed within max_age."""
+    """Ready = keys loaded, plans valid (both true once the daemon runs), every plan has
+    min_copies of its regions up, no region's deletion settings (as of the last retention
+    sweep) break the promise that backups are destroyed within max_age, and the state
+    directory is writable.
+
+    A region that is down does not make drd unready while every plan can still commit its
+    backups elsewhere: taking drd out of service during a regional outage would stop the very
+    backups that still work. The per-region answers are in `checks.regions` either way.
+
+    Regions are not asked here: their health is what the last operation or the periodic probe
+    found (drd.storage.health), so a region that hangs cannot make this answer late, and a
+    readiness check polled every few seconds costs the regions nothing."""
     daemon = request.app[DAEMON_KEY]
-    problems = {name: p for name, p in (await daemon.probe_regions()).items() if p}
+    problems = {name: p for name, p in daemon.region_problems().items() if p}
     retention = daemon.retention.problems()
+    copies = min_copies_problems(daemon.cfg.plans, problems)
+    short = {plan: why for plan, why in copies.items() if why != "ok"}
     checks = ReadinessChecks(
         keys="ok",
         plans="ok",
         regions={name: problems.get(name, "ok") for name in daemon.regions},
+        min_copies=copies,
         retention={name: "; ".join(retention.get(name, [])) or "ok" for name in daemon.regions},
         state=daemon.state_problem or "ok",
     )
     reasons = []
-    if problems:
-        reasons.append("unreachable region(s): " + ", ".join(sorted(problems)))
+    if short:
+        reasons.append(
+            "plan(s) cannot meet min_copies: "
+            + "; ".join(f"{plan}: {why}" for plan, why in sorted(short.items()))
+        )
     if retention:
         reasons.append(
             "cannot destroy backups in time in region(s): " + ", ".join(sorted(retention))

@@ -22,6 +22,8 @@ from drd.server.models import (
     DrillStarted,
     Error,
     Health,
+    Job,
+    JobPath,
     OpenApiDocument,
     PlanPath,
     Readiness,
@@ -67,9 +69,10 @@ ROUTES: tuple[Route, ...] = (
         operation_id="getReadiness",
         handler=probes.readyz,
         permission=None,
-        summary="readiness: keys, plans, regions, retention settings",
+        summary="readiness: keys, plans, min_copies regions up for every plan, retention "
+        "settings, the state directory",
         replies={
-            200: Reply("ready", Readiness),
+            200: Reply("ready (a region may be down: `checks.regions`)", Readiness),
             503: Reply("not ready: `reason` says why", Readiness),
         },
     ),
@@ -102,7 +105,9 @@ ROUTES: tuple[Route, ...] = (
         permission="operator",
         summary="start backups of a plan (or one source) now",
         replies={
-            202: Reply("started (those already running are listed)", RunsStarted),
+            202: Reply(
+                "started (Location: the job; those already running are listed)", RunsStarted
+            ),
             404: _error("no such plan, or the plan has no such source"),
             409: _error("a backup of every requested source is already running (`busy`)"),
         },
@@ -118,12 +123,29 @@ ROUTES: tuple[Route, ...] = (
         permission="operator",
         summary="start restore tests of a plan (or one source) now",
         replies={
-            202: Reply("started (those already running are listed)", RunsStarted),
+            202: Reply(
+                "started (Location: the job; those already running are listed)", RunsStarted
+            ),
             404: _error("no such plan, or the plan has no such source"),
             409: _error("a restore test of every requested source is already running (`busy`)"),
         },
         body=BackupRequest,
         path_params=PlanPath,
+    ),
+    Route(
+        "GET",
+        "/api/v1/jobs/{job_id}",
+        name="job",
+        operation_id="getJob",
+        handler=api.get_job,
+        permission="read",
+        summary="an on-demand backup or restore-test request: its jobs' state and results",
+        replies={
+            200: Reply("the jobs, one per source", Job),
+            400: _error("not a job id"),
+            404: _error("no such job (jobs are kept in memory while the daemon runs)"),
+        },
+        path_params=JobPath,
     ),
     Route(
         "POST",

@@ -1,4 +1,5 @@
-"""The wrapper composed around every region (in drd.runtime): per-operation metrics.
+"""The wrapper composed around every region (in drd.runtime): per-operation metrics, and the
+region's health (drd.storage.health) from each operation's outcome.
 
 Retries are not added here: the backends retry their own transient failures within a short,
 bounded deadline (GCS), and a job that still fails is retried whole by the daemon. Stacking a
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 from drd.errors import ObjectNotFound, StorageError
 from drd.storage.base import DeletionSettings, ObjectInfo, ObjectWriter, Storage
+from drd.storage.health import RegionHealth
 
 T = TypeVar("T")
 
@@ -21,14 +23,23 @@ Observer = Callable[[str, str, str], None]
 
 
 class ObservedStorage(Storage):
-    """Reports the outcome of every operation to `observe(region, operation, result)`."""
+    """Reports the outcome of every operation to `observe(region, operation, result)`, and to
+    `health` (drd_region_up)."""
 
-    def __init__(self, inner: Storage, observe: Observer | None = None) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        observe: Observer | None = None,
+        health: RegionHealth | None = None,
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self._observe = observe or (lambda region, op, result: None)
+        self._health = health
 
     def _record(self, op: str, exc: BaseException | None) -> None:
+        if self._health is not None:
+            self._health.observe(self.name, op, exc)
         if exc is None:
             result = "success"
         elif isinstance(exc, ObjectNotFound):

@@ -224,9 +224,13 @@ class DrillReport:
         }
 
     def as_json(self) -> dict[str, Any]:
+        """The report as the API and `drd drill --json` show it, and as its sealed body: each
+        fact once (the public half's `drill_id` and milliseconds are left out: it exists for
+        key-less listings and JCS, which has no floats)."""
         rto, rpo = self.rto_seconds, self.rpo_seconds
+        public = {k: v for k, v in self.public().items() if k not in PUBLIC_ONLY}
         return {
-            **self.public(),
+            **public,
             "id": self.drill_id,
             "rto_seconds": _round(rto),
             "rpo_seconds": _round(rpo),
@@ -251,6 +255,16 @@ class DrillReport:
             f"region {self.lose_region} was treated as lost: it was not listed or read, and "
             "this report was not written to it"
         )
+
+
+#: fields of the public half that the report's JSON says otherwise (`id`, `*_seconds`)
+PUBLIC_ONLY = frozenset({"drill_id", "rto_ms", "rpo_ms", "rto_target_ms", "rpo_target_ms"})
+
+
+def api_json(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored report's body as this version serves it: bodies written by earlier versions
+    repeat the public half's fields (PUBLIC_ONLY) next to their `id` and `*_seconds`."""
+    return {k: v for k, v in body.items() if k not in PUBLIC_ONLY}
 
 
 def _round(value: float | None) -> float | None:
@@ -631,6 +645,13 @@ async def _finish(
             report.plan,
             _fmt(report.rto_seconds),
             _fmt(report.rpo_seconds),
+        )
+    elif report.status == "cancelled":
+        # Someone asked for it (the API, a shutdown, Ctrl-C): not a failure to page about.
+        log.info(
+            "drill %s of plan %s cancelled: its scratch environments were removed",
+            report.drill_id,
+            report.plan,
         )
     else:
         log.error(

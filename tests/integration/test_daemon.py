@@ -130,7 +130,7 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
     )
     # A backup may be running (against the stopped region) at SIGTERM: a short grace keeps
     # the exit well inside the wait below even on a slow machine.
-    env.daemon = {"shutdown_grace": "5s"}
+    env.daemon = {"shutdown_grace": "5s", "region_probe": {"every": "2s", "timeout": "2s"}}
     env.write()
     d = daemon_factory(env, port)
     labels = {"plan": "billing", "source": "db"}
@@ -188,6 +188,8 @@ def test_daemon_backs_up_on_schedule_and_exports_metrics(
 
     assert http_get(d.base + "/readyz")[0] == 200
     servers[1].stop()
+    # /readyz answers from what the last operation or the probe (every 2 s) found.
+    wait_for(lambda: http_get(d.base + "/readyz")[0] == 503, 30, "/readyz to see uc1 down")
     status, body = http_get(d.base + "/readyz")
     assert status == 503
     assert "uc1" in json.loads(body)["reason"]

@@ -137,13 +137,25 @@ async def test_real_answers_are_the_documented_ones(client: Client) -> None:  # 
     await checked("startBackups", r)
     daemon = client.app_daemon  # type: ignore[attr-defined]
     r = await client.post("/api/v1/plans/p/backups", headers=h)
-    assert await checked("startBackups", r) == {"started": ["p/s0"], "already_running": []}
+    started = await checked("startBackups", r)
+    assert started == {
+        "id": started["id"],
+        "href": f"/api/v1/jobs/{started['id']}",
+        "started": ["p/s0"],
+        "already_running": [],
+    }
     daemon.run_once()  # the scheduler's step (its loop is off in these tests)
     await asyncio.gather(*(st.task for st in daemon.sources.values() if st.task))
+    await checked("getJob", await client.get(started["href"], headers=h))
     r = await client.post("/api/v1/plans/p/restore-tests", headers=h)
-    assert (await checked("startRestoreTests", r))["started"] == ["p/s0"]
+    started = await checked("startRestoreTests", r)
+    assert started["started"] == ["p/s0"]
     await daemon.restore_tests.run_once()
     await asyncio.gather(*daemon.restore_tests.tasks())
+    await checked("getJob", await client.get(started["href"], headers=h))
+    await checked("getJob", await client.get("/api/v1/jobs/nope", headers=h))
+    await checked("getJob", await client.get("/api/v1/jobs/20200101T000000Z-00000000", headers=h))
+    await checked("getJob", await client.get(started["href"]))  # 401
     for slots, path, operation_id in (
         (daemon.sources, "/api/v1/plans/p/backups", "startBackups"),
         (daemon.restore_tests.sources, "/api/v1/plans/p/restore-tests", "startRestoreTests"),
@@ -181,11 +193,12 @@ async def test_real_answers_are_the_documented_ones(client: Client) -> None:  # 
         async def check(self) -> None:
             raise StorageError("region b: connection refused")
 
-    daemon.regions["b"] = Down()  # only the readiness probe looks at it from here on
+    daemon.regions["b"] = Down()  # only the region probe looks at it from here on
+    await daemon.region_probe.run_once()
     r = await client.get("/readyz")
     assert r.status == 503
     unready = await checked("getReadiness", r)
-    assert unready["reason"] == "unreachable region(s): b"
+    assert unready["reason"].startswith("plan(s) cannot meet min_copies: p: ")
     assert unready["checks"]["regions"] == {"a": "ok", "b": "region b: connection refused"}
 
 

@@ -1,0 +1,90 @@
+"""Issue 17, point A, against the real `drd run` on two local regions: a region whose directory
+becomes unusable is drd_region_up 0 within a probe interval with nobody calling /readyz and no
+job touching it, and 1 again once it heals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_daemon import (
+    Daemon,
+    daemon_factory,  # noqa: F401 - the fixture
+    http_get,
+    scrape,
+    value,
+    wait_for,
+)
+from tests.support.drdenv import DrdEnv
+
+pytestmark = pytest.mark.integration
+
+EVERY = 3  # seconds between probes
+
+
+def test_region_up_follows_the_region_without_readyz(
+    tmp_path: Path,
+    daemon_factory: Callable[[DrdEnv, int], Daemon],  # noqa: F811
+) -> None:
+    env = DrdEnv.files_plan(tmp_path)
+    env.daemon = {"region_probe": {"every": f"{EVERY}s", "timeout": "2s"}}
+    env.write()
+    d = daemon_factory(env, env.api_port)
+    b = tmp_path / "regions" / "b"
+
+    def region_up() -> float | None:
+        return value(scrape(d.base), "drd_region_up", region="b")
+
+    def last_job() -> str | None:
+        body = json.loads(http_get(d.base + "/api/v1/status")[1])
+        status: str | None = body["plans"]["p"]["sources"]["tree"]["last_job"]["status"]
+        return status
+
+    # The first backup (due at once) is over: from here on only the probe touches the regions.
+    wait_for(lambda: last_job() == "success", 60, "the first backup")
+    assert region_up() == 1
+
+    before = scrape(d.base)
+    away = b.with_name("b.away")
+    b.rename(away)
+    b.write_text("not a directory: the volume is gone")
+    broken_at = time.time()
+    wait_for(lambda: region_up() == 0, 30, "drd_region_up of b to go to 0")
+    samples = scrape(d.base)
+    changed = value(samples, "drd_region_up_changed_timestamp_seconds", region="b")
+    assert changed is not None and changed >= broken_at - 0.5
+    # Within one probe interval (plus the probe's own 2 s limit and the scheduler's slack).
+    assert changed - broken_at <= EVERY + 2 + 3, changed - broken_at
+    # The probe noticed it, no job did: b's failures since are checks only.
+    failed_checks = value(
+        samples, "drd_storage_operations_total", region="b", operation="check", result="failure"
+    )
+    assert failed_checks is not None and failed_checks >= 1
+    for op in ("put", "open_writer", "commit", "list", "get"):
+        name, labels = "drd_storage_operations_total", {"operation": op, "result": "failure"}
+        assert value(samples, name, region="b", **labels) == value(
+            before, name, region="b", **labels
+        ), op
+    assert value(samples, "drd_region_up", region="a") == 1
+    assert "region b: down (" in d.output()
+
+    # Now someone asks: plan p needs both regions, so drd is unready and says why.
+    status, body = http_get(d.base + "/readyz")
+    assert status == 503
+    ready = json.loads(body)
+    assert ready["checks"]["min_copies"]["p"].endswith("down: b")
+    assert "not a directory" in ready["checks"]["regions"]["b"]
+
+    b.unlink()
+    away.rename(b)
+    wait_for(lambda: region_up() == 1, 30, "drd_region_up of b back to 1")
+    assert "region b: answers again" in d.output()
+    assert http_get(d.base + "/readyz")[0] == 200
+
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(60) == 0, d.output()
