@@ -132,6 +132,40 @@ def test_json_events_on_stderr_and_one_result_on_stdout(
     assert (target / "big.bin").stat().st_size == SIZE
 
 
+def test_restore_tests_and_drills_show_their_phases(
+    tmp_path: Path, gcs_regions: StartRegions
+) -> None:
+    env = estate(tmp_path, gcs_regions)
+    env.ok("backup", "p")
+    proc = env.ok("restore-test", "p", "--region", "b", "--json")
+    (report,) = json.loads(proc.stdout)["reports"]
+    assert report["result"] == "passed"
+    events = events_of(proc.stderr)
+    assert {e["kind"] for e in events} == {"restore-test"}
+    phases = [e["phase"] for e in events if e["event"] in ("start", "progress")]
+    assert phases[0] == "choosing"
+    for phase in ("fetch", "scratch_setup", "restore", "checks"):
+        assert phase in phases or phase in events[-1]["phases"], (phase, phases)
+    end = events[-1]
+    assert end["event"] == "end" and end["bytes"] == end["total"] == report["bytes"]["restored"]
+
+    proc = env.run("drill", "p", "--json")
+    assert proc.returncode in (0, 12), proc.stderr  # the demo targets may be missed
+    drill = json.loads(proc.stdout)
+    events = events_of(proc.stderr)
+    assert {(e["kind"], e["source"]) for e in events} == {("drill", "tree")}
+    end = events[-1]
+    assert end["event"] == "end" and end["result"] == "ok" and end["bytes"] > SIZE
+    assert drill["sources"][0]["result"] == "passed" and "progress" not in drill["sources"][0]
+
+    screen, _ = on_a_terminal(env, "restore-test", "p/tree")
+    drawn = list(re.finditer(r"\r(restore-test p/tree: [^\r\n]*?)\x1b\[K", screen))
+    assert drawn, screen[:2000]
+    after = screen[drawn[-1].end() :]
+    assert after.startswith("\r\x1b[K") and "\x1b[K" not in after[4:]  # erased, for good
+    assert re.search(r"^PASSED p/tree@", after.replace("\r\n", "\n"), re.MULTILINE), after
+
+
 def test_without_a_terminal_progress_is_logged_every_interval(
     tmp_path: Path, gcs_regions: StartRegions
 ) -> None:
