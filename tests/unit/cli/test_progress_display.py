@@ -7,9 +7,11 @@ import io
 import json
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from drd.cli.main import main
 from drd.cli.progress_display import (
     REDRAWS_PER_SECOND,
     ProgressDisplay,
@@ -18,6 +20,7 @@ from drd.cli.progress_display import (
     human_seconds,
 )
 from drd.progress import ProgressBoard
+from tests.support.drdenv import DrdEnv
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MiB = 1 << 20
@@ -148,3 +151,16 @@ def test_json_events_start_progress_end(capsys: pytest.CaptureFixture[str]) -> N
     assert last["bytes"] == 300 and last["total"] == 300
     assert {"kind", "plan", "source", "rate_bytes_per_second", "eta_seconds"} <= set(last)
     assert capsys.readouterr().out == ""  # stdout stays the result's
+
+
+@pytest.mark.parametrize(
+    ("every", "why"), [("soon", "invalid duration 'soon'"), ("0s", "at least 1s")]
+)
+def test_a_bad_progress_interval_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], every: str, why: str
+) -> None:
+    env = DrdEnv.files_plan(tmp_path)
+    env.write()
+    code = main(["--config", str(env.config_path), "backup", "p", "--progress-every", every])
+    assert code == 2
+    assert f"--progress-every: {why}" in capsys.readouterr().err

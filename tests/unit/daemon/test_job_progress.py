@@ -197,3 +197,32 @@ async def test_a_running_drill_shows_its_live_phases_and_bytes(
     assert done["result"] == "passed" and "progress" not in done
     assert set(done["phases"]) >= {"fetch", "decrypt_decompress", "restore", "checks"}
     assert await status_jobs(client) == []
+
+
+async def test_a_scheduled_restore_test_is_a_running_job_too(
+    client: Client,  # noqa: F811
+    held_restore: Held,
+) -> None:
+    d = daemon_of(client)
+    await backed_up(client)
+    await d.load_state()  # the daemon learns of the backup: the source is testable
+    assert d.restore_tests.trigger(REF)
+    assert await d.restore_tests.run_once() == [REF]
+    await asyncio.wait_for(held_restore.midway.wait(), 10)
+    (job,) = await status_jobs(client)
+    assert (job["kind"], job["phase"], job["bytes"], job["total"]) == (
+        "restore-test",
+        "restore",
+        1000,
+        1000,
+    )
+    assert {"choosing", "fetch", "scratch_setup"} <= set(job["phases"])
+    _, samples = await scrape(client)
+    assert sample(samples, "drd_job_running", plan="p", source="s0", kind="restore-test") == 1
+    held_restore.release.set()
+    task = d.restore_tests.sources[REF].task
+    assert task is not None
+    await asyncio.wait_for(task, 10)
+    assert await status_jobs(client) == []
+    _, samples = await scrape(client)
+    assert sample(samples, "drd_job_running", plan="p", source="s0", kind="restore-test") == 0
