@@ -113,6 +113,16 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts)
 
 
+def format_size(n: int | float) -> str:
+    """A byte count for people, in the IEC units parse_size reads: 512B, 1.5KiB, 1.9GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}TiB"
+
+
 def parse_size(value: str | int) -> int:
     """Parse "16MiB", "512KiB", "10MB" or a number of bytes into a number of bytes."""
     if isinstance(value, bool):

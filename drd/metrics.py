@@ -1,8 +1,8 @@
 """Every Prometheus metric drd exports, defined in one place.
 
 Dashboards and alert rules (monitoring/) rely on these names and labels. Labels are limited to
-plan, source, region, operation, phase, reason and result: all bounded by the config, never by
-data (no backup ids, no error strings).
+plan, source, region, operation, phase, reason, result and kind (a job's: JOB_KINDS): all
+bounded by the config, never by data (no backup ids, no error strings).
 
 - `result` has one vocabulary everywhere (RESULTS): `success` and `failure`; storage
   operations add `not_found`, a region's answer that an object does not exist, which is
@@ -13,6 +13,9 @@ data (no backup ids, no error strings).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,12 +30,17 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from drd import __version__
+from drd.progress import Snapshot
 
 PS = ("plan", "source")
 #: the values of every `result` label (storage operations also say `not_found`)
 RESULTS = ("success", "failure")
 STORAGE_RESULTS = (*RESULTS, "not_found")
 #: why a restore test failed (drd.verify.restore_report.CATEGORIES)
+#: the kinds of job whose progress is exported (drd.progress)
+JOB_KINDS = ("backup", "restore-test", "drill")
+#: the labels of the running-job series
+JOB_LABELS = (*PS, "kind")
 RESTORE_TEST_FAILURE_REASONS = (
     "fetch_failed",
     "integrity_failed",
@@ -256,6 +264,29 @@ class Metrics:
             registry=r,
         )
 
+        # Running jobs (drd.progress, published at every scrape by publish_jobs); a drill's
+        # series are those of the source it is restoring
+        self.job_running = Gauge(
+            "drd_job_running",
+            "1 while a job of this kind runs for the source, 0 once it has ended",
+            JOB_LABELS,
+            registry=r,
+        )
+        self.job_bytes_done = Gauge(
+            "drd_job_bytes_done",
+            "Bytes the running job has moved so far (a backup: the source's dump read; a "
+            "restore test or a drill: the plaintext restored)",
+            JOB_LABELS,
+            registry=r,
+        )
+        self.job_started = Gauge(
+            "drd_job_started_timestamp_seconds",
+            "When the running job started",
+            JOB_LABELS,
+            registry=r,
+        )
+        self._jobs_seen: set[tuple[str, str, str]] = set()
+
         # Storage and plans
         self.storage_operations = Counter(
             "drd_storage_operations",
@@ -320,6 +351,26 @@ class Metrics:
         for region in regions:
             self.retention_deleted.labels(plan, region)
             self.retention_delete_failures.labels(plan, region)
+
+    def publish_jobs(self, running: Iterable[Snapshot]) -> None:
+        """The running-job series from the jobs running now: 1 with their bytes and start, and
+        for a job that has ended, drd_job_running 0 while the other two series go."""
+        now: set[tuple[str, str, str]] = set()
+        for snap in running:
+            labels = (snap.plan, snap.source, snap.kind)
+            now.add(labels)
+            self.job_running.labels(*labels).set(1)
+            self.job_bytes_done.labels(*labels).set(snap.bytes_done)
+            self.job_started.labels(*labels).set(snap.started_at.timestamp())
+        for labels in self._jobs_seen - now:
+            if labels in self.job_running._metrics:  # else forget() took the plan's series
+                self.job_running.labels(*labels).set(0)
+            for gauge in (self.job_bytes_done, self.job_started):
+                with contextlib.suppress(KeyError):  # forget() may have removed it
+                    gauge.remove(*labels)
+        self._jobs_seen = now | {
+            labels for labels in self._jobs_seen if labels in self.job_running._metrics
+        }
 
     def forget(self, plan: str, source: str | None = None, region: str | None = None) -> int:
         """Remove every series of `plan` (of its `source`, or of its `region`, if given): a

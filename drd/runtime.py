@@ -21,6 +21,7 @@ from drd.config.models import Config
 from drd.errors import UsageError
 from drd.keys import load_keyring
 from drd.metrics import Metrics
+from drd.progress import ProgressBoard
 from drd.storage.base import Storage
 from drd.storage.health import RegionHealth
 from drd.storage.instrumented import ObservedStorage
@@ -30,13 +31,15 @@ from drd.storage.regions import RegionSpec, open_region, parse_storage_arg
 @dataclass(frozen=True, kw_only=True)
 class Services:
     """What the daemon's loops run with, assembled once (drd.daemon.service): the config, the
-    opened regions by name, the keyring, the metrics and the clock."""
+    opened regions by name, the keyring, the metrics, the clock, and the board where running
+    jobs show their progress (drd.progress)."""
 
     cfg: Config
     regions: Mapping[str, Storage]
     keyring: crypto.Keyring
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = utcnow
+    progress: ProgressBoard = field(default_factory=ProgressBoard)
 
     @property
     def state_dir(self) -> Path:

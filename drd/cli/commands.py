@@ -8,6 +8,7 @@ reported (per source, or in its report). drd.cli.main turns both into the exit c
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Any
 
 from drd import crypto
 from drd.cli.output import print_json
+from drd.cli.progress_display import DEFAULT_LOG_EVERY, human_seconds, showing
 from drd.config.loader import load_config
 from drd.config.loader import validate as validate_config
 from drd.config.models import Config, Plan
+from drd.durations import format_size
 from drd.errors import (
     ConfigError,
     DoctorFailed,
@@ -32,6 +35,7 @@ from drd.errors import (
 from drd.layout import SourceRef, check_name
 from drd.pipeline.restore import restore_backup
 from drd.pipeline.source_backup import backup_source
+from drd.progress import ProgressBoard
 from drd.repository import manifest_cache
 from drd.repository.catalog import Catalog, CatalogEntry, build_catalog
 from drd.repository.manifest import STATUS_OK
@@ -104,7 +108,16 @@ def validate(config_path: Path | None) -> Outcome:
     return None
 
 
-async def backup(config_path: Path | None, what: str, keys: str | None) -> Outcome:
+async def backup(
+    config_path: Path | None,
+    what: str,
+    keys: str | None,
+    *,
+    as_json: bool = False,
+    progress_every: float = DEFAULT_LOG_EVERY,
+) -> Outcome:
+    """Back up now; progress on stderr while it runs (drd.cli.progress_display), one line per
+    source at the end (`--json`: one document)."""
     assert config_path is not None
     cfg = _load_config(config_path)
     plan_name, _, source_name = what.partition("/")
@@ -112,28 +125,64 @@ async def backup(config_path: Path | None, what: str, keys: str | None) -> Outco
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
     keyring = keyring_for(cfg, keys)
     failed: list[DrdError] = []
+    done: list[dict[str, Any]] = []
+    board = ProgressBoard()
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        await stack.enter_async_context(
+            showing(board, sys.stderr, as_json=as_json, every=progress_every)
+        )
         for source in sources:
             ref = SourceRef(plan.name, source.name)
+            began = time.monotonic()
             try:
-                result = await backup_source(plan, source, regions, keyring, cfg.state_dir)
+                with board.track("backup", plan.name, source.name) as progress:
+                    result = await backup_source(
+                        plan, source, regions, keyring, cfg.state_dir, progress=progress
+                    )
             except DrdError as exc:
                 failed.append(exc)
+                done.append({"plan": ref.plan, "source": ref.source, "error": str(exc)})
                 print(f"FAILED {ref}: {exc}", file=sys.stderr)
                 continue
-            missing = "; ".join(f"{c.region}: {c.error}" for c in result.missing)
-            print(
-                f"{result.status} {ref}@{result.backup_id}: "
-                f"{result.manifest.body.plaintext_size} bytes -> "
-                f"{result.manifest.body.ciphertext_size} stored in "
-                f"{','.join(result.committed_regions)}"
-                + (f" (MISSING COPIES: {missing})" if missing else "")
+            seconds = time.monotonic() - began
+            body = result.manifest.body
+            done.append(
+                {
+                    "plan": ref.plan,
+                    "source": ref.source,
+                    "backup_id": result.backup_id,
+                    "status": result.status,
+                    "source_bytes": body.plaintext_size,
+                    "stored_bytes": body.ciphertext_size,
+                    "regions": result.committed_regions,
+                    "missing": {c.region: c.error for c in result.missing},
+                    "degraded": result.degraded,
+                    "seconds": round(seconds, 3),
+                }
             )
             for reason in result.degraded:
                 print(f"warning: {ref}@{result.backup_id} is DEGRADED: {reason}", file=sys.stderr)
+            if as_json:
+                continue
+            missing = "; ".join(f"{c.region}: {c.error}" for c in result.missing)
+            speed = _speed(body.plaintext_size, seconds)
+            print(
+                f"{result.status} {ref}@{result.backup_id}: "
+                f"{format_size(body.plaintext_size)} -> {format_size(body.ciphertext_size)} "
+                f"stored in {','.join(result.committed_regions)} in {human_seconds(seconds)}"
+                + (f" ({speed})" if speed else "")
+                + (f" (MISSING COPIES: {missing})" if missing else "")
+            )
+    if as_json:
+        print_json({"backups": done})
     # When every source failed, the exit code is the last failure's (as it always was).
     return failed_sources(failed[::-1], len(sources))
+
+
+def _speed(size: int, seconds: float) -> str | None:
+    """`38.5MiB/s`, or None when there is nothing to divide."""
+    return f"{format_size(size / seconds)}/s" if seconds > 0 and size else None
 
 
 def find_plan(cfg: Config, name: str) -> Plan:
@@ -217,8 +266,8 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
             status += "  " + _test_summary(tested)
         print(
             f"{e.ref!s:<28} {e.backup_id:<26} {e.captured:%Y-%m-%d %H:%M:%S}  "
-            f"{_human(body.plaintext_size) if body else '?':>10} "
-            f"{_human(body.ciphertext_size) if body else '?':>10}  "
+            f"{format_size(body.plaintext_size) if body else '?':>10} "
+            f"{format_size(body.ciphertext_size) if body else '?':>10}  "
             f"{','.join(sorted(e.complete_regions)) or '-'}{status}"
         )
     for region, error in catalog.region_errors.items():
@@ -239,15 +288,6 @@ def _test_summary(tested: Mapping[str, Any]) -> str:
     if tested.get("failure_category"):
         text += f": {tested['failure_category']}"
     return text
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}TiB"
 
 
 async def list_backups(
@@ -298,9 +338,11 @@ async def restore(
     create_roles: bool = False,
     allow_older: bool = False,
     pitr: Mapping[str, Any] | None = None,
+    progress_every: float = DEFAULT_LOG_EVERY,
 ) -> Outcome:
     """Restore a backup; for a physical PostgreSQL source, to a point in time
-    (drd.cli.pitr_commands: `pitr` holds its flags)."""
+    (drd.cli.pitr_commands: `pitr` holds its flags, `as_json` among them). Progress on stderr
+    while it runs (drd.cli.progress_display)."""
     from drd.cli import pitr_commands
 
     try:
@@ -337,20 +379,45 @@ async def restore(
             raise UsageError(
                 f"{', '.join(asked)}: only for point-in-time recovery of postgres-physical sources"
             )
-        result = await restore_backup(
-            ref,
-            regions,
-            keyring,
-            target,
-            backup_id=backup_id,
-            prefer_region=region,
-            options={"create_roles": True} if create_roles else {},
-            allow_older=allow_older,
+        as_json = bool(pitr.get("as_json"))
+        board = ProgressBoard()
+        async with showing(board, sys.stderr, as_json=as_json, every=progress_every):
+            with board.track("restore", ref.plan, ref.source) as progress:
+                result = await restore_backup(
+                    ref,
+                    regions,
+                    keyring,
+                    target,
+                    backup_id=backup_id,
+                    prefer_region=region,
+                    options={"create_roles": True} if create_roles else {},
+                    allow_older=allow_older,
+                    progress=progress,
+                )
+    restored = progress.bytes_done
+    if as_json:
+        print_json(
+            {
+                "plan": ref.plan,
+                "source": ref.source,
+                "backup_id": result.backup_id,
+                "region": result.region,
+                "target": redact_target(result.target),
+                "bytes": restored,
+                "seconds": round(result.seconds, 3),
+                "skipped_regions": result.skipped,
+                "unusable_regions": result.unusable,
+                "skipped_newer": result.skipped_newer,
+                "warnings": list(result.outcome.warnings),
+            }
         )
-    print(
-        f"restored {ref}@{result.backup_id} from region {result.region} into "
-        f"{redact_target(result.target)} in {result.seconds:.1f}s"
-    )
+    else:
+        speed = _speed(restored, result.seconds)
+        print(
+            f"restored {ref}@{result.backup_id} from region {result.region} into "
+            f"{redact_target(result.target)} in {human_seconds(result.seconds)} "
+            f"({format_size(restored)}" + (f", {speed})" if speed else ")")
+        )
     created = result.outcome.details.get("created_roles")
     if created:
         print(f"created roles (NOLOGIN): {', '.join(created)}", file=sys.stderr)
@@ -479,8 +546,10 @@ async def restore_test(
     region: str | None,
     as_json: bool,
     allow_older: bool = False,
+    progress_every: float = DEFAULT_LOG_EVERY,
 ) -> Outcome:
-    """Restore tests of PLAN or PLAN/SOURCE now; exit 11 if any failed (drd.verify.restore_run)."""
+    """Restore tests of PLAN or PLAN/SOURCE now; exit 11 if any failed (drd.verify.restore_run).
+    Progress on stderr while they run (drd.cli.progress_display)."""
     from drd.verify.restore_run import configured_scratch_dsns, restore_tests_for
     from drd.verify.scratch.registry import sweep_leftovers
 
@@ -495,21 +564,27 @@ async def restore_test(
     await sweep_leftovers(cfg.state_dir, configured_scratch_dsns(cfg))
     reports = []
     errors: list[DrdError] = []
+    board = ProgressBoard()
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
+        await stack.enter_async_context(
+            showing(board, sys.stderr, as_json=as_json, every=progress_every)
+        )
         for source in sources:
             try:
-                found = await restore_tests_for(
-                    plan,
-                    source,
-                    regions,
-                    keyring,
-                    state_dir=cfg.state_dir,
-                    base_dir=cfg.path.parent,
-                    backup_id=backup_id,
-                    region=region,
-                    allow_older=allow_older,
-                )
+                with board.track("restore-test", plan.name, source.name) as progress:
+                    found = await restore_tests_for(
+                        plan,
+                        source,
+                        regions,
+                        keyring,
+                        state_dir=cfg.state_dir,
+                        base_dir=cfg.path.parent,
+                        backup_id=backup_id,
+                        region=region,
+                        allow_older=allow_older,
+                        progress=progress,
+                    )
             except DrdError as exc:
                 errors.append(exc)
                 print(f"FAILED {plan.name}/{source.name}: {exc}", file=sys.stderr)
@@ -533,9 +608,11 @@ async def drill(
     lose_region: str | None,
     as_json: bool,
     html: Path | None = None,
+    progress_every: float = DEFAULT_LOG_EVERY,
 ) -> Outcome:
     """A failover drill of PLAN, in this process; exit 12 if it failed (drd.verify.drill).
-    `html`: also write its one-page report there (drd.verify.drill_html)."""
+    `html`: also write its one-page report there (drd.verify.drill_html). Progress on stderr
+    while it runs, source by source (drd.cli.progress_display)."""
     import getpass
 
     from drd.cli.html_output import check_output, drill_page, write_output
@@ -565,15 +642,18 @@ async def drill(
             keyring,
         )
         await audit_drill(audit, report, "start", outcome="started")
+        board = ProgressBoard()
         try:
-            await run_drill(
-                plan,
-                regions,
-                keyring,
-                state_dir=cfg.state_dir,
-                base_dir=cfg.path.parent,
-                report=report,
-            )
+            async with showing(board, sys.stderr, as_json=as_json, every=progress_every):
+                await run_drill(
+                    plan,
+                    regions,
+                    keyring,
+                    state_dir=cfg.state_dir,
+                    base_dir=cfg.path.parent,
+                    report=report,
+                    board=board,
+                )
         finally:
             await audit_drill(audit, report, "finish")
             await audit.close(grace=30.0)  # a one-shot process: ship before exiting

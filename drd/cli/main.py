@@ -64,9 +64,20 @@ def _parser() -> argparse.ArgumentParser:
             "gs://BUCKET/PREFIX?endpoint=URL&credentials=env:VAR",
         )
 
+    def progress_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--progress-every",
+            metavar="DURATION",
+            default="10s",
+            help="when stderr is not a terminal, log the progress this often (default 10s; "
+            "on a terminal a live line shows it, with --json JSON lines on stderr)",
+        )
+
     bk = command("backup", "back up PLAN or PLAN/SOURCE now")
     bk.add_argument("what", metavar="PLAN[/SOURCE]")
+    bk.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keys_arg(bk)
+    progress_arg(bk)
 
     ls = command("list", "list backups (rebuilt from storage)")
     ls.add_argument("plan", nargs="?", metavar="PLAN[/SOURCE]")
@@ -118,9 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         help="how the restored server's user runs drd, for restore_command (default: this "
         "drd's interpreter and module; give e.g. /usr/bin/drd if that user cannot run it)",
     )
-    pitr.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    rs.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keys_arg(rs)
     storage_arg(rs)
+    progress_arg(rs)
 
     wp = command("wal-push", "archive_command: store a WAL file (%%p) in the plan's regions")
     wp.add_argument("what", metavar="PLAN/SOURCE")
@@ -173,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("--json", action="store_true", help="print the full reports as JSON")
     keys_arg(rt)
+    progress_arg(rt)
 
     dr = command("drill", "failover drill: restore every source of PLAN, check, measure RTO/RPO")
     dr.add_argument("plan", metavar="PLAN")
@@ -184,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         "--html", metavar="FILE", type=Path, help="also write the one-page HTML report to FILE"
     )
     keys_arg(dr)
+    progress_arg(dr)
 
     rp = command("report", "every restore test and drill of PLAN in a window, for an auditor")
     rp.add_argument("plan", metavar="PLAN")
@@ -275,7 +289,15 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
     if args.command == "validate":
         return commands.validate(_config_path(args, required=True))
     if args.command == "backup":
-        return asyncio.run(commands.backup(_config_path(args, required=True), args.what, args.keys))
+        return asyncio.run(
+            commands.backup(
+                _config_path(args, required=True),
+                args.what,
+                args.keys,
+                as_json=args.json,
+                progress_every=_progress_every(args),
+            )
+        )
     if args.command == "list":
         return asyncio.run(
             commands.list_backups(
@@ -333,6 +355,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                     "drd_command": args.drd_command,
                     "as_json": args.json,
                 },
+                progress_every=_progress_every(args),
             )
         )
     if args.command == "prune":
@@ -361,6 +384,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 region=args.region,
                 as_json=args.json,
                 allow_older=args.allow_older,
+                progress_every=_progress_every(args),
             )
         )
     if args.command == "drill":
@@ -372,6 +396,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 lose_region=args.lose_region,
                 as_json=args.json,
                 html=args.html,
+                progress_every=_progress_every(args),
             )
         )
     if args.command == "report":
@@ -402,6 +427,18 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
         )
         return None
     raise UsageError(f"unknown command {args.command}")
+
+
+def _progress_every(args: argparse.Namespace) -> float:
+    from drd.durations import DurationError, parse_duration
+
+    try:
+        seconds = parse_duration(args.progress_every).total_seconds()
+    except DurationError as exc:
+        raise UsageError(f"--progress-every: {exc}") from None
+    if seconds < 1:
+        raise UsageError("--progress-every: at least 1s")
+    return seconds
 
 
 def _config_path(args: argparse.Namespace, *, required: bool) -> Path | None:

@@ -187,6 +187,7 @@ class DrillManager:
                 clock=services.clock,
                 cancel=run.cancel,
                 report=report,
+                board=services.progress,
             )
         except asyncio.CancelledError:
             await run_to_completion(audit_drill(self.audit, report, "finish"))

@@ -290,16 +290,19 @@ class RestoreTestScheduler:
             async with self._slots:
                 st.waiting = False
                 self.on_change()
-                reports = await restore_tests_for(
-                    st.plan,
-                    st.source,
-                    services.regions,
-                    services.keyring,
-                    state_dir=services.state_dir,
-                    base_dir=services.base_dir,
-                    clock=services.clock,
-                    metrics=services.metrics,
-                )
+                ref = st.ref
+                with services.progress.track("restore-test", ref.plan, ref.source) as progress:
+                    reports = await restore_tests_for(
+                        st.plan,
+                        st.source,
+                        services.regions,
+                        services.keyring,
+                        state_dir=services.state_dir,
+                        base_dir=services.base_dir,
+                        clock=services.clock,
+                        metrics=services.metrics,
+                        progress=progress,
+                    )
         except asyncio.CancelledError:
             self._finish(job_id, "interrupted", detail="cancelled at shutdown")
             raise

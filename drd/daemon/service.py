@@ -56,6 +56,7 @@ from drd.logs import log_context
 from drd.metrics import RESULTS, Metrics
 from drd.pipeline.backup import BackupResult
 from drd.pipeline.source_backup import backup_source, plan_regions
+from drd.progress import ProgressBoard, Snapshot
 from drd.repository import manifest_cache
 from drd.repository.catalog import build_catalog
 from drd.runtime import Services
@@ -116,7 +117,12 @@ class Daemon:
         self.clock = clock
         # What every loop runs with, built once; its regions are this very mapping.
         self.services = Services(
-            cfg=cfg, regions=self.regions, keyring=keyring, metrics=self.metrics, clock=clock
+            cfg=cfg,
+            regions=self.regions,
+            keyring=keyring,
+            metrics=self.metrics,
+            clock=clock,
+            progress=ProgressBoard(clock=clock),
         )
         self.notifier = notifier or Notifier({})
         #: each region's health (drd_region_up), from every operation through regions wrapped
@@ -275,6 +281,9 @@ class Daemon:
         if st.last_status in RESULTS:  # an interrupted backup changes nothing
             m.backup_last_status.labels(*labels).set(1 if st.last_status == "success" else 0)
 
+    def running_jobs(self) -> list[Snapshot]:
+        return self.services.progress.snapshots()
+
     def refresh_metrics(self) -> None:
         """Time-dependent gauges, recomputed at every scrape."""
         now = self.clock()
@@ -285,6 +294,7 @@ class Daemon:
             age = now.date() - plan.reviewed_on
             self.metrics.plan_review_age.labels(plan.name).set(age.total_seconds())
         self.retention.publish(now)
+        self.metrics.publish_jobs(self.services.progress.snapshots())
 
     def _has_backup(self, ref: SourceRef) -> bool:
         st = self.sources.get(ref)
@@ -678,14 +688,19 @@ class Daemon:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     log.warning("backup %s: attempt %d", st.ref, attempt.retry_state.attempt_number)
-                return await backup_source(
-                    st.plan,
-                    st.source,
-                    self.regions,
-                    self.keyring,
-                    self.cfg.state_dir,
-                    clock=self.clock,
-                )
+                # The last backup's size is the estimate: the daemon knows it already.
+                with self.services.progress.track(
+                    "backup", st.ref.plan, st.ref.source, total=st.source_bytes
+                ) as progress:
+                    return await backup_source(
+                        st.plan,
+                        st.source,
+                        self.regions,
+                        self.keyring,
+                        self.cfg.state_dir,
+                        clock=self.clock,
+                        progress=progress,
+                    )
         raise AssertionError("unreachable")
 
     def _after_failure(self, st: SourceState) -> datetime:

@@ -24,6 +24,7 @@ from drd.clock import Clock, utcnow
 from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import SourceRef, new_backup_id
 from drd.logs import add_log_context
+from drd.progress import Progress
 from drd.repository.fanout import FanOut
 from drd.repository.manifest import (
     DATA_FORMAT,
@@ -87,7 +88,11 @@ async def run_backup(
     segment_size: int = crypto.DEFAULT_SEGMENT_SIZE,
     zstd_level: int = ZSTD_LEVEL,
     clock: Clock = utcnow,
+    progress: Progress | None = None,
 ) -> BackupResult:
+    """`progress`, if given, follows the dump's plaintext bytes and the phases: dumping (the
+    source read and written to every region at once), verifying (each stored object checked),
+    committing (the manifests)."""
     if not 1 <= min_copies <= len(regions):
         raise ValueError(f"min_copies {min_copies} outside 1..{len(regions)}")
     started = clock()
@@ -114,13 +119,19 @@ async def run_backup(
         await fan.open(metadata={"drd-backup-id": backup_id})
         _require(fan, min_copies, where, "before the upload started")
         dump = strategy.dump()
+        if progress is not None:
+            progress.phase("dumping")
         try:
             async for chunk in dump:
                 await fan.send(await asyncio.to_thread(sealer.feed, chunk))
                 _require(fan, min_copies, where, "during the upload")
+                if progress is not None:
+                    progress.advance(len(chunk))
         finally:
             await close_stream(dump)
         await fan.send(await asyncio.to_thread(sealer.finish))
+        if progress is not None:
+            progress.phase("verifying")
         await fan.commit()
         for u in fan.uploads:
             # Size and checksum tie each stored object to exactly the bytes this process
@@ -175,6 +186,8 @@ async def run_backup(
         ),
     )
     sealed = manifest.seal(keyring)
+    if progress is not None:
+        progress.phase("committing")
     good = [u for u in fan.uploads if u.alive and u.info is not None]
     copies = {
         u.storage.name: RegionCopy(u.storage.name, False, u.describe_error()) for u in fan.uploads

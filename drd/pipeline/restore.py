@@ -28,6 +28,7 @@ from drd.errors import (
 )
 from drd.layout import SourceRef
 from drd.pipeline.backup import close_stream
+from drd.progress import Progress
 from drd.repository.catalog import CatalogEntry, build_catalog, error_class
 from drd.repository.manifest import Manifest
 from drd.repository.sealing import Opener
@@ -114,9 +115,12 @@ async def stream_plaintext(
     keyring: crypto.Keyring,
     *,
     meter: StreamMeter | None = None,
+    progress: Progress | None = None,
 ) -> AsyncIterator[bytes]:
     """Authenticated plaintext of a backup's data object, read from one region. `meter`, if
-    given, accumulates where the time went."""
+    given, accumulates where the time went; `progress` counts the plaintext handed on (its
+    total: the manifest's size), and is in phase `finishing` once the last byte is out (the
+    restore tool may work on for a while: indexes, constraints)."""
     meter = meter if meter is not None else StreamMeter()
     pub, body = manifest.public, manifest.body
     where = f"backup {ref}@{pub.backup_id} in region {storage.name}"
@@ -132,15 +136,23 @@ async def stream_plaintext(
             version=body.data_format,
         )
         reader = storage.open_reader(ref.data_key(pub.backup_id))
+        if progress is not None:
+            progress.restart_bytes(body.plaintext_size)
         try:
             async for chunk in _TimedReads(reader, meter):
                 for piece in _metered(meter, functools.partial(opener.feed, chunk)):
+                    if progress is not None:
+                        progress.advance(len(piece))
                     yield piece
         finally:
             await close_stream(reader)
         for piece in _metered(meter, opener.finish):
+            if progress is not None:
+                progress.advance(len(piece))
             yield piece
         meter.complete = True
+        if progress is not None:
+            progress.phase("finishing")
     except IntegrityError as exc:
         raise IntegrityError(f"{where}: {exc}") from None
     except StorageError as exc:
@@ -275,6 +287,7 @@ async def restore_backup(
     prefer_region: str | None = None,
     options: Mapping[str, Any] | None = None,
     allow_older: bool = False,
+    progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore the chosen backup (see choose) from the first region whose copy works.
 
@@ -285,7 +298,10 @@ async def restore_backup(
     exists, the restore tool failed) stops at once.
 
     `options` are keyword arguments of the kind's restore() (PostgreSQL: create_roles=True);
-    UsageError, before any data is read, if that kind's restore does not take one of them."""
+    UsageError, before any data is read, if that kind's restore does not take one of them.
+    `progress`: phases choosing, restoring (the stream, counted in plaintext bytes), finishing."""
+    if progress is not None:
+        progress.phase("choosing")
     choice = await choose_backup(ref, regions, keyring, backup_id, allow_older=allow_older)
     entry = choice.entry
     assert entry.manifest is not None and entry.public is not None  # a verified entry
@@ -319,8 +335,13 @@ async def restore_backup(
             if manifest != entry.manifest:
                 raise IntegrityError(f"{where}: manifest differs from the verified one")
             metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
+            if progress is not None:
+                progress.phase("restoring")
             outcome = await strategy.restore(
-                stream_plaintext(storage, ref, manifest, keyring), target, metadata, **options
+                stream_plaintext(storage, ref, manifest, keyring, progress=progress),
+                target,
+                metadata,
+                **options,
             )
         except (IntegrityError, KeyringError, StorageError) as exc:
             log.error("restore %s@%s from %s failed: %s", ref, entry.backup_id, region, exc)

@@ -14,6 +14,8 @@ from drd.layout import SourceRef
 from drd.locks import source_lock
 from drd.logs import log_context
 from drd.pipeline.backup import BackupResult, run_backup
+from drd.progress import Progress
+from drd.repository.catalog import newest_manifest
 from drd.repository.heads import HeadMemory, Mark, write_head
 from drd.repository.leftovers import remove_orphans
 from drd.restore_tests.spec import capture_queries
@@ -39,7 +41,10 @@ async def backup_source(
     state_dir: Path,
     *,
     clock: Clock = utcnow,
+    progress: Progress | None = None,
 ) -> BackupResult:
+    """`progress` (drd.progress): without a `total`, the previous backup's size is looked up
+    as the estimate."""
     ref = SourceRef(plan.name, source.name)
     targets: Sequence[Storage] = plan_regions(plan, regions)
     strategy = get_strategy(source.kind)(source)
@@ -49,11 +54,21 @@ async def backup_source(
     strategy.content = plan.restore_test.content_for(source)
     with log_context(job="backup", plan=ref.plan, source=ref.source), source_lock(state_dir, ref):
         # Holding the lock, nothing else writes this source: leftovers are dead work.
+        if progress is not None:
+            progress.phase("preparing")
         removed = await remove_orphans(ref, targets)
         if removed:
             log.info("%s: removed %d leftover objects of interrupted backups", ref, removed)
+        if progress is not None and progress.total is None:
+            progress.total = await previous_size(ref, targets, keyring)
         result = await run_backup(
-            ref, strategy, targets, keyring, min_copies=plan.storage.min_copies, clock=clock
+            ref,
+            strategy,
+            targets,
+            keyring,
+            min_copies=plan.storage.min_copies,
+            clock=clock,
+            progress=progress,
         )
         # What a region that later goes back in time is compared with (drd.repository.heads).
         newest = Mark.of(result.backup_id, result.manifest.public.started)
@@ -63,3 +78,16 @@ async def backup_source(
             ref, [t for t in targets if t.name in committed], keyring, newest, committed, clock()
         )
         return result
+
+
+async def previous_size(
+    ref: SourceRef, regions: Sequence[Storage], keyring: crypto.Keyring
+) -> int | None:
+    """The newest backup's dump size: what the next backup's progress expects. An estimate
+    only, so any failure to find it is no error (the progress then shows no ETA)."""
+    try:
+        manifest = await newest_manifest(regions, keyring, ref)
+    except Exception as exc:
+        log.debug("%s: no size estimate: %s", ref, exc)
+        return None
+    return manifest.body.plaintext_size if manifest is not None else None

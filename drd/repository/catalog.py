@@ -333,3 +333,30 @@ async def build_catalog(
     # still come out in the order they were taken.
     entries.sort(key=lambda e: (e.ref.plan, e.ref.source, *e.order))
     return Catalog(entries, orphans, region_errors)
+
+
+async def newest_manifest(
+    regions: Sequence[Storage], keyring: crypto.Keyring, ref: SourceRef
+) -> Manifest | None:
+    """The newest verified manifest of `ref` in the first region that has one, reading one
+    listing and as few manifests as it takes (a progress estimate wants the last backup's
+    size, not the whole catalog). None when no region answers or has one."""
+    for storage in regions:
+        try:
+            listing = await storage.list(ref.prefix)
+        except DrdError as exc:
+            log.debug("region %s: cannot list %s: %s", storage.name, ref.prefix, exc)
+            continue
+        ids = sorted(
+            parsed[1]
+            for parsed in map(_parse_key, (info.key for info in listing))
+            if parsed is not None and parsed[0] == ref and parsed[2] == MANIFEST_OBJECT
+        )
+        for backup_id in reversed(ids):
+            key = ref.manifest_key(backup_id)
+            try:
+                raw = await storage.get(key)
+                return Manifest.open(keyring, raw, f"{storage.name}:{key}", ref, backup_id)
+            except DrdError as exc:
+                log.debug("region %s: manifest %s: %s", storage.name, key, exc)
+    return None

@@ -207,11 +207,37 @@ class PlanStatus(Body):
     sources: dict[str, SourceStatus]
 
 
+class RunningJob(Body):
+    """A job running now, live (drd.progress)."""
+
+    kind: Literal["backup", "restore-test", "drill"]
+    plan: str
+    source: str
+    phase: str = Field(
+        description="what it is doing (backup: preparing, dumping, verifying, "
+        "committing; restore test and drill: choosing, fetch, scratch_setup, restore, "
+        "finishing, checks, teardown)"
+    )
+    bytes: int = Field(
+        description="bytes moved so far: a backup's dump read, the plaintext restored"
+    )
+    total: int | None = Field(
+        description="bytes expected: the previous backup's size for a "
+        "backup, the backup's size for a restore; null if unknown"
+    )
+    rate_bytes_per_second: float | None = Field(description="over the last 10 s")
+    eta_seconds: Seconds | None = Field(description="the rest of `total` at that rate")
+    elapsed_seconds: Seconds
+    started_at: Timestamp
+    phases: dict[str, Seconds] = Field(description="the phases that have ended, with their time")
+
+
 class Status(Body):
-    """Per plan and source: backups, copies, RPO, RTO, restore tests."""
+    """Per plan and source: backups, copies, RPO, RTO, restore tests; the jobs running now."""
 
     now: Timestamp
     plans: dict[str, PlanStatus]
+    jobs: list[RunningJob] = Field(description="running backups, restore tests and drills")
 
 
 # ------------------------------------------------------------------------------ on-demand runs
@@ -296,6 +322,15 @@ class DrillCheck(Stored):
     coverage: str = Field("", description="how much of the data that covered")
 
 
+class DrillSourceProgress(Body):
+    """A running source's restore test, live (drd.progress)."""
+
+    phase: str
+    bytes: int = Field(description="plaintext restored so far")
+    total: int | None = Field(description="the backup's size")
+    eta_seconds: Seconds | None
+
+
 class DrillSource(Stored):
     """One source's part of a drill (drd.verify.drill.SourceResult); no data values."""
 
@@ -316,6 +351,10 @@ class DrillSource(Stored):
     failure_category: str | None
     failure_message: str | None
     restore_test_report_in: list[str]
+    progress: DrillSourceProgress | Absent = absent(
+        "while the source runs: its phase and bytes now (`phases` then holds the phases so "
+        "far, the running one up to now)"
+    )
 
 
 class Drill(Stored):

@@ -15,6 +15,7 @@ from drd.clock import Clock
 from drd.config.models import Config, Plan
 from drd.layout import SourceRef
 from drd.metrics import Metrics
+from drd.progress import Snapshot
 from drd.server.audit import AuditLog
 from drd.strategies.base import SourceOptions
 from drd.verify.drill import DrillReport
@@ -148,6 +149,10 @@ class DaemonControl(Protocol):
     @property
     def state_problem(self) -> str | None:
         """Why the state directory cannot be written (None when it can)."""
+        ...
+
+    def running_jobs(self) -> Sequence[Snapshot]:
+        """The backups, restore tests and drills running now, live (drd.progress)."""
         ...
 
     def refresh_metrics(self) -> None:

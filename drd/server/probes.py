@@ -18,6 +18,7 @@ from drd.server.models import (
     PlanStatus,
     Readiness,
     ReadinessChecks,
+    RunningJob,
     SourceStatus,
     Status,
 )
@@ -137,4 +138,5 @@ async def status(request: web.Request) -> web.Response:
             next_due=st.next_due.isoformat() if st.next_due else None,
             **restore_tests,
         )
-    return reply(Status(now=now.isoformat(), plans=plans))
+    jobs = [RunningJob.model_validate(snap.as_json()) for snap in daemon.running_jobs()]
+    return reply(Status(now=now.isoformat(), plans=plans, jobs=jobs))

@@ -63,6 +63,7 @@ from drd.errors import BackupNotFound, DrdError, IntegrityError, LockBusy, Usage
 from drd.layout import SourceRef, new_backup_id
 from drd.logs import add_log_context, log_context
 from drd.metrics import Metrics
+from drd.progress import Progress, ProgressBoard
 from drd.storage.base import Storage
 from drd.strategies.base import SourceOptions
 from drd.verify.restore_report import RestoreTestReport
@@ -131,8 +132,25 @@ class SourceResult:
     failure_message: str | None = None
     #: where the restore test's full report (with the checks' values) was stored
     restore_test_report_in: list[str] = field(default_factory=list)
+    #: while the source runs: its restore test's live phases and bytes (drd.progress)
+    live: Progress | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
+        out = self._fields()
+        if self.result == "running" and self.live is not None:
+            # The phases measured so far (the one running up to now), instead of the final
+            # split the restore test reports when it ends.
+            out["phases"] = {k: round(v, 3) for k, v in self.live.phase_seconds().items()}
+            snap = self.live.snapshot()
+            out["progress"] = {
+                "phase": snap.phase,
+                "bytes": snap.bytes_done,
+                "total": snap.bytes_total,
+                "eta_seconds": _round(snap.eta_seconds),
+            }
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "kind": self.kind,
@@ -409,11 +427,13 @@ async def run_drill(
     cancel: asyncio.Event | None = None,
     report: DrillReport | None = None,
     requested_by: Mapping[str, str] | None = None,
+    board: ProgressBoard | None = None,
 ) -> DrillReport:
     """Run a drill of `plan` (see the module docstring) and store its report. Never raises for
     a failed drill: the report says why. UsageError for a lose_region the plan does not have
     (or its only one). If the calling task is cancelled, the running restore test is cancelled
-    and cleaned up, the report is stored as cancelled, and the cancellation propagates."""
+    and cleaned up, the report is stored as cancelled, and the cancellation propagates.
+    `board`: each source's restore test is listed there (kind `drill`) while it runs."""
     if report is None:
         report = new_report(plan, lose_region=lose_region, clock=clock, requested_by=requested_by)
     # For the rest of the drill (the daemon's drill task or the CLI command bounds it).
@@ -429,7 +449,7 @@ async def run_drill(
         f" (region {report.lose_region} lost)" if report.lose_region else "",
     )
     work = asyncio.create_task(
-        _run_sources(report, view, storages, keyring, state_dir, base, clock),
+        _run_sources(report, view, storages, keyring, state_dir, base, clock, board),
         name=f"drill:{report.drill_id}",
     )
     try:
@@ -474,11 +494,16 @@ async def _run_sources(
     state_dir: Path,
     base_dir: Path,
     clock: Clock,
+    board: ProgressBoard | None,
 ) -> None:
+    board = board if board is not None else ProgressBoard(clock=clock)
     for source, result in zip(plan.sources, report.sources, strict=True):
         result.result = "running"
         try:
-            with log_context(source=source.name):
+            with (
+                log_context(source=source.name),
+                board.track("drill", plan.name, source.name) as result.live,
+            ):
                 await _drill_source(
                     report, result, plan, source, storages, keyring, state_dir, base_dir, clock
                 )
@@ -490,6 +515,8 @@ async def _run_sources(
         except Exception as exc:  # an unexpected failure fails this source, not the drill run
             log.exception("drill %s: %s: unexpected error", report.drill_id, source.name)
             _source_failed(result, "restore_failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            result.live = None
 
 
 def _source_failed(result: SourceResult, category: str, message: str) -> None:
@@ -511,6 +538,8 @@ async def _drill_source(
 ) -> None:
     ref = SourceRef(plan.name, source.name)
     ordered = [storages[name] for name in plan.storage.regions]
+    if result.live is not None:
+        result.live.phase("choosing")
     try:
         (candidate,) = await choose_backups(
             ref, ordered, keyring, min_copies=plan.storage.min_copies
@@ -615,6 +644,7 @@ async def _restore_test(
                 region=region,
                 clock=clock,
                 metrics=None,  # a drill is not the restore-test schedule's result
+                progress=result.live,
             )
         except LockBusy:
             if time.monotonic() >= deadline:

@@ -53,6 +53,7 @@ from drd.logs import log_context
 from drd.metrics import Metrics
 from drd.pipeline.restore import StreamMeter, choose, stream_plaintext, unusable
 from drd.pipeline.source_backup import plan_regions
+from drd.progress import Progress
 from drd.repository.catalog import CatalogEntry, build_catalog
 from drd.repository.manifest import STATUS_OK, Manifest
 from drd.restore_tests import builtin
@@ -188,9 +189,12 @@ async def run_restore_test(
     region: str | None = None,
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
+    progress: Progress | None = None,
 ) -> RestoreTestReport:
     """Test one backup (see the module docstring); never raises for a failed test: the report
-    says what failed. Raises LockBusy if a test of this source is already running."""
+    says what failed. Raises LockBusy if a test of this source is already running. `progress`
+    follows the phases as they happen (fetch, scratch_setup, restore, finishing: the restore
+    tool after the last byte, checks, teardown) and the restored plaintext bytes."""
     ref = SourceRef(plan.name, source.name)
     entry = candidate.entry
     report = RestoreTestReport(
@@ -210,7 +214,18 @@ async def run_restore_test(
     with log_context(plan=plan.name, source=source.name, backup_id=entry.backup_id):
         with restore_test_lock(state_dir, ref):
             log.info("restore test %s@%s (%s): starting", ref, entry.backup_id, candidate.selection)
-            await _run(report, plan, source, storages, keyring, state_dir, base_dir, entry, region)
+            await _run(
+                report,
+                plan,
+                source,
+                storages,
+                keyring,
+                state_dir,
+                base_dir,
+                entry,
+                region,
+                progress,
+            )
             report.finished_at = clock()
             # Next to the backup wherever its manifest is: a report lives as long as the backup.
             holders = [
@@ -241,6 +256,7 @@ async def _run(
     base_dir: Path,
     entry: CatalogEntry,
     forced_region: str | None,
+    progress: Progress | None,
 ) -> None:
     ref = report.ref
     if not entry.verified:
@@ -285,7 +301,7 @@ async def _run(
     try:
         async with asyncio.timeout(timeout.total_seconds()) as deadline:
             await _fetch_restore_check(
-                report, plan, source, storage, keyring, state_dir, base_dir, entry, spec
+                report, plan, source, storage, keyring, state_dir, base_dir, entry, spec, progress
             )
     except TimeoutError:
         if deadline.expired():
@@ -313,9 +329,11 @@ async def _fetch_restore_check(
     base_dir: Path,
     entry: CatalogEntry,
     spec: ScratchSpec,
+    progress: Progress | None,
 ) -> None:
     ref, phases = report.ref, report.phases
     where = f"{storage.name}:{ref.manifest_key(entry.backup_id)}"
+    _phase(progress, "fetch")
     started = time.perf_counter()
     raw = await storage.get(ref.manifest_key(entry.backup_id))
     phases.fetch = time.perf_counter() - started
@@ -323,6 +341,9 @@ async def _fetch_restore_check(
     metadata: dict[str, Any] = dict(manifest.body.strategy_metadata)
     strategy = get_strategy(manifest.public.kind)
     meter = StreamMeter()
+    if progress is not None:
+        progress.restart_bytes(manifest.body.plaintext_size)
+    _phase(progress, "scratch_setup")
     started = time.perf_counter()
     teardown_from: float | None = None
     try:
@@ -354,9 +375,11 @@ async def _fetch_restore_check(
                     meter,
                     env,
                     base_dir,
+                    progress,
                 )
             finally:
                 teardown_from = time.perf_counter()
+                _phase(progress, "teardown")
     finally:
         if teardown_from is not None:
             phases.teardown = time.perf_counter() - teardown_from
@@ -375,12 +398,14 @@ async def _restore_and_check(
     meter: StreamMeter,
     env: ScratchEnv,
     base_dir: Path,
+    progress: Progress | None,
 ) -> None:
     ref, phases = report.ref, report.phases
+    _phase(progress, "restore")
     started = time.perf_counter()
     try:
         outcome = await strategy.restore(
-            stream_plaintext(storage, ref, manifest, keyring, meter=meter),
+            stream_plaintext(storage, ref, manifest, keyring, meter=meter, progress=progress),
             env.target,
             metadata,
             **env.restore_options,
@@ -398,6 +423,7 @@ async def _restore_and_check(
     report.restore = dict(outcome.details)
     if outcome.warnings:  # what the scratch target could not take (xattrs, device nodes)
         report.restore["warnings"] = list(outcome.warnings)
+    _phase(progress, "checks")
     started = time.perf_counter()
     report.checks.append(
         builtin.integrity(meter.complete, meter.ciphertext_bytes, meter.plaintext_bytes)
@@ -439,6 +465,11 @@ async def _restore_and_check(
         report.fail("check_failed", message)
 
 
+def _phase(progress: Progress | None, name: str) -> None:
+    if progress is not None:
+        progress.phase(name)
+
+
 def record_metrics(metrics: Metrics, report: RestoreTestReport) -> None:
     labels = (report.plan, report.source)
     metrics.restore_tests.labels(*labels, "success" if report.passed else "failure").inc()
@@ -466,10 +497,13 @@ async def restore_tests_for(
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
     allow_older: bool = False,
+    progress: Progress | None = None,
 ) -> list[RestoreTestReport]:
     """A whole run for one source: the newest backup (or `backup_id`; with `allow_older` the
-    newest that can be verified), plus a random older one when the plan asks for it."""
+    newest that can be verified), plus a random older one when the plan asks for it.
+    `progress` follows each test in turn (see run_restore_test), after phase `choosing`."""
     ref = SourceRef(plan.name, source.name)
+    _phase(progress, "choosing")
     with log_context(job="restore-test", plan=plan.name, source=source.name):
         candidates = await choose_backups(
             ref,
@@ -494,6 +528,7 @@ async def restore_tests_for(
                     region=region,
                     clock=clock,
                     metrics=metrics,
+                    progress=progress,
                 )
             )
     return reports

@@ -7,6 +7,7 @@ import pytest
 from drd.durations import (
     DurationError,
     format_duration,
+    format_size,
     parse_duration,
     parse_size,
 )
@@ -132,3 +133,20 @@ def test_parse_size_rejects(value: object, message: str) -> None:
     with pytest.raises(DurationError) as caught:
         parse_size(value)  # type: ignore[arg-type]
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0B"),
+        (1023, "1023B"),
+        (1536, "1.5KiB"),
+        (1900 << 20, "1.9GiB"),
+        (3 << 40, "3.0TiB"),
+        (38.5 * (1 << 20), "38.5MiB"),  # a rate
+    ],
+)
+def test_format_size_in_the_units_parse_size_reads(n: float, text: str) -> None:
+    assert format_size(n) == text
+    if "." not in text:
+        assert parse_size(text) == n
