@@ -5,7 +5,8 @@ For each backup past its destroy age (and each leftover of interrupted work past
 1. its manifest is deleted in every reachable region first. The manifest holds the wrapped
    data key, so from then on every copy of the data, anywhere, is unreadable (crypto-shredding);
 2. then every other object under the backup's prefix;
-3. then the prefix is listed again and must be empty: the proof.
+3. then, once every doomed backup was deleted, each region's plan prefix is listed once and
+   none of them may be in it: the proof (one listing per region, not one per backup).
 
 Each region's outcome is reported and counted (drd_retention_deleted_total,
 drd_retention_delete_failures_total). Nothing is remembered between sweeps except the oldest
@@ -52,8 +53,9 @@ from drd.storage.base import DeletionSettings, Storage
 
 log = logging.getLogger(__name__)
 
-#: backups destroyed at the same time (each one in all its regions at once)
-_CONCURRENT_BACKUPS = 4
+#: backups destroyed at the same time (each one in all its regions at once): enough to keep a
+#: GCS region's request threads busy (8 by default), where each delete is a round trip
+_CONCURRENT_BACKUPS = 16
 #: a region that does not say what its deletion settings are within this is treated as down
 _SETTINGS_TIMEOUT = 30.0
 
@@ -309,7 +311,8 @@ async def _list_regions(plan: str, regions: Mapping[str, Storage]) -> dict[str, 
 async def _destroy(
     backup: Backup, holders: Mapping[str, tuple[Storage, list[str]]]
 ) -> dict[str, str | None]:
-    """Destroy one backup in every region of `holders`; region -> error (None: destroyed)."""
+    """Delete one backup in every region of `holders`; region -> error (None: deleted; the
+    proof that nothing is left is _prove's, one listing per region for the whole sweep)."""
     manifest = backup.ref.manifest_key(backup.backup_id)
     errors: dict[str, str | None] = dict.fromkeys(holders)
 
@@ -327,13 +330,8 @@ async def _destroy(
             for key in keys:
                 if key != manifest:
                     await storage.delete(key)
-            left = await storage.list(backup.ref.backup_prefix(backup.backup_id))
         except DrdError as exc:
             errors[region] = errors[region] or f"deleting: {exc}"
-            return
-        if left:
-            names = ", ".join(info.key.rsplit("/", 1)[-1] for info in left)
-            errors[region] = errors[region] or f"still listed after deletion: {names}"
 
     # Every manifest first, so that no copy anywhere stays readable while data is deleted.
     await asyncio.gather(*(drop_manifest(r) for r in holders))
@@ -448,11 +446,33 @@ async def sweep(
     return report
 
 
+async def _prove(plan: str, storage: Storage, deleted: Sequence[Backup]) -> dict[BackupKey, str]:
+    """The proof, after the deletions: the plan's prefix listed once in the region, and every
+    deleted backup must be absent from it; backup -> why not (what is still listed, or why
+    the region could not be listed)."""
+    if not deleted:
+        return {}
+    try:
+        listed = await storage.list(f"{plan}/")
+    except DrdError as exc:
+        return {b.key: f"cannot list to prove the deletion: {exc}" for b in deleted}
+    left: dict[BackupKey, list[str]] = {}
+    wanted = {b.ref.backup_prefix(b.backup_id): b.key for b in deleted}
+    for info in listed:
+        prefix, _, name = info.key.rpartition("/")
+        key = wanted.get(prefix + "/")
+        if key is not None:
+            left.setdefault(key, []).append(name)
+    return {key: f"still listed after deletion: {', '.join(names)}" for key, names in left.items()}
+
+
 async def _destroy_all(
     report: SweepReport, regions: Mapping[str, Storage], metrics: Metrics | None
 ) -> None:
     semaphore = asyncio.Semaphore(_CONCURRENT_BACKUPS)
     reachable = {n: r for n, r in report.regions.items() if r.error is None}
+    deleted: dict[str, list[Backup]] = {name: [] for name in reachable}
+    failed: dict[str, dict[BackupKey, str]] = {name: {} for name in reachable}
 
     def doomed_in(name: str, backup: Backup) -> bool:
         decision = report.decisions.get(name)
@@ -469,22 +489,34 @@ async def _destroy_all(
             errors = await _destroy(backup, holders)
         for name, error in errors.items():
             if error is None:
-                reachable[name].destroyed.append(backup)
-                log.info(
-                    "retention: destroyed %s in region %s (%s)",
-                    backup,
-                    name,
-                    report.decisions[name].reasons[backup.key],
-                )
-                if metrics is not None:
-                    metrics.retention_deleted.labels(report.plan, name).inc()
+                deleted[name].append(backup)
             else:
-                reachable[name].failed[backup.key] = error
-                log.error("retention: destroying %s in region %s failed: %s", backup, name, error)
-                if metrics is not None:
-                    metrics.retention_delete_failures.labels(report.plan, name).inc()
+                failed[name][backup.key] = error
 
     await asyncio.gather(*(one(b) for b in report.decision.destroy))
+    proofs = await asyncio.gather(
+        *(_prove(report.plan, regions[name], deleted[name]) for name in reachable)
+    )
+    by_key = {b.key: b for b in report.decision.destroy}
+    for name, unproven in zip(reachable, proofs, strict=True):
+        failed[name].update(unproven)
+        for backup in deleted[name]:
+            if backup.key in unproven:
+                continue
+            reachable[name].destroyed.append(backup)
+            log.info(
+                "retention: destroyed %s in region %s (%s)",
+                backup,
+                name,
+                report.decisions[name].reasons[backup.key],
+            )
+            if metrics is not None:
+                metrics.retention_deleted.labels(report.plan, name).inc()
+        for key, error in failed[name].items():
+            reachable[name].failed[key] = error
+            log.error("retention: destroying %s in region %s failed: %s", by_key[key], name, error)
+            if metrics is not None:
+                metrics.retention_delete_failures.labels(report.plan, name).inc()
 
 
 async def _remove_partials(

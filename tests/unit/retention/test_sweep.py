@@ -157,8 +157,39 @@ async def test_manifests_go_first_everywhere_then_data_then_a_listing_proves_it(
     assert sorted(deletes[:3]) == [(n, "manifest.json") for n in sorted(NAMES)]
     assert sorted(deletes[3:]) == [(n, "data.drd") for n in sorted(NAMES)]
     for name in NAMES:
-        verify = log.index((name, "list", DB.backup_prefix(backup_id)))
-        assert verify > log.index((name, "delete", "data.drd"))
+        # One listing of the plan's prefix per region proves the whole sweep, after its last
+        # delete there (not one listing per backup).
+        proofs = [i for i, entry in enumerate(log) if entry == (name, "list", "billing/")]
+        assert proofs and proofs[-1] > log.index((name, "delete", "data.drd"))
+    assert not any(op == "list" and what == DB.backup_prefix(backup_id) for _, op, what in log)
+
+
+async def test_a_region_that_keeps_what_it_was_told_to_delete_is_a_failure(
+    blob_strategy, keyring
+) -> None:
+    """A delete that answers but removes nothing (a hold, a lying region): the one proving
+    listing after the sweep names what is left, the region counts a failure, the other regions
+    and the other backups are destroyed."""
+
+    class Keeping(FaultyStorage):
+        async def delete(self, key: str) -> None:
+            if key.endswith("/data.drd"):
+                return  # "done", and nothing happened
+            await super().delete(key)
+
+    inner = memory_regions()
+    rs: dict[str, Storage] = dict(inner)
+    rs["uc1"] = Keeping(inner["uc1"])
+    old = [await backup_at(NOW - (15 + i) * D, list(inner.values()), keyring) for i in range(3)]
+    metrics = Metrics()
+    report = await sweep(make_plan(), rs, now=NOW, metrics=metrics)
+    assert {b.backup_id for b in report.regions["ew1"].destroyed} == set(old)
+    assert report.regions["uc1"].destroyed == []
+    failed = report.regions["uc1"].failed
+    assert {key[1] for key in failed} == set(old)
+    assert all(why == "still listed after deletion: data.drd" for why in failed.values())
+    assert sample(metrics, "drd_retention_delete_failures_total", plan="billing", region="uc1") == 3
+    assert not report.ok
 
 
 async def test_dry_run_changes_nothing(blob_strategy, keyring) -> None:
