@@ -8,5 +8,6 @@ from typing import Any
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
+    # One write: json.dump writes each token on its own (350,000 writes for a list of 5,000
+    # backups, most of `drd list --json`'s time).
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -90,3 +90,31 @@ def test_bench_harness_runs_on_a_tiny_database(tmp_path: Path) -> None:
     for tool in tools:
         assert f"| {tool} |" in text
     assert "| drd-local | backup |" in text and "| drd-local | restore |" in text
+
+
+@pytest.mark.timeout(600)
+def test_catalog_bench_runs_on_a_few_backups(tmp_path: Path) -> None:
+    """bench/catalog.py end to end on 30 backups: every row measured, the prune destroyed
+    exactly the expired ones in the region it counts."""
+    out = tmp_path / "CATALOG.md"
+    args = ["--backups", "30", "--prune", "8", "--out", str(out), "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.catalog", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=570,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert set(result["seconds"]) == {
+        "listing only",
+        "list cold",
+        "list warm",
+        "list +10",
+        "prune 8",
+    }
+    assert all(v > 0 for v in result["seconds"].values())
+    assert result["objects_per_region"] == 2 * 40 and result["objects_left_per_region"] == 2 * 32
+    assert "| list warm |" in out.read_text()
