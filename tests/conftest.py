@@ -12,6 +12,7 @@ import pytest
 pytest_plugins = [
     "tests.support.blob_strategy",
     "tests.support.fakegcs",
+    "tests.support.gcs_emulator",
     "tests.support.pg",
     "tests.support.pg_estate",
     "tests.support.pgcluster",

@@ -17,6 +17,8 @@ import pytest
 
 from drd.errors import ObjectNotFound, PermanentStorageError, StorageError
 from drd.storage.base import ObjectInfo, Storage
+from drd.storage.gcs import GCSStorage
+from drd.storage.google_auth import anonymous_credentials
 from drd.storage.local import LocalStorage
 from drd.storage.memory import MemoryStorage
 from tests.support.fakegcs import make_gcs_storage
@@ -28,7 +30,14 @@ CHUNK = 256 * KIB  # the smallest chunk GCS allows: many chunks with little data
 MakeStore = Callable[..., Awaitable[Storage]]
 
 
-@pytest.fixture(params=["memory", "local", pytest.param("gcs", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "local",
+        pytest.param("gcs", marks=pytest.mark.integration),
+        pytest.param("gcs-emulator", marks=pytest.mark.integration),
+    ]
+)
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
     """`await make_store(chunk_size=...)` -> a fresh, empty region of the parametrized kind."""
     opened: list[Storage] = []
@@ -40,6 +49,20 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         elif request.param == "local":
             root = tmp_path / f"region{len(opened)}"
             store = LocalStorage("disk", root, chunk_size=chunk_size, create_root=True)
+        elif request.param == "gcs-emulator":
+            emulator = request.getfixturevalue("gcs_emulator")
+            if not opened:
+                emulator.create_bucket("drd-test")
+            store = GCSStorage(
+                "gcs",
+                "drd-test",
+                "deploy/eu",
+                project="test",
+                endpoint=emulator.endpoint,
+                credentials=anonymous_credentials(),
+                chunk_size=chunk_size,
+                timeout=10,
+            )
         else:
             server = request.getfixturevalue("gcs_region")
             # A bucket prefix, so every test also checks that keys are mapped under it.
