@@ -22,6 +22,7 @@ from datetime import datetime
 
 from drd import crypto
 from drd.config.models import Plan
+from drd.durations import format_size
 from drd.repository.catalog import build_catalog
 from drd.repository.heads import HeadMemory
 from drd.retention.integrity import IntegrityFinding, assess
@@ -64,7 +65,8 @@ class CheckReport:
     def format(self) -> list[str]:
         head = f"plan {self.plan}: {self.backups} backup(s), {self.copies} copies"
         if self.scrub is not None:
-            head += f"; read {len(self.scrub.checked)} data objects ({self.scrub.bytes_read} bytes)"
+            read = format_size(self.scrub.bytes_read)
+            head += f"; read {len(self.scrub.checked)} data objects ({read})"
         out = [head]
         if self.skipped_sources:
             out.append(f"  skipped (a backup is running): {', '.join(self.skipped_sources)}")
