@@ -43,6 +43,14 @@ class KeyringError(DrdError):
     exit_code = 4
 
 
+class UnknownKey(KeyringError):
+    """The key something was sealed with is not in the keyring (`key_id` names it)."""
+
+    def __init__(self, message: str, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
 class IntegrityError(DrdError):
     """A backup failed authentication: tampered, truncated, swapped or forged."""
 
