@@ -25,8 +25,8 @@ class PartialFailure(DrdError):
 
 
 class DoctorFailed(DrdError):
-    """`drd doctor` found a region that cannot destroy backups within max_age, or could not
-    check one (its report says which)."""
+    """`drd doctor` found a region that is not usable (its write-read-delete probe failed) or
+    cannot destroy backups within max_age, or could not check one (its report says which)."""
 
     exit_code = 1
 
@@ -44,9 +44,10 @@ class KeyringError(DrdError):
 
 
 class UnknownKey(KeyringError):
-    """The key something was sealed with is not in the keyring (`key_id` names it)."""
+    """The key something was sealed with is not in the keyring (`key_id` names it; empty when
+    the error was re-raised with a new message, as `type(exc)(message)`)."""
 
-    def __init__(self, message: str, key_id: str) -> None:
+    def __init__(self, message: str, key_id: str = "") -> None:
         super().__init__(message)
         self.key_id = key_id
 

@@ -116,7 +116,7 @@ class CatalogEntry:
         errors = [c.manifest_error for c in self.copies.values() if c.has_manifest]
         if not errors or not all(isinstance(e, UnknownKey) for e in errors):
             return []
-        return sorted({e.key_id for e in errors if isinstance(e, UnknownKey)})
+        return sorted({e.key_id or "?" for e in errors if isinstance(e, UnknownKey)})
 
     def copy_problems(self) -> dict[str, str]:
         """Region -> what is wrong with its copy, for every region holding part of it."""
