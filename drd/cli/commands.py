@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from drd import crypto
+from drd.cli import json_results
 from drd.cli.output import print_json
 from drd.config.loader import load_config
 from drd.config.loader import validate as validate_config
 from drd.config.models import Config, Plan
+from drd.durations import format_elapsed, format_size
 from drd.errors import (
     ConfigError,
     DoctorFailed,
@@ -50,8 +52,12 @@ def failed_sources(errors: Sequence[DrdError], sources: int) -> Outcome:
     return type(errors[0]) if len(errors) == sources else PartialFailure
 
 
-def keygen(*, quiet: bool) -> Outcome:
-    print(crypto.generate_key())
+def keygen(*, quiet: bool, as_json: bool = False) -> Outcome:
+    key = crypto.generate_key()
+    if as_json:
+        print_json({"key": key, "key_id": key.split(":")[1]})
+    else:
+        print(key)
     if not quiet:
         print(
             "# Keep this key in your secret store; without it no backup can be read.\n"
@@ -62,11 +68,15 @@ def keygen(*, quiet: bool) -> Outcome:
     return None
 
 
-def token(name: str, role: str) -> Outcome:
+def token(name: str, role: str, *, as_json: bool = False) -> Outcome:
     from drd.server.auth import generate_token, token_hash
 
     check_name("token", name)
     secret = generate_token()
+    if as_json:
+        entry = {"name": name, "role": role, "sha256": token_hash(secret)}
+        print_json({"token": secret, "config_entry": entry})
+        return None
     print(secret)
     print(
         "# Give the token above to its holder (deliver it like a key: an environment variable\n"
@@ -77,10 +87,21 @@ def token(name: str, role: str) -> Outcome:
     return None
 
 
-def validate(config_path: Path | None) -> Outcome:
+def validate(config_path: Path | None, *, as_json: bool = False) -> Outcome:
     assert config_path is not None
     findings = validate_config(config_path)
     errors = [f for f in findings if f.severity == "error"]
+    if as_json:
+        counts = None
+        if not errors:
+            cfg = load_config(config_path)
+            counts = {
+                "plans": len(cfg.plans),
+                "sources": sum(len(p.sources) for p in cfg.plans),
+                "regions": len(cfg.regions),
+            }
+        print_json(json_results.validate_json(config_path, findings, counts))
+        return ConfigError if errors else None
     for finding in findings:
         print(str(finding), file=sys.stderr if finding.severity == "error" else sys.stdout)
     if errors:
@@ -95,7 +116,9 @@ def validate(config_path: Path | None) -> Outcome:
     return None
 
 
-async def backup(config_path: Path | None, what: str, keys: str | None) -> Outcome:
+async def backup(
+    config_path: Path | None, what: str, keys: str | None, *, as_json: bool = False
+) -> Outcome:
     assert config_path is not None
     cfg = load_config(config_path)
     plan_name, _, source_name = what.partition("/")
@@ -103,6 +126,7 @@ async def backup(config_path: Path | None, what: str, keys: str | None) -> Outco
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
     keyring = keyring_for(cfg, keys)
     failed: list[DrdError] = []
+    results: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for source in sources:
@@ -111,18 +135,24 @@ async def backup(config_path: Path | None, what: str, keys: str | None) -> Outco
                 result = await backup_source(plan, source, regions, keyring, cfg.state_dir)
             except DrdError as exc:
                 failed.append(exc)
+                results.append(json_results.failed_source_json(plan.name, source.name, exc))
                 print(f"FAILED {ref}: {exc}", file=sys.stderr)
+                continue
+            results.append(json_results.backup_json(result))
+            if as_json:
                 continue
             missing = "; ".join(f"{c.region}: {c.error}" for c in result.missing)
             print(
                 f"{result.status} {ref}@{result.backup_id}: "
-                f"{result.manifest.body.plaintext_size} bytes -> "
-                f"{result.manifest.body.ciphertext_size} stored in "
+                f"{format_size(result.manifest.body.plaintext_size)} -> "
+                f"{format_size(result.manifest.body.ciphertext_size)} stored in "
                 f"{','.join(result.committed_regions)}"
                 + (f" (MISSING COPIES: {missing})" if missing else "")
             )
             for reason in result.degraded:
                 print(f"warning: {ref}@{result.backup_id} is DEGRADED: {reason}", file=sys.stderr)
+    if as_json:
+        print_json({"backups": results})
     # When every source failed, the exit code is the last failure's (as it always was).
     return failed_sources(failed[::-1], len(sources))
 
@@ -196,11 +226,17 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
     for e in catalog.entries:
         body = e.manifest.body if e.manifest else None
         status = "" if e.verified else f"  UNVERIFIED: {e.verify_error}"
+        if e.unknown_keys:
+            # The catalog's one summary line says which and why; a row only names its key.
+            status = (
+                f"  UNVERIFIED: sealed with key {', '.join(e.unknown_keys)} (not in the keyring)"
+            )
         if e.public is not None and e.public.status != STATUS_OK:
             status += f"  {e.public.status.upper()}"
             if body and body.degraded:
                 status += ": " + "; ".join(body.degraded)
-        damaged = e.copy_problems()
+        # Copies sealed with a key the keyring lacks are not damaged: the row said why.
+        damaged = {} if e.unknown_keys else e.copy_problems()
         if damaged:
             status += "  DAMAGED: " + "; ".join(f"{r}: {p}" for r, p in damaged.items())
         tested = tests.get((e.ref, e.backup_id))
@@ -208,8 +244,8 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
             status += "  " + _test_summary(tested)
         print(
             f"{e.ref!s:<28} {e.backup_id:<26} {e.captured:%Y-%m-%d %H:%M:%S}  "
-            f"{_human(body.plaintext_size) if body else '?':>10} "
-            f"{_human(body.ciphertext_size) if body else '?':>10}  "
+            f"{format_size(body.plaintext_size) if body else '?':>10} "
+            f"{format_size(body.ciphertext_size) if body else '?':>10}  "
             f"{','.join(sorted(e.complete_regions)) or '-'}{status}"
         )
     for region, error in catalog.region_errors.items():
@@ -226,19 +262,10 @@ def _test_summary(tested: Mapping[str, Any]) -> str:
     when = str(tested.get("tested_at") or "")[:16].replace("T", " ")
     rto = tested.get("rto_seconds")
     text = f"TESTED {result} {when} (region {tested.get('region') or '-'}"
-    text += f", RTO {rto:.1f}s)" if isinstance(rto, int | float) else ")"
+    text += f", RTO {format_elapsed(rto)})" if isinstance(rto, int | float) else ")"
     if tested.get("failure_category"):
         text += f": {tested['failure_category']}"
     return text
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}TiB"
 
 
 async def list_backups(
@@ -338,9 +365,12 @@ async def restore(
             options={"create_roles": True} if create_roles else {},
             allow_older=allow_older,
         )
+    if pitr.get("as_json"):
+        print_json(json_results.restore_json(result))
+        return None
     print(
         f"restored {ref}@{result.backup_id} from region {result.region} into "
-        f"{redact_target(result.target)} in {result.seconds:.1f}s"
+        f"{redact_target(result.target)} in {format_elapsed(result.seconds)}"
     )
     created = result.outcome.details.get("created_roles")
     if created:
@@ -359,7 +389,9 @@ async def restore(
     return None
 
 
-async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> Outcome:
+async def prune(
+    config_path: Path | None, what: str | None, *, dry_run: bool, as_json: bool = False
+) -> Outcome:
     """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
     from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
@@ -374,6 +406,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
     now = utcnow()
     failed = False
+    reports: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -389,21 +422,30 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
                     memory=RetentionMemory(cfg.state_dir / "retention.json"),
                     skip_sources=() if dry_run else busy,
                 )
-            print("\n".join(format_sweep(report)))
+            if as_json:
+                reports.append(json_results.sweep_json(report))
+            else:
+                print("\n".join(format_sweep(report)))
             failed = failed or not report.ok
+    if as_json:
+        print_json({"plans": reports, "ok": not failed})
     return StorageError if failed else None
 
 
-async def doctor(config_path: Path | None) -> Outcome:
-    """Check that every region can destroy backups in time (its deletion settings)."""
-    from drd.retention.report import check_deletion, format_doctor
+async def doctor(config_path: Path | None, *, as_json: bool = False) -> Outcome:
+    """Check that every region is usable (a write-read-delete probe) and can destroy backups in
+    time (its deletion settings and storage class) (drd.retention.doctor)."""
+    from drd.retention.doctor import doctor_json, format_doctor, run_doctor
 
     assert config_path is not None
     cfg = load_config(config_path)
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, [])
-        report = await check_deletion(cfg, regions)
-    print("\n".join(format_doctor(report, cfg)))
+        report = await run_doctor(cfg, regions)
+    if as_json:
+        print_json(doctor_json(report))
+    else:
+        print("\n".join(format_doctor(report)))
     return DoctorFailed if report.failed else None
 
 
@@ -414,6 +456,7 @@ async def check(
     *,
     read_data: bool,
     repair_copies: bool = True,
+    as_json: bool = False,
 ) -> Outcome:
     """Check (and repair) every copy of PLAN, or of every plan, now (drd.retention.check).
     Exit 5 when anything damaged, forged or suspicious was found (even if repaired), 6 when a
@@ -432,6 +475,7 @@ async def check(
     memory = ScrubMemory(cfg.state_dir / "scrub.json")
     heads = HeadMemory(cfg.state_dir)
     problems, unreachable = 0, False
+    reports: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -448,9 +492,16 @@ async def check(
                     repair_copies=repair_copies,
                     skip_sources=busy,
                 )
-            print("\n".join(report.format()))
+            if as_json:
+                reports.append(json_results.check_json(report))
+            else:
+                print("\n".join(report.format()))
             problems += report.problems
             unreachable = unreachable or bool(report.unreachable)
+    if as_json:
+        result = "failed" if problems else "incomplete" if unreachable else "ok"
+        print_json({"plans": reports, "problems": problems, "result": result})
+        return IntegrityError if problems else StorageError if unreachable else None
     if problems:
         print(f"check: FAILED ({problems} problem(s))")
         return IntegrityError
