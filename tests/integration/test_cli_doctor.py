@@ -1,8 +1,9 @@
 """`drd doctor` as a process against real regions: a missing directory, a read-only filesystem
-(a tmpfs this test mounts read-only), and fake-gcs-server buckets. fake-gcs-server reports no
-storage class, Autoclass, soft delete or retention policy of its own, so a proxy answers the
-bucket's `buckets.get` the way real GCS does where a test needs one (tests/unit/retention/
-test_doctor.py covers the classes from recorded bucket resources)."""
+(a tmpfs this test mounts read-only), and fake-gcs-server buckets. fake-gcs-server reports
+every bucket as STANDARD (it ignores the class and Autoclass a bucket is created with) and has
+no soft delete or retention policy, so a proxy answers the bucket's `buckets.get` the way real
+GCS does where a test needs another answer (tests/unit/retention/test_doctor.py covers every
+class and Autoclass from recorded bucket resources)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,8 @@ def test_gcs_regions_are_probed_and_their_class_and_settings_judged(
         for name in "abc":
             assert f"region {name}: writable (write, read, delete: ok)" in doctor.stdout
         assert doctor.stdout.rstrip().endswith("doctor: ok")
+        assert "region a: no soft delete, versioning off" in doctor.stdout
+        assert "; storage class STANDARD" in doctor.stdout  # as the server reports it
         # The probes wrote, read and deleted through the real server.
         assert pb.hits("POST", r"/upload/storage/v1/b/drd-b/o") or pb.hits(
             "PUT", r"/upload/storage/v1/b/drd-b/o"

@@ -1,8 +1,9 @@
 """drd.retention.doctor: the write-read-delete probe, storage classes against the minimum
 storage duration, and settings that cannot be read failing the doctor.
 
-fake-gcs-server reports neither a bucket's storage class nor Autoclass, so what GCS reports is
-taken from recorded bucket resources (the JSON API's `buckets.get` answer) here."""
+fake-gcs-server reports every bucket as STANDARD (it ignores the class and Autoclass a bucket
+is created with), so what GCS reports is taken from recorded bucket resources (the JSON API's
+`buckets.get` answer) here."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ CLASSES: list[tuple[str, dict[str, Any], list[str]]] = [
         ["info"],
     ),
     ("a class GCS may add later", {"storageClass": "FROZEN"}, ["warning"]),
-    ("no class reported (fake-gcs-server)", {}, []),
+    ("no class reported", {}, []),
 ]
 
 
