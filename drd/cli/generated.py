@@ -1,7 +1,7 @@
 """Shell completion and the manual page, generated from the parser itself (drd.cli.main), so
-neither can fall behind a new command or option. Packagers install them with
-`drd completion bash > .../bash-completion/completions/drd` and `drd manpage > .../man1/drd.1`
-(README, "Packaging")."""
+neither can fall behind a new command or option. setup.py builds the man page into the wheel;
+packagers install the completion with `drd completion bash > .../completions/drd` (README,
+"Packaging")."""
 
 from __future__ import annotations
 
