@@ -199,6 +199,7 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
         "degraded": body.degraded if body else None,
         "verified": entry.verified,
         "problem": str(entry.verify_error) if entry.verify_error else None,
+        "unknown_keys": entry.unknown_keys,
         "damaged_copies": entry.copy_problems(),
         "source_bytes": body.plaintext_size if body else None,
         "stored_bytes": body.ciphertext_size if body else None,
@@ -216,6 +217,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
                     _entry_json(e, tests.get((e.ref, e.backup_id))) for e in catalog.entries
                 ],
                 "unreachable_regions": catalog.region_errors,
+                "unknown_key_backups": len(catalog.unknown_key_entries),
             }
         )
         return

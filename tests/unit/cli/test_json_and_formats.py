@@ -156,3 +156,7 @@ def test_list_after_a_key_switch_warns_once(
     assert len(rows) == 3
     assert all(f"UNVERIFIED: sealed with key {old_id} (not in the keyring)" in r for r in rows)
     assert not any("DAMAGED" in r for r in rows)
+    code, out, err = run(env, capsys, "list", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["unknown_key_backups"] == 3 and err.count(old_id) == 1
+    assert all(b["unknown_keys"] == [old_id] for b in data["backups"])
