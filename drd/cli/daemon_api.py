@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from drd.config.models import Config
+from drd.errors import UsageError
 from drd.secret_source import read_secret, take_from_environment
 
 TOKEN_VARIABLE = "DRD_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -26,7 +27,11 @@ def read_token(source: str | None) -> str | None:
     """The API token from `--token SOURCE`, else $DRD_TOKEN; None when neither is given."""
     if source:
         kind, _, name = source.partition(":")
-        return read_secret(kind, name or None, what="API token (--token)").strip()
+        token = read_secret(kind, name or None, what="API token (--token)").strip()
+        if not token or any(c.isspace() for c in token):
+            # Never quote it: a malformed token is still a secret.
+            raise UsageError("--token: the token read is empty or contains whitespace")
+        return token
     value = take_from_environment(TOKEN_VARIABLE) if TOKEN_VARIABLE in os.environ else None
     return value.strip() if value else None
 

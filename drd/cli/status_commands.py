@@ -51,6 +51,11 @@ def _parse(text: Any) -> datetime | None:
 # -- drd status ------------------------------------------------------------------------------
 
 
+def _one_stdin(*sources: str | None) -> None:
+    if sources.count("stdin") > 1:
+        raise UsageError("--keys stdin and --token stdin: standard input delivers only one")
+
+
 async def status(
     config_path: Path | None,
     keys: str | None,
@@ -60,6 +65,7 @@ async def status(
     as_json: bool,
 ) -> Outcome:
     assert config_path is not None
+    _one_stdin(keys, token)
     cfg = load_config(config_path)
     url = api_url(cfg)
     data: dict[str, Any] | None = None
@@ -82,6 +88,8 @@ async def status(
 
 async def _status_from_api(cfg: Config, api: DaemonApi) -> dict[str, Any]:
     _, body = await api.get("/api/v1/status")
+    if not isinstance(body, dict):
+        raise ApiUnavailable(f"{api.url}/api/v1/status answered without a JSON object")
     notes: list[str] = []
     try:
         _, ready = await api.get("/readyz", allow=(503,))
@@ -417,6 +425,7 @@ async def drills(
     from drd.verify.drill import is_drill_id
 
     assert config_path is not None
+    _one_stdin(keys, token)
     cfg = load_config(config_path)
     if plan is not None:
         find_plan(cfg, plan)
