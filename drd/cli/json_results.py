@@ -144,6 +144,10 @@ def check_json(report: CheckReport) -> dict[str, Any]:
             {"region": region, "backup": backup, "why": why}
             for region, backup, why in report.unusable
         ],
+        "unknown_key_copies": [
+            {"region": region, "backup": backup, "key_id": key}
+            for region, backup, key in report.unknown_key_copies
+        ],
         "unreachable_regions": dict(report.unreachable),
         "skipped_sources": list(report.skipped_sources),
         "data_read": None

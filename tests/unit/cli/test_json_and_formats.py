@@ -156,6 +156,12 @@ def test_list_after_a_key_switch_warns_once(
     assert len(rows) == 3
     assert all(f"UNVERIFIED: sealed with key {old_id} (not in the keyring)" in r for r in rows)
     assert not any("DAMAGED" in r for r in rows)
+    code, out, _ = run(env, capsys, "check", "--no-repair")
+    assert code == 5  # unusable copies are still problems, as before
+    assert [line for line in out.splitlines() if line.startswith("  UNUSABLE")] == [
+        line for line in out.splitlines() if "sealed with key(s) not in the keyring" in line
+    ]
+    assert "UNUSABLE 6 copies of 3 backup(s) sealed with key(s) not in the keyring" in out
     code, out, err = run(env, capsys, "list", "--json")
     data = json.loads(out)
     assert code == 0 and data["unknown_key_backups"] == 3 and err.count(old_id) == 1
