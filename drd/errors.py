@@ -44,7 +44,7 @@ class KeyringError(DrdError):
 
 
 class UnknownKey(KeyringError):
-    """The key something was sealed with is not in the keyring (`key_id` names it; empty when
+    """The key something was sealed with is not in the keyring. `key_id` names it (empty when
     the error was re-raised with a new message, as `type(exc)(message)`)."""
 
     def __init__(self, message: str, key_id: str = "") -> None:

@@ -42,17 +42,32 @@ def exit_codes(failures: tuple[type[DrdError], ...]) -> list[tuple[int, str]]:
 
 
 def all_exit_codes() -> list[tuple[int, str]]:
-    """Every exit code drd has, with the meaning of each error class that has it."""
+    """Every exit code drd has, with the meaning of each error class that sets one (a subclass
+    that inherits its parent's code, such as the kinds of StorageError, adds nothing)."""
     found: list[type[DrdError]] = []
     todo = [DrdError]
     while todo:
         cls = todo.pop(0)
         todo += sorted(cls.__subclasses__(), key=lambda c: c.__name__)
-        if cls is not DrdError and not cls.__name__.startswith("_"):
+        if "exit_code" in vars(cls) and cls is not DrdError and not cls.__name__.startswith("_"):
             found.append(cls)
     codes = exit_codes(tuple(found))
     # What no error class says: a bug, or an error drd did not expect.
     return [(c, f"an unexpected error; {m}" if c == DrdError.exit_code else m) for c, m in codes]
+
+
+def overview_epilog() -> str:
+    """`drd --help`'s end: where to go next, and every exit code drd has."""
+    lines = [
+        "examples:",
+        "  drd validate && drd doctor",
+        "  drd status",
+        "  drd COMMAND --help       (its examples and exit codes)",
+        "",
+        "exit codes:",
+    ]
+    lines += [f"  {code:>3}  {meaning}" for code, meaning in all_exit_codes()]
+    return "\n".join(lines)
 
 
 def epilog(help: CommandHelp) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drd import __version__
-from drd.cli.helptext import ACTIONS, COMMANDS, CommandHelp, epilog
+from drd.cli.helptext import ACTIONS, COMMANDS, CommandHelp, epilog, overview_epilog
 from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError, WalFetchFailed
 from drd.secret_source import protect_process
 
@@ -26,7 +26,12 @@ log = logging.getLogger("drd")
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; also what shell completion and the man page are made from."""
-    p = argparse.ArgumentParser(prog="drd", description="Disaster-recovery backups you can prove.")
+    p = argparse.ArgumentParser(
+        prog="drd",
+        description="Disaster-recovery backups you can prove.",
+        epilog=overview_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"drd {__version__}")
     p.add_argument("--config", "-c", help="daemon config (default: $DRD_CONFIG or ./drd.yaml)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error")

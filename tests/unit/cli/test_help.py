@@ -64,6 +64,17 @@ def test_exit_codes_are_derived_from_the_error_classes(monkeypatch: pytest.Monke
     assert re.search(r"^   42  `drd doctor` found a region", text, re.M), text
 
 
+def test_drd_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    codes = {int(m) for m in re.findall(r"^ +(\d+)  ", out.split("exit codes:")[1], re.M)}
+    classes = [errors.DrdError]
+    for cls in classes:
+        classes += cls.__subclasses__()
+    assert codes == {c.exit_code for c in classes} | {errors.EXIT_OK, errors.EXIT_INTERRUPTED}
+
+
 def test_restore_help_lists_the_restore_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["restore", "--help"])
