@@ -348,7 +348,7 @@ def format_status(data: Mapping[str, Any]) -> list[str]:
             if b["running"]:
                 text += "RUNNING; "
             if b["last_result"] is None:
-                text += "never run"
+                text += "no job recorded"
             else:
                 text += f"{b['last_result']} {_ago(b['last_finished_at'], now)}"
                 if b["last_result"] != "success" and b["last_error"]:
@@ -364,7 +364,7 @@ def format_status(data: Mapping[str, Any]) -> list[str]:
             lines.append(text)
             test = "    restore test " + ("RUNNING; " if t["running"] else "")
             if t["last_result"] is None:
-                test += "never run"
+                test += "no test recorded"
             else:
                 test += f"{t['last_result']} {_ago(t['tested_at'], now)}"
                 if isinstance(t["rto_seconds"], int | float):

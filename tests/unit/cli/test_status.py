@@ -113,4 +113,7 @@ def test_an_unreachable_region_is_named(env: DrdEnv, capsys: pytest.CaptureFixtu
     code, out, _ = run(env, capsys, "status", "--offline")
     assert code == 0
     assert "regions: a ok; b UNHEALTHY: region b: root" in out
+    # No job history yet: nothing is claimed about jobs, and the note says why.
+    assert "p/tree (files): backup no job recorded; next backup now" in out
+    assert "restore test no test recorded" in out and "note: job history: " in out
     assert "(the daemon's API was not asked or did not answer: --offline)" in out
