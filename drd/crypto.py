@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from drd.errors import IntegrityError, KeyringError
+from drd.errors import IntegrityError, KeyringError, UnknownKey
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -227,8 +227,9 @@ class Keyring:
         try:
             return self._by_id[key_id]
         except (KeyError, TypeError):
-            raise KeyringError(
-                f"key {key_id!r} is not in the keyring (it holds {', '.join(self.key_ids)})"
+            raise UnknownKey(
+                f"key {key_id!r} is not in the keyring (it holds {', '.join(self.key_ids)})",
+                str(key_id),
             ) from None
 
     def __contains__(self, key_id: object) -> bool:

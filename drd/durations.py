@@ -5,6 +5,10 @@ at most once: "90s", "30m", "6h", "14d", "1d12h", "1h30m". A number alone ("90",
 integer 90) is seconds. Nothing else is accepted: no signs, fractions, spaces, or ISO 8601, so
 that a typo is an error rather than a surprise.
 
+What people read (every CLI output and log summary line) uses the same syntax: `format_elapsed`
+for measured durations (`1m19s`, not `78.57s` or `1.3min`) and `format_size` for byte counts
+(`1.4GiB`), so that what drd prints can be pasted back into a config file.
+
 Sizes: an integer with an optional unit, IEC ("KiB", "MiB", "GiB", "TiB": powers of 1024) or SI
 ("kB", "MB", "GB", "TB": powers of 1000), or "B": "16MiB", "512KiB", "1048576". Units are matched
 without regard to case.
@@ -113,14 +117,33 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts)
 
 
-def format_size(n: int | float) -> str:
-    """A byte count for people, in the IEC units parse_size reads: 512B, 1.5KiB, 1.9GiB."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}TiB"
+def format_elapsed(seconds: float | timedelta) -> str:
+    """A measured duration for people, in the config's syntax: whole seconds (truncated), whole
+    minutes from an hour on: 0.4s, 42s, 1m19s, 2h5m, 1d3h. Below a second one decimal is kept,
+    since "0s" would hide that something took time at all."""
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    if abs(seconds) < 1:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if abs(whole) >= 3600:
+        whole -= whole % 60 if whole > 0 else -(-whole % 60)
+    return format_duration(timedelta(seconds=whole))
+
+
+_IEC = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_size(size: int | float) -> str:
+    """A byte count for people, in IEC units with one decimal: 512B, 1.5KiB, 1.4GiB."""
+    if size < 1024:
+        return f"{int(size)}B"
+    value = float(size)
+    for unit in _IEC:
+        value /= 1024
+        if value < 1024 or unit == _IEC[-1]:
+            break
+    return f"{value:.1f}{unit}"
 
 
 def parse_size(value: str | int) -> int:

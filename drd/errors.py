@@ -25,8 +25,8 @@ class PartialFailure(DrdError):
 
 
 class DoctorFailed(DrdError):
-    """`drd doctor` found a region that cannot destroy backups within max_age, or could not
-    check one (its report says which)."""
+    """`drd doctor` found a region that is not usable (its write-read-delete probe failed) or
+    cannot destroy backups within max_age, or could not check one (its report says which)."""
 
     exit_code = 1
 
@@ -41,6 +41,15 @@ class KeyringError(DrdError):
     """Keys are missing, malformed, or the keyring lacks the key a backup was sealed with."""
 
     exit_code = 4
+
+
+class UnknownKey(KeyringError):
+    """The key something was sealed with is not in the keyring. `key_id` names it (empty when
+    the error was re-raised with a new message, as `type(exc)(message)`)."""
+
+    def __init__(self, message: str, key_id: str = "") -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class IntegrityError(DrdError):

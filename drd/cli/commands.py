@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from drd import crypto
+from drd.cli import json_results
 from drd.cli.output import print_json
-from drd.cli.progress_display import DEFAULT_LOG_EVERY, human_seconds, showing
+from drd.cli.progress_display import DEFAULT_LOG_EVERY, showing
 from drd.config.loader import load_config
 from drd.config.loader import validate as validate_config
 from drd.config.models import Config, Plan
-from drd.durations import format_size
+from drd.durations import format_elapsed, format_size
 from drd.errors import (
     ConfigError,
     DoctorFailed,
@@ -63,8 +64,12 @@ def failed_sources(errors: Sequence[DrdError], sources: int) -> Outcome:
     return type(errors[0]) if len(errors) == sources else PartialFailure
 
 
-def keygen(*, quiet: bool) -> Outcome:
-    print(crypto.generate_key())
+def keygen(*, quiet: bool, as_json: bool = False) -> Outcome:
+    key = crypto.generate_key()
+    if as_json:
+        print_json({"key": key, "key_id": key.split(":")[1]})
+    else:
+        print(key)
     if not quiet:
         print(
             "# Keep this key in your secret store; without it no backup can be read.\n"
@@ -75,11 +80,15 @@ def keygen(*, quiet: bool) -> Outcome:
     return None
 
 
-def token(name: str, role: str) -> Outcome:
+def token(name: str, role: str, *, as_json: bool = False) -> Outcome:
     from drd.server.auth import generate_token, token_hash
 
     check_name("token", name)
     secret = generate_token()
+    if as_json:
+        entry = {"name": name, "role": role, "sha256": token_hash(secret)}
+        print_json({"token": secret, "config_entry": entry})
+        return None
     print(secret)
     print(
         "# Give the token above to its holder (deliver it like a key: an environment variable\n"
@@ -90,10 +99,21 @@ def token(name: str, role: str) -> Outcome:
     return None
 
 
-def validate(config_path: Path | None) -> Outcome:
+def validate(config_path: Path | None, *, as_json: bool = False) -> Outcome:
     assert config_path is not None
     findings = validate_config(config_path)
     errors = [f for f in findings if f.severity == "error"]
+    if as_json:
+        counts = None
+        if not errors:
+            cfg = load_config(config_path)
+            counts = {
+                "plans": len(cfg.plans),
+                "sources": sum(len(p.sources) for p in cfg.plans),
+                "regions": len(cfg.regions),
+            }
+        print_json(json_results.validate_json(config_path, findings, counts))
+        return ConfigError if errors else None
     for finding in findings:
         print(str(finding), file=sys.stderr if finding.severity == "error" else sys.stdout)
     if errors:
@@ -125,7 +145,7 @@ async def backup(
     sources = [find_source(plan, source_name)] if source_name else list(plan.sources)
     keyring = keyring_for(cfg, keys)
     failed: list[DrdError] = []
-    done: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     board = ProgressBoard()
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
@@ -142,40 +162,27 @@ async def backup(
                     )
             except DrdError as exc:
                 failed.append(exc)
-                done.append({"plan": ref.plan, "source": ref.source, "error": str(exc)})
+                results.append(json_results.failed_source_json(plan.name, source.name, exc))
                 print(f"FAILED {ref}: {exc}", file=sys.stderr)
                 continue
             seconds = time.monotonic() - began
-            body = result.manifest.body
-            done.append(
-                {
-                    "plan": ref.plan,
-                    "source": ref.source,
-                    "backup_id": result.backup_id,
-                    "status": result.status,
-                    "source_bytes": body.plaintext_size,
-                    "stored_bytes": body.ciphertext_size,
-                    "regions": result.committed_regions,
-                    "missing": {c.region: c.error for c in result.missing},
-                    "degraded": result.degraded,
-                    "seconds": round(seconds, 3),
-                }
-            )
+            results.append({**json_results.backup_json(result), "seconds": round(seconds, 3)})
             for reason in result.degraded:
                 print(f"warning: {ref}@{result.backup_id} is DEGRADED: {reason}", file=sys.stderr)
             if as_json:
                 continue
+            body = result.manifest.body
             missing = "; ".join(f"{c.region}: {c.error}" for c in result.missing)
             speed = _speed(body.plaintext_size, seconds)
             print(
                 f"{result.status} {ref}@{result.backup_id}: "
                 f"{format_size(body.plaintext_size)} -> {format_size(body.ciphertext_size)} "
-                f"stored in {','.join(result.committed_regions)} in {human_seconds(seconds)}"
+                f"stored in {','.join(result.committed_regions)} in {format_elapsed(seconds)}"
                 + (f" ({speed})" if speed else "")
                 + (f" (MISSING COPIES: {missing})" if missing else "")
             )
     if as_json:
-        print_json({"backups": done})
+        print_json({"backups": results})
     # When every source failed, the exit code is the last failure's (as it always was).
     return failed_sources(failed[::-1], len(sources))
 
@@ -227,6 +234,7 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
         "degraded": body.degraded if body else None,
         "verified": entry.verified,
         "problem": str(entry.verify_error) if entry.verify_error else None,
+        "unknown_keys": entry.unknown_keys,
         "damaged_copies": entry.copy_problems(),
         "source_bytes": body.plaintext_size if body else None,
         "stored_bytes": body.ciphertext_size if body else None,
@@ -244,6 +252,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
                     _entry_json(e, tests.get((e.ref, e.backup_id))) for e in catalog.entries
                 ],
                 "unreachable_regions": catalog.region_errors,
+                "unknown_key_backups": len(catalog.unknown_key_entries),
             }
         )
         return
@@ -254,11 +263,17 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
     for e in catalog.entries:
         body = e.manifest.body if e.manifest else None
         status = "" if e.verified else f"  UNVERIFIED: {e.verify_error}"
+        if e.unknown_keys:
+            # The catalog's one summary line says which and why; a row only names its key.
+            status = (
+                f"  UNVERIFIED: sealed with key {', '.join(e.unknown_keys)} (not in the keyring)"
+            )
         if e.public is not None and e.public.status != STATUS_OK:
             status += f"  {e.public.status.upper()}"
             if body and body.degraded:
                 status += ": " + "; ".join(body.degraded)
-        damaged = e.copy_problems()
+        # Copies sealed with a key the keyring lacks are not damaged: the row said why.
+        damaged = {} if e.unknown_keys else e.copy_problems()
         if damaged:
             status += "  DAMAGED: " + "; ".join(f"{r}: {p}" for r, p in damaged.items())
         tested = tests.get((e.ref, e.backup_id))
@@ -284,7 +299,7 @@ def _test_summary(tested: Mapping[str, Any]) -> str:
     when = str(tested.get("tested_at") or "")[:16].replace("T", " ")
     rto = tested.get("rto_seconds")
     text = f"TESTED {result} {when} (region {tested.get('region') or '-'}"
-    text += f", RTO {rto:.1f}s)" if isinstance(rto, int | float) else ")"
+    text += f", RTO {format_elapsed(rto)})" if isinstance(rto, int | float) else ")"
     if tested.get("failure_category"):
         text += f": {tested['failure_category']}"
     return text
@@ -396,26 +411,12 @@ async def restore(
                 )
     restored = progress.bytes_done
     if as_json:
-        print_json(
-            {
-                "plan": ref.plan,
-                "source": ref.source,
-                "backup_id": result.backup_id,
-                "region": result.region,
-                "target": redact_target(result.target),
-                "bytes": restored,
-                "seconds": round(result.seconds, 3),
-                "skipped_regions": result.skipped,
-                "unusable_regions": result.unusable,
-                "skipped_newer": result.skipped_newer,
-                "warnings": list(result.outcome.warnings),
-            }
-        )
+        print_json({**json_results.restore_json(result), "bytes": restored})
     else:
         speed = _speed(restored, result.seconds)
         print(
             f"restored {ref}@{result.backup_id} from region {result.region} into "
-            f"{redact_target(result.target)} in {human_seconds(result.seconds)} "
+            f"{redact_target(result.target)} in {format_elapsed(result.seconds)} "
             f"({format_size(restored)}" + (f", {speed})" if speed else ")")
         )
     created = result.outcome.details.get("created_roles")
@@ -435,7 +436,9 @@ async def restore(
     return None
 
 
-async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) -> Outcome:
+async def prune(
+    config_path: Path | None, what: str | None, *, dry_run: bool, as_json: bool = False
+) -> Outcome:
     """Sweep expired backups out of every region now (`--dry-run`: only say what and why)."""
     from drd.clock import utcnow
     from drd.daemon.retention_loop import lock_free_sources
@@ -450,6 +453,7 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
     grace = max(DEFAULT_ORPHAN_GRACE, cfg.daemon.job_timeout)
     now = utcnow()
     failed = False
+    reports: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -465,21 +469,30 @@ async def prune(config_path: Path | None, what: str | None, *, dry_run: bool) ->
                     memory=RetentionMemory(cfg.state_dir / "retention.json"),
                     skip_sources=() if dry_run else busy,
                 )
-            print("\n".join(format_sweep(report)))
+            if as_json:
+                reports.append(json_results.sweep_json(report))
+            else:
+                print("\n".join(format_sweep(report)))
             failed = failed or not report.ok
+    if as_json:
+        print_json({"plans": reports, "ok": not failed})
     return StorageError if failed else None
 
 
-async def doctor(config_path: Path | None) -> Outcome:
-    """Check that every region can destroy backups in time (its deletion settings)."""
-    from drd.retention.report import check_deletion, format_doctor
+async def doctor(config_path: Path | None, *, as_json: bool = False) -> Outcome:
+    """Check that every region is usable (a write-read-delete probe) and can destroy backups in
+    time (its deletion settings and storage class) (drd.retention.doctor)."""
+    from drd.retention.doctor import doctor_json, format_doctor, run_doctor
 
     assert config_path is not None
     cfg = _load_config(config_path)
     async with AsyncExitStack() as stack:
         regions = await open_regions(stack, cfg, [])
-        report = await check_deletion(cfg, regions)
-    print("\n".join(format_doctor(report, cfg)))
+        report = await run_doctor(cfg, regions)
+    if as_json:
+        print_json(doctor_json(report))
+    else:
+        print("\n".join(format_doctor(report)))
     return DoctorFailed if report.failed else None
 
 
@@ -490,6 +503,7 @@ async def check(
     *,
     read_data: bool,
     repair_copies: bool = True,
+    as_json: bool = False,
 ) -> Outcome:
     """Check (and repair) every copy of PLAN, or of every plan, now (drd.retention.check).
     Exit 5 when anything damaged, forged or suspicious was found (even if repaired), 6 when a
@@ -508,6 +522,7 @@ async def check(
     memory = ScrubMemory(cfg.state_dir / "scrub.json")
     heads = HeadMemory(cfg.state_dir)
     problems, unreachable = 0, False
+    reports: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -524,9 +539,16 @@ async def check(
                     repair_copies=repair_copies,
                     skip_sources=busy,
                 )
-            print("\n".join(report.format()))
+            if as_json:
+                reports.append(json_results.check_json(report))
+            else:
+                print("\n".join(report.format()))
             problems += report.problems
             unreachable = unreachable or bool(report.unreachable)
+    if as_json:
+        result = "failed" if problems else "incomplete" if unreachable else "ok"
+        print_json({"plans": reports, "problems": problems, "result": result})
+        return IntegrityError if problems else StorageError if unreachable else None
     if problems:
         print(f"check: FAILED ({problems} problem(s))")
         return IntegrityError

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drd import __version__
+from drd.cli.helptext import ACTIONS, COMMANDS, CommandHelp, epilog, overview_epilog
 from drd.errors import EXIT_INTERRUPTED, EXIT_OK, DrdError, UsageError, WalFetchFailed
 from drd.secret_source import protect_process
 
@@ -23,8 +24,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("drd")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="drd", description="Disaster-recovery backups you can prove.")
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; also what shell completion and the man page are made from."""
+    p = argparse.ArgumentParser(
+        prog="drd",
+        description="Disaster-recovery backups you can prove.",
+        epilog=overview_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"drd {__version__}")
     p.add_argument("--config", "-c", help="daemon config (default: $DRD_CONFIG or ./drd.yaml)")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error")
@@ -34,17 +41,31 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def described(text: CommandHelp) -> dict[str, object]:
+        return {
+            "description": text.description,
+            "epilog": epilog(text),
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+        }
+
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[common])
+        return sub.add_parser(name, help=help, parents=[common], **described(COMMANDS[name]))  # type: ignore[arg-type]
+
+    def json_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--json", action="store_true", help="print the result as JSON (docs/cli.md)"
+        )
 
     kg = command("keygen", "print a new key-encryption key")
     kg.add_argument("--quiet", "-q", action="store_true", help="print only the key")
+    json_arg(kg)
 
-    command("validate", "check drd.yaml and every plan; non-zero exit on any error")
+    json_arg(command("validate", "check drd.yaml and every plan; non-zero exit on any error"))
 
     tk = command("token", "make an API bearer token; prints the token and its config entry")
     tk.add_argument("--name", required=True, help="who holds it (shown in the audit trail)")
     tk.add_argument("--role", required=True, choices=["viewer", "operator", "coordinator"])
+    json_arg(tk)
 
     def keys_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -75,13 +96,13 @@ def _parser() -> argparse.ArgumentParser:
 
     bk = command("backup", "back up PLAN or PLAN/SOURCE now")
     bk.add_argument("what", metavar="PLAN[/SOURCE]")
-    bk.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    json_arg(bk)
     keys_arg(bk)
     progress_arg(bk)
 
     ls = command("list", "list backups (rebuilt from storage)")
     ls.add_argument("plan", nargs="?", metavar="PLAN[/SOURCE]")
-    ls.add_argument("--json", action="store_true")
+    json_arg(ls)
     keys_arg(ls)
     storage_arg(ls)
 
@@ -103,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         help="when no copy of the newest backup can be verified, restore the newest one that "
         "can (default: fail, naming the newer backup and why)",
     )
+    json_arg(rs)
     pitr = rs.add_argument_group(
         "point-in-time recovery (postgres-physical sources; --to is a new data directory)"
     )
@@ -129,7 +151,6 @@ def _parser() -> argparse.ArgumentParser:
         help="how the restored server's user runs drd, for restore_command (default: this "
         "drd's interpreter and module; give e.g. /usr/bin/drd if that user cannot run it)",
     )
-    rs.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keys_arg(rs)
     storage_arg(rs)
     progress_arg(rs)
@@ -158,8 +179,14 @@ def _parser() -> argparse.ArgumentParser:
     pr = command("prune", "destroy expired backups in every region now, and say why")
     pr.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
     pr.add_argument("--dry-run", action="store_true", help="only show what would be destroyed")
+    json_arg(pr)
 
-    command("doctor", "check that every region can destroy backups within max_age")
+    json_arg(
+        command(
+            "doctor",
+            "check that every region is writable and can destroy backups within max_age",
+        )
+    )
 
     ck = command("check", "check every copy of PLAN (or every plan) now, and repair them")
     ck.add_argument("plan", nargs="?", metavar="PLAN", help="default: every plan")
@@ -171,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument(
         "--no-repair", action="store_true", help="only report: copy and replace nothing"
     )
+    json_arg(ck)
     keys_arg(ck)
 
     rt = command("restore-test", "restore into a scratch environment, check, time it (RTO)")
@@ -210,18 +238,59 @@ def _parser() -> argparse.ArgumentParser:
     )
     keys_arg(rp)
 
+    def daemon_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--token",
+            metavar="SOURCE",
+            help="the API token: env:VAR, credential:NAME or stdin (default: $DRD_TOKEN; "
+            "none: only a daemon with public_read answers)",
+        )
+        sp.add_argument(
+            "--offline",
+            action="store_true",
+            help="do not ask the daemon: read the state directory and the regions",
+        )
+        json_arg(sp)
+        keys_arg(sp)
+
+    daemon_args(command("status", "jobs running, last results, next due, regions' health"))
+
+    dl = command("drills", "failover drills: list them, show one")
+    dl_sub = dl.add_subparsers(dest="drills_command", required=True, metavar="ACTION")
+    dll = dl_sub.add_parser(
+        "list",
+        help="the newest drills, newest first",
+        parents=[common],
+        **described(ACTIONS["drills list"]),  # type: ignore[arg-type]
+    )
+    dll.add_argument("--plan", help="only this plan's drills")
+    daemon_args(dll)
+    dls = dl_sub.add_parser(
+        "show",
+        help="one drill's report",
+        parents=[common],
+        **described(ACTIONS["drills show"]),  # type: ignore[arg-type]
+    )
+    dls.add_argument("drill_id", metavar="ID")
+    daemon_args(dls)
+
     au = command("audit", "the audit trail")
     au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     av = au_sub.add_parser(
         "verify",
         help="check the local trail and its sealed copies in every region against each other",
         parents=[common],
+        **described(ACTIONS["audit verify"]),  # type: ignore[arg-type]
     )
     av.add_argument(
         "--chain", help="another host's chain (HOSTNAME-ID; default: this host's, from state_dir)"
     )
-    av.add_argument("--json", action="store_true")
+    json_arg(av)
     keys_arg(av)
+
+    cp = command("completion", "print a shell completion script (bash, zsh, tcsh)")
+    cp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    command("manpage", "print the drd(1) manual page (roff)")
 
     run = command("run", "run the daemon")
     keys_arg(run)
@@ -232,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before any secret is read: no core file, no same-user reader of this process's memory.
     unprotected = protect_process()
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:
         # A restore_command that cannot run must stop recovery, not end it early: PostgreSQL
         # takes exit codes up to 125 (argparse's 2 included) for "no such WAL file".
@@ -283,11 +352,48 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
     from drd.cli import commands
 
     if args.command == "keygen":
-        return commands.keygen(quiet=args.quiet)
+        return commands.keygen(quiet=args.quiet, as_json=args.json)
     if args.command == "token":
-        return commands.token(args.name, args.role)
+        return commands.token(args.name, args.role, as_json=args.json)
     if args.command == "validate":
-        return commands.validate(_config_path(args, required=True))
+        return commands.validate(_config_path(args, required=True), as_json=args.json)
+    if args.command in ("completion", "manpage"):
+        from drd.cli import generated
+
+        text = (
+            generated.completion(build_parser(), args.shell)
+            if args.command == "completion"
+            else generated.manpage(build_parser())
+        )
+        sys.stdout.write(text)
+        return None
+    if args.command == "status":
+        from drd.cli import status_commands
+
+        return asyncio.run(
+            status_commands.status(
+                _config_path(args, required=True),
+                args.keys,
+                token=args.token,
+                offline=args.offline,
+                as_json=args.json,
+            )
+        )
+    if args.command == "drills":
+        from drd.cli import status_commands
+
+        return asyncio.run(
+            status_commands.drills(
+                _config_path(args, required=True),
+                args.keys,
+                action=args.drills_command,
+                plan=getattr(args, "plan", None),
+                drill_id=getattr(args, "drill_id", None),
+                token=args.token,
+                offline=args.offline,
+                as_json=args.json,
+            )
+        )
     if args.command == "backup":
         return asyncio.run(
             commands.backup(
@@ -360,10 +466,15 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
         )
     if args.command == "prune":
         return asyncio.run(
-            commands.prune(_config_path(args, required=True), args.plan, dry_run=args.dry_run)
+            commands.prune(
+                _config_path(args, required=True),
+                args.plan,
+                dry_run=args.dry_run,
+                as_json=args.json,
+            )
         )
     if args.command == "doctor":
-        return asyncio.run(commands.doctor(_config_path(args, required=True)))
+        return asyncio.run(commands.doctor(_config_path(args, required=True), as_json=args.json))
     if args.command == "check":
         return asyncio.run(
             commands.check(
@@ -372,6 +483,7 @@ def _dispatch(args: argparse.Namespace) -> Outcome:
                 args.keys,
                 read_data=args.read_data,
                 repair_copies=not args.no_repair,
+                as_json=args.json,
             )
         )
     if args.command == "restore-test":

@@ -17,6 +17,7 @@ from drd.cli.output import print_json
 from drd.config.loader import load_config
 from drd.config.models import Config
 from drd.crypto import Keyring
+from drd.durations import format_elapsed
 from drd.errors import DrdError, UsageError, WalFetchFailed, WalNotFound
 from drd.layout import SourceRef
 from drd.runtime import keyring_for, open_regions
@@ -137,7 +138,9 @@ async def restore(
             )
     else:
         stop = rec.stop_message or "recovery reached the end of the archive"
-        print(f"recovered in {rec.seconds:.1f}s ({result.wal_fetched} WAL files): {stop}")
+        print(
+            f"recovered in {format_elapsed(rec.seconds)} ({result.wal_fetched} WAL files): {stop}"
+        )
         if rec.last_transaction is not None:
             print(f"last transaction applied: {rec.last_transaction.isoformat()}")
         if result.ended_at_archive_end:

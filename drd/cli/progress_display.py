@@ -27,10 +27,9 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
 from typing import Literal, TextIO
 
-from drd.durations import format_duration, format_size
+from drd.durations import format_elapsed, format_size
 from drd.progress import ProgressBoard, Snapshot, Timer
 
 log = logging.getLogger("drd.progress")
@@ -52,13 +51,6 @@ def choose_mode(stream: TextIO, *, as_json: bool) -> Mode:
     return "live" if isatty is not None and isatty() else "log"
 
 
-def human_seconds(seconds: float) -> str:
-    """A duration for people, in the config's syntax (1m18s); tenths below 10 s (4.2s)."""
-    if seconds < 10:
-        return f"{max(seconds, 0.0):.1f}s"
-    return format_duration(timedelta(seconds=round(seconds)))
-
-
 def describe(snap: Snapshot) -> str:
     """`backup billing/db: dumping 1.2GiB of ~1.9GiB, 38.5MiB/s, ETA 18s [32s]`."""
     text = f"{snap.kind} {snap.what}: {snap.phase}"
@@ -71,8 +63,8 @@ def describe(snap: Snapshot) -> str:
         if snap.rate is not None:
             text += f", {format_size(snap.rate)}/s"
         if snap.eta_seconds is not None:
-            text += f", ETA {human_seconds(snap.eta_seconds)}"
-    return text + f" [{human_seconds(snap.elapsed_seconds)}]"
+            text += f", ETA {format_elapsed(snap.eta_seconds)}"
+    return text + f" [{format_elapsed(snap.elapsed_seconds)}]"
 
 
 class ProgressDisplay:

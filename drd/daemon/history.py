@@ -146,3 +146,40 @@ def read_finished(path: Path, kind: str, plan: str, since: float) -> list[JobRec
         finally:
             db.close()
     return [JobRecord(*row) for row in rows]
+
+
+class HistoryReader:
+    """The job history opened read-only, for `drd status` next to (or without) a running
+    daemon: unlike History it never marks unfinished jobs interrupted (they may be running)
+    and never creates the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with _state(path, "read the job history"):
+            if not path.is_file():
+                raise FileNotFoundError(2, "no job history yet", str(path))
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def last(
+        self, kind: str, plan: str, source: str, result: str | None = None
+    ) -> JobRecord | None:
+        """The newest finished job of this kind and source (with this result, if given)."""
+        wanted = "AND result = ? " if result is not None else ""
+        with _state(self.path, "read"):
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND source = ? "
+                f"AND finished_at IS NOT NULL {wanted}ORDER BY id DESC LIMIT 1",
+                (kind, plan, source, *(() if result is None else (result,))),
+            ).fetchone()
+        return JobRecord(*row) if row else None
+
+    def unfinished(self) -> list[JobRecord]:
+        """Jobs started and not finished: running, or their process died."""
+        with _state(self.path, "read"):
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE finished_at IS NULL ORDER BY id"
+            ).fetchall()
+        return [JobRecord(*row) for row in rows]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from drd.daemon.lifecycle import run_rounds
+from drd.durations import format_size
 from drd.layout import SourceRef
 from drd.repository.heads import HeadMemory
 from drd.retention.scrub import Budget, ScrubMemory, ScrubReport, scrub_plan
@@ -91,10 +92,10 @@ class ScrubLoop:
             done.append(report)
             if report.checked or report.deferred:
                 log.info(
-                    "scrub of plan %s: %d copies checked (%d bytes), %d damaged, %d left for later",
+                    "scrub of plan %s: %d copies checked (%s), %d damaged, %d left for later",
                     plan.name,
                     len(report.checked),
-                    report.bytes_read,
+                    format_size(report.bytes_read),
                     len(report.damaged),
                     report.deferred,
                 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from drd import __version__, crypto
 from drd.clock import Clock, utcnow
+from drd.durations import format_size
 from drd.errors import NotEnoughCopies, PermanentStorageError
 from drd.layout import SourceRef, new_backup_id
 from drd.logs import add_log_context
@@ -222,10 +223,10 @@ async def run_backup(
         )
     result = BackupResult(ref, backup_id, manifest, list(copies.values()))
     log.info(
-        "%s: complete: %d bytes -> %d stored, regions %s%s",
+        "%s: complete: %s -> %s stored, regions %s%s",
         where,
-        sealer.plaintext_size,
-        sealer.ciphertext_size,
+        format_size(sealer.plaintext_size),
+        format_size(sealer.ciphertext_size),
         ",".join(result.committed_regions),
         f"; MISSING {_reasons(result.missing)}" if result.missing else "",
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drd import crypto
+from drd.durations import format_elapsed
 from drd.errors import (
     BackupNotFound,
     DrdError,
@@ -359,12 +360,12 @@ async def restore_backup(
             skipped_newer=choice.skipped_newer,
         )
         log.info(
-            "restored %s@%s from %s into %s in %.1fs",
+            "restored %s@%s from %s into %s in %s",
             ref,
             entry.backup_id,
             region,
             redact_target(target),
-            result.seconds,
+            format_elapsed(result.seconds),
         )
         return result
     assert failed

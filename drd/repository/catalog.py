@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from drd import crypto
-from drd.errors import DrdError, IntegrityError, KeyringError, StorageError
+from drd.errors import DrdError, IntegrityError, KeyringError, StorageError, UnknownKey
 from drd.layout import DATA_OBJECT, MANIFEST_OBJECT, SourceRef, backup_id_time, is_backup_id
 from drd.repository.manifest import Manifest, ManifestPublic, read_public
 from drd.repository.manifest_cache import PROCESS_CACHE, ManifestCache
@@ -110,6 +110,17 @@ class CatalogEntry:
     def verified(self) -> bool:
         return self.manifest is not None
 
+    @property
+    def unknown_keys(self) -> list[str]:
+        """The key ids this backup was sealed with when every copy's manifest is sealed with a
+        key the keyring does not hold (an old key left out after a rotation); else []."""
+        if self.manifest is not None:
+            return []
+        errors = [c.manifest_error for c in self.copies.values() if c.has_manifest]
+        if not errors or not all(isinstance(e, UnknownKey) for e in errors):
+            return []
+        return sorted({e.key_id or "?" for e in errors if isinstance(e, UnknownKey)})
+
     def copy_problems(self) -> dict[str, str]:
         """Region -> what is wrong with its copy, for every region holding part of it."""
         want = self.manifest.body.ciphertext_size if self.manifest else None
@@ -145,6 +156,10 @@ class Catalog:
     entries: list[CatalogEntry]
     orphans: list[Orphan]
     region_errors: dict[str, str]
+
+    @property
+    def unknown_key_entries(self) -> list[CatalogEntry]:
+        return [e for e in self.entries if e.unknown_keys]
 
     def for_source(self, ref: SourceRef) -> list[CatalogEntry]:
         return [e for e in self.entries if e.ref == ref]
@@ -296,7 +311,12 @@ async def build_catalog(
         elif manifest is None:
             errors = {c.region: c.manifest_error for c in holders if c.manifest_error is not None}
             verify_error = combined_error(errors, "no copy of the manifest can be verified")
-            log.warning("backup %s@%s: no verifiable manifest: %s", ref, backup_id, verify_error)
+            # A kept old key left out of the keyring makes every older backup unreadable:
+            # those are summed up in one line below instead of one warning each.
+            if not (errors and all(isinstance(e, UnknownKey) for e in errors.values())):
+                log.warning(
+                    "backup %s@%s: no verifiable manifest: %s", ref, backup_id, verify_error
+                )
         if disagreeing:
             log.error(
                 "backup %s@%s: regions %s hold a verified manifest that differs from region "
@@ -332,7 +352,28 @@ async def build_catalog(
     # Capture time first: ids only have second resolution, two backups in one second must
     # still come out in the order they were taken.
     entries.sort(key=lambda e: (e.ref.plan, e.ref.source, *e.order))
-    return Catalog(entries, orphans, region_errors)
+    catalog = Catalog(entries, orphans, region_errors)
+    if keyring is not None and catalog.unknown_key_entries:
+        log.warning("%s", unknown_key_summary(catalog.unknown_key_entries, keyring.key_ids))
+    return catalog
+
+
+def unknown_key_summary(entries: Sequence[CatalogEntry], holds: Sequence[str]) -> str:
+    """One line for every backup sealed with a key the keyring lacks: how many, which keys,
+    the oldest and the newest."""
+    ids = sorted({k for e in entries for k in e.unknown_keys})
+    ordered = sorted(entries, key=lambda e: (backup_id_time(e.backup_id), e.backup_id))
+    oldest, newest = ordered[0], ordered[-1]
+    span = (
+        f"{oldest.ref}@{oldest.backup_id}"
+        if len(ordered) == 1
+        else f"oldest {oldest.ref}@{oldest.backup_id}, newest {newest.ref}@{newest.backup_id}"
+    )
+    return (
+        f"{len(entries)} backup(s) sealed with key(s) not in the keyring "
+        f"({', '.join(ids)}; it holds {', '.join(holds) or 'none'}): {span}; they cannot be "
+        "verified or restored until those keys are delivered again (after the current key)"
+    )
 
 
 async def newest_manifest(

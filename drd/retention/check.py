@@ -22,6 +22,7 @@ from datetime import datetime
 
 from drd import crypto
 from drd.config.models import Plan
+from drd.durations import format_size
 from drd.repository.catalog import build_catalog
 from drd.repository.heads import HeadMemory
 from drd.retention.integrity import IntegrityFinding, assess
@@ -40,12 +41,15 @@ class CheckReport:
     findings: list[IntegrityFinding] = field(default_factory=list)
     #: region -> (backup, why its manifest there is not this backup's)
     unusable: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (region, backup, key id) of copies sealed with a key the keyring lacks (a rotation that
+    #: left the old key out): unusable too, but reported in one line
+    unknown_key_copies: list[tuple[str, str, str]] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
     skipped_sources: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
-        count = len(self.findings) + len(self.unusable)
+        count = len(self.findings) + len(self.unusable) + len(self.unknown_key_copies)
         if self.scrub is not None:
             count += len(self.scrub.damaged)
         if self.repair is not None:
@@ -64,7 +68,8 @@ class CheckReport:
     def format(self) -> list[str]:
         head = f"plan {self.plan}: {self.backups} backup(s), {self.copies} copies"
         if self.scrub is not None:
-            head += f"; read {len(self.scrub.checked)} data objects ({self.scrub.bytes_read} bytes)"
+            read = format_size(self.scrub.bytes_read)
+            head += f"; read {len(self.scrub.checked)} data objects ({read})"
         out = [head]
         if self.skipped_sources:
             out.append(f"  skipped (a backup is running): {', '.join(self.skipped_sources)}")
@@ -78,6 +83,17 @@ class CheckReport:
                     )
         for region, backup, why in self.unusable:
             out.append(f"  UNUSABLE region {region}: {backup}: {why}")
+        if self.unknown_key_copies:
+            # Backup ids sort by capture time.
+            backups = sorted(
+                {b for _, b, _ in self.unknown_key_copies}, key=lambda b: b.split("@")[-1]
+            )
+            keys = sorted({k for _, _, k in self.unknown_key_copies})
+            span = backups[0] if len(backups) == 1 else f"oldest {backups[0]}, newest {backups[-1]}"
+            out.append(
+                f"  UNUSABLE {len(self.unknown_key_copies)} copies of {len(backups)} backup(s) "
+                f"sealed with key(s) not in the keyring ({', '.join(keys)}): {span}"
+            )
         if self.repair is not None:
             scrubbed = self._scrub_damaged()
             for c in self.repair.damaged:
@@ -131,7 +147,10 @@ async def check_plan(
         if entry.ref.source in skip_sources:
             continue
         for region, copy in entry.copies.items():
-            if copy.manifest_invalid:
+            if copy.manifest_invalid and entry.unknown_keys:
+                key = getattr(copy.manifest_error, "key_id", "") or "?"
+                report.unknown_key_copies.append((region, f"{entry.ref}@{entry.backup_id}", key))
+            elif copy.manifest_invalid:
                 report.unusable.append(
                     (region, f"{entry.ref}@{entry.backup_id}", str(copy.manifest_error))
                 )

@@ -231,9 +231,10 @@ def minimum_destroy_age(max_age: timedelta) -> timedelta:
 
 
 def region_findings(
-    region: str, settings: DeletionSettings, max_age: timedelta
+    region: str, settings: DeletionSettings, max_age: timedelta, *, unknown: Severity = "warning"
 ) -> list[SettingsFinding]:
-    """What `settings` mean for destroying backups within `max_age` in `region`."""
+    """What `settings` mean for destroying backups within `max_age` in `region`. `unknown`:
+    how grave settings that could not be read are (`drd doctor` fails on them)."""
     out: list[SettingsFinding] = []
     minimum = minimum_destroy_age(max_age)
 
@@ -241,7 +242,7 @@ def region_findings(
         out.append(SettingsFinding(severity, region, message))
 
     if not settings.known:
-        add("warning", f"deletion settings unknown ({settings.note or 'not read'})")
+        add(unknown, f"deletion settings unknown ({settings.note or 'not read'})")
     delay = deletion_delay(settings)
     within = (
         "within 14 days" if max_age >= MAX_RETENTION else f"within max_age {human_age(max_age)}"

@@ -105,6 +105,10 @@ class DeletionSettings:
     event_based_hold: bool = False
     #: objects may carry their own retention lock (GCS object retention)
     object_retention: bool = False
+    #: the class new objects get (GCS default storage class); None: the backend has no classes
+    storage_class: str | None = None
+    #: GCS Autoclass: the class objects end in when not read (NEARLINE or ARCHIVE); None: off
+    autoclass_terminal: str | None = None
     #: False when the settings could not be read and these values are an assumption
     known: bool = True
     #: why the settings are unknown, or where they were read

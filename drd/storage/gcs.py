@@ -164,6 +164,13 @@ def deletion_settings_from_bucket(bucket: Any, object_prefix: str = "") -> Delet
         retention_period=timedelta(seconds=int(bucket.retention_period or 0)),
         event_based_hold=bool(bucket.default_event_based_hold),
         object_retention=bucket.object_retention_mode == "Enabled",
+        storage_class=bucket.storage_class,
+        # Autoclass without a terminal class named ends in NEARLINE (the GCS default).
+        autoclass_terminal=(
+            (bucket.autoclass_terminal_storage_class or "NEARLINE")
+            if bucket.autoclass_enabled
+            else None
+        ),
         note=f"gs://{bucket.name}",
     )
 

@@ -59,6 +59,7 @@ from typing import Any, Literal
 from drd import __version__, crypto
 from drd.clock import Clock, utcnow
 from drd.config.models import Plan
+from drd.durations import format_elapsed
 from drd.errors import BackupNotFound, DrdError, IntegrityError, LockBusy, UsageError
 from drd.layout import SourceRef, new_backup_id
 from drd.logs import add_log_context, log_context
@@ -294,13 +295,7 @@ def _ms(value: float | None) -> int | None:
 
 
 def _fmt(seconds: float | None) -> str:
-    if seconds is None:
-        return "not measured"
-    if seconds < 120:
-        return f"{seconds:.2f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"
+    return "not measured" if seconds is None else format_elapsed(seconds)
 
 
 def render_markdown(report: DrillReport) -> str:
@@ -349,7 +344,9 @@ def render_markdown(report: DrillReport) -> str:
     for s in report.sources:
         lines += ["", f"### {s.source}", ""]
         if s.phases:
-            phases = ", ".join(f"{name} {value:.2f}s" for name, value in s.phases.items())
+            phases = ", ".join(
+                f"{name} {format_elapsed(value)}" for name, value in s.phases.items()
+            )
             lines.append(f"- phases: {phases}")
         if s.scratch:
             lines.append(f"- scratch: {s.scratch.get('description', '-')} (removed)")

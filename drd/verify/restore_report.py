@@ -23,7 +23,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from drd import __version__, crypto
-from drd.errors import DrdError, IntegrityError
+from drd.durations import format_elapsed as fe
+from drd.errors import DrdError, IntegrityError, UnknownKey
 from drd.layout import SourceRef
 from drd.repository.catalog import Catalog, CatalogEntry
 from drd.restore_tests.results import CheckResult
@@ -190,13 +191,13 @@ class RestoreTestReport:
             target = self.rto_target_seconds
             verdict = "within" if p.rto <= target else "ABOVE"
             lines.append(
-                f"  RTO {p.rto:.2f}s ({verdict} the target {target:.0f}s): fetch {p.fetch:.2f}s, "
-                f"decrypt+decompress {p.decrypt_decompress:.2f}s, restore {p.restore:.2f}s, "
-                f"checks {p.checks:.2f}s"
+                f"  RTO {fe(p.rto)} ({verdict} the target {fe(target)}): fetch {fe(p.fetch)}, "
+                f"decrypt+decompress {fe(p.decrypt_decompress)}, restore {fe(p.restore)}, "
+                f"checks {fe(p.checks)}"
             )
         lines.append(
-            f"  scratch: {self.scratch.get('description', '-')} (set-up {p.scratch_setup:.2f}s, "
-            f"teardown {p.teardown:.2f}s)"
+            f"  scratch: {self.scratch.get('description', '-')} (set-up {fe(p.scratch_setup)}, "
+            f"teardown {fe(p.teardown)})"
         )
         if self.scratch.get("note"):
             lines.append(f"  note: {self.scratch['note']}")
@@ -265,6 +266,7 @@ async def latest_summaries(
     public half: {result, failure_category, tested_at, rto_seconds, region, verified}."""
     by_name = {r.name: r for r in regions}
     out: dict[tuple[SourceRef, str], dict[str, Any]] = {}
+    unknown: dict[str, set[str]] = {}  # backup -> the keys its reports are sealed with
     for entry in catalog.entries:
         keys = report_keys(entry)
         if not keys:
@@ -277,6 +279,9 @@ async def latest_summaries(
             try:
                 raw = await by_name[region].get(key)
                 public, _ = read_report(raw, keyring, entry.backup_id, f"{region}:{key}")
+            except UnknownKey as exc:
+                unknown.setdefault(f"{entry.ref}@{entry.backup_id}", set()).add(exc.key_id)
+                continue
             except DrdError as exc:
                 log.warning("restore test report %s:%s unreadable: %s", region, key, exc)
                 continue
@@ -290,6 +295,17 @@ async def latest_summaries(
                 "verified": keyring is not None,
             }
             break
+    if unknown:
+        # One line, like the catalog's, rather than one per report after a key rotation.
+        ids = sorted(set().union(*unknown.values()))
+        log.warning(
+            "restore test reports of %d backup(s) are sealed with key(s) not in the keyring "
+            "(%s): not shown (%s ... %s)",
+            len(unknown),
+            ", ".join(ids),
+            min(unknown),
+            max(unknown),
+        )
     return out
 
 

@@ -33,7 +33,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_installs_only_the_drd_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/", 1)[0] for name in names}
-    assert {t for t in tops if not t.endswith(".dist-info")} == {"drd"}
+    assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {"drd"}
     for module in (
         "drd/strategies/postgres.py",
         "drd/strategies/mysql.py",
@@ -41,6 +41,18 @@ def test_wheel_installs_only_the_drd_package(wheel: Path) -> None:
         "drd/cli/main.py",
     ):
         assert module in names
+
+
+def test_wheel_carries_the_man_page_generated_from_the_parser(wheel: Path) -> None:
+    from drd.cli.generated import manpage
+    from drd.cli.main import build_parser
+
+    with zipfile.ZipFile(wheel) as z:
+        (page,) = [n for n in z.namelist() if n.endswith("/data/share/man/man1/drd.1")]
+        text = z.read(page).decode()
+    # All but the header, which carries the build's date.
+    assert text.splitlines()[1:] == manpage(build_parser()).splitlines()[1:]
+    assert ".SH COMMAND \\fI\\,'drd doctor'" in text and ".SH EXIT STATUS" in text
 
 
 def test_installed_wheel_imports_and_runs_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:

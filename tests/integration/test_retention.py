@@ -434,5 +434,6 @@ async def test_prune_dry_run_changes_nothing_and_prune_destroys(
 
 async def test_gcs_reports_its_deletion_settings(regions: Regions) -> None:
     settings = await regions.storages["ew1"].deletion_settings()
-    # What fake-gcs-server reports for every bucket (it has none of the settings).
-    assert settings == DeletionSettings(note="gs://drd-ew1")
+    # What fake-gcs-server reports for every bucket: none of the settings, and the STANDARD
+    # storage class whatever a bucket was created with.
+    assert settings == DeletionSettings(note="gs://drd-ew1", storage_class="STANDARD")

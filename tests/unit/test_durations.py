@@ -7,6 +7,7 @@ import pytest
 from drd.durations import (
     DurationError,
     format_duration,
+    format_elapsed,
     format_size,
     parse_duration,
     parse_size,
@@ -133,6 +134,47 @@ def test_parse_size_rejects(value: object, message: str) -> None:
     with pytest.raises(DurationError) as caught:
         parse_size(value)  # type: ignore[arg-type]
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0.0s"),
+        (0.34, "0.3s"),
+        (1.0, "1s"),
+        (78.57, "1m18s"),
+        (366.0, "6m6s"),
+        (3600 + 59.9, "1h"),
+        (2 * 3600 + 5 * 60 + 30, "2h5m"),
+        (86400 + 3 * 3600 + 7, "1d3h"),
+        (timedelta(minutes=6), "6m"),
+        (-90.0, "-1m30s"),
+    ],
+)
+def test_format_elapsed_speaks_the_config_syntax(seconds: float | timedelta, text: str) -> None:
+    assert format_elapsed(seconds) == text
+    if text[0] != "-" and "." not in text:
+        # What drd prints can be pasted back into a config file.
+        assert parse_duration(text).total_seconds() <= (
+            seconds.total_seconds() if isinstance(seconds, timedelta) else seconds
+        )
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0B"),
+        (1023, "1023B"),
+        (1024, "1.0KiB"),
+        (1536, "1.5KiB"),
+        (1503238554, "1.4GiB"),
+        (5 << 40, "5.0TiB"),
+        (3 << 50, "3.0PiB"),
+        (1 << 60, "1024.0PiB"),
+    ],
+)
+def test_format_size_is_iec_with_one_decimal(size: int, text: str) -> None:
+    assert format_size(size) == text
 
 
 @pytest.mark.parametrize(

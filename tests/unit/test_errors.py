@@ -66,11 +66,11 @@ def test_the_cli_exits_with_the_code_of_what_a_command_returned_or_raised(
 
     outcomes: list[commands.Outcome] = [None, errors.PartialFailure, errors.RestoreTestFailed]
     for outcome in outcomes:
-        monkeypatch.setattr(commands, "keygen", lambda *, quiet, o=outcome: o)
+        monkeypatch.setattr(commands, "keygen", lambda *, quiet, as_json, o=outcome: o)
         assert main(["keygen"]) == (0 if outcome is None else outcome.exit_code)
     assert capsys.readouterr().err == ""  # a returned failure was reported by the command
 
-    def refuse(*, quiet: bool) -> commands.Outcome:
+    def refuse(*, quiet: bool, as_json: bool) -> commands.Outcome:
         raise errors.LockBusy("p/s: a backup is already running")
 
     monkeypatch.setattr(commands, "keygen", refuse)

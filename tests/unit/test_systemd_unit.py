@@ -177,7 +177,7 @@ def test_keyring_comes_from_an_encrypted_credential(
 def test_exec_start_is_accepted_by_drds_parser(service: dict[str, list[str]]) -> None:
     argv = shlex.split(one(service, "ExecStart"))
     assert argv[0] == "/usr/local/bin/drd"
-    args = cli._parser().parse_args(argv[1:])
+    args = cli.build_parser().parse_args(argv[1:])
     assert args.command == "run"
     assert args.config == "/etc/drd/drd.yaml"
 

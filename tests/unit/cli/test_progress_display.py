@@ -17,8 +17,8 @@ from drd.cli.progress_display import (
     ProgressDisplay,
     choose_mode,
     describe,
-    human_seconds,
 )
+from drd.durations import format_elapsed
 from drd.progress import ProgressBoard
 from tests.support.drdenv import DrdEnv
 
@@ -54,10 +54,11 @@ def test_the_mode_follows_the_stream() -> None:
     assert choose_mode(Tty(), as_json=True) == "json"
 
 
-def test_human_seconds_in_the_config_syntax() -> None:
-    assert human_seconds(4.25) == "4.2s"
-    assert human_seconds(78) == "1m18s"
-    assert human_seconds(3725.4) == "1h2m5s"
+def test_durations_in_the_config_syntax() -> None:
+    assert format_elapsed(0.42) == "0.4s"
+    assert format_elapsed(4.25) == "4s"
+    assert format_elapsed(78) == "1m18s"
+    assert format_elapsed(3725.4) == "1h2m"
 
 
 def test_the_line_says_phase_bytes_estimate_rate_eta_and_elapsed() -> None:
@@ -69,7 +70,7 @@ def test_the_line_says_phase_bytes_estimate_rate_eta_and_elapsed() -> None:
             timer.now += 1
             p.advance(40 * MiB)
         line = describe(p.snapshot())
-    assert line == "backup billing/db: dumping 400.0MiB of ~1.9GiB, 40.0MiB/s, ETA 38s [10s]"
+    assert line == "backup billing/db: dumping 400.0MiB of ~1.9GiB, 40.0MiB/s, ETA 37s [10s]"
 
 
 def test_a_restore_total_is_exact_and_an_unknown_total_is_left_out() -> None:

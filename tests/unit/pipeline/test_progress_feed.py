@@ -59,7 +59,7 @@ async def sample_while(task: asyncio.Task[object], progress: Progress) -> list[t
 
 async def test_a_backup_counts_its_dump_while_it_streams(blob_strategy, keyring) -> None:
     slow = FaultyStorage(MemoryStorage("r0"))
-    slow.add_latency(0.01, op="write")  # each segment takes a while: the test can look in
+    slow.add_latency(0.05, op="write")  # each segment takes a while: the test can look in
     progress = Progress("backup", "p", "db")
     task = asyncio.create_task(
         run_backup(
