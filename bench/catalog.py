@@ -9,8 +9,10 @@ fake-gcs-server (two regions), and then, each timed as a real `drd` process:
 - `list +10`:    after 10 new backups, `drd list` (listing pages plus the 10 new manifests);
 - `prune P`:     `drd prune` destroying the P oldest backups in both regions.
 
-Beside them, the reference row `listing only`: the same two listings with the google client
-alone, the floor of any catalog that must see what the regions hold. Ratios are against it.
+Beside them, the reference rows: `listing only`, the same two listings with the google client
+alone (the floor of any catalog that must see what the regions hold: the list rows' ratios are
+against it), and `deletes only`, as many objects as the prune deletes, deleted with the google
+client alone 16 at a time (the prune's ratio is against it).
 Results go to bench/CATALOG.md (and --json to stdout).
 """
 
@@ -148,6 +150,23 @@ def _listing_only(endpoint: str) -> float:
     return time.monotonic() - started
 
 
+def _deletes_only(endpoint: str, count: int) -> float:
+    """The prune's floor: `count` objects deleted with the google client alone, 16 at a time
+    (what a prune deletes: a manifest and a data object per backup and region)."""
+    client = _client(endpoint)
+    client.create_bucket("floor-deletes")
+    names = [f"o/{i:06d}" for i in range(count)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(
+                lambda n: client.bucket("floor-deletes").blob(n).upload_from_string(b"x"), names
+            )
+        )
+        started = time.monotonic()
+        list(pool.map(lambda n: client.bucket("floor-deletes").blob(n).delete(), names))
+    return time.monotonic() - started
+
+
 def run(backups: int, prune: int, work: Path) -> dict[str, Any]:
     from drd import crypto
 
@@ -173,6 +192,8 @@ def run(backups: int, prune: int, work: Path) -> dict[str, Any]:
         newer = asyncio.run(_seal(10, young_start + timedelta(minutes=young + 1), key))
         _upload(server.endpoint, newer)
         rows["list +10"] = _timed_drd(config, key, "list", f"{PLAN}/{SOURCE}", "--json")
+        deletes = 2 * prune * len(BUCKETS)
+        rows[f"deletes only ({deletes} objects)"] = _deletes_only(server.endpoint, deletes)
         rows[f"prune {prune}"] = _timed_drd(config, key, "prune", PLAN)
         left = len([b for b in _client(server.endpoint).list_blobs(BUCKETS[0], prefix="drd/")])
     finally:
@@ -188,7 +209,8 @@ def run(backups: int, prune: int, work: Path) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    floor = result["seconds"]["listing only"]
+    listing = result["seconds"]["listing only"]
+    deletes = next(v for k, v in result["seconds"].items() if k.startswith("deletes only"))
     lines = [
         "# drd catalog at scale",
         "",
@@ -199,10 +221,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"- {result['backups']} backups of one source in two fake-gcs-server regions "
         f"({result['objects_per_region']} objects per region); one process each",
         "",
-        "| run | wall s | x listing only |",
+        "| run | wall s | x its floor |",
         "|---|---|---|",
     ]
     for name, seconds in result["seconds"].items():
+        floor = deletes if name.startswith(("prune", "deletes")) else listing
         lines.append(f"| {name} | {seconds:.2f} | {seconds / floor:.2f}x |")
     lines.append("")
     return "\n".join(lines)

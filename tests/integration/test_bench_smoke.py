@@ -113,6 +113,7 @@ def test_catalog_bench_runs_on_a_few_backups(tmp_path: Path) -> None:
         "list cold",
         "list warm",
         "list +10",
+        "deletes only (32 objects)",
         "prune 8",
     }
     assert all(v > 0 for v in result["seconds"].values())

@@ -50,7 +50,9 @@ def test_backup_human_output_is_in_iec_units_and_json_has_the_numbers(
 ) -> None:
     code, out, _ = run(env, capsys, "backup", "app")
     assert code == 0
-    assert re.search(rf"^ok app/files@\S+: {SIZE} -> {SIZE} stored in a,b in \S+( \(\S+/s\))?$", out, re.M), out
+    assert re.search(
+        rf"^ok app/files@\S+: {SIZE} -> {SIZE} stored in a,b in \S+( \(\S+/s\))?$", out, re.M
+    ), out
     assert " bytes" not in out
     code, data = run_json(env, capsys, "backup", "app/files")
     assert code == 0
@@ -127,7 +129,9 @@ def test_restore_json(env: DrdEnv, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["plan"] == "app" and data["source"] == "files" and data["region"] in ("a", "b")
     assert data["target"] == str(target) and (target / "f.txt").exists()
     code, out, _ = run(env, capsys, "restore", "app/files", "--to", str(env.root / "again"))
-    assert code == 0 and re.search(r" in (\d\.\ds|\d+s|\d+m\d*s?)( \(\S+(, \S+/s)?\))?$", out.strip()), out
+    assert code == 0 and re.search(
+        r" in (\d\.\ds|\d+s|\d+m\d*s?)( \(\S+(, \S+/s)?\))?$", out.strip()
+    ), out
 
 
 def test_keygen_and_token_json(capsys: pytest.CaptureFixture[str]) -> None:
