@@ -65,17 +65,22 @@ def backup_status(status: str, reasons: Sequence[str]) -> CheckResult:
     )
 
 
-def _unavailable(name: str, kind: str, stats: Any) -> CheckResult | None:
+def _unavailable(name: str, kind: str, stats: Any, compared: str = "") -> CheckResult | None:
+    """Why the check cannot compare (no statistics, or they failed at backup time), saying
+    what it would have compared; None when it can."""
+    result: CheckResult | None = None
     if stats is None:
-        return skipped(name, kind, "the backup carries no statistics (taken by an older drd)")
-    if isinstance(stats, Mapping) and isinstance(stats.get("error"), str):
-        return failed(
+        result = skipped(name, kind, "the backup carries no statistics (taken by an older drd)")
+    elif isinstance(stats, Mapping) and isinstance(stats.get("error"), str):
+        result = failed(
             name,
             kind,
             critical=False,
             detail=f"could not be taken at backup time: {stats['error']}",
         )
-    return None
+    if result is not None:
+        result.compared = compared
+    return result
 
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")*"|[^."]+)\.("(?:[^"]|"")*"|[^."]+)$')
@@ -113,9 +118,8 @@ def row_counts(
     compared = (
         "count(*) of every table (partitions each on their own), taken in the dump's snapshot"
     )
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
     wanted = {
@@ -155,9 +159,8 @@ def schema(expected: Any, actual: Mapping[str, Any], *, comparable: bool = True)
     name = "schema"
     compared = "a fingerprint of every relation, column, constraint and index"
     coverage = "relations, columns, constraints, indexes"
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
     if expected.get("digest") == actual.get("digest"):
@@ -203,9 +206,8 @@ def digests(
         "the content (sha256) of every file and the list of paths; for a tree also every "
         "entry's type, mode, owner, mtime, link target, device numbers, xattrs/ACLs, hard links"
     )
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
     want = f"{expected.get('count')} files, tree digest {str(expected.get('tree'))[:16]}"
@@ -255,9 +257,8 @@ def objects(
         "encoding, language, disposition, cache control and custom metadata, and the list of "
         "names"
     )
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
     want = f"{expected.get('count')} objects, digest {str(expected.get('tree'))[:16]}"
@@ -289,9 +290,8 @@ def sequences(expected: Any, actual: Mapping[str, Any]) -> CheckResult:
         "the value and is_called of every sequence, as pg_dump wrote them into the backup, "
         "with the copy's"
     )
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
 
@@ -328,9 +328,8 @@ def _parts_result(
     difference fails the test, a soft one (an extension's version, the locale) warns."""
     from drd.strategies.postgres_inventory import differences
 
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
     hard: list[str] = []
@@ -453,9 +452,8 @@ def large_objects(expected: Any, actual: Mapping[str, Any]) -> CheckResult:
     """As many large objects, of the same total size."""
     name = "large_objects"
     compared = "the number of large objects and their total size"
-    unavailable = _unavailable(name, name, expected)
+    unavailable = _unavailable(name, name, expected, compared)
     if unavailable is not None:
-        unavailable.compared = compared
         return unavailable
     assert isinstance(expected, Mapping)
     want = {"count": expected.get("count"), "bytes": str(expected.get("bytes"))}
