@@ -459,10 +459,11 @@ async def _prove(plan: str, storage: Storage, deleted: Sequence[Backup]) -> dict
     left: dict[BackupKey, list[str]] = {}
     wanted = {b.ref.backup_prefix(b.backup_id): b.key for b in deleted}
     for info in listed:
-        prefix, _, name = info.key.rpartition("/")
-        key = wanted.get(prefix + "/")
+        # plan/source/id/ whatever lies below it (restore-tests/<x>.json included)
+        parts = info.key.split("/", 3)
+        key = wanted.get("/".join(parts[:3]) + "/") if len(parts) == 4 else None
         if key is not None:
-            left.setdefault(key, []).append(name)
+            left.setdefault(key, []).append(parts[3])
     return {key: f"still listed after deletion: {', '.join(names)}" for key, names in left.items()}
 
 

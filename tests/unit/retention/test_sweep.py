@@ -192,6 +192,31 @@ async def test_a_region_that_keeps_what_it_was_told_to_delete_is_a_failure(
     assert not report.ok
 
 
+async def test_an_object_left_below_a_destroyed_backup_is_not_proven_gone(
+    blob_strategy, keyring
+) -> None:
+    """A restore test's report written into the backup's prefix while the sweep deleted it (or
+    kept by the region): the proving listing finds it below the backup, the region fails."""
+    from drd.layout import SourceRef
+
+    rs = memory_regions()
+    old = await backup_at(NOW - 15 * D, list(rs.values()), keyring)
+    report_key = f"{SourceRef('billing', 'db').backup_prefix(old)}restore-tests/r.json"
+
+    class WritesBehind(FaultyStorage):
+        async def delete(self, key: str) -> None:
+            await super().delete(key)
+            if key.endswith("/data.drd"):
+                await self.inner.put(report_key, b"{}")  # landed after the deletes
+
+    swept: dict[str, Storage] = {**rs, "uc1": WritesBehind(rs["uc1"])}
+    report = await sweep(make_plan(), swept, now=NOW)
+    assert report.regions["uc1"].failed == {
+        (SourceRef("billing", "db"), old): "still listed after deletion: restore-tests/r.json"
+    }
+    assert [b.backup_id for b in report.regions["ew1"].destroyed] == [old]
+
+
 async def test_dry_run_changes_nothing(blob_strategy, keyring) -> None:
     rs = memory_regions()
     old = await backup_at(NOW - 20 * D, list(rs.values()), keyring)
