@@ -251,7 +251,7 @@ async def build_catalog(
 
     async def read_one(copy: CopyState, key: str) -> bytes | DrdError:
         if cache is not None and copy.manifest_info is not None:
-            raw = cache.lookup(copy.manifest_info)
+            raw = cache.lookup(copy.region, copy.manifest_info)
             if raw is not None:
                 return raw
         try:
@@ -293,7 +293,7 @@ async def build_catalog(
                     continue
             copy.manifest_error = None
             if cache is not None and copy.manifest_info is not None:
-                cache.store(copy.manifest_info, raw)  # verified: worth not reading again
+                cache.store(copy.region, copy.manifest_info, raw)  # verified: not read again
             if manifest is None:
                 manifest, manifest_from = result, copy.region
                 public = result.public
@@ -342,13 +342,15 @@ async def build_catalog(
             cache.keep_only(
                 prefix,
                 (
-                    c.manifest_info.key
+                    (c.region, c.manifest_info.key)
                     for cs in found.values()
                     for c in cs.values()
                     if c.manifest_info
                 ),
             )
-        await asyncio.to_thread(cache.save)
+        snapshot = cache.snapshot()  # here, in the loop: builds running at once may change it
+        if snapshot is not None:
+            await asyncio.to_thread(cache.write, snapshot)
     # Capture time first: ids only have second resolution, two backups in one second must
     # still come out in the order they were taken.
     entries.sort(key=lambda e: (e.ref.plan, e.ref.source, *e.order))

@@ -4,8 +4,9 @@ Building the catalog lists every region (a page per thousand objects) and used t
 manifest copy as well: one request per backup and region, every time (`drd list` of 5,000
 backups on GCS: 49 s). Manifests are written once and never changed (drd writes them
 create-only), so a copy whose listing shows the same key, size and CRC32C as one read before
-is that copy: its bytes are taken from here, and verified with the keyring as if just read
-(nothing is trusted that the key did not authenticate).
+in the same region is that copy: its bytes are taken from here, and verified with the keyring
+as if just read (nothing is trusted that the key did not authenticate). A region's copy is
+never taken for another region's: each is read once itself.
 
 What the listing's identity cannot tell: a hostile region may replace a manifest with forged
 bytes crafted to the same size and CRC32C. drd never uses those bytes (the catalog holds the
@@ -26,6 +27,8 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,44 +37,50 @@ from drd.storage.base import ObjectInfo
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "cache/manifests.json"
-_FORMAT = 1
+_FORMAT = 2  # 1 was keyed by key alone
 #: a manifest is a few KiB; a cache entry far larger than one is not a manifest worth keeping
 _MAX_RAW = 1 << 20
 
 
 class ManifestCache:
-    """key -> (size, checksum, bytes) of manifests read before (module docstring)."""
+    """(region, key) -> (size, checksum, bytes) of manifests read before (module docstring).
+
+    By region: a copy is only ever taken for the one read in that very region, so a copy
+    another region holds (a region added later, a copy repair wrote) is read once itself."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self._entries: dict[str, tuple[int, str, bytes]] = {}
+        self._entries: dict[tuple[str, str], tuple[int, str, bytes]] = {}
         self._dirty = False
+        self._saving = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     # -- use ------------------------------------------------------------------------------
 
-    def lookup(self, info: ObjectInfo) -> bytes | None:
-        """The bytes of the manifest copy `info` lists, if they were read before."""
-        found = self._entries.get(info.key)
+    def lookup(self, region: str, info: ObjectInfo) -> bytes | None:
+        """The bytes of the manifest copy `info` lists in `region`, if they were read before."""
+        found = self._entries.get((region, info.key))
         if found is None or not info.checksum or found[:2] != (info.size, info.checksum):
             self.misses += 1
             return None
         self.hits += 1
         return found[2]
 
-    def store(self, info: ObjectInfo, raw: bytes) -> None:
-        """Remember a copy just read (and verified by the caller)."""
+    def store(self, region: str, info: ObjectInfo, raw: bytes) -> None:
+        """Remember a copy just read in `region` (and verified by the caller)."""
         if not info.checksum or info.size != len(raw) or len(raw) > _MAX_RAW:
             return  # no identity to check it by, or not what the listing said
-        if self._entries.get(info.key) != (info.size, info.checksum, raw):
-            self._entries[info.key] = (info.size, info.checksum, raw)
+        entry = (info.size, info.checksum, raw)
+        if self._entries.get((region, info.key)) != entry:
+            self._entries[(region, info.key)] = entry
             self._dirty = True
 
-    def keep_only(self, prefix: str, listed: Iterable[str]) -> None:
-        """Forget manifests under `prefix` that a complete listing no longer shows."""
+    def keep_only(self, prefix: str, listed: Iterable[tuple[str, str]]) -> None:
+        """Forget manifests under `prefix` that a complete listing (of `(region, key)`) no
+        longer shows."""
         keep = set(listed)
-        gone = [k for k in self._entries if k.startswith(prefix) and k not in keep]
+        gone = [k for k in self._entries if k[1].startswith(prefix) and k not in keep]
         for key in gone:
             del self._entries[key]
         self._dirty |= bool(gone)
@@ -97,8 +106,9 @@ class ManifestCache:
             document = json.loads(cache.path.read_bytes())
             if document.get("format") != _FORMAT:
                 return cache
-            for key, (size, checksum, raw) in document["manifests"].items():
-                cache._entries[str(key)] = (int(size), str(checksum), base64.b64decode(raw))
+            for region, key, size, checksum, raw in document["manifests"]:
+                entry = (int(size), str(checksum), base64.b64decode(raw))
+                cache._entries[(str(region), str(key))] = entry
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -106,29 +116,46 @@ class ManifestCache:
             cache._entries.clear()
         return cache
 
-    def save(self) -> None:
-        """Write the cache back if it changed (atomically; a failure only warns)."""
+    def snapshot(self) -> bytes | None:
+        """What save() writes, taken now (in the event loop, where the cache changes); None
+        when there is nothing new to write."""
         if self.path is None or not self._dirty:
-            return
+            return None
         document = {
             "format": _FORMAT,
-            "manifests": {
-                key: [size, checksum, base64.b64encode(raw).decode()]
-                for key, (size, checksum, raw) in sorted(self._entries.items())
-            },
+            "manifests": [
+                [region, key, size, checksum, base64.b64encode(raw).decode()]
+                for (region, key), (size, checksum, raw) in sorted(self._entries.items())
+            ],
         }
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(document, separators=(",", ":")).encode())
-            os.replace(temp, self.path)
-            self._dirty = False
-        except OSError as exc:
-            log.warning("manifest cache %s not saved: %s", self.path, exc)
-            with contextlib.suppress(OSError):
-                temp.unlink()
+        self._dirty = False  # set again by any change after this snapshot
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    def write(self, data: bytes) -> None:
+        """Write a snapshot to the file (blocking: in a thread), atomically, one writer at a
+        time in this process and each through its own temporary file; a failure only warns."""
+        assert self.path is not None
+        with self._saving:
+            temp: Path | None = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+                temp = Path(name)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(temp, self.path)
+            except OSError as exc:
+                log.warning("manifest cache %s not saved: %s", self.path, exc)
+                self._dirty = True
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        temp.unlink()
+
+    def save(self) -> None:
+        """Snapshot and write (blocking)."""
+        data = self.snapshot()
+        if data is not None:
+            self.write(data)
 
 
 #: the process's own cache, shared by every catalog build that is not given another
@@ -139,6 +166,6 @@ def keep_in(state_dir: Path) -> None:
     """From now on the process's cache is also kept in `state_dir` (loaded now, merged with
     what it holds; saved by each catalog build that read something new)."""
     loaded = ManifestCache.load(state_dir)
-    for key, entry in loaded._entries.items():
-        PROCESS_CACHE._entries.setdefault(key, entry)
+    for where, entry in loaded._entries.items():
+        PROCESS_CACHE._entries.setdefault(where, entry)
     PROCESS_CACHE.path = loaded.path

@@ -5,6 +5,7 @@ replaced; `cache=None` reads everything."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections import Counter
 from datetime import UTC, datetime
@@ -87,6 +88,16 @@ async def test_a_second_build_reads_no_manifest_and_a_new_backup_only_its_own(
     assert [r.manifest_gets() for r in storages] == [4, 4]
 
 
+async def test_a_region_never_read_is_read_itself(keyring: crypto.Keyring) -> None:
+    """One region's copy read before says nothing of another region's: a region added to the
+    plan later (or given copies by repair) has each of its copies read once."""
+    regions = await counted(keyring, days=(26, 27))
+    await build_catalog([regions["r0"]], keyring)
+    assert regions["r0"].manifest_gets() == 2
+    await build_catalog(list(regions.values()), keyring)
+    assert [r.manifest_gets() for r in regions.values()] == [2, 2]
+
+
 async def test_bytes_from_the_cache_are_verified_with_the_key(keyring: crypto.Keyring) -> None:
     regions = await counted(keyring, days=(27,))
     storages = list(regions.values())
@@ -163,7 +174,7 @@ async def test_kept_in_the_state_dir_across_processes(
     assert path.stat().st_mode & 0o777 == 0o600
     # "the next process": a cache loaded from the file alone
     fresh = ManifestCache.load(tmp_path)
-    assert len(fresh) == 3
+    assert len(fresh) == 6  # three manifests, each read in both regions
     await build_catalog(storages, keyring, cache=fresh)
     assert [r.manifest_gets() for r in storages] == [3, 3]
     # a destroyed backup leaves the cache with it
@@ -172,7 +183,7 @@ async def test_kept_in_the_state_dir_across_processes(
         for info in await storage.list(f"{REF}/{entries[0].backup_id}/"):
             await storage.delete(info.key)
     await build_catalog(storages, keyring, cache=fresh)
-    assert len(ManifestCache.load(tmp_path)) == 2
+    assert len(ManifestCache.load(tmp_path)) == 4
 
 
 @pytest.mark.parametrize(
@@ -191,12 +202,26 @@ def test_what_is_kept_must_match_the_listing() -> None:
     cache = ManifestCache()
     raw = b"sealed manifest bytes"
     crc = Crc32c(raw).checksum()
-    cache.store(ObjectInfo("p/s/id/manifest.json", len(raw), None), raw)  # no identity
-    cache.store(ObjectInfo("p/s/id/manifest.json", len(raw) + 1, crc), raw)  # not what was listed
+    cache.store("a", ObjectInfo("p/s/id/manifest.json", len(raw), None), raw)  # no identity
+    cache.store("a", ObjectInfo("p/s/id/manifest.json", len(raw) + 1, crc), raw)  # not as listed
     assert len(cache) == 0
     info = ObjectInfo("p/s/id/manifest.json", len(raw), crc)
-    cache.store(info, raw)
-    assert cache.lookup(info) == raw
-    assert cache.lookup(ObjectInfo(info.key, info.size, "crc32c:AAAAAA==")) is None
-    cache.keep_only("p/", [])
-    assert cache.lookup(info) is None
+    cache.store("a", info, raw)
+    assert cache.lookup("a", info) == raw
+    assert cache.lookup("b", info) is None  # another region's copy is read itself
+    assert cache.lookup("a", ObjectInfo(info.key, info.size, "crc32c:AAAAAA==")) is None
+    cache.keep_only("p/", [("b", info.key)])
+    assert cache.lookup("a", info) is None
+
+
+async def test_builds_at_once_leave_a_whole_cache_file(
+    keyring: crypto.Keyring, tmp_path: Path
+) -> None:
+    """The daemon's loops build catalogs at the same time: each save writes its own temporary
+    file, one at a time, so the file is always one whole snapshot."""
+    regions = await counted(keyring, days=(24, 25, 26, 27))
+    storages = list(regions.values())
+    keep_in(tmp_path)
+    await asyncio.gather(*(build_catalog(storages, keyring) for _ in range(6)))
+    assert len(ManifestCache.load(tmp_path)) == 8
+    assert [p.name for p in (tmp_path / CACHE_FILE).parent.iterdir()] == ["manifests.json"]
