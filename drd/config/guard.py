@@ -114,10 +114,19 @@ def path_conflict(directory: Path, source_path: str, source_kind: str) -> str | 
     return None
 
 
+#: where the storage API is when no endpoint is named
+GOOGLE_STORAGE_API = "https://storage.googleapis.com"
+
+
+def _gcs_service(endpoint: str | None) -> str:
+    """An endpoint as a service: no endpoint is Google's own, named or not."""
+    return (endpoint or GOOGLE_STORAGE_API).rstrip("/").lower()
+
+
 def _gcs_overlap(spec: ScratchSpec, source: Any) -> bool:
     if getattr(source, "kind", None) != "gcs-bucket" or spec.bucket != source.bucket:
         return False
-    if (spec.endpoint or "").rstrip("/") != (source.endpoint or "").rstrip("/"):
+    if _gcs_service(spec.endpoint) != _gcs_service(source.endpoint):
         return False  # another service (an emulator): bucket names are not shared
     ours = spec.gcs_prefix
     theirs = source.prefix.strip("/") + "/" if source.prefix.strip("/") else ""

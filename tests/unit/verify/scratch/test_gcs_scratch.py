@@ -96,3 +96,16 @@ def test_never_the_source_itself(
     assert (found is not None) is refused, found
     if found is not None:
         assert found[0] == "prefix" and "uploads" in found[1]
+
+
+@pytest.mark.parametrize(
+    ("scratch_endpoint", "source_endpoint"),
+    [(None, "https://storage.googleapis.com"), ("https://STORAGE.googleapis.com/", None)],
+)
+def test_google_named_or_not_is_one_service(
+    scratch_endpoint: str | None, source_endpoint: str | None
+) -> None:
+    creds = {"source": "env", "name": "SA"}
+    s = spec(bucket="media", prefix="uploads/tests/", endpoint=scratch_endpoint, credentials=creds)
+    src = source(endpoint=source_endpoint, credentials=creds)
+    assert refusal(s, src) is not None
