@@ -213,3 +213,18 @@ def test_restore_into_a_local_directory(
     assert by_name["top.txt"]["properties"]["metadata"] == {"a": "1"}
     assert by_name["dir/gz.txt"]["properties"]["content_encoding"] == "gzip"
     assert by_name["trailing/"]["file"].startswith(".drd-gcs-objects/")
+
+
+def test_a_record_naming_a_prefix_not_its_own_is_never_emptied(
+    tmp_path: Path, servers: tuple[FakeGcsServer, FakeGcsServer]
+) -> None:
+    """A registry record is a file in the state directory: one edited to point at some other
+    prefix (the source's objects, another test's) must not get it emptied."""
+    source, _ = servers
+    state = tmp_path / "state"
+    target = f"gs://src-bucket/data/?endpoint={source.endpoint}&credentials=anonymous"
+    registration = register(state, "0123456789ab", "gcs-scratch-bucket", target=target, label="x")
+    registration.abandon()
+    assert asyncio.run(sweep_leftovers(state)) == []
+    assert objects_in(source, "src-bucket", "data/") == sorted(f"data/{n}" for n in OBJECTS)
+    assert list((state / "scratch").glob("*.json"))  # kept, for a person to look at

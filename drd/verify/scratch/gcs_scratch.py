@@ -52,7 +52,9 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
         )
     finally:
         try:
-            removed = await run_to_completion(asyncio.to_thread(_delete_prefix, target))
+            removed = await run_to_completion(
+                asyncio.to_thread(_delete_prefix, target, resource_id)
+            )
         except Exception as exc:
             log.error("could not empty %s (retried at the next start): %s", shown, exc)
             registration.abandon()
@@ -61,21 +63,28 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
             registration.release()
 
 
-def _delete_prefix(target: str) -> int:
-    """Delete every object under the target's prefix (blocking); how many there were."""
+def _delete_prefix(target: str, resource_id: str) -> int:
+    """Delete every object under the target's prefix (blocking); how many it deleted. Only a
+    prefix that ends in this resource's own `drd-scratch-<id>/` is ever emptied."""
     from google.api_core import exceptions as api_exceptions
 
     from drd.strategies.gcs_bucket import open_target
 
     bucket, prefix, shown = open_target(target)
-    if DIR_PREFIX not in prefix:
-        raise ValueError(f"refusing to empty {shown}: not a drd scratch prefix")
-    removed = 0
     try:
+        if not resource_id or not f"/{prefix}".endswith(f"/{DIR_PREFIX}{resource_id}/"):
+            raise ValueError(f"refusing to empty {shown}: not drd scratch prefix {resource_id}")
+        removed = 0
         for page in bucket.pages(prefix):
             for blob in page:
-                with contextlib.suppress(api_exceptions.NotFound):
-                    blob.delete(timeout=bucket.timeout, retry=bucket.retry)
+                try:
+                    blob.delete(
+                        if_generation_match=blob.generation,
+                        timeout=bucket.timeout,
+                        retry=bucket.retry,
+                    )
+                except (api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+                    continue  # gone already, or replaced since the listing: not counted
                 removed += 1
     finally:
         bucket.close()
@@ -83,4 +92,4 @@ def _delete_prefix(target: str) -> int:
 
 
 async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) -> None:
-    await asyncio.to_thread(_delete_prefix, str(record["target"]))
+    await asyncio.to_thread(_delete_prefix, str(record["target"]), str(record.get("id", "")))
