@@ -31,10 +31,12 @@ Restore target: the same grammar as `--storage`:
 (anonymous only with a loopback endpoint; without `credentials` an endpoint implies anonymous,
 as for --storage). GCS has no atomic rename of a prefix, so drd restores *directly* into the
 target prefix, which must hold no object at all (TargetExists otherwise); every object is
-created with `if_generation_match=0` (never replaces one that appeared meanwhile), the name of
-every object written is recorded before its upload starts, and on any failure (an
-IntegrityError in the stream, a checksum mismatch, cancellation) they are all deleted again.
-A restore killed outright can leave some objects under the target prefix; the next restore
+created with `if_generation_match=0` (never replaces one that appeared meanwhile), every
+object's upload is recorded before it starts, and on any failure (an IntegrityError in the
+stream, a checksum mismatch, cancellation) every object drd created is deleted again, pinned
+to the generation its upload created (an object someone else created under that name, which
+made drd's upload fail, is never touched). A restore killed outright, or cancelled while an
+upload was still finishing, can leave some objects under the target prefix; the next restore
 into it then refuses (the prefix is not empty). Each object is spooled through a temporary
 file (in memory up to 8 MiB, on disk above) so that it can be uploaded with a known size and
 crc32c; disk use is bounded by the largest object.
@@ -367,7 +369,7 @@ class GcsBucketStrategy(Strategy[GcsBucketOptions]):
             return await restore_to_directory(chunks, Path(target), metadata)
         bucket, prefix, shown = open_target(target)
         where = f"restore into {shown}"
-        written: list[str] = []
+        written: list[Any] = []  # the blobs uploaded, or being uploaded
         digests = DigestList(FILE_LIST_LIMIT)
         total = 0
         try:
@@ -487,7 +489,7 @@ async def _upload(
     name: str,
     size: int,
     pax: Mapping[str, str],
-    written: list[str],
+    written: list[Any],
     where: str,
 ) -> tuple[str, str]:
     """Spool one member and upload it as a new object; (its listed digest, its crc32c)."""
@@ -508,7 +510,7 @@ async def _upload(
             if key in props:
                 setattr(blob, key, props[key])
         blob.metadata = props["metadata"] or None
-        written.append(name)
+        written.append(blob)
         await _call(_put, bucket, blob, spool, size, props.get("content_type"))
     return object_digest(sha.hexdigest(), props), crc.b64()
 
@@ -525,15 +527,21 @@ def _put(bucket: _Bucket, blob: Any, spool: IO[bytes], size: int, content_type: 
     )
 
 
-async def _delete_all(bucket: _Bucket, names: list[str], where: str) -> None:
+async def _delete_all(bucket: _Bucket, blobs: list[Any], where: str) -> None:
+    """Delete the objects this restore created: each blob whose upload finished knows its
+    generation, and only that generation is deleted."""
     from google.api_core import exceptions as api_exceptions
 
-    def delete(name: str) -> None:
-        with contextlib.suppress(api_exceptions.NotFound):
-            bucket.bucket.blob(name).delete(timeout=bucket.timeout, retry=bucket.retry)
+    def delete(blob: Any) -> None:
+        with contextlib.suppress(api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+            blob.delete(
+                if_generation_match=blob.generation, timeout=bucket.timeout, retry=bucket.retry
+            )
 
-    for name in names:
+    for blob in blobs:
+        if not blob.generation:
+            continue  # never created by this restore (refused, failed or still in flight)
         try:
-            await _call(delete, name)
+            await _call(delete, blob)
         except Exception as exc:
-            log.error("%s: could not delete %s again: %s", where, name, _describe(exc))
+            log.error("%s: could not delete %s again: %s", where, blob.name, _describe(exc))

@@ -17,7 +17,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from drd.errors import IntegrityError, SourceError, TargetExists
+from drd.errors import IntegrityError, RestoreError, SourceError, TargetExists
 from drd.strategies import get_strategy
 from drd.strategies.file_digests import compare
 from drd.strategies.gcs_bucket import GcsBucketOptions, GcsBucketStrategy
@@ -185,6 +185,30 @@ async def test_failure_mid_stream_removes_what_was_written(
             broken(), target(scratch, "scratch-bucket", "partial"), strategy.restore_metadata()
         )
     assert listing(scratch, "scratch-bucket", "") == {}
+
+
+async def test_an_object_someone_else_created_meanwhile_is_never_deleted(
+    two_servers: tuple[FakeGcsServer, FakeGcsServer],
+) -> None:
+    """Someone writes an object under a name the restore is about to create: drd's upload is
+    refused (never replaces it), the restore fails, and its clean-up deletes what drd created
+    and nothing else."""
+    source, scratch = two_servers
+    strategy = strategy_for(source)
+    data = b"".join([c async for c in strategy.dump()])
+    bucket = client(scratch).bucket("scratch-bucket")
+
+    async def raced() -> AsyncIterator[bytes]:
+        yield data[:4096]  # the first object's header: the restore is under way
+        bucket.blob("raced/top.txt").upload_from_string(b"someone else's")
+        yield data[4096:]
+
+    with pytest.raises(RestoreError):
+        await GcsBucketStrategy.restore(
+            raced(), target(scratch, "scratch-bucket", "raced"), strategy.restore_metadata()
+        )
+    left = listing(scratch, "scratch-bucket", "raced/")
+    assert list(left) == ["top.txt"] and left["top.txt"]["data"] == b"someone else's"
 
 
 async def test_credentials_rules_and_errors(gcs_region: FakeGcsServer) -> None:
