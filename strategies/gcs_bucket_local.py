@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -227,12 +227,26 @@ def read_directory(root: Path) -> ReadBack:
     """The objects of a directory restore_to_directory wrote, read from the files themselves."""
     digests = DigestList(FILE_LIST_LIMIT)
     problems: list[str] = []
-    total = 0
     indexed: set[str] = set()
     try:
-        lines = (root / INDEX).read_text(encoding="utf-8").splitlines()
+        index = open(root / INDEX, encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:
         return ReadBack(digests, 0, [f"cannot read the index {INDEX}: {exc.strerror or exc}"])
+    with index:
+        total = _read_index(root, index, digests, problems, indexed)
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if rel != INDEX and not path.is_dir() and rel not in indexed:
+            problems.append(f"{rel}: a file no object of the backup accounts for")
+    return ReadBack(digests, total, problems)
+
+
+def _read_index(
+    root: Path, lines: Iterable[str], digests: DigestList, problems: list[str], indexed: set[str]
+) -> int:
+    """Each index line's object, hashed from its file (the index is read line by line: it has a
+    line per object, and a bucket may have millions)."""
+    total = 0
     for number, text in enumerate(lines, start=1):
         try:
             entry = json.loads(text)
@@ -252,8 +266,4 @@ def read_directory(root: Path) -> ReadBack:
             problems.append(f"{name}: {size} bytes, the object had {entry['size']}")
         digests.add(name, object_digest(sha, props))
         total += size
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if rel != INDEX and not path.is_dir() and rel not in indexed:
-            problems.append(f"{rel}: a file no object of the backup accounts for")
-    return ReadBack(digests, total, problems)
+    return total
