@@ -36,6 +36,7 @@ from drd.config.rules import (
     check_schedule,
     check_secret_values,
     check_source_names,
+    check_wal_rpo,
 )
 from drd.config.yamlsource import Loc
 from drd.errors import ConfigError
@@ -206,7 +207,10 @@ def _load_plan(
         sections["restore_test"] = restore_test
 
     check_review(report, raw.get("reviewed_on"), today)
-    check_schedule(report, sections.get("schedule"), sections.get("targets"), today)
+    continuous = check_wal_rpo(report, raw.get("sources"), sources, sections.get("targets"))
+    check_schedule(
+        report, sections.get("schedule"), sections.get("targets"), today, continuous=continuous
+    )
     check_plan_regions(report, get_in(raw, "storage", "regions"), region_names, config_path)
     check_restore_test(report, restore_test, sections.get("targets"))
     check_source_names(report, raw.get("sources"))
