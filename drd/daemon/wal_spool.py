@@ -116,6 +116,8 @@ class Shipper:
     archived: Archived | None = None
     #: a region that failed a write since the last catch-up (it has WAL to get)
     regions_behind: set[str] = field(default_factory=set)
+    #: regions whose last write failed (their failure was logged)
+    regions_down: set[str] = field(default_factory=set)
     #: when the partial was last stored, and the version (mtime) stored
     partial_shipped_at: datetime | None = None
     partial_version: tuple[str, int] | None = None
@@ -241,10 +243,14 @@ class Shipper:
             covered_lsn=covered,
             archived_by="pg_receivewal",
         )
-        if result.failed:
-            self.regions_behind.update(result.failed)
-            for region, why in result.failed.items():
+        self.regions_behind.update(result.failed)
+        for region, why in result.failed.items():
+            if region not in self.regions_down:  # once per outage, not once per file
                 log.warning("%s: WAL %s not stored in region %s: %s", self.ref, f.name, region, why)
+                self.regions_down.add(region)
+        for region in set(result.holding) & self.regions_down:
+            log.info("%s: region %s stores WAL again", self.ref, region)
+            self.regions_down.discard(region)
         self.shipped += 1
         if f.kind != "history":
             segment = parse_segment_name(f.name[:24], size)

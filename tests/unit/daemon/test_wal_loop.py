@@ -5,6 +5,7 @@ shipped periodically and superseded, gaps counted, and the metrics the daemon ex
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from datetime import UTC, datetime, timedelta
@@ -322,3 +323,22 @@ async def test_the_loop_archives_every_streamed_source_and_exports_metrics(
     for region in regions.values():
         archive = await list_archive([region], REF)
         assert sorted(archive.files(str(SYSID))) == [name(1), name(2) + ".partial"]
+
+
+async def test_a_region_down_is_logged_once_not_once_per_file(
+    tmp_path: Path, keyring: crypto.Keyring, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "drd.daemon.wal_spool")
+    a, b = MemoryStorage("a"), FaultyStorage(MemoryStorage("b"))
+    b.fail("*", TransientStorageError("region b is down"))
+    s = shipper(tmp_path, [a, b], keyring, min_copies=1)
+    for segno in (1, 2, 3):
+        put_segment(s.spool, segno)
+        await s.ship(T0)
+    down = [r for r in caplog.records if "not stored in region b" in r.getMessage()]
+    assert len(down) == 1
+    b.clear()
+    put_segment(s.spool, 4)
+    await s.ship(T0)
+    assert any("region b stores WAL again" in r.getMessage() for r in caplog.records)
+    assert s.regions_down == set()
