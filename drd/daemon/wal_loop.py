@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drd.config.models import Plan
@@ -82,6 +82,8 @@ class Archiver:
     receiver: Receiver
     catch_up_due: datetime | None = None
     sampled_at: datetime | None = None
+    #: when the last sample was answered, by this host's clock
+    seen_at: datetime | None = None
     last_sample: ServerSample | None = None
     gaps: list[str] = field(default_factory=list)
     _db: Any = None
@@ -183,15 +185,18 @@ class WalLoop:
     async def _round(self, archiver: Archiver) -> int:
         now = self.services.clock()
         shipper = archiver.shipper
-        covered = None
         if self.sample_server and (
             archiver.sampled_at is None or now - archiver.sampled_at >= SAMPLE_EVERY
         ):
             archiver.sampled_at = now
-            got = await archiver.sample()
-            if got is not None and got.slot_lsn is not None:
-                covered = got.slot_lsn
-        stored = await shipper.ship(now, covered_lsn=covered)
+            if await archiver.sample() is not None:
+                archiver.seen_at = datetime.now(UTC)  # compared with the spool's file times
+        got = archiver.last_sample
+        stored = await shipper.ship(
+            now,
+            covered_lsn=got.slot_lsn if got is not None else None,
+            covered_at=archiver.seen_at,
+        )
         if stored:
             self.services.metrics.wal_archived.labels(*archiver.labels).inc(stored)
         if shipper.regions_behind and archiver.catch_up_due is not None:

@@ -141,9 +141,12 @@ class Shipper:
         temp.write_text(name + "\n")
         os.replace(temp, self.spool / MARKER_FILE)
 
-    async def ship(self, now: datetime, *, covered_lsn: int | None = None) -> int:
+    async def ship(
+        self, now: datetime, *, covered_lsn: int | None = None, covered_at: datetime | None = None
+    ) -> int:
         """One round; returns how many files reached min_copies. `covered_lsn`: a position the
-        receiver had flushed before this round (the server's slot), for a partial's header."""
+        receiver had flushed (the server's slot), seen at `covered_at` (this host's clock)
+        before this round: the partial holds at least that much."""
         files = scan(self.spool)
         segments = [f for f in files if f.kind == "segment"]
         newest_segment = segments[-1].name if segments else None
@@ -176,7 +179,9 @@ class Shipper:
             else:
                 f.path.unlink(missing_ok=True)
         partial = next((f for f in files if f.kind == "partial"), None)
-        if partial is not None and self._partial_due(partial, now):
+        if partial is not None and self.partial_version == (partial.name, partial.mtime_ns):
+            self._note_covered(partial, covered_lsn, covered_at)
+        elif partial is not None and self._partial_due(partial, now):
             try:
                 if await self._push(partial, covered_lsn=covered_lsn) is not None:
                     stored += 1
@@ -194,6 +199,18 @@ class Shipper:
             log.info("%s: WAL shipping works again", self.ref)
             self.problem = None
         return stored
+
+    def _note_covered(self, partial: SpoolFile, lsn: int | None, seen_at: datetime | None) -> None:
+        """The stored partial is the file as it is now: a flush position seen after its last
+        write is in it too (an idle server's archive is then complete, lag 0)."""
+        archived, size = self.archived, self.segment_size
+        if lsn is None or seen_at is None or archived is None or size is None:
+            return
+        if seen_at <= partial.mtime or archived.name != partial.name:
+            return
+        segment = parse_segment_name(partial.name[: -len(PARTIAL_SUFFIX)], size)
+        if segment.start_lsn(size) <= lsn <= segment.end_lsn(size) and lsn > archived.lsn:
+            self.archived = Archived(archived.name, archived.through, lsn)
 
     def _partial_due(self, partial: SpoolFile, now: datetime) -> bool:
         if self.partial_version == (partial.name, partial.mtime_ns):

@@ -342,3 +342,23 @@ async def test_a_region_down_is_logged_once_not_once_per_file(
     await s.ship(T0)
     assert any("region b stores WAL again" in r.getMessage() for r in caplog.records)
     assert s.regions_down == set()
+
+
+async def test_an_unchanged_partial_covers_what_was_flushed_after_its_last_write(
+    tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    s = shipper(tmp_path, [MemoryStorage("a")], keyring)
+    partial = put_segment(s.spool, 7, partial=True)
+    written = datetime.fromtimestamp(partial.stat().st_mtime_ns / 1e9, UTC)
+    assert await s.ship(T0, covered_lsn=7 * SEG + 100) == 1
+    assert s.archived is not None and s.archived.lsn == 7 * SEG + 100
+    # A flush position seen before the file's last write says nothing about the stored copy.
+    before = written - timedelta(seconds=1)
+    assert await s.ship(T0, covered_lsn=7 * SEG + 900, covered_at=before) == 0
+    assert s.archived.lsn == 7 * SEG + 100
+    # Seen after it (an idle server): the stored partial holds it, nothing is shipped again.
+    after = written + timedelta(seconds=1)
+    assert await s.ship(T0, covered_lsn=7 * SEG + 900, covered_at=after) == 0
+    assert s.archived.lsn == 7 * SEG + 900
+    assert await s.ship(T0, covered_lsn=9 * SEG, covered_at=after) == 0  # another segment's
+    assert s.archived.lsn == 7 * SEG + 900
