@@ -451,6 +451,7 @@ class Daemon:
         self.retention.reconfigure(self.services)
         self.restore_tests.reconfigure(self.services, slots=self._slots)
         await self.drills.reconfigure(self.services)
+        await self.wal.reconfigure(self.services)
         self._wake.set()  # new and rescheduled sources: look again now
 
     # -- status (sd_notify STATUS=) -------------------------------------------------------------

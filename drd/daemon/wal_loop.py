@@ -55,6 +55,7 @@ from drd.strategies.postgres_physical import (
 log = logging.getLogger(__name__)
 
 ROUND_EVERY = 1.0
+IDLE_EVERY = 600.0
 SAMPLE_EVERY = timedelta(seconds=5)
 CATCH_UP_EVERY = timedelta(minutes=10)
 CATCH_UP_SOON = timedelta(seconds=30)
@@ -66,6 +67,10 @@ def streamed_sources(plan: Plan) -> list[PostgresPhysicalOptions]:
         for s in plan.sources
         if s.kind == KIND and isinstance(s, PostgresPhysicalOptions) and s.archive == "stream"
     ]
+
+
+def _signature(plan: Plan, source: PostgresPhysicalOptions) -> tuple[Any, ...]:
+    return (source, tuple(plan.storage.regions), plan.storage.min_copies)
 
 
 def slot_of(plan: Plan, source: PostgresPhysicalOptions) -> str:
@@ -86,6 +91,10 @@ class Archiver:
     seen_at: datetime | None = None
     last_sample: ServerSample | None = None
     gaps: list[str] = field(default_factory=list)
+    #: what a reload compares to know whether the source must be started afresh
+    signature: tuple[Any, ...] = ()
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
     _db: Any = None
     _sample_problem: str | None = None
 
@@ -128,46 +137,86 @@ class WalLoop:
         self.sample_server = sample_server
         self.archivers: dict[SourceRef, Archiver] = {}
         self._task: asyncio.Task[None] | None = None
-        self._receivers: list[asyncio.Task[None]] = []
-        self._stop_receivers = asyncio.Event()
-        metrics = services.metrics
+        self._wake = asyncio.Event()
         for plan in services.cfg.plans:
             for source in streamed_sources(plan):
-                ref = SourceRef(plan.name, source.name)
-                labels = (plan.name, source.name)
-                spool = spool_dir(services.state_dir, ref)
-                shipper = Shipper(
-                    ref,
-                    spool,
-                    plan_regions(plan, services.regions),
-                    services.keyring,
-                    plan.storage.min_copies,
-                    source.partial_every,
-                )
+                archiver = self._build(plan, source)
+                self.archivers[archiver.ref] = archiver
 
-                def up(value: bool, labels: tuple[str, str] = labels) -> None:
-                    metrics.wal_receiver_up.labels(*labels).set(int(value))
+    def _build(self, plan: Plan, source: PostgresPhysicalOptions) -> Archiver:
+        services, metrics = self.services, self.services.metrics
+        ref = SourceRef(plan.name, source.name)
+        labels = (plan.name, source.name)
+        spool = spool_dir(services.state_dir, ref)
+        shipper = Shipper(
+            ref,
+            spool,
+            plan_regions(plan, services.regions),
+            services.keyring,
+            plan.storage.min_copies,
+            source.partial_every,
+        )
 
-                def restarted(labels: tuple[str, str] = labels) -> None:
-                    metrics.wal_receiver_restarts.labels(*labels).inc()
+        def up(value: bool) -> None:
+            metrics.wal_receiver_up.labels(*labels).set(int(value))
 
-                receiver = Receiver(
-                    str(ref),
-                    source.dsn,
-                    spool,
-                    slot_of(plan, source),
-                    pg_bin_dir=source.pg_bin_dir,
-                    on_up=up,
-                    on_restart=restarted,
-                )
-                self.archivers[ref] = Archiver(ref, source, shipper, receiver)
-                metrics.wal_receiver_up.labels(*labels).set(0)
-                metrics.wal_receiver_restarts.labels(*labels)
-                metrics.wal_archived.labels(*labels)
-                metrics.wal_slot_retained_limit.labels(*labels).set(source.max_slot_retained)
-                for region in plan.storage.regions:
-                    for result in RESULTS:
-                        metrics.wal_copy_repairs.labels(plan.name, region, result)
+        def restarted() -> None:
+            metrics.wal_receiver_restarts.labels(*labels).inc()
+
+        receiver = Receiver(
+            str(ref),
+            source.dsn,
+            spool,
+            slot_of(plan, source),
+            pg_bin_dir=source.pg_bin_dir,
+            on_up=up,
+            on_restart=restarted,
+        )
+        metrics.wal_receiver_up.labels(*labels).set(0)
+        metrics.wal_receiver_restarts.labels(*labels)
+        metrics.wal_archived.labels(*labels)
+        metrics.wal_slot_retained_limit.labels(*labels).set(source.max_slot_retained)
+        for region in plan.storage.regions:
+            for result in RESULTS:
+                metrics.wal_copy_repairs.labels(plan.name, region, result)
+        return Archiver(ref, source, shipper, receiver, signature=_signature(plan, source))
+
+    async def reconfigure(self, services: Services) -> None:
+        """A reload: sources that are new, changed (their options, or their plan's regions or
+        min_copies) or gone are stopped and started afresh; the others keep running."""
+        self.services = services
+        wanted = {
+            SourceRef(plan.name, source.name): (plan, source)
+            for plan in services.cfg.plans
+            for source in streamed_sources(plan)
+        }
+        for ref, archiver in list(self.archivers.items()):
+            entry = wanted.get(ref)
+            if entry is None or _signature(*entry) != archiver.signature:
+                del self.archivers[ref]
+                await self._stop_archiver(archiver)
+                self._forget(archiver)
+        for ref, (plan, source) in wanted.items():
+            if ref not in self.archivers:
+                archiver = self.archivers[ref] = self._build(plan, source)
+                if self._task is not None:
+                    self._start_receiver(archiver)
+        self._wake.set()
+
+    def _forget(self, archiver: Archiver) -> None:
+        m = self.services.metrics
+        for metric in (
+            m.wal_last_archived,
+            m.wal_archive_lag,
+            m.wal_slot_retained,
+            m.wal_slot_retained_limit,
+            m.wal_gaps,
+            m.wal_receiver_up,
+            m.wal_receiver_restarts,
+            m.wal_archived,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(*archiver.labels)
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -275,36 +324,47 @@ class WalLoop:
         return archiver.shipper.archived.through
 
     def seconds_until_due(self) -> float:
-        return ROUND_EVERY
+        # Without streamed sources there is nothing to poll; a reload wakes the loop.
+        return ROUND_EVERY if self.archivers else IDLE_EVERY
 
     # -- running ------------------------------------------------------------------------------
 
     def start(self, stop: asyncio.Event) -> None:
-        if self._task is not None or not self.archivers:
+        if self._task is not None:
             return
         for archiver in self.archivers.values():
-            task = asyncio.create_task(
-                archiver.receiver.run(self._stop_receivers), name=f"wal-receiver {archiver.ref}"
-            )
-            self._receivers.append(task)
-        self._task = asyncio.create_task(run_rounds(self, stop), name="wal")
+            self._start_receiver(archiver)
+        self._task = asyncio.create_task(run_rounds(self, stop, self._wake), name="wal")
+
+    def _start_receiver(self, archiver: Archiver) -> None:
+        archiver.task = asyncio.create_task(
+            archiver.receiver.run(archiver.stop), name=f"wal-receiver {archiver.ref}"
+        )
+
+    async def _stop_archiver(self, archiver: Archiver, grace: float = 5.0) -> None:
+        archiver.stop.set()
+        await archiver.receiver.close(grace)
+        await cancel_task(archiver.task)
+        archiver.task = None
+        await archiver.close_db()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop the receivers, ship what they flushed (within `grace`), then stop."""
         began = time.monotonic()
-        self._stop_receivers.set()
+        archivers = list(self.archivers.values())
+        for archiver in archivers:
+            archiver.stop.set()
         await asyncio.gather(
-            *(a.receiver.close(min(grace, 5.0)) for a in self.archivers.values()),
-            return_exceptions=True,
+            *(a.receiver.close(min(grace, 5.0)) for a in archivers), return_exceptions=True
         )
-        for receiver in self._receivers:
-            await cancel_task(receiver)
-        self._receivers.clear()
+        for archiver in archivers:
+            await cancel_task(archiver.task)
+            archiver.task = None
         task, self._task = self._task, None
         await cancel_task(task)
         left = grace - (time.monotonic() - began)
         if task is not None and left > 0:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.run_once(), left)
-        for archiver in self.archivers.values():
+        for archiver in archivers:
             await archiver.close_db()

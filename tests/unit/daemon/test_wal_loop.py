@@ -362,3 +362,34 @@ async def test_an_unchanged_partial_covers_what_was_flushed_after_its_last_write
     assert s.archived.lsn == 7 * SEG + 900
     assert await s.ship(T0, covered_lsn=9 * SEG, covered_at=after) == 0  # another segment's
     assert s.archived.lsn == 7 * SEG + 900
+
+
+async def test_a_reload_starts_new_sources_and_forgets_removed_ones(
+    tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    cfg = physical_config(tmp_path)
+    regions: dict[str, Storage] = {"a": MemoryStorage("a"), "b": MemoryStorage("b")}
+    metrics = Metrics()
+    services = Services(cfg=cfg, regions=regions, keyring=keyring, metrics=metrics, clock=Clock())
+    loop = WalLoop(services, sample_server=False)
+    kept = loop.archivers[REF]
+    assert (
+        'drd_wal_receiver_up{plan="billing",source="db"}'
+        in generate_latest(metrics.registry).decode()
+    )
+
+    same = physical_config(tmp_path / "same")
+    await loop.reconfigure(Services(cfg=same, regions=regions, keyring=keyring, metrics=metrics))
+    assert loop.archivers[REF] is kept  # nothing changed: it keeps running
+
+    changed = physical_config(tmp_path / "changed", partial_every="10s")
+    await loop.reconfigure(Services(cfg=changed, regions=regions, keyring=keyring, metrics=metrics))
+    assert loop.archivers[REF] is not kept
+    assert loop.archivers[REF].shipper.partial_every == timedelta(seconds=10)
+
+    gone = physical_config(tmp_path / "gone", archive="command")
+    await loop.reconfigure(Services(cfg=gone, regions=regions, keyring=keyring, metrics=metrics))
+    assert loop.archivers == {}
+    text = generate_latest(metrics.registry).decode()
+    assert 'drd_wal_receiver_up{plan="billing",source="db"}' not in text
+    assert loop.seconds_until_due() > 60  # nothing to poll
