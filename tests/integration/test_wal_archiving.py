@@ -7,6 +7,7 @@ a few seconds (the partial-segment interval) before the source was lost."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -194,6 +195,24 @@ def test_daemon_archives_wal_continuously_through_a_crash_and_an_outage(
             90,
             "segments copied to the region that was down",
         )
+
+        # pg_receivewal itself dies: the daemon starts it again and archiving goes on.
+        before = value(scrape(d.base), "drd_wal_receiver_restarts_total", **LABELS) or 0
+        for pid in receivers_of(spool):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                (value(scrape(d.base), "drd_wal_receiver_restarts_total", **LABELS) or 0) > before
+            ),
+            30,
+            "the receiver's restart",
+        )
+        wait_for(
+            lambda: value(scrape(d.base), "drd_wal_receiver_up", **LABELS) == 1,
+            30,
+            "the receiver running again",
+        )
+        time.sleep(3)
 
         samples = scrape(d.base)
         assert value(samples, "drd_wal_receiver_up", **LABELS) == 1
