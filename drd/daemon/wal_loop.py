@@ -90,6 +90,11 @@ class Archiver:
     #: when the last sample was answered, by this host's clock
     seen_at: datetime | None = None
     last_sample: ServerSample | None = None
+    #: the round (services clock) whose sample was the last one answered
+    answered_at: datetime | None = None
+    #: the archive held everything the server had written at this time (an idle server's
+    #: recovery point, later than its newest WAL's)
+    complete_at: datetime | None = None
     gaps: list[str] = field(default_factory=list)
     #: what a reload compares to know whether the source must be started afresh
     signature: tuple[Any, ...] = ()
@@ -239,6 +244,7 @@ class WalLoop:
         ):
             archiver.sampled_at = now
             if await archiver.sample() is not None:
+                archiver.answered_at = now
                 archiver.seen_at = datetime.now(UTC)  # compared with the spool's file times
         got = archiver.last_sample
         stored = await shipper.ship(
@@ -314,14 +320,21 @@ class WalLoop:
                 m.wal_slot_retained.labels(*labels).set(max(got.slot_retained, 0))
             if archived is not None:
                 m.wal_archive_lag.labels(*labels).set(max(got.lsn - archived.lsn, 0))
+                answered = archiver.answered_at
+                if got.lsn <= archived.lsn and answered is not None:
+                    # Sampled at the start of that round: all it had written is archived now.
+                    archiver.complete_at = max(archiver.complete_at or answered, answered)
 
     def recovery_point(self, ref: SourceRef) -> datetime | None:
-        """When the newest WAL of `ref` held in min_copies regions was written (None: not a
-        streamed source, or nothing archived yet)."""
+        """Up to when `ref` can be recovered from the WAL held in min_copies regions: when its
+        newest WAL was written, or, for a source that wrote nothing since, when it was last seen
+        with all it had written archived (None: not a streamed source, nothing archived)."""
         archiver = self.archivers.get(ref)
         if archiver is None or archiver.shipper.archived is None:
             return None
-        return archiver.shipper.archived.through
+        through = archiver.shipper.archived.through
+        complete = archiver.complete_at
+        return max(through, complete) if complete is not None else through
 
     def seconds_until_due(self) -> float:
         # Without streamed sources there is nothing to poll; a reload wakes the loop.

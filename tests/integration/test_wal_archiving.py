@@ -43,6 +43,7 @@ class Writer:
     dsn: str
     commits: list[tuple[int, datetime]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -52,6 +53,9 @@ class Writer:
     def _run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as db:
             while not self.stop.is_set():
+                if self.paused.is_set():
+                    time.sleep(0.05)
+                    continue
                 row = db.execute(
                     "INSERT INTO t (pad) SELECT string_agg(md5(random()::text), '') "
                     "FROM generate_series(1, 400) RETURNING id, at"
@@ -233,8 +237,22 @@ def test_daemon_archives_wal_continuously_through_a_crash_and_an_outage(
         )
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
+        # Idle: the archive comes to hold everything written (lag 0), and the RPO stays small
+        # while nothing is written.
+        writer.paused.set()
+        wait_for(
+            lambda: value(scrape(d.base), "drd_wal_archive_lag_bytes", **LABELS) == 0,
+            60,
+            "the archive to hold everything written",
+        )
+        time.sleep(5)
+        rpo = value(scrape(d.base), "drd_rpo_seconds", **LABELS)
+        assert rpo is not None and rpo < 15, rpo
+        writer.paused.clear()
+
         # The disaster: the source and the daemon are gone at once.
-        wait_for(lambda: len(writer.commits) > 400, 120, "more rows written")
+        resumed = len(writer.commits)
+        wait_for(lambda: len(writer.commits) > resumed + 100, 120, "steady writes again")
         writer.halt()
         lost_at = datetime.now(UTC)
         d.proc.send_signal(signal.SIGKILL)

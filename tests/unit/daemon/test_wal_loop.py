@@ -30,6 +30,7 @@ from drd.runtime import Services
 from drd.storage.base import Storage
 from drd.storage.faults import FaultyStorage
 from drd.storage.memory import MemoryStorage
+from drd.strategies.postgres_physical import ServerSample
 from drd.strategies.postgres_wal import Segment
 from tests.support.drdenv import DrdEnv
 
@@ -393,3 +394,40 @@ async def test_a_reload_starts_new_sources_and_forgets_removed_ones(
     text = generate_latest(metrics.registry).decode()
     assert 'drd_wal_receiver_up{plan="billing",source="db"}' not in text
     assert loop.seconds_until_due() > 60  # nothing to poll
+
+
+async def test_an_idle_source_recovers_to_when_it_was_last_seen_fully_archived(
+    tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    cfg = physical_config(tmp_path)
+    regions: dict[str, Storage] = {"a": MemoryStorage("a"), "b": MemoryStorage("b")}
+    clock = Clock(datetime.now(UTC))
+    services = Services(cfg=cfg, regions=regions, keyring=keyring, clock=clock)
+    loop = WalLoop(services, sample_server=False)
+    put_segment(cfg.state_dir / "wal-spool" / "billing" / "db", 1)
+    await loop.run_once()
+    archiver = loop.archivers[REF]
+    archived = archiver.shipper.archived
+    assert archived is not None and loop.recovery_point(REF) == archived.through
+
+    def seen(lsn: int, at: datetime) -> None:
+        archiver.last_sample = ServerSample(
+            time=at,
+            lsn=lsn,
+            timeline=1,
+            system_identifier=str(SYSID),
+            slot_lsn=lsn,
+            slot_active=True,
+            slot_retained=0,
+            wal_status="reserved",
+        )
+        archiver.answered_at = at
+        loop._publish(archiver)
+
+    later = archived.through + timedelta(minutes=10)
+    seen(archived.lsn + 10, later)  # written, not yet archived: the point stays
+    assert loop.recovery_point(REF) == archived.through
+    seen(archived.lsn, later)  # nothing written since: everything was archived at `later`
+    assert loop.recovery_point(REF) == later
+    text = generate_latest(services.metrics.registry).decode()
+    assert 'drd_wal_archive_lag_bytes{plan="billing",source="db"} 0.0' in text
