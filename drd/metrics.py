@@ -113,7 +113,8 @@ class Metrics:
         self.rpo = Gauge(
             "drd_rpo_seconds",
             "Now minus the capture time of the newest backup committed in at least "
-            "min_copies regions",
+            "min_copies regions (a continuously archived physical source: minus the time its "
+            "archive in min_copies regions reaches)",
             PS,
             registry=r,
         )

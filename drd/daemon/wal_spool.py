@@ -178,7 +178,20 @@ class Shipper:
                 marker = f.name
             else:
                 f.path.unlink(missing_ok=True)
-        partial = next((f for f in files if f.kind == "partial"), None)
+        partials = [f for f in files if f.kind == "partial"]
+        for old in partials[:-1]:
+            # A timeline's last segment stays `.partial` when the server switched timelines:
+            # it is stored once, then leaves the spool.
+            try:
+                if await self._push(old) is not None:
+                    stored += 1
+                    old.path.unlink(missing_ok=True)
+            except NotEnoughCopies as exc:
+                self._trouble(str(exc))
+                return stored
+            except (FileNotFoundError, ValueError):
+                continue
+        partial = partials[-1] if partials else None
         if partial is not None and self.partial_version == (partial.name, partial.mtime_ns):
             self._note_covered(partial, covered_lsn, covered_at)
         elif partial is not None and self._partial_due(partial, now):

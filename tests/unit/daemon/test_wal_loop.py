@@ -431,3 +431,21 @@ async def test_an_idle_source_recovers_to_when_it_was_last_seen_fully_archived(
     assert loop.recovery_point(REF) == later
     text = generate_latest(services.metrics.registry).decode()
     assert 'drd_wal_archive_lag_bytes{plan="billing",source="db"} 0.0' in text
+
+
+async def test_an_old_timelines_partial_is_stored_once_and_the_new_one_periodically(
+    tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    region = MemoryStorage("a")
+    s = shipper(tmp_path, [region], keyring)
+    # After a promotion pg_receivewal leaves timeline 1's last segment as .partial and goes
+    # on with timeline 2 in the same segment number.
+    old = s.spool / (name(5, tli=1) + ".partial")
+    old.write_bytes(segment_bytes(5, tli=1))
+    new = s.spool / (name(5, tli=2) + ".partial")
+    new.write_bytes(segment_bytes(5, tli=2))
+    assert await s.ship(T0) == 2
+    assert not old.exists() and new.exists()
+    names = [parse_wal_key(k).name for k in await objects(region)]  # type: ignore[union-attr]
+    assert sorted(names) == sorted([name(5, tli=1) + ".partial", name(5, tli=2) + ".partial"])
+    assert s.partial_version is not None and s.partial_version[0] == new.name
