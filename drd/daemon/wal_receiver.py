@@ -44,10 +44,13 @@ _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 5
 
 
+#: loaded here, not in the forked child, which should do as little as it can before exec
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when drd's thread that started it goes away."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def backoff(failures: int) -> float:
