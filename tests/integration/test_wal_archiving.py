@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from drd.repository.wal import parse_wal_key
-from drd.strategies.postgres_wal import parse_segment_name
+from drd.strategies.postgres_wal import parse_lsn, parse_segment_name
 from tests.integration.test_daemon import Daemon, free_port, scrape, value, wait_for
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import FakeGcsServer, StartRegions
@@ -165,6 +165,7 @@ def test_daemon_archives_wal_continuously_through_a_crash_and_an_outage(
         writers.append(writer)
         writer.start()
         # A base backup taken while the slot streams: its WAL is all in the archive.
+        before_backup = parse_lsn(cluster.one("SELECT pg_current_wal_lsn()::text"))
         env.ok("backup", "billing/db")
         wait_for(lambda: len(writer.commits) > 100, 60, "rows written")
 
@@ -270,6 +271,8 @@ def test_daemon_archives_wal_continuously_through_a_crash_and_an_outage(
         assert numbers == list(range(numbers[0], numbers[-1] + 1)), f"{region}: a gap"
         held[region] = numbers
     assert held["ew1"][-1] - held["ew1"][0] > 10, held  # it went through many segments
+    # ... from before the base backup's end on: nothing between it and the end is missing.
+    assert held["ew1"][0] <= before_backup // SEG, (held["ew1"][0], before_backup)
     assert held["ew1"] == held["uc1"]
 
     # Restore everything archived into a new data directory and start it.
