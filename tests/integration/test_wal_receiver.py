@@ -78,3 +78,57 @@ async def test_a_failing_receiver_is_restarted_with_backoff_and_logged_once_per_
     # 1 s, then 2 s between attempts: a backoff, not a spin.
     assert restarts[1] - restarts[0] >= 0.9 and restarts[2] - restarts[1] >= 1.9
     assert ups == [True, False, True, False, True, False]
+
+
+def test_a_stuck_archiver_shows_its_slot_holding_back_wal(
+    tmp_path: Path, pg_cluster_factory: ClusterFactory
+) -> None:
+    """drd run with a receiver that cannot stream: the slot it created keeps the WAL written
+    meanwhile, and /metrics shows it growing past max_slot_retained (what
+    DrdWalSlotRetainingTooMuch fires on), with the receiver down and restarting."""
+    from tests.integration.test_daemon import Daemon, scrape, value, wait_for
+    from tests.support.drdenv import DrdEnv
+
+    cluster = pg_cluster_factory(initdb_args=("--wal-segsize=1",))
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "pg_receivewal").write_text(FAILING_TOOL)
+    os.chmod(tools / "pg_receivewal", 0o755)
+    env = DrdEnv.files_plan(tmp_path)
+    env.plans.clear()
+    env.add_plan(
+        "billing",
+        [
+            {
+                "name": "db",
+                "kind": "postgres-physical",
+                "dsn": cluster.dsn(),
+                "pg_bin_dir": str(tools),
+                "max_slot_retained": "2MiB",
+            }
+        ],
+        targets={"rpo": "1m", "rto": "1h"},
+        schedule={"every": "24h"},
+    )
+    env.write()
+    labels = {"plan": "billing", "source": "db"}
+    d = Daemon(env, env.api_port)
+    try:
+        wait_for(
+            lambda: cluster.sql("SELECT 1 FROM pg_replication_slots WHERE NOT active"),
+            30,
+            "drd's slot",
+        )
+        cluster.sql("CREATE TABLE t AS SELECT md5(i::text) AS v FROM generate_series(1, 60000) i")
+
+        def retained() -> float:
+            return value(scrape(d.base), "drd_wal_slot_retained_bytes", **labels) or 0
+
+        wait_for(lambda: retained() > 2 << 20, 60, "the slot's retained WAL past the limit")
+        samples = scrape(d.base)
+        assert value(samples, "drd_wal_slot_retained_limit_bytes", **labels) == 2 << 20
+        assert value(samples, "drd_wal_receiver_up", **labels) == 0
+        assert (value(samples, "drd_wal_receiver_restarts_total", **labels) or 0) >= 1
+        assert "WAL receiver stopped" in d.output()
+    finally:
+        d.stop()
