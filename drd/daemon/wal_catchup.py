@@ -180,7 +180,3 @@ def describe(result: CatchUp) -> str:
     if result.deleted:
         parts.append(f"{result.deleted} superseded partial(s) deleted")
     return ", ".join(parts)
-
-
-def newest_time(result: CatchUp) -> datetime | None:
-    return result.newest.through if result.newest is not None else None

@@ -7,8 +7,8 @@ For every such source of every plan:
   (`slot`, default drd_<plan>_<source>, created if missing) into its spool directory;
 - every round (each second) the spool is shipped to the plan's regions (drd.daemon.wal_spool):
   completed segments at once, the partial segment every `partial_every` while it grows;
-- every `sample_every` the server is sampled (its WAL position, the slot's retained WAL) for the
-  lag and slot metrics;
+- every SAMPLE_EVERY (5 s) the server is sampled (its WAL position, the slot's retained WAL)
+  for the lag and slot metrics;
 - at the first round and then every CATCH_UP_EVERY (every CATCH_UP_SOON while a region is
   behind) the archive is listed in every region (drd.daemon.wal_catchup): missing copies are
   copied from the other regions, superseded partials deleted, gaps counted, and the newest
@@ -51,6 +51,7 @@ from drd.strategies.postgres_physical import (
     sample,
     sql_dsn,
 )
+from drd.strategies.postgres_wal import parse_segment_name
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +302,6 @@ class WalLoop:
         ):
             lsn = shipper.archived.lsn if shipper.archived is not None else 0
             if shipper.segment_size is not None and newest.kind == "segment":
-                from drd.strategies.postgres_wal import parse_segment_name
-
                 seg = parse_segment_name(newest.name, shipper.segment_size)
                 lsn = max(lsn, seg.end_lsn(shipper.segment_size))
             shipper.archived = Archived(newest.name, newest.through, lsn)
