@@ -35,6 +35,7 @@ from drd.config.rules import (
     check_review,
     check_schedule,
     check_secret_values,
+    check_slot_names,
     check_source_names,
     check_wal_rpo,
 )
@@ -84,11 +85,13 @@ def _load(config_path: Path, today: date) -> tuple[list[Finding], Config | None]
     findings = report.sorted()
     plans: list[Plan] = []
     names: dict[str, Path] = {}
+    slots: dict[tuple[str, ...], str] = {}
     for plan_file in plan_files:
         plan_report = FileReport(plan_file)
         plan = _load_plan(plan_report, config_path, region_names, today)
         if plan is not None:
             plans.append(plan)
+            check_slot_names(plan_report, plan, slots)
         name = plan.name if plan else get_in(plan_report.doc_data, "name")
         if isinstance(name, str) and name in names:
             plan_report.error(("name",), f"plan name already used by {display_path(names[name])}")

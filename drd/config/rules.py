@@ -67,6 +67,34 @@ def check_wal_rpo(
     return bool(sources) and len(streamed) == len(sources)
 
 
+def check_slot_names(report: FileReport, plan: Any, taken: dict[tuple[str, ...], str]) -> None:
+    """Two continuously archived sources of one server must not share a replication slot:
+    their receivers would take it from each other. `taken`: (slot, host, port) -> the
+    source that has it, over the plans loaded so far."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from drd.strategies.postgres_physical import default_slot_name
+
+    for index, source in enumerate(plan.sources):
+        if source.kind != "postgres-physical" or getattr(source, "archive", "") != "stream":
+            continue
+        slot = getattr(source, "slot", None) or default_slot_name(plan.name, source.name)
+        try:
+            params = conninfo_to_dict(getattr(source, "dsn", ""))
+        except Exception:  # not a DSN: reported where it is used; compare by the slot alone
+            params = {}
+        host = str(params.get("host") or params.get("hostaddr") or "")
+        key = (slot, host, str(params.get("port") or "5432"))
+        owner = f"{plan.name}/{source.name}"
+        if key in taken and taken[key] != owner:
+            report.error(
+                ("sources", index, "slot"),
+                f"replication slot {slot} on {host or 'the default host'}:{key[2]} is also "
+                f"{taken[key]}'s: give one of them its own `slot`",
+            )
+        taken.setdefault(key, owner)
+
+
 def check_schedule(
     report: FileReport,
     schedule: Schedule | None,
