@@ -121,7 +121,8 @@ class Metrics:
         self.rpo = Gauge(
             "drd_rpo_seconds",
             "Now minus the capture time of the newest backup committed in at least "
-            "min_copies regions",
+            "min_copies regions (a continuously archived physical source: minus the time its "
+            "archive in min_copies regions reaches)",
             PS,
             registry=r,
         )
@@ -286,6 +287,65 @@ class Metrics:
             registry=r,
         )
         self._jobs_seen: set[tuple[str, str, str]] = set()
+        # WAL archiving of physical PostgreSQL sources (fed by drd.daemon.wal_loop)
+        self.wal_last_archived = Gauge(
+            "drd_wal_last_archived_timestamp_seconds",
+            "When the newest WAL held in min_copies regions was written (its file's time)",
+            PS,
+            registry=r,
+        )
+        self.wal_archive_lag = Gauge(
+            "drd_wal_archive_lag_bytes",
+            "WAL the source has written that is not yet held in min_copies regions",
+            PS,
+            registry=r,
+        )
+        self.wal_slot_retained = Gauge(
+            "drd_wal_slot_retained_bytes",
+            "WAL the source keeps on its disk for drd's replication slot "
+            "(pg_current_wal_lsn() - restart_lsn)",
+            PS,
+            registry=r,
+        )
+        self.wal_slot_retained_limit = Gauge(
+            "drd_wal_slot_retained_limit_bytes",
+            "The source's max_slot_retained: more retained WAL than this is an alert",
+            PS,
+            registry=r,
+        )
+        self.wal_gaps = Gauge(
+            "drd_wal_gaps",
+            "WAL segments missing in every region with later WAL held (a restore cannot "
+            "replay past them)",
+            PS,
+            registry=r,
+        )
+        self.wal_receiver_up = Gauge(
+            "drd_wal_receiver_up",
+            "1 while pg_receivewal runs for the source, 0 while it is down (restarted with "
+            "a backoff)",
+            PS,
+            registry=r,
+        )
+        self.wal_receiver_restarts = Counter(
+            "drd_wal_receiver_restarts",
+            "Times pg_receivewal ended and had to be started again",
+            PS,
+            registry=r,
+        )
+        self.wal_archived = Counter(
+            "drd_wal_archived_files",
+            "WAL files (segments, partial segments, timeline histories) stored in min_copies "
+            "regions",
+            PS,
+            registry=r,
+        )
+        self.wal_copy_repairs = Counter(
+            "drd_wal_copy_repairs",
+            "WAL objects copied to a plan region that lacked them, by result",
+            ("plan", "region", "result"),
+            registry=r,
+        )
 
         # Storage and plans
         self.storage_operations = Counter(

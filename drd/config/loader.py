@@ -35,7 +35,9 @@ from drd.config.rules import (
     check_review,
     check_schedule,
     check_secret_values,
+    check_slot_names,
     check_source_names,
+    check_wal_rpo,
 )
 from drd.config.yamlsource import Loc
 from drd.errors import ConfigError
@@ -83,11 +85,13 @@ def _load(config_path: Path, today: date) -> tuple[list[Finding], Config | None]
     findings = report.sorted()
     plans: list[Plan] = []
     names: dict[str, Path] = {}
+    slots: dict[tuple[str, ...], str] = {}
     for plan_file in plan_files:
         plan_report = FileReport(plan_file)
         plan = _load_plan(plan_report, config_path, region_names, today)
         if plan is not None:
             plans.append(plan)
+            check_slot_names(plan_report, plan, slots)
         name = plan.name if plan else get_in(plan_report.doc_data, "name")
         if isinstance(name, str) and name in names:
             plan_report.error(("name",), f"plan name already used by {display_path(names[name])}")
@@ -206,7 +210,10 @@ def _load_plan(
         sections["restore_test"] = restore_test
 
     check_review(report, raw.get("reviewed_on"), today)
-    check_schedule(report, sections.get("schedule"), sections.get("targets"), today)
+    continuous = check_wal_rpo(report, raw.get("sources"), sources, sections.get("targets"))
+    check_schedule(
+        report, sections.get("schedule"), sections.get("targets"), today, continuous=continuous
+    )
     check_plan_regions(report, get_in(raw, "storage", "regions"), region_names, config_path)
     check_restore_test(report, restore_test, sections.get("targets"))
     check_source_names(report, raw.get("sources"))

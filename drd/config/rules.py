@@ -43,12 +43,74 @@ def check_review(report: FileReport, raw_reviewed_on: Any, today: date) -> None:
         )
 
 
+def check_wal_rpo(
+    report: FileReport, raw_sources: Any, sources: list[SourceOptions], targets: Targets | None
+) -> bool:
+    """A postgres-physical source the daemon archives continuously (`archive: stream`) loses at
+    most about `partial_every` of WAL, whatever the base backups' schedule: that must fit the
+    RPO. True if every source of the plan is such a source (then the schedule need not)."""
+    streamed = [
+        s
+        for s in sources
+        if s.kind == "postgres-physical" and getattr(s, "archive", "") == "stream"
+    ]
+    if targets is not None:
+        names = [e.get("name") if isinstance(e, dict) else None for e in as_list(raw_sources)]
+        for source in streamed:
+            every: timedelta = getattr(source, "partial_every")  # noqa: B009
+            if every >= targets.rpo and source.name in names:
+                report.error(
+                    ("sources", names.index(source.name), "partial_every"),
+                    f"cannot meet the RPO target: the segment being written is archived every "
+                    f"{format_duration(every)}, but rpo is {format_duration(targets.rpo)}",
+                )
+    return bool(sources) and len(streamed) == len(sources)
+
+
+def check_slot_names(report: FileReport, plan: Any, taken: dict[tuple[str, ...], str]) -> None:
+    """Two continuously archived sources of one server must not share a replication slot:
+    their receivers would take it from each other. `taken`: (slot, host, port) -> the
+    source that has it, over the plans loaded so far."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from drd.strategies.postgres_physical import default_slot_name
+
+    for index, source in enumerate(plan.sources):
+        if source.kind != "postgres-physical" or getattr(source, "archive", "") != "stream":
+            continue
+        slot = getattr(source, "slot", None) or default_slot_name(plan.name, source.name)
+        try:
+            params = conninfo_to_dict(getattr(source, "dsn", ""))
+        except Exception:  # not a DSN: reported where it is used; compare by the slot alone
+            params = {}
+        host = str(params.get("host") or params.get("hostaddr") or "")
+        key = (slot, host, str(params.get("port") or "5432"))
+        owner = f"{plan.name}/{source.name}"
+        if key in taken and taken[key] != owner:
+            report.error(
+                ("sources", index, "slot"),
+                f"replication slot {slot} on {host or 'the default host'}:{key[2]} is also "
+                f"{taken[key]}'s: give one of them its own `slot`",
+            )
+        taken.setdefault(key, owner)
+
+
 def check_schedule(
-    report: FileReport, schedule: Schedule | None, targets: Targets | None, today: date
+    report: FileReport,
+    schedule: Schedule | None,
+    targets: Targets | None,
+    today: date,
+    *,
+    continuous: bool = False,
 ) -> None:
+    """The schedule must meet the RPO, unless every source is archived continuously
+    (check_wal_rpo); a cron expression must fire."""
     if schedule is None or targets is None:
         return
     rpo = targets.rpo
+    if continuous:
+        # Base backups only bound how much WAL a restore replays: any period will do.
+        rpo = timedelta(days=366)
     if schedule.every is not None:
         if schedule.every > rpo:
             report.error(

@@ -43,6 +43,7 @@ from drd.daemon.scrub_loop import ScrubLoop
 from drd.daemon.sdnotify import Notifier
 from drd.daemon.slots import JobSlot, request_now, seconds_until_due, start_due
 from drd.daemon.status import Activity, Upcoming, status_line
+from drd.daemon.wal_loop import WalLoop
 from drd.errors import (
     ConfigError,
     DrdError,
@@ -184,12 +185,15 @@ class Daemon:
             on_state_error=self.state_failed,
             on_change=self.update_status,
         )
+        # Continuous WAL archiving of physical PostgreSQL sources: see drd.daemon.wal_loop.
+        self.wal = WalLoop(self.services)
         self.loops: tuple[Loop, ...] = (
             self.region_probe,
             self.retention,
             self.scrub,
             self.restore_tests,
             self.drills,
+            self.wal,
         )
 
     # -- state --------------------------------------------------------------------------------
@@ -288,7 +292,11 @@ class Daemon:
         """Time-dependent gauges, recomputed at every scrape."""
         now = self.clock()
         for st in self.sources.values():
-            rpo = (now - st.last_capture).total_seconds() if st.last_capture else float("inf")
+            # A physical source recovers to its newest archived WAL, not just its base backup.
+            point, archived = st.last_capture, self.wal.recovery_point(st.ref)
+            if point is not None and archived is not None:
+                point = max(point, archived)
+            rpo = (now - point).total_seconds() if point else float("inf")
             self.metrics.rpo.labels(st.ref.plan, st.ref.source).set(rpo)
         for plan in self.cfg.plans:
             age = now.date() - plan.reviewed_on
@@ -504,6 +512,7 @@ class Daemon:
         self.retention.reconfigure(self.services)
         self.restore_tests.reconfigure(self.services, slots=self._slots)
         await self.drills.reconfigure(self.services)
+        await self.wal.reconfigure(self.services)
         self._wake.set()  # new and rescheduled sources: look again now
 
     # -- status (sd_notify STATUS=) -------------------------------------------------------------

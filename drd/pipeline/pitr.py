@@ -41,6 +41,7 @@ from drd.errors import (
     DrdError,
     IntegrityError,
     NotEnoughCopies,
+    ObjectExists,
     OutsideWindow,
     RestoreError,
     StorageError,
@@ -155,7 +156,14 @@ async def push_wal(
                 result.already.append(storage.name)
                 result.holding.append(storage.name)
                 return
-            info = await storage.put(key, sealed, metadata={"drd-wal": name})
+            try:
+                # Create-only: a copy stored there already (a kill between storing and
+                # noting it) is kept as it is, never replaced.
+                info = await storage.put(key, sealed, metadata={"drd-wal": name}, if_absent=True)
+            except ObjectExists:
+                result.already.append(storage.name)
+                result.holding.append(storage.name)
+                return
             if info.size != len(sealed) or (info.checksum and info.checksum != expected_checksum):
                 with contextlib.suppress(Exception):
                     await storage.delete(key)

@@ -114,7 +114,7 @@ class Cluster:
         )
 
 
-def make_cluster(extra: dict[str, str] | None = None) -> Cluster:
+def make_cluster(extra: dict[str, str] | None = None, initdb_args: tuple[str, ...] = ()) -> Cluster:
     root = Path(tempfile.mkdtemp(prefix="drd-test-pg-"))
     root.chmod(0o700)
     chown_to_postgres(root)
@@ -131,6 +131,7 @@ def make_cluster(extra: dict[str, str] | None = None) -> Cluster:
         "-E",
         "UTF8",
         "--locale=C",
+        *initdb_args,
     )
     lines = [f"{k} = {v}" for k, v in cluster.settings.items()]
     lines += [f"port = {cluster.port}", f"unix_socket_directories = '{root}'"]
@@ -159,8 +160,9 @@ class ClusterFactory:
         self.clusters: list[Cluster] = []
         self.dirs: list[Path] = []
 
-    def __call__(self, **settings: str) -> Cluster:
-        cluster = make_cluster(settings)
+    def __call__(self, initdb_args: tuple[str, ...] = (), **settings: str) -> Cluster:
+        """A new running cluster; `initdb_args` e.g. ("--wal-segsize=1",) for 1 MiB segments."""
+        cluster = make_cluster(settings, initdb_args)
         self.clusters.append(cluster)
         return cluster
 

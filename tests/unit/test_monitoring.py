@@ -365,6 +365,11 @@ REQUIRED_PANELS = {
     ),
     "Storage operations": ("timeseries", {"drd_storage_operations_total"}),
     "Plan review age": (None, {"drd_plan_review_age_seconds"}),
+    "WAL archive lag": (
+        "timeseries",
+        {"drd_wal_archive_lag_bytes", "drd_wal_slot_retained_bytes"},
+    ),
+    "WAL receiver": ("stat", {"drd_wal_receiver_up"}),
 }
 
 

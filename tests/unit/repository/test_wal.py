@@ -263,3 +263,14 @@ async def test_windows_and_choosing_a_base_backup(keyring: crypto.Keyring) -> No
     healed = await recovery_windows(REF, rs, keyring)
     assert choose(healed, Target("latest")).chain.end == Segment(1, 9)
     assert choose(healed, Target("lsn", lsn=9 * SEG + 5)).base.end_lsn == 6 * SEG + 0x100
+
+
+async def test_a_push_never_replaces_an_object_under_its_key(keyring: crypto.Keyring) -> None:
+    rs = [MemoryStorage("a"), MemoryStorage("b")]
+    key = wal_key(REF, SYSID, name(9), T0 + timedelta(seconds=9))
+    await rs[0].put(key, b"what is there already")
+    # The caller believes region a does not hold it (a listing from before a kill).
+    result = await push(rs, keyring, 9, held={"a": False, "b": False})
+    assert result.already == ["a"] and sorted(result.holding) == ["a", "b"]
+    assert await rs[0].get(key) == b"what is there already"
+    assert await rs[1].get(key) != b"what is there already"
