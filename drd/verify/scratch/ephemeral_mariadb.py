@@ -44,23 +44,22 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from drd.errors import RestoreError
 from drd.fsutil import remove_tree
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
+from drd.verify.scratch.server_tools import HOST, TOOL_ENV, append, free_port, run_tool, tail
 from drd.verify.scratch.teardown import run_to_completion
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 SUPERUSER = "root"
 DEFAULT_RUN_AS = "mysql"
 _TOOL_TIMEOUT = 120.0
@@ -69,7 +68,6 @@ _STOP_TIMEOUT = 30.0
 _START_ATTEMPTS = 3
 _SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 # The children's environment: nothing of ours (MYSQL_* variables, keys) leaks into them.
-_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "LANG": "C"}
 _RESERVED_DBS = {"mysql", "information_schema", "performance_schema", "sys"}
 
 Flavour = Literal["mariadb", "mysql"]
@@ -136,7 +134,7 @@ async def _version(program: Path) -> str | None:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env=_ENV,
+            env=TOOL_ENV,
         )
         async with asyncio.timeout(30):
             out, _ = await proc.communicate()
@@ -200,50 +198,9 @@ def _run_as_prefix(user: str | None) -> list[str]:
     return [runuser, "-u", user, "--"]
 
 
-def _append(path: Path) -> BinaryIO:
-    return open(path, "ab")
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        data = path.read_bytes()[-limit:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace").strip()
-
-
 async def _run(argv: Sequence[str], log_path: Path, limit: float = _TOOL_TIMEOUT) -> None:
-    """Run a server tool, its output appended to `log_path`; RestoreError if it fails."""
     tool = os.path.basename(argv[0])
-    with _append(log_path) as out:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=_ENV,
-            )
-        except OSError as exc:
-            raise RestoreError(f"ephemeral-mariadb: cannot run {tool}: {exc}") from None
-    try:
-        async with asyncio.timeout(limit):
-            returncode = await proc.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    if returncode != 0:
-        raise RestoreError(
-            f"ephemeral-mariadb: {tool} exited with status {returncode}: {_tail(log_path)}"
-        )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    await run_tool(argv, log_path, kind="ephemeral-mariadb", tool=tool, limit=limit)
 
 
 def _init_sql(flavour: Flavour, password: str) -> str:
@@ -359,15 +316,15 @@ async def _start(
 ) -> tuple[asyncio.subprocess.Process, int]:
     """Start the server on a free port; (its process, the port) once it answers."""
     for attempt in range(_START_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         _private_file(root / "init.sql", _init_sql(binaries.flavour, password), account)
-        with _append(root / "server.log") as out:
+        with append(root / "server.log") as out:
             proc = await asyncio.create_subprocess_exec(
                 *_server_argv(root, binaries, run_as, port),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
-                env=_ENV,
+                env=TOOL_ENV,
                 start_new_session=True,  # a Ctrl-C for drd is drd's to handle, not the server's
             )
         try:
@@ -381,11 +338,11 @@ async def _start(
         if ready:
             return proc, port
         await _stop(proc)
-        if "Address already in use" not in _tail(root / "server.log") or (
+        if "Address already in use" not in tail(root / "server.log") or (
             attempt + 1 == _START_ATTEMPTS
         ):
             raise RestoreError(
-                f"ephemeral-mariadb: the server did not start: {_tail(root / 'server.log')}"
+                f"ephemeral-mariadb: the server did not start: {tail(root / 'server.log')}"
             )
     raise AssertionError("unreachable")
 
@@ -403,7 +360,7 @@ async def _wait_ready(root: Path, proc: asyncio.subprocess.Process, password: st
     except TimeoutError:
         raise RestoreError(
             f"ephemeral-mariadb: the server did not answer within {_READY_TIMEOUT:.0f}s: "
-            f"{_tail(root / 'server.log')}"
+            f"{tail(root / 'server.log')}"
         ) from None
     return False
 

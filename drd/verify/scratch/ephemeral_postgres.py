@@ -41,22 +41,21 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from drd.errors import RestoreError
 from drd.fsutil import remove_tree
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
 from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
+from drd.verify.scratch.server_tools import HOST, free_port, run_tool, tail
 from drd.verify.scratch.teardown import run_to_completion
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 DEFAULT_RUN_AS = "postgres"
 _TOOL_TIMEOUT = 120.0
@@ -74,7 +73,6 @@ _SETTINGS = {
     "jit": "off",
 }
 # The children's environment: nothing of ours (PG* variables, keys) leaks into them.
-_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "LANG": "C"}
 
 
 @dataclass(frozen=True)
@@ -138,51 +136,9 @@ def _run_as_prefix(user: str | None) -> list[str]:
     return [runuser, "-u", user, "--"]
 
 
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        data = path.read_bytes()[-limit:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace").strip()
-
-
-def _append(path: Path) -> BinaryIO:
-    return open(path, "ab")
-
-
 async def _run(argv: Sequence[str], log_path: Path, limit: float = _TOOL_TIMEOUT) -> None:
-    """Run a server tool, its output appended to `log_path` (a file, never a pipe: pg_ctl's
-    server would inherit a pipe and hold it open). RestoreError if it fails."""
     tool = next((os.path.basename(a) for a in argv if a.endswith(("initdb", "pg_ctl"))), argv[0])
-    with _append(log_path) as out:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=_ENV,
-            )
-        except OSError as exc:
-            raise RestoreError(f"ephemeral-postgres: cannot run {tool}: {exc}") from None
-    try:
-        async with asyncio.timeout(limit):
-            returncode = await proc.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    if returncode != 0:
-        raise RestoreError(
-            f"ephemeral-postgres: {tool} exited with status {returncode}: {_tail(log_path)}"
-        )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    await run_tool(argv, log_path, kind="ephemeral-postgres", tool=tool, limit=limit)
 
 
 @contextlib.asynccontextmanager
@@ -329,7 +285,7 @@ async def _create_and_start(root: Path, tools: Path, run_as: str | None, passwor
             os.unlink(pwfile)
     settings = " ".join(f"-c {k}={v}" for k, v in _SETTINGS.items())
     for attempt in range(_START_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         options = f"{settings} -p {port} -k {shlex.quote(str(sock))}"
         argv = [*prefix, str(tools / "pg_ctl"), "-D", str(data), "-l", str(server_log)]
         try:
@@ -337,7 +293,7 @@ async def _create_and_start(root: Path, tools: Path, run_as: str | None, passwor
             return port
         except RestoreError:
             # Another process may have taken the port between our probe and the bind.
-            if "Address already in use" not in _tail(server_log) or attempt + 1 == _START_ATTEMPTS:
+            if "Address already in use" not in tail(server_log) or attempt + 1 == _START_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
