@@ -29,6 +29,9 @@ async def restored_bucket_statistics(target: str) -> dict[str, Any]:
         pages = await asyncio.to_thread(bucket.pages, prefix)
         while (page := await asyncio.to_thread(gcs_bucket._next_page, pages)) is not None:
             for blob in page:
+                # Before any download: a download updates the blob from the response's
+                # headers (gcp-storage-emulator drops Content-Encoding from a ranged one).
+                props = gcs_bucket._properties(blob)
                 data_sha = hashlib.sha256()
                 position, size = 0, int(blob.size or 0)
                 while position < size:
@@ -46,7 +49,7 @@ async def restored_bucket_statistics(target: str) -> dict[str, Any]:
                     position = stop
                 digests.add(
                     str(blob.name)[len(prefix) :],
-                    gcs_bucket.object_digest(data_sha.hexdigest(), gcs_bucket._properties(blob)),
+                    gcs_bucket.object_digest(data_sha.hexdigest(), props),
                 )
                 total += size
     finally:
