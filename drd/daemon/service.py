@@ -331,7 +331,11 @@ class Daemon:
             self._backup_job,
             "backup",
             outcome=self._backup_outcome,
+            crashed=self._backup_crashed,
         )
+
+    def _backup_crashed(self, st: SourceState, exc: Exception) -> None:
+        self._backup_failed(st, str(exc) or type(exc).__name__, began=None)
 
     def _backup_outcome(self, st: SourceState, cancelled: bool) -> RunOutcome:
         now = self.clock()
@@ -665,11 +669,12 @@ class Daemon:
         )
         self._publish_source(st)
 
-    def _backup_failed(self, st: SourceState, detail: str, began: float) -> None:
+    def _backup_failed(self, st: SourceState, detail: str, began: float | None) -> None:
         labels = (st.ref.plan, st.ref.source)
         log.error("backup %s failed: %s", st.ref, detail)
         self.metrics.backups.labels(*labels, "failure").inc()
-        self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
+        if began is not None:  # None: a job that raised, whose start is not known here
+            self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         st.last_status, st.last_error = "failure", detail
         st.consecutive_failures += 1
         st.last_finished = self.clock()
