@@ -117,3 +117,16 @@ def test_an_unreachable_region_is_named(env: DrdEnv, capsys: pytest.CaptureFixtu
     assert "p/tree (files): backup no job recorded; next backup now" in out
     assert "restore test no test recorded" in out and "note: job history: " in out
     assert "(the daemon's API was not asked or did not answer: --offline)" in out
+
+
+def test_a_drd_token_with_whitespace_is_refused_like_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRD_TOKEN", "drdt1_abc def")
+    with pytest.raises(UsageError) as info:
+        read_token(None)
+    assert "DRD_TOKEN" in str(info.value) and "whitespace" in str(info.value)
+    assert "abc" not in str(info.value)
+    monkeypatch.setenv("DRD_TOKEN", "   ")
+    with pytest.raises(UsageError, match="DRD_TOKEN"):
+        read_token(None)
