@@ -19,8 +19,9 @@ asked `Storage.check()`, concurrently, each within `daemon.region_probe.timeout`
 - the answer goes to drd.storage.health, as every real operation's outcome does.
 
 /readyz answers from what this (and every operation) found, never asking a region itself: a
-region that hangs cannot make the readiness answer late. The daemon runs one round before it
-reports ready, so no region is unknown by then.
+region that hangs cannot make the readiness answer late. The HTTP server starts before the
+first round, and until that round has finished /readyz answers 503 and a region nothing has
+been asked of is "not probed yet", never "ok".
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class RegionProbeLoop:
         self.health = health
         self._task: asyncio.Task[None] | None = None
         self._last_round: datetime | None = None
+        #: a whole round has finished: every region was asked at least once
+        self.first_round_done = False
 
     def reconfigure(self, services: Services) -> None:
         self.services = services
@@ -89,6 +92,7 @@ class RegionProbeLoop:
         results = await asyncio.gather(*(self._probe(regions[n], limit) for n in names))
         for name, problem in zip(names, results, strict=True):
             self.health.probed(name, problem)
+        self.first_round_done = True
         return dict(zip(names, results, strict=True))
 
     def seconds_until_due(self) -> float:

@@ -62,7 +62,7 @@ from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.storage.base import Storage
-from drd.storage.health import RegionHealth
+from drd.storage.health import NOT_PROBED, RegionHealth
 from drd.strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
@@ -726,11 +726,19 @@ class Daemon:
         return await self.region_probe.run_once()
 
     def region_problems(self) -> dict[str, str]:
-        """Region name -> why it is down ("" when up), from the last operation or probe."""
-        return {
-            name: "" if self.health.is_up(name) else self.health.state(name).problem
-            for name in self.regions
-        }
+        """Region name -> why it is down ("" when up), from the last operation or probe; one
+        nothing has asked yet is not up either."""
+        return {name: self._region_problem(name) for name in self.regions}
+
+    def _region_problem(self, name: str) -> str:
+        if not self.health.known(name):
+            return NOT_PROBED
+        return "" if self.health.is_up(name) else self.health.state(name).problem
+
+    @property
+    def regions_probed(self) -> bool:
+        """The first probe round has finished (until then /readyz waits for it)."""
+        return self.region_probe.first_round_done
 
 
 def run_daemon(
