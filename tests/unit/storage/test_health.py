@@ -128,7 +128,7 @@ async def test_answers_that_are_not_failures_of_the_region(setup) -> None:
 async def test_probe_results_and_the_probe_time() -> None:
     metrics, clock = Metrics(), Clock()
     health = RegionHealth(metrics, clock)
-    assert health.is_up("us")  # nothing asked yet: not known to be down
+    assert not health.is_up("us") and not health.known("us")  # nothing asked yet
     assert up(metrics, "us") is None
     health.probed("us", "no answer within 10s")
     assert up(metrics, "us") == 0 and health.problems() == {"us": "no answer within 10s"}
