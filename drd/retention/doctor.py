@@ -3,7 +3,8 @@ promise? Three checks per region, the regions concurrently, each bounded in time
 
 - a probe: a small random object is written under PROBE_PREFIX, read back, deleted, and seen
   gone. No plan or source name can start with "_", so the catalog and retention, which only look
-  at `<plan>/<source>/<id>/...`, never see a probe, not even one a killed doctor left behind.
+  at `<plan>/<source>/<id>/...`, never see a probe, not even one a killed doctor left behind
+  (the daemon deletes those once over an hour old: drd.daemon.probe_sweep).
   Reading the settings alone proved nothing about a local region (a missing or read-only
   directory reads as "no soft delete").
 - the deletion settings (drd.retention.policy), judged against the 14-day ceiling and each
@@ -20,11 +21,12 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drd.config.models import MAX_RETENTION, Config
 from drd.errors import ObjectNotFound, StorageError
+from drd.layout import new_backup_id
 from drd.retention.policy import (
     SettingsFinding,
     describe,
@@ -105,7 +107,8 @@ class DoctorReport:
 
 async def probe(storage: Storage) -> str | None:
     """Write, read back and delete a small object; None if all worked, else what failed."""
-    key = f"{PROBE_PREFIX}probe-{secrets.token_hex(8)}"
+    # The time in the name lets the daemon's sweep remove a probe left behind once it is old.
+    key = f"{PROBE_PREFIX}{new_backup_id(datetime.now(UTC))}"
     payload = secrets.token_bytes(_PROBE_BYTES)
     step = "write"
     try:

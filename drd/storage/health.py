@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 NOT_PROBED = "not probed yet"
 
 #: operations that write: a region can answer a listing and still refuse these (a full disk,
-#: a credential without objects.create), and the probe then has to write to know it heals
-WRITES = frozenset({"open_writer", "put", "write", "commit", "delete"})
+#: a credential without objects.create), and the probe then has to write to know it heals.
+#: Not delete: a refused delete (a retention hold) says nothing of writes, and a probe written
+#: because of it could be just as undeletable.
+WRITES = frozenset({"open_writer", "put", "write", "commit"})
 
 
 @dataclass

@@ -139,3 +139,18 @@ async def test_probe_results_and_the_probe_time() -> None:
     assert gauge(metrics, "drd_region_last_probe_timestamp_seconds", "us") == (
         clock.now.timestamp()
     )
+
+
+async def test_a_refused_delete_is_not_a_failed_write(setup) -> None:
+    """A retention hold refuses deletes: writing a probe object then would only leave one more
+    object the hold keeps. Writes that fail still mark the region write-failed."""
+    faulty, region, health, _, _ = setup
+    await region.put("x", b"1")
+    faulty.fail("delete", PermanentStorageError("region eu: object under retention"))
+    with pytest.raises(PermanentStorageError):
+        await region.delete("x")
+    assert health.state("eu").write_failed is False
+    faulty.fail("put", PermanentStorageError("region eu: no space left"))
+    with pytest.raises(PermanentStorageError):
+        await region.put("y", b"2")
+    assert health.state("eu").write_failed is True
