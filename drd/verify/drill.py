@@ -504,6 +504,9 @@ async def _run_sources(
                 await _drill_source(
                     report, result, plan, source, storages, keyring, state_dir, base_dir, clock
                 )
+                if result.failure_category is not None and result.live is not None:
+                    # A failed source is a result, not an error: the progress must be told.
+                    result.live.fail(f"{result.failure_category}: {result.failure_message}")
         except asyncio.CancelledError:
             result.result = "cancelled"
             raise
