@@ -144,9 +144,9 @@ class ProgressDisplay:
         self._drawn = True
 
     def _event(self, event: str, snap: Snapshot, **extra: str) -> None:
-        self.stream.write(
-            json.dumps({"event": event, **snap.as_json(), **extra}, sort_keys=True) + "\n"
-        )
+        # "event" first (the rest sorted): a line is selected with grep '^{"event"'.
+        fields = dict(sorted({**snap.as_json(), **extra}.items()))
+        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
         self.stream.flush()
 
     def _ended(self, snap: Snapshot, failure: str | None) -> None:

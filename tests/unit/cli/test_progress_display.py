@@ -207,3 +207,16 @@ def test_a_failed_restore_test_and_drill_end_failed_in_the_events(
     (end,) = end_events(capsys.readouterr().err)
     assert end["kind"] == "drill" and end["result"] == "failed"
     assert end["reason"]
+
+
+def test_every_event_line_starts_with_its_event_so_grep_finds_it() -> None:
+    """README: select the events with `grep '^{"event"'` (log lines share stderr)."""
+    stream = io.StringIO()
+    board, display, _ = board_and_display("json", stream)
+    with board.track("backup", "p", "db") as p:
+        display.tick()
+        p.phase("dumping")
+        display.tick()
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith('{"event": ') for line in lines)
