@@ -63,8 +63,9 @@ async def test_running_jobs_come_from_the_daemons_job_list(
     (running,) = data["running"]
     assert running["kind"] == "backup" and running["what"] == "p/s0"
     assert running["started_at"] == snap.started_at.isoformat()
-    assert running["phase"] == snap.phase
-    assert "bytes" in running and "total" in running
+    # The job moves on meanwhile: its phase is one of a backup's, whichever it is now.
+    assert running["phase"] in {"preparing", "dumping", "verifying", "committing"}
+    assert isinstance(running["bytes"], int) and "total" in running
 
 
 async def test_api_error_is_there_and_null_when_the_api_answered(
