@@ -5,7 +5,7 @@ The daemon's region probe writes under `_probe/` after a failed write, `drd doct
 hold) and a process can be killed in between. Listings never see these prefixes, so nothing
 else would ever remove them. Once an hour per region the probe loop lists both and deletes
 what is over an hour old: old enough that no probe is still reading it back. A probe's age is
-the time in its name (both name theirs by new_backup_id); a name without one (a probe of an
+the time in its name (both name theirs with new_backup_id); a name without one (a probe of an
 older drd) is aged from when this process first listed it. A delete the region refuses is
 logged once per object, then retried quietly at every sweep (a hold may be released).
 """
@@ -74,6 +74,7 @@ class ProbeSweeper:
         self._refused = {i for i in self._refused if i[0] != storage.name or i in listed}
 
     def _written(self, ident: tuple[str, str], name: str, now: datetime) -> datetime:
-        if is_backup_id(name):
-            return backup_id_time(name)
+        stamp = name.removeprefix("probe-")  # drd doctor's names
+        if is_backup_id(stamp):
+            return backup_id_time(stamp)
         return self._first_seen.setdefault(ident, now)

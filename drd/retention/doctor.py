@@ -108,7 +108,7 @@ class DoctorReport:
 async def probe(storage: Storage) -> str | None:
     """Write, read back and delete a small object; None if all worked, else what failed."""
     # The time in the name lets the daemon's sweep remove a probe left behind once it is old.
-    key = f"{PROBE_PREFIX}{new_backup_id(datetime.now(UTC))}"
+    key = f"{PROBE_PREFIX}probe-{new_backup_id(datetime.now(UTC))}"
     payload = secrets.token_bytes(_PROBE_BYTES)
     step = "write"
     try:

@@ -233,11 +233,11 @@ async def test_old_probe_objects_are_swept_and_a_refused_delete_logged_once(
     regions = {"a": MemoryStorage("a"), "b": ObservedStorage(b, health=health)}
     d = Daemon(make_config(tmp_path), keyring, regions, metrics=metrics, clock=clock, health=health)
     # the last delete of the sweep: nothing after it hides what it did to the region's state
-    held = f"_doctor/{new_backup_id(NOW - timedelta(minutes=90))}"
+    held = f"_doctor/probe-{new_backup_id(NOW - timedelta(minutes=90))}"
     old_probe = f"_probe/{new_backup_id(NOW - timedelta(hours=2))}"
     young_probe = f"_probe/{new_backup_id(NOW - timedelta(minutes=10))}"
-    old_doctor = f"_doctor/{new_backup_id(NOW - timedelta(hours=3))}"
-    unnamed = "_doctor/probe-0123456789abcdef"  # a probe of an older drd: no time in its name
+    old_doctor = f"_doctor/probe-{new_backup_id(NOW - timedelta(hours=3))}"
+    unnamed = "_doctor/probe-0123456789abcdef"  # an older drd's probe: no time in its name
     for key in (held, old_probe, young_probe, old_doctor, unnamed):
         await inner.put(key, b"probe")
     b.fail("delete", PermanentStorageError("region b: object under retention"), match=held)
