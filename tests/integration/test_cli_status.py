@@ -88,7 +88,7 @@ def test_status_and_drills_from_the_daemon_then_from_the_state_directory(
     assert offline["regions"] == {"a": "ok", "b": "ok"}
 
     drill = env.ok("drill", "p", "--json")
-    drill_id = json.loads(drill.stdout)["drill_id"]
+    drill_id = json.loads(drill.stdout)["id"]
     listed = env.ok("drills", "list", "--json", env=env.env(DRD_TOKEN=token))
     data = json.loads(listed.stdout)
     assert data["from"] == "api" and [d["id"] for d in data["drills"]] == [drill_id]
