@@ -16,7 +16,6 @@ import pytest
 
 from drd.layout import new_backup_id
 from drd.storage.local import LocalStorage
-
 from tests.integration.test_daemon import (
     Daemon,
     daemon_factory,  # noqa: F401 - the fixture
