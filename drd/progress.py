@@ -94,6 +94,13 @@ class Progress:
         self._phases: dict[str, float] = {}
         self._done = 0
         self._samples: deque[tuple[float, int]] = deque([(self._began, 0)])
+        #: why the job failed, when it returns a failure instead of raising (a restore test's
+        #: report, a drill source's result); None: it did not
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        """The job failed though its block ends without an error: it ends `failed`."""
+        self.failure = reason or "failed"
 
     @property
     def current_phase(self) -> str:
@@ -170,8 +177,9 @@ class ProgressBoard:
     def __init__(self, *, clock: Clock = utcnow, timer: Timer = time.monotonic) -> None:
         self.clock, self.timer = clock, timer
         self._running: list[Progress] = []
-        #: told when a job ends: its last snapshot, and whether it ended without an error
-        self.ended: list[Callable[[Snapshot, bool], None]] = []
+        #: told when a job ends: its last snapshot, and why it failed (None: it did not), from
+        #: the error it raised or what the caller gave Progress.fail
+        self.ended: list[Callable[[Snapshot, str | None], None]] = []
 
     @contextlib.contextmanager
     def track(
@@ -180,16 +188,19 @@ class ProgressBoard:
         """A job's Progress, listed while the block runs."""
         progress = Progress(kind, plan, source, total=total, clock=self.clock, timer=self.timer)
         self._running.append(progress)
-        ok = False
+        failure: str | None = "cancelled"
         try:
             yield progress
-            ok = True
+            failure = progress.failure
+        except BaseException as exc:
+            failure = str(exc) or type(exc).__name__
+            raise
         finally:
             self._running.remove(progress)
-            progress.phase("done" if ok else "failed")
+            progress.phase("done" if failure is None else "failed")
             last = progress.snapshot()
             for told in list(self.ended):
-                told(last, ok)
+                told(last, failure)
 
     def running(self) -> list[Progress]:
         return list(self._running)

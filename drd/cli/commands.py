@@ -607,6 +607,15 @@ async def restore_test(
                         allow_older=allow_older,
                         progress=progress,
                     )
+                    failed = [r for r in found if not r.passed]
+                    if failed:
+                        # A failed test is a report, not an error: the progress must be told.
+                        progress.fail(
+                            "; ".join(
+                                f"{r.backup_id}: {r.failure_category}: {r.failure_message}"
+                                for r in failed
+                            )
+                        )
             except DrdError as exc:
                 errors.append(exc)
                 print(f"FAILED {plan.name}/{source.name}: {exc}", file=sys.stderr)

@@ -27,13 +27,18 @@ def read_token(source: str | None) -> str | None:
     """The API token from `--token SOURCE`, else $DRD_TOKEN; None when neither is given."""
     if source:
         kind, _, name = source.partition(":")
-        token = read_secret(kind, name or None, what="API token (--token)").strip()
-        if not token or any(c.isspace() for c in token):
-            # Never quote it: a malformed token is still a secret.
-            raise UsageError("--token: the token read is empty or contains whitespace")
-        return token
+        return _checked(read_secret(kind, name or None, what="API token (--token)"), "--token")
     value = take_from_environment(TOKEN_VARIABLE) if TOKEN_VARIABLE in os.environ else None
-    return value.strip() if value else None
+    # An empty variable is one left unset by a script, not a token.
+    return _checked(value, f"${TOKEN_VARIABLE}") if value else None
+
+
+def _checked(value: str, where: str) -> str:
+    token = value.strip()
+    if not token or any(c.isspace() for c in token):
+        # Never quote it: a malformed token is still a secret.
+        raise UsageError(f"{where}: the token read is empty or contains whitespace")
+    return token
 
 
 def api_url(cfg: Config) -> str | None:

@@ -201,7 +201,7 @@ COMMANDS: dict[str, CommandHelp] = {
             "drd report billing --since 90d --out billing-q3.html",
             "drd report billing --since 30d --json",
         ),
-        (*_CONFIG, *_KEYS),
+        (*_CONFIG, *_KEYS, errors.StorageError),
     ),
     "drills": CommandHelp(
         "Show failover drills: from the running daemon's API when it answers, else from the "

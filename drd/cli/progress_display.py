@@ -11,9 +11,10 @@ Three ways, chosen by where the output goes (`choose_mode`):
   only the command's result, one JSON document as before:
       {"event": "start" | "progress" | "end", "kind", "plan", "source", "phase", "bytes",
        "total", "rate_bytes_per_second", "eta_seconds", "elapsed_seconds", "started_at",
-       "phases"}  (+ "result": "ok" | "failed" on "end")
+       "phases"}  (+ "result": "ok" | "failed" on "end", and with "failed" the "reason")
   `start` when a job begins, `progress` when its phase changes and at most once a second
-  while its bytes move, `end` when it is over. `total` is null when unknown.
+  while its bytes move, `end` when it is over. `total` is null when unknown. `failed`: the job
+  raised, or returned a failure it marked with Progress.fail (a restore test that failed).
 
 The display polls the board (`tick`); nothing in the data path waits for it.
 """
@@ -143,14 +144,17 @@ class ProgressDisplay:
         self._drawn = True
 
     def _event(self, event: str, snap: Snapshot, **extra: str) -> None:
-        self.stream.write(
-            json.dumps({"event": event, **snap.as_json(), **extra}, sort_keys=True) + "\n"
-        )
+        # "event" first (the rest sorted): a line is selected with grep '^{"event"'.
+        fields = dict(sorted({**snap.as_json(), **extra}.items()))
+        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
         self.stream.flush()
 
-    def _ended(self, snap: Snapshot, ok: bool) -> None:
+    def _ended(self, snap: Snapshot, failure: str | None) -> None:
         if self.mode == "json":
-            self._event("end", snap, result="ok" if ok else "failed")
+            if failure is None:
+                self._event("end", snap, result="ok")
+            else:
+                self._event("end", snap, result="failed", reason=failure)
         elif self.mode == "live":
             self.clear()
 

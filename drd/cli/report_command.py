@@ -11,13 +11,13 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 
-from drd.cli.commands import find_plan
+from drd.cli.commands import Outcome, find_plan
 from drd.cli.html_output import check_output, write_output
 from drd.cli.output import print_json
 from drd.clock import utcnow
 from drd.config.loader import load_config
 from drd.durations import DurationError, parse_duration
-from drd.errors import UsageError
+from drd.errors import StorageError, UsageError
 from drd.runtime import keyring_for, open_regions
 from drd.verify.drill import DRILLS_PREFIX
 
@@ -40,8 +40,10 @@ async def report(
     since: str,
     out: Path | None,
     as_json: bool,
-) -> None:
-    """`drd report PLAN`: every restore test and drill of the plan in the window."""
+) -> Outcome:
+    """`drd report PLAN`: every restore test and drill of the plan in the window. A region
+    that could not be read is named on the page, in the JSON and on stderr, and the command
+    exits with StorageError's code once the page is written: its figures are a subset."""
     from drd.daemon.history import read_finished
     from drd.daemon.restore_test_loop import JOB_KIND
     from drd.verify.evidence import gather
@@ -80,17 +82,35 @@ async def report(
         f"could not run, from the daemon's job history {history_path}."
     )
     if as_json:
-        data = {**fig.as_json(), "from": dict(found.counts), "not_counted": found.problems}
+        data = {
+            **fig.as_json(),
+            "from": dict(found.counts),
+            "not_counted": found.problems,
+            "complete": found.complete,
+            "regions_not_read": dict(found.regions_not_read),
+        }
         if out is None:
             print_json(data)
         else:
             text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
             write_output("--out", out, text)
-        return
-    page = render_evidence_html(
-        fig, counts=found.counts, problems=found.problems, where_from=where_from
-    )
-    if out is None:
-        sys.stdout.write(page)
     else:
-        write_output("--out", out, page)
+        page = render_evidence_html(
+            fig,
+            counts=found.counts,
+            problems=found.problems,
+            regions_not_read=found.regions_not_read,
+            where_from=where_from,
+        )
+        if out is None:
+            sys.stdout.write(page)
+        else:
+            write_output("--out", out, page)
+    if found.complete:
+        return None
+    print(
+        "drd: error: the report is incomplete: region(s) not read: "
+        + ", ".join(sorted(found.regions_not_read)),
+        file=sys.stderr,
+    )
+    return StorageError

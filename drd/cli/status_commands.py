@@ -73,6 +73,7 @@ async def status(
     if not offline and url is not None:
         try:
             data = await _status_from_api(cfg, DaemonApi(url, read_token(token)))
+            data["api_error"] = None
         except ApiUnavailable as exc:
             why_not = str(exc)
     if data is None:
@@ -105,7 +106,7 @@ async def _status_from_api(cfg: Config, api: DaemonApi) -> dict[str, Any]:
     except ApiUnavailable as exc:
         notes.append(f"drills: {exc}")
     plans: dict[str, Any] = {}
-    running: list[dict[str, Any]] = []
+    flagged: list[dict[str, Any]] = []
     for plan_name, plan in sorted((body.get("plans") or {}).items()):
         sources = {}
         for name, src in sorted((plan.get("sources") or {}).items()):
@@ -132,14 +133,18 @@ async def _status_from_api(cfg: Config, api: DaemonApi) -> dict[str, Any]:
                     "next_due": schedule.get("next_due"),
                 },
             }
+            # A job waiting for one of the daemon's job slots is running but not tracked yet.
             if src.get("running"):
-                running.append({"kind": "backup", "what": what, "started_at": None})
+                flagged.append({"kind": "backup", "what": what, "started_at": None})
             if schedule.get("running"):
-                running.append({"kind": RESTORE_TEST_KIND, "what": what, "started_at": None})
+                flagged.append({"kind": RESTORE_TEST_KIND, "what": what, "started_at": None})
         plans[plan_name] = {"sources": sources, "last_drill": drills.get(plan_name)}
     for drill in drills.values():
         if drill.get("status") == "running":
-            running.append({"kind": "drill", "what": drill["plan"], "started_at": None})
+            flagged.append({"kind": "drill", "what": drill["plan"], "started_at": None})
+    running = _running_jobs(body.get("jobs"))
+    seen = {(job["kind"], job["what"]) for job in running}
+    running += [job for job in flagged if (job["kind"], job["what"]) not in seen]
     return {
         "from": "api",
         "now": body.get("now"),
@@ -149,6 +154,19 @@ async def _status_from_api(cfg: Config, api: DaemonApi) -> dict[str, Any]:
         "ready": None if ready is None else ready.get("status") == "ready",
         "notes": notes,
     }
+
+
+def _running_jobs(jobs: Any) -> list[dict[str, Any]]:
+    """The daemon's live jobs (GET /api/v1/status `jobs`), each as `running` lists it, with
+    what the daemon says of it (phase, bytes, total, started_at, ...)."""
+    running = []
+    for job in jobs if isinstance(jobs, list) else []:
+        if not isinstance(job, dict):
+            continue
+        plan, source = job.get("plan"), job.get("source")
+        what = f"{plan}/{source}" if source else str(plan)
+        running.append({**job, "kind": job.get("kind"), "what": what})
+    return running
 
 
 async def _status_from_state(cfg: Config, keys: str | None) -> dict[str, Any]:
@@ -388,14 +406,15 @@ def format_status(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def drill_line(drill: Mapping[str, Any], now: datetime) -> str:
-    def seconds(value: Any) -> str:
-        return format_elapsed(value) if isinstance(value, int | float) else "-"
+def _seconds(value: Any) -> str:
+    return format_elapsed(value) if isinstance(value, int | float) else "-"
 
+
+def drill_line(drill: Mapping[str, Any], now: datetime) -> str:
     text = (
         f"{drill.get('id')} {drill.get('plan')} {str(drill.get('status')).upper()} "
-        f"started {_ago(drill.get('started_at'), now)}, RTO {seconds(drill.get('rto_seconds'))}"
-        f"{'' if drill.get('rto_ok') else ' (MISSED)'}, RPO {seconds(drill.get('rpo_seconds'))}"
+        f"started {_ago(drill.get('started_at'), now)}, RTO {_seconds(drill.get('rto_seconds'))}"
+        f"{'' if drill.get('rto_ok') else ' (MISSED)'}, RPO {_seconds(drill.get('rpo_seconds'))}"
         f"{'' if drill.get('rpo_ok') else ' (MISSED)'}"
     )
     if drill.get("lose_region"):
@@ -506,13 +525,9 @@ async def _stored_drills(
 
 def format_drill(report: Mapping[str, Any], now: datetime) -> list[str]:
     lines = [drill_line(report, now)]
-
-    def seconds(value: Any) -> str:
-        return format_elapsed(value) if isinstance(value, int | float) else "-"
-
     lines.append(
-        f"  targets: RTO {seconds(report.get('rto_target_seconds'))}, "
-        f"RPO {seconds(report.get('rpo_target_seconds'))}; regions read: "
+        f"  targets: RTO {_seconds(report.get('rto_target_seconds'))}, "
+        f"RPO {_seconds(report.get('rpo_target_seconds'))}; regions read: "
         f"{', '.join(report.get('regions_read') or []) or '-'}"
     )
     for reason in report.get("reasons") or []:
@@ -523,6 +538,6 @@ def format_drill(report: Mapping[str, Any], now: datetime) -> list[str]:
         lines.append(
             f"  {src.get('source')} ({src.get('kind')}): {src.get('result')}, backup "
             f"{src.get('backup_id') or '-'} from region {src.get('region') or '-'}, ready after "
-            f"{seconds(src.get('ready_after_seconds'))}, RPO {seconds(src.get('rpo_seconds'))}"
+            f"{_seconds(src.get('ready_after_seconds'))}, RPO {_seconds(src.get('rpo_seconds'))}"
         )
     return lines

@@ -57,6 +57,12 @@ def _state(path: Path, doing: str) -> Iterator[None]:
         raise StateError(f"state directory: cannot {doing} {path}: {exc}") from None
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The history opened so that sqlite cannot write it: a URI, which is why the path is
+    escaped (`?`, `#` and `%` in a directory name would otherwise be read as URI syntax)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
 class History:
     """Every method raises StateError when the database cannot be written or read: callers
     fail the job that needed it (and back off) instead of retrying at once."""
@@ -136,7 +142,7 @@ def read_finished(path: Path, kind: str, plan: str, since: float) -> list[JobRec
     if not path.exists():
         return []
     with _state(path, "read the job history"):
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db = _open_read_only(path)
         try:
             rows = db.execute(
                 "SELECT * FROM jobs WHERE kind = ? AND plan = ? AND started_at >= ? "
@@ -158,7 +164,7 @@ class HistoryReader:
         with _state(path, "read the job history"):
             if not path.is_file():
                 raise FileNotFoundError(2, "no job history yet", str(path))
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._db = _open_read_only(path)
 
     def close(self) -> None:
         self._db.close()

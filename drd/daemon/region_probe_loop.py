@@ -15,12 +15,15 @@ asked `Storage.check()`, concurrently, each within `daemon.region_probe.timeout`
   between two failed backups; after one that succeeds the probe lists only again. `_probe/` is
   no plan's prefix (plan names cannot start with `_`), so the catalog, leftovers and
   retention never look at it; a delete a bucket's retention policy refuses leaves that one
-  object (logged), never one per probe;
+  object (logged), never one per probe: a refused delete is not a failed write;
+- once an hour, before the probe, what `_probe/` and `_doctor/` hold that is over an hour old
+  is deleted (drd.daemon.probe_sweep);
 - the answer goes to drd.storage.health, as every real operation's outcome does.
 
 /readyz answers from what this (and every operation) found, never asking a region itself: a
-region that hangs cannot make the readiness answer late. The daemon runs one round before it
-reports ready, so no region is unknown by then.
+region that hangs cannot make the readiness answer late. The HTTP server starts before the
+first round, and until that round has finished /readyz answers 503 and a region nothing has
+been asked of is "not probed yet", never "ok".
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import logging
 from datetime import datetime
 
 from drd.daemon.lifecycle import run_rounds
+from drd.daemon.probe_sweep import ProbeSweeper
 from drd.errors import DrdError
 from drd.layout import new_backup_id
+from drd.retention.doctor import PROBE_PREFIX as DOCTOR_PREFIX
 from drd.runtime import Services
 from drd.storage.base import Storage
 from drd.storage.health import RegionHealth, region_failure
@@ -52,9 +57,13 @@ class RegionProbeLoop:
         self.health = health
         self._task: asyncio.Task[None] | None = None
         self._last_round: datetime | None = None
+        self.sweeper = ProbeSweeper(services.clock, (f"{PROBE_PREFIX}/", DOCTOR_PREFIX))
+        #: a whole round has finished: every region was asked at least once
+        self.first_round_done = False
 
     def reconfigure(self, services: Services) -> None:
         self.services = services
+        self.sweeper.clock = services.clock
 
     async def _ask(self, storage: Storage) -> None:
         await storage.check()
@@ -79,6 +88,13 @@ class RegionProbeLoop:
             return region_failure(exc) or ""
         return ""
 
+    async def _sweep(self, storage: Storage, limit: float) -> None:
+        try:
+            await asyncio.wait_for(self.sweeper.sweep(storage), limit)
+        except (TimeoutError, DrdError, OSError) as exc:
+            # The probe that follows says what is wrong with the region, if anything is.
+            log.debug("region %s: probe objects not swept: %s", storage.name, exc)
+
     async def run_once(self) -> dict[str, str]:
         """Probe every region now; region -> problem ("" when it answered)."""
         self._last_round = self.services.clock()
@@ -86,9 +102,13 @@ class RegionProbeLoop:
         regions = dict(self.services.regions)
         limit = settings.timeout.total_seconds()
         names = list(regions)
+        # Before the probe: a refused delete there must not be the region's last word.
+        due = [regions[n] for n in names if self.sweeper.due(n)]
+        await asyncio.gather(*(self._sweep(storage, limit) for storage in due))
         results = await asyncio.gather(*(self._probe(regions[n], limit) for n in names))
         for name, problem in zip(names, results, strict=True):
             self.health.probed(name, problem)
+        self.first_round_done = True
         return dict(zip(names, results, strict=True))
 
     def seconds_until_due(self) -> float:

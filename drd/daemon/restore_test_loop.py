@@ -129,8 +129,23 @@ class RestoreTestScheduler:
         # A source is tested once its first backup is there.
         now = self.services.clock()
         return start_due(
-            self.sources.values(), now, self._job, JOB_KIND, self._eligible, self._outcome
+            self.sources.values(),
+            now,
+            self._job,
+            JOB_KIND,
+            self._eligible,
+            self._outcome,
+            self._crashed,
         )
+
+    def _crashed(self, st: SourceTests, exc: Exception) -> None:
+        labels = (st.ref.plan, st.ref.source)
+        metrics = self.services.metrics
+        st.last_error = str(exc) or type(exc).__name__
+        metrics.restore_tests.labels(*labels, "failure").inc()
+        metrics.restore_test_last_status.labels(*labels).set(0)
+        st.next_due = self.services.clock() + RETRY_AFTER
+        self._wake.set()
 
     def _outcome(self, st: SourceTests, cancelled: bool) -> RunOutcome:
         now = self.services.clock()

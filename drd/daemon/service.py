@@ -63,7 +63,7 @@ from drd.repository.catalog import build_catalog
 from drd.runtime import Services
 from drd.server.audit import AuditLog
 from drd.storage.base import Storage
-from drd.storage.health import RegionHealth
+from drd.storage.health import NOT_PROBED, RegionHealth
 from drd.strategies.base import SourceOptions
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,11 @@ class Daemon:
             self._backup_job,
             "backup",
             outcome=self._backup_outcome,
+            crashed=self._backup_crashed,
         )
+
+    def _backup_crashed(self, st: SourceState, exc: Exception) -> None:
+        self._backup_failed(st, str(exc) or type(exc).__name__, began=None)
 
     def _backup_outcome(self, st: SourceState, cancelled: bool) -> RunOutcome:
         now = self.clock()
@@ -674,11 +678,12 @@ class Daemon:
         )
         self._publish_source(st)
 
-    def _backup_failed(self, st: SourceState, detail: str, began: float) -> None:
+    def _backup_failed(self, st: SourceState, detail: str, began: float | None) -> None:
         labels = (st.ref.plan, st.ref.source)
         log.error("backup %s failed: %s", st.ref, detail)
         self.metrics.backups.labels(*labels, "failure").inc()
-        self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
+        if began is not None:  # None: a job that raised, whose start is not known here
+            self.metrics.backup_duration.labels(*labels).observe(time.monotonic() - began)
         st.last_status, st.last_error = "failure", detail
         st.consecutive_failures += 1
         st.last_finished = self.clock()
@@ -730,11 +735,19 @@ class Daemon:
         return await self.region_probe.run_once()
 
     def region_problems(self) -> dict[str, str]:
-        """Region name -> why it is down ("" when up), from the last operation or probe."""
-        return {
-            name: "" if self.health.is_up(name) else self.health.state(name).problem
-            for name in self.regions
-        }
+        """Region name -> why it is down ("" when up), from the last operation or probe; one
+        nothing has asked yet is not up either."""
+        return {name: self._region_problem(name) for name in self.regions}
+
+    def _region_problem(self, name: str) -> str:
+        if not self.health.known(name):
+            return NOT_PROBED
+        return "" if self.health.is_up(name) else self.health.state(name).problem
+
+    @property
+    def regions_probed(self) -> bool:
+        """The first probe round has finished (until then /readyz waits for it)."""
+        return self.region_probe.first_round_done
 
 
 def run_daemon(

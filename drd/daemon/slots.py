@@ -8,6 +8,7 @@ live here once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 
 from drd.daemon.job_requests import RequestedRun, RunOutcome
 from drd.layout import SourceRef
+
+log = logging.getLogger(__name__)
 
 #: how long the loop sleeps when nothing is scheduled at all
 IDLE_SECONDS = 60.0
@@ -44,6 +47,8 @@ S = TypeVar("S", bound=JobSlot)
 
 #: how a finished job of a slot ended (True: it was cancelled), for the requests it ends
 Outcome = Callable[[S, bool], RunOutcome]
+#: records a job that raised instead of returning as the slot's failed job (state, metrics)
+Crashed = Callable[[S, Exception], None]
 
 
 def start_due(
@@ -53,10 +58,13 @@ def start_due(
     name: str,
     eligible: Callable[[S], bool] = lambda slot: True,
     outcome: Outcome[S] | None = None,
+    crashed: Crashed[S] | None = None,
 ) -> list[SourceRef]:
     """Start `job` for every eligible slot that is due and idle; return the refs started.
     Never a second task for a source whose job still runs: runs of one source never overlap.
-    The slot's pending requests go with the job, and `outcome` ends them when it ends."""
+    The slot's pending requests go with the job, and `outcome` ends them when it ends. A job
+    that raises (anything but its cancellation) is logged and handed to `crashed` first, so
+    the outcome sees a failed job, never an interrupted one."""
     started = []
     for slot in slots:
         if slot.running or slot.next_due is None or slot.next_due > now or not eligible(slot):
@@ -65,7 +73,7 @@ def start_due(
         requests, slot.requests = slot.requests, []
         for run in requests:
             run.began(now)
-        work = job(slot) if outcome is None else _ending(slot, job(slot), requests, outcome)
+        work = _ending(slot, job(slot), name, requests, outcome, crashed)
         slot.task = asyncio.create_task(work, name=f"{name}:{slot.ref}")
         started.append(slot.ref)
     return started
@@ -74,15 +82,26 @@ def start_due(
 async def _ending(
     slot: S,
     work: Coroutine[Any, Any, None],
+    name: str,
     requests: list[RequestedRun],
-    outcome: Outcome[S],
+    outcome: Outcome[S] | None,
+    crashed: Crashed[S] | None,
 ) -> None:
     cancelled = True
     try:
         await work
         cancelled = False
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # Jobs record the failures they expect; this one escaped: still the job's failure, and
+        # not re-raised, since nobody awaits the task to see it.
+        cancelled = False
+        log.exception("%s %s failed: %s", name, slot.ref, exc)
+        if crashed is not None:
+            crashed(slot, exc)
     finally:
-        if requests:
+        if requests and outcome is not None:
             ended = outcome(slot, cancelled)
             for run in requests:
                 run.ended(ended)

@@ -3,7 +3,8 @@ promise? Three checks per region, the regions concurrently, each bounded in time
 
 - a probe: a small random object is written under PROBE_PREFIX, read back, deleted, and seen
   gone. No plan or source name can start with "_", so the catalog and retention, which only look
-  at `<plan>/<source>/<id>/...`, never see a probe, not even one a killed doctor left behind.
+  at `<plan>/<source>/<id>/...`, never see a probe, not even one a killed doctor left behind
+  (the daemon deletes those once over an hour old: drd.daemon.probe_sweep).
   Reading the settings alone proved nothing about a local region (a missing or read-only
   directory reads as "no soft delete").
 - the deletion settings (drd.retention.policy), judged against the 14-day ceiling and each
@@ -16,15 +17,16 @@ promise? Three checks per region, the regions concurrently, each bounded in time
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drd.config.models import MAX_RETENTION, Config
 from drd.errors import ObjectNotFound, StorageError
+from drd.layout import new_backup_id
 from drd.retention.policy import (
     SettingsFinding,
     describe,
@@ -34,9 +36,13 @@ from drd.retention.policy import (
 )
 from drd.storage.base import DeletionSettings, Storage
 
+log = logging.getLogger(__name__)
+
 #: where probes are written: "_" starts no plan name, so no listing drd makes includes it
 PROBE_PREFIX = "_doctor/"
 _TIMEOUT = 30.0
+#: the clean-up of a failed probe has its own limit, inside _TIMEOUT or after it ran out
+_CLEANUP_TIMEOUT = 5.0
 _PROBE_BYTES = 64
 
 #: GCS classes billed for a minimum time however early an object is deleted
@@ -101,30 +107,56 @@ class DoctorReport:
 
 async def probe(storage: Storage) -> str | None:
     """Write, read back and delete a small object; None if all worked, else what failed."""
-    key = f"{PROBE_PREFIX}probe-{secrets.token_hex(8)}"
+    # The time in the name lets the daemon's sweep remove a probe left behind once it is old.
+    key = f"{PROBE_PREFIX}probe-{new_backup_id(datetime.now(UTC))}"
     payload = secrets.token_bytes(_PROBE_BYTES)
     step = "write"
     try:
         await storage.put(key, payload)
         step = "read back"
         if await storage.get(key) != payload:
-            return f"the probe object {key} read back different bytes than were written"
-        step = "delete"
-        await storage.delete(key)
-        step = "check the deletion of"
-        try:
-            await storage.stat(key)
-        except ObjectNotFound:
-            step = "done"
-            return None
-        return f"the probe object {key} is still there after it was deleted"
+            problem = f"the probe object {key} read back different bytes than were written"
+        else:
+            step = "delete"
+            await storage.delete(key)
+            step = "check the deletion of"
+            try:
+                await storage.stat(key)
+            except ObjectNotFound:
+                return None
+            problem = f"the probe object {key} is still there after it was deleted"
     except StorageError as exc:
-        return f"cannot {step} the probe object {key}: {exc}"
-    finally:
-        if step not in ("write", "done"):
-            # Best effort: a probe left behind is ignored by every listing anyway.
-            with contextlib.suppress(StorageError):
-                await storage.delete(key)
+        problem = f"cannot {step} the probe object {key}: {exc}"
+    except asyncio.CancelledError:
+        # The doctor's own time limit ran out: still remove the object, but briefly.
+        if step != "write":
+            left = await _clean_up(storage, key)
+            if left:
+                log.warning("region %s: %s", storage.name, left)
+        raise
+    if step != "write":
+        left = await _clean_up(storage, key)
+        if left:
+            problem += f"; {left}"
+    return problem
+
+
+async def _clean_up(storage: Storage, key: str) -> str | None:
+    """Delete a probe that failed half-way, within _CLEANUP_TIMEOUT (a region that hangs on
+    deletes would otherwise hold the doctor forever); None if done, else why not. A probe left
+    behind costs nothing else: every listing ignores it."""
+    try:
+        async with asyncio.timeout(_CLEANUP_TIMEOUT):
+            await storage.delete(key)
+    except ObjectNotFound:
+        return None
+    except StorageError as exc:
+        return f"the clean-up delete failed, {key} is left behind: {exc}"
+    except TimeoutError:
+        return (
+            f"the clean-up delete got no answer within {_CLEANUP_TIMEOUT:g}s, {key} is left behind"
+        )
+    return None
 
 
 def storage_class_findings(

@@ -119,7 +119,10 @@ class Health(Body):
 class ReadinessChecks(Body):
     keys: Literal["ok"]
     plans: Literal["ok"]
-    regions: dict[str, str] = Field(description='region -> "ok", or why it does not answer')
+    regions: dict[str, str] = Field(
+        description='region -> "ok", "not probed yet" (nothing has asked it since the daemon '
+        "started), or why it does not answer"
+    )
     min_copies: dict[str, str] = Field(
         description='plan -> "ok", or why too few of its regions are up to commit a backup '
         "in storage.min_copies of them (then drd is unready)"

@@ -162,3 +162,8 @@ class DaemonControl(Protocol):
     def region_problems(self) -> Mapping[str, str]:
         """Region -> why it is down ("" when up), as the last operation or probe found."""
         ...
+
+    @property
+    def regions_probed(self) -> bool:
+        """The daemon's first probe round of every region has finished."""
+        ...

@@ -59,7 +59,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready = keys loaded, plans valid (both true once the daemon runs), every plan has
     min_copies of its regions up, no region's deletion settings (as of the last retention
     sweep) break the promise that backups are destroyed within max_age, and the state
-    directory is writable.
+    directory is writable; and not before the daemon's first probe round has finished.
 
     A region that is down does not make drd unready while every plan can still commit its
     backups elsewhere: taking drd out of service during a regional outage would stop the very
@@ -82,6 +82,9 @@ async def readyz(request: web.Request) -> web.Response:
         state=daemon.state_problem or "ok",
     )
     reasons = []
+    if not daemon.regions_probed:
+        # Until every region was asked once, "up" would only mean "not asked yet".
+        reasons.append("waiting for the first probe round of the regions")
     if short:
         reasons.append(
             "plan(s) cannot meet min_copies: "

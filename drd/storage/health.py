@@ -24,9 +24,14 @@ from drd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+#: what a region nothing has been asked of yet is, in place of why it is down
+NOT_PROBED = "not probed yet"
+
 #: operations that write: a region can answer a listing and still refuse these (a full disk,
-#: a credential without objects.create), and the probe then has to write to know it heals
-WRITES = frozenset({"open_writer", "put", "write", "commit", "delete"})
+#: a credential without objects.create), and the probe then has to write to know it heals.
+#: Not delete: a refused delete (a retention hold) says nothing of writes, and a probe written
+#: because of it could be just as undeletable.
+WRITES = frozenset({"open_writer", "put", "write", "commit"})
 
 
 @dataclass
@@ -65,9 +70,12 @@ class RegionHealth:
         return self._states.setdefault(region, RegionState())
 
     def is_up(self, region: str) -> bool:
-        """Up, or not known to be down: a region nothing has been asked of yet counts as up
-        (the daemon probes every region before it reports ready)."""
-        return self.state(region).up is not False
+        """Known to be up: a region nothing has been asked of yet is not (see `known`)."""
+        return self.state(region).up is True
+
+    def known(self, region: str) -> bool:
+        """An operation or a probe has said whether `region` is up."""
+        return self.state(region).up is not None
 
     def observe(self, region: str, operation: str, exc: BaseException | None) -> None:
         """A storage operation against `region` finished: with `exc` None it succeeded."""

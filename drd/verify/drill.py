@@ -504,6 +504,9 @@ async def _run_sources(
                 await _drill_source(
                     report, result, plan, source, storages, keyring, state_dir, base_dir, clock
                 )
+                if result.failure_category is not None and result.live is not None:
+                    # A failed source is a result, not an error: the progress must be told.
+                    result.live.fail(f"{result.failure_category}: {result.failure_message}")
         except asyncio.CancelledError:
             result.result = "cancelled"
             raise
@@ -784,15 +787,28 @@ async def read_stored_report(
 
 
 async def stored_drill_ids(plan: Plan, regions: Mapping[str, Storage]) -> list[str]:
-    """Ids of the drills of `plan` stored in any reachable region, oldest first."""
+    """Ids of the drills of `plan` stored in any reachable region, oldest first (a region
+    that cannot be listed is logged; list_drill_ids says which, for whoever must tell)."""
+    ids, errors = await list_drill_ids(plan, regions)
+    for name, why in errors.items():
+        log.warning("region %s: cannot list drill reports: %s", name, why)
+    return ids
+
+
+async def list_drill_ids(
+    plan: Plan, regions: Mapping[str, Storage]
+) -> tuple[list[str], dict[str, str]]:
+    """Ids of the drills of `plan` stored in the regions, oldest first, and region -> why it
+    could not be listed."""
     ids: set[str] = set()
+    errors: dict[str, str] = {}
     prefix = drill_prefix(plan.name)
 
     async def one(storage: Storage) -> None:
         try:
             listing = await storage.list(prefix)
         except DrdError as exc:
-            log.warning("region %s: cannot list drill reports: %s", storage.name, exc)
+            errors[storage.name] = str(exc) or type(exc).__name__
             return
         for info in listing:
             drill_id, _, name = info.key[len(prefix) :].partition("/")
@@ -800,4 +816,4 @@ async def stored_drill_ids(plan: Plan, regions: Mapping[str, Storage]) -> list[s
                 ids.add(drill_id)
 
     await asyncio.gather(*(one(regions[n]) for n in plan.storage.regions if n in regions))
-    return sorted(ids)
+    return sorted(ids), errors

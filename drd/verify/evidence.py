@@ -10,7 +10,9 @@ stored, never from memory.
   carry the reports' summaries, and record the tests that could not run at all.
 
 A test found in both is counted once, from the region's sealed copy. A report that does not
-authenticate is left out and named in `Evidence.problems`.
+authenticate is left out and named in `Evidence.problems`. A region of the plan that could not
+be listed (or opened) is named there too, and in `Evidence.regions_not_read`: the figures then
+come from the other regions only, and the evidence is not `complete`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from drd.config.models import Plan
 from drd.errors import DrdError
 from drd.repository.catalog import build_catalog
 from drd.storage.base import Storage
-from drd.verify.drill import read_stored_report, stored_drill_ids
+from drd.verify.drill import list_drill_ids, read_stored_report
 from drd.verify.drill_html import seconds
 from drd.verify.figures import FROM_HISTORY, FROM_REGIONS, Run
 from drd.verify.restore_report import read_report, report_keys
@@ -58,6 +60,21 @@ class Evidence:
     problems: list[str] = field(default_factory=list)
     #: how many runs came from each place
     counts: dict[str, int] = field(default_factory=dict)
+    #: region -> why it could not be read: its runs are missing from the figures
+    regions_not_read: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every region of the plan was read."""
+        return not self.regions_not_read
+
+    def region_not_read(self, region: str, what: str, why: str) -> None:
+        self.problems.append(f"region {region} not read ({what}): {why}")
+        before = self.regions_not_read.get(region)
+        if before is None:
+            self.regions_not_read[region] = why
+        elif why not in before:
+            self.regions_not_read[region] = f"{before}; {why}"
 
 
 def _parse_time(text: object) -> datetime | None:
@@ -137,7 +154,10 @@ async def drill_runs(
     since: datetime,
     evidence: Evidence,
 ) -> None:
-    for ident in await stored_drill_ids(plan, regions):
+    ids, errors = await list_drill_ids(plan, regions)
+    for region, why in errors.items():
+        evidence.region_not_read(region, "drill reports", why)
+    for ident in ids:
         started = _id_time(ident)
         if started is not None and started < since:
             continue
@@ -159,6 +179,8 @@ async def stored_restore_test_runs(
     ordered = [regions[n] for n in plan.storage.regions if n in regions]
     by_name = {r.name: r for r in ordered}
     catalog = await build_catalog(ordered, keyring, prefix=f"{plan.name}/")
+    for region, why in catalog.region_errors.items():
+        evidence.region_not_read(region, "backups and their restore test reports", why)
     for entry in catalog.entries:
         # The same report in several regions: read it from the first one that authenticates.
         where: dict[str, list[tuple[str, str]]] = {}
@@ -241,6 +263,9 @@ async def gather(
 ) -> Evidence:
     """Every restore test and drill of `plan` that started at `since` or later."""
     found = Evidence()
+    for name in plan.storage.regions:
+        if name not in regions:
+            found.region_not_read(name, "everything", "the region was not opened")
     await asyncio.gather(
         drill_runs(plan, regions, keyring, since, found),
         stored_restore_test_runs(plan, regions, keyring, since, found),

@@ -47,8 +47,10 @@ def render_evidence_html(
     *,
     counts: Mapping[str, int],
     problems: Sequence[str] = (),
+    regions_not_read: Mapping[str, str] | None = None,
     where_from: str,
 ) -> str:
+    """The page; with `regions_not_read`, it says first that its figures are incomplete."""
     tests, drills = fig.by_kind["restore-test"], fig.by_kind["drill"]
     window = f"{fig.window_start:%Y-%m-%d %H:%M} to {fig.window_end:%Y-%m-%d %H:%M} UTC"
     worst = fig.rpo_worst_seconds
@@ -132,9 +134,23 @@ def render_evidence_html(
         ],
         numeric=(5, 6),
     )
+    incomplete: list[Html] = []
+    if regions_not_read:
+        incomplete = [
+            tag(
+                "p",
+                "INCOMPLETE: the runs stored in "
+                + ", ".join(f"region {name}" for name in sorted(regions_not_read))
+                + " could not be read, so every figure below comes from the other regions "
+                "only. Why: "
+                + "; ".join(f"{name}: {why}" for name, why in sorted(regions_not_read.items())),
+                class_="bad",
+            )
+        ]
     body: list[Html] = [
         tag("h1", f"Restore tests and drills of plan {fig.plan}"),
         tag("p", window, class_="muted"),
+        *incomplete,
         summary,
         tag("h2", "Pass rate and RTO against the target"),
         by_kind,

@@ -75,6 +75,7 @@ def test_status_and_drills_from_the_daemon_then_from_the_state_directory(
     assert tree["backup"]["next_due"] and tree["restore_test"]["next_due"]
     assert online["regions"] == {"a": "ok", "b": "ok"}
     assert online["api_url"] == f"http://127.0.0.1:{env.api_port}"
+    assert "api_error" in online and online["api_error"] is None  # always there (docs/cli.md)
     text = env.ok("status", env=env.env(DRD_TOKEN=token)).stdout
     assert text.startswith(f"from the daemon's API at http://127.0.0.1:{env.api_port}\n")
     assert "regions: a ok; b ok" in text

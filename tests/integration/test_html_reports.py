@@ -77,3 +77,18 @@ def test_a_real_drill_and_the_report_render_in_chromium(
     assert "RPO over time" in dom and "<circle" in dom  # the drill's RPO on the chart
     image = chromium.screenshot(audit_page, profile, tmp_path / "report.png")
     assert_looks_like_a_page(image)
+
+    # A regional outage: the report still comes out, says first that it is incomplete and
+    # which region, and the exit code says so (StorageError's).
+    servers[1].stop()
+    partial_page = tmp_path / "partial.html"
+    partial = env.run("report", "billing", "--since", "90d", "--out", str(partial_page))
+    assert partial.returncode == 6, partial.stdout + partial.stderr
+    assert "incomplete" in partial.stderr and "uc1" in partial.stderr
+    dom = chromium.dump_dom(partial_page, profile)
+    assert "INCOMPLETE" in dom and "region uc1" in dom
+    data = env.run("report", "billing", "--json")
+    assert data.returncode == 6
+    figures = json.loads(data.stdout)
+    assert figures["complete"] is False and list(figures["regions_not_read"]) == ["uc1"]
+    assert figures["drills"]["runs"] == 1  # what ew1 holds is still counted

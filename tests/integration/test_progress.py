@@ -246,3 +246,23 @@ async def test_the_daemon_shows_a_slowed_backup_while_it_runs(
     finally:
         await runner.cleanup()
         await daemon.shutdown(5)
+
+
+def test_a_failed_restore_test_ends_failed_in_its_events(
+    tmp_path: Path, gcs_regions: StartRegions
+) -> None:
+    """A failed restore test returns its report, it does not raise: the end event must still
+    say failed, and why. Selected as the README says, with grep '^{"event"'."""
+    env = estate(tmp_path, gcs_regions)
+    env.plans["p"]["restore_test"] = {"checks": {"tree": [{"file": {"path": "missing.bin"}}]}}
+    env.write()
+    env.ok("backup", "p")
+    proc = env.run("restore-test", "p", "--region", "b", "--json")
+    assert proc.returncode == 11, proc.stdout + proc.stderr
+    (report,) = json.loads(proc.stdout)["reports"]
+    assert report["result"] == "failed"
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('{"event"')]
+    end = json.loads(lines[-1])
+    assert end["event"] == "end" and end["kind"] == "restore-test"
+    assert end["result"] == "failed" and end["phase"] == "failed"
+    assert report["failure_category"] in end["reason"]

@@ -1,17 +1,21 @@
 """Issue 17, point A, against the real `drd run` on two local regions: a region whose directory
 becomes unusable is drd_region_up 0 within a probe interval with nobody calling /readyz and no
-job touching it, and 1 again once it heals."""
+job touching it, and 1 again once it heals; and old probe objects are swept."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from drd.layout import new_backup_id
+from drd.storage.local import LocalStorage
 from tests.integration.test_daemon import (
     Daemon,
     daemon_factory,  # noqa: F401 - the fixture
@@ -88,3 +92,35 @@ def test_region_up_follows_the_region_without_readyz(
 
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(60) == 0, d.output()
+
+
+def test_probe_objects_left_behind_are_swept_at_start(
+    tmp_path: Path,
+    daemon_factory: Callable[[DrdEnv, int], Daemon],  # noqa: F811
+) -> None:
+    """Probes a killed `drd doctor` or a refused delete left in a region: the real daemon's
+    first probe round deletes those over an hour old, and leaves a young one (a doctor may be
+    reading it back right now)."""
+    env = DrdEnv.files_plan(tmp_path)
+    env.daemon = {"region_probe": {"every": f"{EVERY}s", "timeout": "2s"}}
+    env.write()
+    region = LocalStorage("a", tmp_path / "regions" / "a")
+    now = datetime.now(UTC)
+    old = [
+        f"_probe/{new_backup_id(now - timedelta(hours=2))}",
+        f"_doctor/probe-{new_backup_id(now - timedelta(days=3))}",
+    ]
+    young = f"_doctor/probe-{new_backup_id(now - timedelta(minutes=5))}"
+
+    async def put_all() -> None:
+        for key in [*old, young]:
+            await region.put(key, b"drd region probe: safe to delete\n")
+
+    async def left() -> list[str]:
+        probes = [*await region.list("_probe/"), *await region.list("_doctor/")]
+        return sorted(o.key for o in probes)
+
+    asyncio.run(put_all())
+    d = daemon_factory(env, env.api_port)
+    wait_for(lambda: http_get(d.base + "/readyz")[0] == 200, 60, "the daemon ready")
+    assert asyncio.run(left()) == [young]

@@ -110,15 +110,18 @@ def test_snapshot_json_shape() -> None:
 def test_the_board_lists_a_job_while_it_runs_and_says_how_it_ended() -> None:
     timer = Timer()
     board = ProgressBoard(clock=lambda: START, timer=timer)
-    ended: list[tuple[Snapshot, bool]] = []
-    board.ended.append(lambda snap, ok: ended.append((snap, ok)))
+    ended: list[tuple[Snapshot, str | None]] = []
+    board.ended.append(lambda snap, failure: ended.append((snap, failure)))
     with board.track("backup", "p", "db", total=3) as p:
         assert board.running() == [p]
         p.advance(3)
     assert board.running() == []
-    ((snap, ok),) = ended
-    assert ok and snap.phase == "done" and snap.bytes_done == 3
+    ((snap, failure),) = ended
+    assert failure is None and snap.phase == "done" and snap.bytes_done == 3
     with pytest.raises(RuntimeError), board.track("restore-test", "p", "db"):
         raise RuntimeError("boom")
     assert board.running() == []
-    assert ended[-1][1] is False and ended[-1][0].phase == "failed"
+    assert ended[-1][1] == "boom" and ended[-1][0].phase == "failed"
+    with board.track("restore-test", "p", "db") as p:
+        p.fail("1 check(s) failed: rows")
+    assert ended[-1][1] == "1 check(s) failed: rows" and ended[-1][0].phase == "failed"

@@ -165,3 +165,58 @@ def test_a_bad_progress_interval_is_a_usage_error(
     code = main(["--config", str(env.config_path), "backup", "p", "--progress-every", every])
     assert code == 2
     assert f"--progress-every: {why}" in capsys.readouterr().err
+
+
+def test_a_job_the_caller_marks_failed_ends_failed_with_its_reason() -> None:
+    stream = io.StringIO()
+    board, display, _ = board_and_display("json", stream)
+    with board.track("restore-test", "p", "db") as p:
+        display.tick()
+        p.fail("check row_count: expected >= 1, got 0")
+    display.close()
+    last = json.loads(stream.getvalue().splitlines()[-1])
+    assert last["event"] == "end" and last["result"] == "failed" and last["phase"] == "failed"
+    assert last["reason"] == "check row_count: expected >= 1, got 0"
+
+
+def end_events(err: str) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e for e in events if e.get("event") == "end"]
+
+
+def test_a_failed_restore_test_and_drill_end_failed_in_the_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither raises: a failed restore test is a report, a failed drill source a result."""
+    env = DrdEnv.files_plan(tmp_path)
+    env.plans["p"]["restore_test"] = {"checks": {"tree": [{"file": {"path": "missing.txt"}}]}}
+    env.write()
+    monkeypatch.setenv("DRD_KEYS", env.key)
+    config = ["--config", str(env.config_path)]
+    assert main([*config, "backup", "p"]) == 0
+    capsys.readouterr()
+
+    monkeypatch.setenv("DRD_KEYS", env.key)  # each main() is a new process: keys read once
+    assert main([*config, "restore-test", "p", "--json"]) == 11
+    (end,) = end_events(capsys.readouterr().err)
+    assert end["kind"] == "restore-test" and end["result"] == "failed"
+    assert "check_failed" in str(end["reason"])
+
+    monkeypatch.setenv("DRD_KEYS", env.key)
+    assert main([*config, "drill", "p", "--json"]) == 12
+    (end,) = end_events(capsys.readouterr().err)
+    assert end["kind"] == "drill" and end["result"] == "failed"
+    assert end["reason"]
+
+
+def test_every_event_line_starts_with_its_event_so_grep_finds_it() -> None:
+    """README: select the events with `grep '^{"event"'` (log lines share stderr)."""
+    stream = io.StringIO()
+    board, display, _ = board_and_display("json", stream)
+    with board.track("backup", "p", "db") as p:
+        display.tick()
+        p.phase("dumping")
+        display.tick()
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith('{"event": ') for line in lines)

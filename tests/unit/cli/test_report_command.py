@@ -79,3 +79,27 @@ def test_a_drill_writes_its_page_and_the_report_finds_it(
     assert drill_id in audit and "Restore tests and drills of plan p" in audit
     assert "history.sqlite3" in audit  # it says where the figures come from
     assert f"wrote {out}" in capsys.readouterr().err
+
+
+def test_a_region_not_read_makes_the_report_incomplete_and_the_exit_code_say_so(
+    env: DrdEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert drd(env, monkeypatch, "backup", "p") == 0
+    assert drd(env, monkeypatch, "drill", "p") == 0
+    capsys.readouterr()
+    region_b = env.root / "regions" / "b"
+    region_b.rename(env.root / "b-unmounted")
+    region_b.write_text("not a directory: the region cannot be listed")
+
+    assert drd(env, monkeypatch, "report", "p", "--json") == 6  # StorageError's exit code
+    data = json.loads(capsys.readouterr().out)
+    assert data["complete"] is False and list(data["regions_not_read"]) == ["b"]
+    assert any(p.startswith("region b not read") for p in data["not_counted"])
+    assert data["runs_total"] == 2  # region a's runs are still there
+
+    out = env.root / "audit.html"
+    assert drd(env, monkeypatch, "report", "p", "--out", str(out)) == 6
+    page = out.read_text()  # written all the same
+    assert "INCOMPLETE" in page and "region b" in page
+    err = capsys.readouterr().err
+    assert f"wrote {out}" in err and "incomplete" in err and "b" in err

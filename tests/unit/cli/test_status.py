@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from drd.cli.daemon_api import api_url, read_token
 from drd.cli.main import main
@@ -117,3 +118,37 @@ def test_an_unreachable_region_is_named(env: DrdEnv, capsys: pytest.CaptureFixtu
     assert "p/tree (files): backup no job recorded; next backup now" in out
     assert "restore test no test recorded" in out and "note: job history: " in out
     assert "(the daemon's API was not asked or did not answer: --offline)" in out
+
+
+def test_a_drd_token_with_whitespace_is_refused_like_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRD_TOKEN", "drdt1_abc def")
+    with pytest.raises(UsageError) as info:
+        read_token(None)
+    assert "DRD_TOKEN" in str(info.value) and "whitespace" in str(info.value)
+    assert "abc" not in str(info.value)
+    monkeypatch.setenv("DRD_TOKEN", "   ")
+    with pytest.raises(UsageError, match="DRD_TOKEN"):
+        read_token(None)
+
+
+def test_status_reads_a_history_whose_path_has_uri_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = DrdEnv.files_plan(tmp_path, port=9)
+    env.write()
+    # Region URLs cannot hold these characters, a state directory can.
+    state = tmp_path / "state #2 ?at 100%"
+    config = yaml.safe_load(env.config_path.read_text())
+    config["state_dir"] = str(state)
+    env.config_path.write_text(yaml.safe_dump(config))
+    history = History(state / "history.sqlite3")
+    job = history.start("backup", "p", "tree", now=time.time() - 60)
+    history.finish(job, "failure", detail="disk full", now=time.time() - 30)
+    history.close()
+    code, out, err = run(env, capsys, "status", "--offline", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert not [n for n in data["notes"] if n.startswith("job history")], data["notes"]
+    assert data["plans"]["p"]["sources"]["tree"]["backup"]["last_error"] == "disk full"

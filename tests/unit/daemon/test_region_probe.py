@@ -14,7 +14,7 @@ from drd import crypto
 from drd.config.loader import load_config
 from drd.daemon.service import Daemon
 from drd.errors import ConfigError, PermanentStorageError
-from drd.layout import SourceRef
+from drd.layout import SourceRef, new_backup_id
 from drd.metrics import Metrics
 from drd.repository.catalog import build_catalog
 from drd.storage.faults import FaultyStorage
@@ -218,3 +218,43 @@ async def test_a_region_that_lists_but_cannot_write_stays_down_until_a_write_wor
     await d.region_probe.run_once()
     assert up(d, "b") == 1 and await inner.list("_probe/") == []
     await d.shutdown(1)
+
+
+async def test_old_probe_objects_are_swept_and_a_refused_delete_logged_once(
+    blob_strategy, tmp_path, keyring, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probes the daemon or `drd doctor` left behind (a delete refused, a killed process) are
+    deleted once over an hour old. One a retention hold keeps is not a failed write (no new
+    probe object for it) and is logged once, not at every sweep."""
+    clock, metrics = Clock(), Metrics()
+    health = RegionHealth(metrics, clock)
+    inner = MemoryStorage("b")
+    b = FaultyStorage(inner)
+    regions = {"a": MemoryStorage("a"), "b": ObservedStorage(b, health=health)}
+    d = Daemon(make_config(tmp_path), keyring, regions, metrics=metrics, clock=clock, health=health)
+    # the last delete of the sweep: nothing after it hides what it did to the region's state
+    held = f"_doctor/probe-{new_backup_id(NOW - timedelta(minutes=90))}"
+    old_probe = f"_probe/{new_backup_id(NOW - timedelta(hours=2))}"
+    young_probe = f"_probe/{new_backup_id(NOW - timedelta(minutes=10))}"
+    old_doctor = f"_doctor/probe-{new_backup_id(NOW - timedelta(hours=3))}"
+    unnamed = "_doctor/probe-0123456789abcdef"  # an older drd's probe: no time in its name
+    for key in (held, old_probe, young_probe, old_doctor, unnamed):
+        await inner.put(key, b"probe")
+    b.fail("delete", PermanentStorageError("region b: object under retention"), match=held)
+
+    assert await d.region_probe.run_once() == {"a": "", "b": ""}
+    assert sorted(o.key for o in await inner.list("_")) == sorted([held, young_probe, unnamed])
+    assert up(d, "b") == 1 and not health.state("b").write_failed
+    assert not [op for op, _ in b.calls if op in ("put", "open_writer")]
+
+    clock.now = NOW + timedelta(seconds=30)  # the next round: no sweep yet
+    seen = len(b.calls)
+    await d.region_probe.run_once()
+    assert [op for op, _ in b.calls[seen:]] == ["check"]
+
+    clock.now = NOW + timedelta(hours=1, minutes=1)
+    await d.region_probe.run_once()
+    assert [o.key for o in await inner.list("_")] == [held]
+    refused = [r for r in caplog.records if held in r.getMessage()]
+    assert len(refused) == 1 and "object under retention" in refused[0].getMessage()
+    assert up(d, "b") == 1

@@ -7,6 +7,7 @@ is created with), so what GCS reports is taken from recorded bucket resources (t
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,32 @@ async def test_all_good_is_ok_in_text_and_json(env: DrdEnv) -> None:
         ("a", True, None),
         ("b", True, None),
     ]
+
+
+async def test_a_clean_up_delete_that_hangs_is_bounded_and_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("drd.retention.doctor._CLEANUP_TIMEOUT", 0.1)
+    region = FaultyStorage(MemoryStorage("a"))
+    region.fail("get", PermanentStorageError("injected"), times=1)
+    region.add_latency(3600, op="delete")  # the region never answers a delete
+    async with asyncio.timeout(30):  # a hang fails the test instead of stalling it
+        problem = await probe(region)
+    assert problem is not None and "cannot read back the probe object" in problem
+    assert "clean-up" in problem and "no answer" in problem
+    assert PROBE_PREFIX in problem  # where the object was left
+
+
+async def test_a_region_hanging_on_delete_cannot_hold_the_doctor_past_its_timeout(
+    env: DrdEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("drd.retention.doctor._TIMEOUT", 0.2)
+    monkeypatch.setattr("drd.retention.doctor._CLEANUP_TIMEOUT", 0.1)
+    cfg = load_config(env.config_path)
+    hanging = FaultyStorage(MemoryStorage("b"))
+    hanging.add_latency(3600, op="delete")
+    async with asyncio.timeout(30):
+        report = await run_doctor(cfg, [MemoryStorage("a"), hanging])
+    assert report.unusable_regions == ["b"]
+    (check,) = [c for c in report.regions if c.region == "b"]
+    assert check.probe_error is not None and "no answer" in check.probe_error

@@ -131,3 +131,50 @@ async def test_a_drill_start_points_at_its_report(client: Client) -> None:  # no
     assert r.headers["Location"] == body["href"] == f"/api/v1/drills/{body['id']}"
     r = await client.get(body["href"], headers=bearer("viewer"))
     assert r.status == 200 and (await r.json())["id"] == body["id"]
+
+
+async def test_a_job_that_raises_is_a_failure_not_an_interruption(
+    client: Client,  # noqa: F811
+    monkeypatch: Any,
+) -> None:
+    d = daemon_of(client)
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("history row refused")
+
+    monkeypatch.setattr(d.history, "start", broken)
+    href, _ = await start(client, "backups")
+    d.run_once()
+    await asyncio.gather(*(st.task for st in d.sources.values() if st.task))
+    done = await job(client, href)
+    (run,) = done["runs"]
+    assert run["status"] == "failure"
+    assert "history row refused" in run["error"]
+    assert d.sources[REF].last_status == "failure"
+    failed = d.metrics.registry.get_sample_value(
+        "drd_backups_total", {"plan": "p", "source": "s0", "result": "failure"}
+    )
+    assert failed == 1
+
+
+async def test_a_restore_test_that_raises_is_a_failure(
+    client: Client,  # noqa: F811
+    monkeypatch: Any,
+) -> None:
+    d = daemon_of(client)
+    d.run_once()
+    await asyncio.gather(*(st.task for st in d.sources.values() if st.task))
+    href, _ = await start(client, "restore-tests")
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("history row refused")
+
+    monkeypatch.setattr(d.restore_tests.history, "start", broken)
+    assert await d.restore_tests.run_once() == [REF]
+    await asyncio.gather(*d.restore_tests.tasks())
+    (run,) = (await job(client, href))["runs"]
+    assert run["status"] == "failure" and "history row refused" in run["error"]
+    failed = d.metrics.registry.get_sample_value(
+        "drd_restore_tests_total", {"plan": "p", "source": "s0", "result": "failure"}
+    )
+    assert failed == 1

@@ -114,6 +114,9 @@ def test_the_document_schemas_are_the_models_json_schemas() -> None:
 async def test_real_answers_are_the_documented_ones(client: Client) -> None:  # noqa: F811
     h = bearer("coordinator")
     await checked("getHealth", await client.get("/healthz"))
+    waiting = await checked("getReadiness", await client.get("/readyz"))  # 503: not probed
+    assert waiting["status"] == "unready"
+    await client.app_daemon.probe_regions()  # type: ignore[attr-defined]
     ready = await checked("getReadiness", await client.get("/readyz"))
     assert ready["status"] == "ready" and "reason" not in ready
     await checked("getMetrics", await client.get("/metrics"))

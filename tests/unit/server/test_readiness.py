@@ -112,3 +112,29 @@ async def test_the_other_reasons_stay(client: Client) -> None:
         status == 503 and body["reason"] == "state directory not writable: state dir /x: disk full"
     )
     assert body["checks"]["min_copies"] == {"one": "ok", "two": "ok"}
+
+
+async def test_before_the_first_probe_round_no_region_is_ok_and_drd_is_not_ready(
+    client: Client,
+) -> None:
+    r = await client.get("/readyz")
+    body = await r.json()
+    assert r.status == 503 and body["status"] == "unready"
+    assert "waiting for the first probe round" in body["reason"]
+    assert body["checks"]["regions"] == {n: "not probed yet" for n in ("a", "b", "c")}
+    samples = client.daemon.metrics.registry  # type: ignore[attr-defined]
+    assert samples.get_sample_value("drd_region_up", {"region": "a"}) is None
+    # One round later every region is known, and drd is ready.
+    status, body = await readyz(client)
+    assert status == 200 and body["checks"]["regions"] == {"a": "ok", "b": "ok", "c": "ok"}
+    assert samples.get_sample_value("drd_region_up", {"region": "a"}) == 1
+
+
+async def test_a_region_an_operation_found_up_still_waits_for_the_first_round(
+    client: Client,
+) -> None:
+    client.daemon.health.observe("a", "list", None)  # type: ignore[attr-defined]
+    r = await client.get("/readyz")
+    body = await r.json()
+    assert r.status == 503 and "waiting for the first probe round" in body["reason"]
+    assert body["checks"]["regions"] == {"a": "ok", "b": "not probed yet", "c": "not probed yet"}

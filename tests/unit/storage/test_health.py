@@ -128,7 +128,7 @@ async def test_answers_that_are_not_failures_of_the_region(setup) -> None:
 async def test_probe_results_and_the_probe_time() -> None:
     metrics, clock = Metrics(), Clock()
     health = RegionHealth(metrics, clock)
-    assert health.is_up("us")  # nothing asked yet: not known to be down
+    assert not health.is_up("us") and not health.known("us")  # nothing asked yet
     assert up(metrics, "us") is None
     health.probed("us", "no answer within 10s")
     assert up(metrics, "us") == 0 and health.problems() == {"us": "no answer within 10s"}
@@ -139,3 +139,18 @@ async def test_probe_results_and_the_probe_time() -> None:
     assert gauge(metrics, "drd_region_last_probe_timestamp_seconds", "us") == (
         clock.now.timestamp()
     )
+
+
+async def test_a_refused_delete_is_not_a_failed_write(setup) -> None:
+    """A retention hold refuses deletes: writing a probe object then would only leave one more
+    object the hold keeps. Writes that fail still mark the region write-failed."""
+    faulty, region, health, _, _ = setup
+    await region.put("x", b"1")
+    faulty.fail("delete", PermanentStorageError("region eu: object under retention"))
+    with pytest.raises(PermanentStorageError):
+        await region.delete("x")
+    assert health.state("eu").write_failed is False
+    faulty.fail("put", PermanentStorageError("region eu: no space left"))
+    with pytest.raises(PermanentStorageError):
+        await region.put("y", b"2")
+    assert health.state("eu").write_failed is True

@@ -16,8 +16,10 @@ import pytest
 from drd import crypto
 from drd.config.models import Plan, PlanStorage, RestoreTest, Schedule, Targets
 from drd.daemon.history import History, read_finished
+from drd.errors import PermanentStorageError
 from drd.layout import SourceRef
 from drd.pipeline.backup import run_backup
+from drd.storage.faults import FaultyStorage
 from drd.storage.memory import MemoryStorage
 from drd.verify.drill import run_drill
 from drd.verify.evidence import gather
@@ -142,3 +144,42 @@ async def test_runs_come_from_the_regions_and_the_history_once_each(
 def test_no_history_file_is_no_history(tmp_path: Path) -> None:
     assert read_finished(tmp_path / "none.sqlite3", "restore-test", "p", 0.0) == []
     assert not (tmp_path / "none.sqlite3").exists()
+
+
+async def test_a_region_that_cannot_be_listed_is_named_not_left_out_quietly(
+    blob_strategy: type[BlobStrategy], tmp_path: Path
+) -> None:
+    keyring = crypto.Keyring.parse(crypto.generate_key(), "test")
+    inner = {n: MemoryStorage(n, chunk_size=1000) for n in ("r0", "r1")}
+    plan = plan_of(tmp_path)
+    await run_backup(
+        REF,
+        BlobStrategy(SOURCE),
+        list(inner.values()),
+        keyring,
+        min_copies=2,
+        clock=lambda: at(11, 27),
+    )
+    common = {"state_dir": tmp_path / "state", "base_dir": tmp_path}
+    await run_drill(plan, inner, keyring, clock=lambda: at(11, 28), **common)
+    down = FaultyStorage(inner["r1"])
+    down.fail("list", PermanentStorageError("region r1: 503 backend unavailable"))
+    found = await gather(plan, {"r0": inner["r0"], "r1": down}, keyring, SINCE)
+    assert not found.complete
+    assert list(found.regions_not_read) == ["r1"]
+    assert "503 backend unavailable" in found.regions_not_read["r1"]
+    not_read = [p for p in found.problems if p.startswith("region r1 not read")]
+    assert len(not_read) == 2  # the backups' listing and the drill reports' listing
+    assert any("drill reports" in p for p in not_read)
+    assert {r.kind for r in found.runs} == {"drill", "restore-test"}  # r0 still counted
+
+    everything = await gather(plan, inner, keyring, SINCE)
+    assert everything.complete and everything.regions_not_read == {}
+
+
+async def test_a_region_the_plan_names_but_that_was_not_opened_is_not_read(
+    blob_strategy: type[BlobStrategy], tmp_path: Path
+) -> None:
+    keyring = crypto.Keyring.parse(crypto.generate_key(), "test")
+    found = await gather(plan_of(tmp_path), {"r0": MemoryStorage("r0")}, keyring, SINCE)
+    assert not found.complete and list(found.regions_not_read) == ["r1"]
