@@ -454,6 +454,12 @@ async def prune(
     now = utcnow()
     failed = False
     reports: list[dict[str, Any]] = []
+    try:
+        # Only to read where base backups start: the WAL before the oldest kept one goes.
+        keyring: crypto.Keyring | None = keyring_for(cfg, None)
+    except DrdError as exc:
+        print(f"warning: {exc}; archived WAL is destroyed at max_age only", file=sys.stderr)
+        keyring = None
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -468,6 +474,7 @@ async def prune(
                     # The daemon's memory: when backups were first seen, regions' oldest copy.
                     memory=RetentionMemory(cfg.state_dir / "retention.json"),
                     skip_sources=() if dry_run else busy,
+                    keyring=keyring,
                 )
             if as_json:
                 reports.append(json_results.sweep_json(report))
