@@ -34,6 +34,8 @@ from drd.errors import (
     UsageError,
 )
 from drd.layout import SourceRef, check_name
+from drd.pipeline.pitr import Windows
+from drd.pipeline.recovery_window import catalog_windows, window_json, window_lines
 from drd.pipeline.restore import restore_backup
 from drd.pipeline.source_backup import backup_source
 from drd.progress import ProgressBoard
@@ -242,8 +244,12 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
     }
 
 
-def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None = None) -> None:
-
+def _print_catalog(
+    catalog: Catalog,
+    as_json: bool,
+    tests: TestSummaries | None = None,
+    windows: Sequence[Windows] = (),
+) -> None:
     tests = tests or {}
     if as_json:
         print_json(
@@ -253,6 +259,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
                 ],
                 "unreachable_regions": catalog.region_errors,
                 "unknown_key_backups": len(catalog.unknown_key_entries),
+                "recovery_windows": [window_json(w) for w in windows],
             }
         )
         return
@@ -285,6 +292,8 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
             f"{format_size(body.ciphertext_size) if body else '?':>10}  "
             f"{','.join(sorted(e.complete_regions)) or '-'}{status}"
         )
+    for line in window_lines(windows):
+        print(line)
     for region, error in catalog.region_errors.items():
         print(f"warning: region {region} unreachable: {error}", file=sys.stderr)
 
@@ -337,7 +346,8 @@ async def list_backups(
         regions = await open_regions(stack, cfg, storage_args)
         catalog = await build_catalog(regions, keyring, prefix)
         tests = await latest_summaries(catalog, regions, keyring)
-    _print_catalog(catalog, as_json, tests)
+        windows = await catalog_windows(catalog, regions)
+    _print_catalog(catalog, as_json, tests, windows)
     return None
 
 

@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 
 from drd import crypto
+from drd.config.loader import load_config
 from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
+from drd.daemon.retention_loop import RetentionLoop
 from drd.daemon.wal_catchup import catch_up
+from drd.daemon.wal_loop import WalLoop
 from drd.layout import SourceRef
 from drd.metrics import Metrics
 from drd.pipeline.backup import run_backup
@@ -25,11 +28,13 @@ from drd.pipeline.pitr import push_wal, recovery_windows
 from drd.repository.wal import parse_wal_key
 from drd.retention.report import format_sweep
 from drd.retention.sweep import sweep
+from drd.runtime import Services
 from drd.storage.base import DeletionSettings, Storage
 from drd.storage.memory import MemoryStorage
 from drd.strategies.base import SourceOptions, Strategy
 from drd.strategies.postgres_physical import PostgresPhysicalOptions
 from drd.strategies.postgres_wal import Segment
+from tests.support.drdenv import DrdEnv
 
 REF = SourceRef("billing", "db")
 SYSID = "7715084644530370058"
@@ -304,3 +309,34 @@ async def test_no_kept_base_backup_keeps_wal_until_max_age(keyring: crypto.Keyri
     skipped = await sweep(make_plan(), rs, now=NOW + 10 * D, skip_sources={"db"})
     assert await held(rs["a"]) == [name(n) for n in range(9, 12)]
     assert skipped.skipped_sources == ["db"]
+
+
+def physical_config(tmp_path: Path) -> Any:
+    env = DrdEnv(tmp_path)
+    env.add_local_region("a")
+    env.add_local_region("b")
+    source = {"name": "db", "kind": "postgres-physical", "dsn": "host=127.0.0.1 port=1"}
+    env.add_plan("billing", [source], min_copies=1)
+    return load_config(env.write())
+
+
+async def test_the_window_metrics_follow_retention_and_the_archiver(
+    tmp_path: Path, keyring: crypto.Keyring
+) -> None:
+    cfg = physical_config(tmp_path)
+    rs: dict[str, Storage] = {n: MemoryStorage(n) for n in ("a", "b")}
+    await archive(keyring, list(rs.values()))
+    metrics = Metrics()
+    services = Services(cfg=cfg, regions=rs, keyring=keyring, metrics=metrics, clock=lambda: NOW)
+    labels = {"plan": "billing", "source": "db"}
+
+    await RetentionLoop(services).run_once(force=True)
+
+    # The oldest kept base backup (10 days, ending in segment 14) is where the window starts.
+    start = sample(metrics, "drd_pitr_window_start_timestamp_seconds", **labels)
+    assert start == written(14).timestamp()
+    # The archiver reads the newest archived WAL from the regions at its first round.
+    loop = WalLoop(services, sample_server=False)
+    await loop.run_once()
+    end = sample(metrics, "drd_pitr_window_end_timestamp_seconds", **labels)
+    assert end == written(25).timestamp()
