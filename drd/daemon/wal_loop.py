@@ -39,6 +39,7 @@ from drd.config.models import Plan
 from drd.daemon.lifecycle import cancel_task, run_rounds
 from drd.daemon.wal_catchup import catch_up, describe
 from drd.daemon.wal_receiver import Receiver
+from drd.daemon.wal_slots import RETRY_EVERY as SLOT_RETRY_EVERY
 from drd.daemon.wal_slots import SlotRegistry
 from drd.daemon.wal_spool import Archived, Shipper, spool_dir
 from drd.layout import SourceRef
@@ -364,8 +365,11 @@ class WalLoop:
         return max(through, complete) if complete is not None else through
 
     def seconds_until_due(self) -> float:
-        # Without streamed sources there is nothing to poll; a reload wakes the loop.
-        return ROUND_EVERY if self.archivers else IDLE_EVERY
+        # Without streamed sources there is nothing to poll but a slot left to drop; a reload
+        # wakes the loop.
+        if self.archivers:
+            return ROUND_EVERY
+        return SLOT_RETRY_EVERY.total_seconds() if self.slots.pending else IDLE_EVERY
 
     # -- running ------------------------------------------------------------------------------
 
