@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from drd.layout import SourceRef
-from drd.pipeline.pitr import Window, Windows, _when, base_backups
+from drd.pipeline.pitr import Window, Windows, base_backups, format_when
 from drd.repository.catalog import Catalog
 from drd.repository.wal import follow, list_archive
 from drd.storage.base import Storage
@@ -50,7 +50,7 @@ def window_lines(found: Sequence[Windows]) -> list[str]:
             lines.append(head + f"none ({why})")
             continue
         gaps = w.gaps()
-        text = f"{_when(w.start)} .. {_when(w.end)}"
+        text = f"{format_when(w.start)} .. {format_when(w.end)}"
         if gaps:
             text += f", GAP{'S' if len(gaps) > 1 else ''}: WAL {', '.join(gaps)} missing everywhere"
         lines.append(head + text)
