@@ -464,12 +464,7 @@ async def prune(
     now = utcnow()
     failed = False
     reports: list[dict[str, Any]] = []
-    try:
-        # Only to read where base backups start: the WAL before the oldest kept one goes.
-        keyring: crypto.Keyring | None = keyring_for(cfg, None)
-    except DrdError as exc:
-        print(f"warning: {exc}; archived WAL is destroyed at max_age only", file=sys.stderr)
-        keyring = None
+    keyring = _wal_keyring(cfg, plans)
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -494,6 +489,27 @@ async def prune(
     if as_json:
         print_json({"plans": reports, "ok": not failed})
     return StorageError if failed else None
+
+
+def _wal_keyring(cfg: Config, plans: Sequence[Plan]) -> crypto.Keyring | None:
+    """The keys prune reads where base backups start with (the WAL before the oldest kept one
+    goes); only for plans with physical PostgreSQL sources, never waiting on a terminal."""
+    from drd.strategies.postgres_physical import KIND
+
+    if not any(s.kind == KIND for plan in plans for s in plan.sources):
+        return None
+    if cfg.keys.source == "stdin" and sys.stdin.isatty():
+        print(
+            "warning: keys come from stdin, which is a terminal: archived WAL is destroyed at "
+            "max_age only",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return keyring_for(cfg, None)
+    except DrdError as exc:
+        print(f"warning: {exc}; archived WAL is destroyed at max_age only", file=sys.stderr)
+        return None
 
 
 async def doctor(config_path: Path | None, *, as_json: bool = False) -> Outcome:

@@ -7,6 +7,7 @@ base backup captured at c starts in the first segment written after c."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from drd import crypto
+from drd.cli.main import main
 from drd.config.loader import load_config
 from drd.config.models import Plan, PlanStorage, Retention, Schedule, Targets
 from drd.daemon.retention_loop import RetentionLoop
@@ -30,6 +32,7 @@ from drd.retention.report import format_sweep
 from drd.retention.sweep import sweep
 from drd.runtime import Services
 from drd.storage.base import DeletionSettings, Storage
+from drd.storage.local import LocalStorage
 from drd.storage.memory import MemoryStorage
 from drd.strategies.base import SourceOptions, Strategy
 from drd.strategies.postgres_physical import PostgresPhysicalOptions
@@ -340,3 +343,45 @@ async def test_the_window_metrics_follow_retention_and_the_archiver(
     await loop.run_once()
     end = sample(metrics, "drd_pitr_window_end_timestamp_seconds", **labels)
     assert end == written(25).timestamp()
+
+
+def test_drd_prune_dry_run_reads_the_base_backups_with_the_configs_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = DrdEnv(tmp_path)
+    paths = [env.add_local_region("a"), env.add_local_region("b")]
+    source = {"name": "db", "kind": "postgres-physical", "dsn": "host=127.0.0.1 port=1"}
+    env.add_plan("billing", [source], min_copies=1)
+    env.write()
+    keyring = crypto.Keyring.parse(env.key, "test")
+    now = datetime.now(UTC)
+
+    async def setup() -> str:
+        rs = [LocalStorage(p.name, p) for p in paths]
+        kept = await base_at(now - 3 * D, 5, rs, keyring)
+        for segno in (3, 4, 5, 6):
+            await push_wal(
+                REF,
+                rs,
+                keyring,
+                system_id=SYSID,
+                name=name(segno),
+                data=segment_bytes(segno),
+                through=now - 4 * D + segno * H,
+                timeline=1,
+                segment_size=SEG,
+                min_copies=1,
+            )
+        return kept
+
+    kept = asyncio.run(setup())
+    monkeypatch.setenv("DRD_KEYS", env.key)
+
+    code = main(["--config", str(env.config_path), "prune", "--dry-run"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (
+        f"would destroy 2 WAL file(s) {name(3)}..{name(4)}: WAL before base backup {kept}'s "
+        f"start segment {name(5)}"
+    ) in out
