@@ -600,10 +600,13 @@ def _check_windows(report: SweepReport) -> None:
                 # Its end segment is held, or nothing after it yet (still being archived).
                 continue
             missing = base.end.name(base.segment_size)
-            report.wal_findings.append(
+            finding = (
                 f"{ref}@{base.backup_id}: WAL segment {missing} (the base backup's end) is in "
                 "no region: it restores to its end only, not to a point after it"
             )
+            report.wal_findings.append(finding)
+            if not report.dry_run:
+                log.warning("retention: %s", finding)
 
 
 async def _prove(
