@@ -62,14 +62,9 @@ class WalDecision:
     keep: list[WalKey] = field(default_factory=list)
     #: why WAL before the oldest kept base backup is not cut (None: it is)
     not_cut: str | None = None
-    #: the oldest kept base backup the cut follows
-    oldest_base: BaseStart | None = None
 
     def next_expiry(self, policy: RetentionPolicy) -> datetime | None:
         return min((k.through + policy.destroy_age for k in self.keep), default=None)
-
-    def oldest_kept(self) -> datetime | None:
-        return min((k.through for k in self.keep), default=None)
 
 
 def kept_bases(
@@ -107,7 +102,6 @@ def decide_wal(
         assert b.system_id is not None
         by_system.setdefault(b.system_id, []).append(b)
     oldest = min(known, key=lambda b: b.captured, default=None)
-    out.oldest_base = oldest
     for key in sorted(keys, key=lambda k: (k.system_id, k.name, k.through)):
         reason = None
         age = now - key.through
