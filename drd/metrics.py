@@ -213,6 +213,12 @@ class Metrics:
             ("plan", "region"),
             registry=r,
         )
+        self.retention_wal_deleted = Counter(
+            "drd_retention_wal_deleted",
+            "Archived WAL objects (segments, partials, timeline histories) destroyed by retention",
+            ("plan", "region"),
+            registry=r,
+        )
         self.retention_delete_failures = Counter(
             "drd_retention_delete_failures",
             "Failed attempts to destroy an expired copy",
@@ -340,6 +346,33 @@ class Metrics:
             PS,
             registry=r,
         )
+        self.pitr_window_start = Gauge(
+            "drd_pitr_window_start_timestamp_seconds",
+            "The earliest point the source can be recovered to: the end of its oldest kept "
+            "base backup (set by each retention sweep)",
+            PS,
+            registry=r,
+        )
+        self.pitr_window_end = Gauge(
+            "drd_pitr_window_end_timestamp_seconds",
+            "The latest point the source can be recovered to: its newest WAL held in "
+            "min_copies regions, or the last time the archive held all it had written",
+            PS,
+            registry=r,
+        )
+        self.wal_slot_drop_failures = Counter(
+            "drd_wal_slot_drop_failures",
+            "Attempts to drop the replication slot of a source that left drd that failed",
+            PS,
+            registry=r,
+        )
+        self.wal_slot_left_behind = Gauge(
+            "drd_wal_slot_left_behind",
+            "1 while the replication slot of a source that left drd could not be dropped "
+            "(it keeps WAL on the server's disk)",
+            (*PS, "slot"),
+            registry=r,
+        )
         self.wal_copy_repairs = Counter(
             "drd_wal_copy_repairs",
             "WAL objects copied to a plan region that lacked them, by result",
@@ -410,6 +443,7 @@ class Metrics:
             self.restore_test_failures.labels(plan, source, reason)
         for region in regions:
             self.retention_deleted.labels(plan, region)
+            self.retention_wal_deleted.labels(plan, region)
             self.retention_delete_failures.labels(plan, region)
 
     def publish_jobs(self, running: Iterable[Snapshot]) -> None:

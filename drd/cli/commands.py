@@ -34,6 +34,8 @@ from drd.errors import (
     UsageError,
 )
 from drd.layout import SourceRef, check_name
+from drd.pipeline.pitr import Windows
+from drd.pipeline.recovery_window import catalog_windows, window_json, window_lines
 from drd.pipeline.restore import restore_backup
 from drd.pipeline.source_backup import backup_source
 from drd.progress import ProgressBoard
@@ -242,8 +244,12 @@ def _entry_json(entry: CatalogEntry, tested: Mapping[str, Any] | None = None) ->
     }
 
 
-def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None = None) -> None:
-
+def _print_catalog(
+    catalog: Catalog,
+    as_json: bool,
+    tests: TestSummaries | None = None,
+    windows: Sequence[Windows] = (),
+) -> None:
     tests = tests or {}
     if as_json:
         print_json(
@@ -253,6 +259,7 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
                 ],
                 "unreachable_regions": catalog.region_errors,
                 "unknown_key_backups": len(catalog.unknown_key_entries),
+                "recovery_windows": [window_json(w) for w in windows],
             }
         )
         return
@@ -285,6 +292,8 @@ def _print_catalog(catalog: Catalog, as_json: bool, tests: TestSummaries | None 
             f"{format_size(body.ciphertext_size) if body else '?':>10}  "
             f"{','.join(sorted(e.complete_regions)) or '-'}{status}"
         )
+    for line in window_lines(windows):
+        print(line)
     for region, error in catalog.region_errors.items():
         print(f"warning: region {region} unreachable: {error}", file=sys.stderr)
 
@@ -337,7 +346,8 @@ async def list_backups(
         regions = await open_regions(stack, cfg, storage_args)
         catalog = await build_catalog(regions, keyring, prefix)
         tests = await latest_summaries(catalog, regions, keyring)
-    _print_catalog(catalog, as_json, tests)
+        windows = await catalog_windows(catalog, regions)
+    _print_catalog(catalog, as_json, tests, windows)
     return None
 
 
@@ -454,6 +464,7 @@ async def prune(
     now = utcnow()
     failed = False
     reports: list[dict[str, Any]] = []
+    keyring = _wal_keyring(cfg, plans)
     async with AsyncExitStack() as stack:
         regions = {s.name: s for s in await open_regions(stack, cfg, [])}
         for plan in plans:
@@ -468,6 +479,7 @@ async def prune(
                     # The daemon's memory: when backups were first seen, regions' oldest copy.
                     memory=RetentionMemory(cfg.state_dir / "retention.json"),
                     skip_sources=() if dry_run else busy,
+                    keyring=keyring,
                 )
             if as_json:
                 reports.append(json_results.sweep_json(report))
@@ -477,6 +489,27 @@ async def prune(
     if as_json:
         print_json({"plans": reports, "ok": not failed})
     return StorageError if failed else None
+
+
+def _wal_keyring(cfg: Config, plans: Sequence[Plan]) -> crypto.Keyring | None:
+    """The keys prune reads where base backups start with (the WAL before the oldest kept one
+    goes); only for plans with physical PostgreSQL sources, never waiting on a terminal."""
+    from drd.strategies.postgres_physical import KIND
+
+    if not any(s.kind == KIND for plan in plans for s in plan.sources):
+        return None
+    if cfg.keys.source == "stdin" and sys.stdin.isatty():
+        print(
+            "warning: keys come from stdin, which is a terminal: archived WAL is destroyed at "
+            "max_age only",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return keyring_for(cfg, None)
+    except DrdError as exc:
+        print(f"warning: {exc}; archived WAL is destroyed at max_age only", file=sys.stderr)
+        return None
 
 
 async def doctor(config_path: Path | None, *, as_json: bool = False) -> Outcome:

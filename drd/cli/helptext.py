@@ -114,7 +114,9 @@ COMMANDS: dict[str, CommandHelp] = {
     ),
     "list": CommandHelp(
         "List the backups, rebuilt from the regions alone (no local state needed), with each "
-        "unusable copy and why, and the last restore test of each backup.",
+        "unusable copy and why, and the last restore test of each backup; for each physical "
+        "PostgreSQL source, its recovery window (oldest base backup's end to newest archived "
+        "WAL) and any gap.",
         (
             "drd list",
             "drd list billing/main-db --json",
@@ -155,7 +157,8 @@ COMMANDS: dict[str, CommandHelp] = {
     ),
     "prune": CommandHelp(
         "Destroy expired backups in every region now, region by region, with the reason for "
-        "each. --dry-run changes nothing.",
+        "each, and the archived WAL of physical PostgreSQL sources that is past max_age or "
+        "before the oldest kept base backup. --dry-run changes nothing.",
         ("drd prune --dry-run", "drd prune billing --json"),
         (*_CONFIG, errors.StorageError),
     ),

@@ -107,6 +107,13 @@ def sweep_json(report: SweepReport) -> dict[str, Any]:
                 None if region.oldest is None else int((report.now - region.oldest).total_seconds())
             ),
             "overdue_unreachable": region.overdue_unreachable,
+            "wal": {
+                "destroyed": len(region.wal_destroyed),
+                "to_destroy": sorted(region.wal_doomed),
+                "reasons": region.wal_doomed,
+                "failed": region.wal_failed,
+                "kept": sum(len(d.keep) for d in region.wal_decisions.values()),
+            },
         }
     return {
         "plan": report.plan,
@@ -119,6 +126,7 @@ def sweep_json(report: SweepReport) -> dict[str, Any]:
             for f in report.findings
         ],
         "regions": regions,
+        "wal_findings": list(report.wal_findings),
     }
 
 

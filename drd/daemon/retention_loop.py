@@ -35,6 +35,7 @@ from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
 from drd.retention.sweep import RetentionMemory, SweepReport, sweep
 from drd.runtime import Services
+from drd.strategies.postgres_physical import KIND as PHYSICAL
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,10 @@ class RetentionLoop:
                 orphan_grace=self.orphan_grace,
                 memory=self.memory,
                 skip_sources=busy,
+                keyring=services.keyring,
             )
         self.sweeps[plan.name] = report
+        self._publish_windows(plan, report)
         for region in report.regions.values():
             for backup in region.destroyed:
                 self.on_copies(backup.ref, backup.backup_id, region.region, False)
@@ -201,6 +204,23 @@ class RetentionLoop:
             self.due[plan.name].isoformat(),
         )
         return report
+
+    def _publish_windows(self, plan: Plan, report: SweepReport) -> None:
+        """drd_pitr_window_start_timestamp_seconds of the plan's physical sources: where the
+        recovery window begins now that the sweep destroyed what it did."""
+        gauge = self.services.metrics.pitr_window_start
+        for source in plan.sources:
+            if source.kind != PHYSICAL:
+                continue
+            ref = SourceRef(plan.name, source.name)
+            if ref.source in report.skipped_sources or ref not in report.bases:
+                continue  # not decided this time: the value stands
+            start = report.window_start(ref)
+            if start is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(plan.name, source.name)
+            else:
+                gauge.labels(plan.name, source.name).set(start.timestamp())
 
     def _next_run(self, report: SweepReport, repaired: RepairReport, busy: bool) -> datetime:
         now = report.now

@@ -5,7 +5,10 @@ archive's state (newest archived WAL, gaps) from the listings.
   does not is copied there: the stored bytes as they are (a WAL object is bound to its key,
   the same in every region), after they were opened and verified with the keyring, written
   create-only, never over anything. A region that was down gets what it missed this way,
-  also what already left the spool.
+  also what already left the spool. Never older WAL than the oldest segment the region holds
+  (of that cluster): retention cuts each region's archive at its own age and oldest kept base
+  backup (drd.retention.wal_retention), and what it destroyed there must not come back from a
+  region that keeps WAL longer. A region holding nothing of the cluster gets all of it.
 - Partial segments a region no longer needs (its completed segment is there, or a newer
   partial of it is) are deleted there: a partial is shipped every `partial_every`, and only the
   newest is ever used.
@@ -24,7 +27,7 @@ from datetime import datetime
 from drd import crypto
 from drd.errors import IntegrityError, StorageError
 from drd.layout import SourceRef
-from drd.repository.wal import WalArchive, WalKey, follow, list_archive, open_object
+from drd.repository.wal import WalArchive, WalFile, WalKey, follow, list_archive, open_object
 from drd.storage.base import Storage
 from drd.strategies.postgres_wal import parse_segment_name
 
@@ -104,10 +107,11 @@ async def catch_up(
     by_name = {r.name: r for r in regions}
     reachable = [r.name for r in regions if r.name not in archive.region_errors]
     for files in archive.systems.values():
+        floors = _floors(files, reachable)
         for f in list(files.values()):
             if f.kind == "partial":
                 continue
-            missing = [r for r in reachable if r not in f.copies]
+            missing = [r for r in reachable if r not in f.copies and _above(f, floors.get(r))]
             if not missing:
                 continue
             key = min((k for keys in f.copies.values() for k in keys), key=lambda k: k.key)
@@ -127,6 +131,29 @@ async def catch_up(
         out.gaps = count_gaps(archive, segment_size)
     out.newest = newest_archived(archive, min_copies)
     return out
+
+
+def _floors(files: dict[str, WalFile], regions: list[str]) -> dict[str, tuple[str, str]]:
+    """Region -> the position of the oldest segment or partial it holds of this cluster (its
+    number, as the name's hex, which sorts like the number) and the lowest timeline it holds;
+    regions holding none are left out."""
+    floors: dict[str, tuple[str, str]] = {}
+    for f in files.values():
+        if f.kind == "history":
+            continue
+        for region in f.copies:
+            if region in regions:
+                position, timeline = floors.get(region, ("~", "~"))
+                floors[region] = (min(position, f.name[8:24]), min(timeline, f.name[:8]))
+    return floors
+
+
+def _above(f: WalFile, floor: tuple[str, str] | None) -> bool:
+    if floor is None:
+        return True
+    if f.kind == "history":
+        return f.name[:8] >= floor[1]
+    return f.name[8:24] >= floor[0]
 
 
 async def _verified(

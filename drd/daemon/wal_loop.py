@@ -14,6 +14,10 @@ For every such source of every plan:
   copied from the other regions, superseded partials deleted, gaps counted, and the newest
   archived WAL read back (after a restart that is where the RPO counts from).
 
+The slot of a source that leaves (removed, its plan removed, or switched to `archive:
+command`) is dropped on its server (drd.daemon.wal_slots), at the reload that removes it, or at
+the next start if it left while the daemon was down.
+
 After a crash nothing is lost or doubled: the slot keeps the WAL the spool has not received,
 the spool keeps what min_copies regions do not hold yet, and a segment a region holds is never
 written there again. `run_once()` is the round tests drive (receivers not started);
@@ -35,6 +39,8 @@ from drd.config.models import Plan
 from drd.daemon.lifecycle import cancel_task, run_rounds
 from drd.daemon.wal_catchup import catch_up, describe
 from drd.daemon.wal_receiver import Receiver
+from drd.daemon.wal_slots import RETRY_EVERY as SLOT_RETRY_EVERY
+from drd.daemon.wal_slots import SlotRegistry
 from drd.daemon.wal_spool import Archived, Shipper, spool_dir
 from drd.layout import SourceRef
 from drd.logs import log_context
@@ -144,10 +150,18 @@ class WalLoop:
         self.archivers: dict[SourceRef, Archiver] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.slots = SlotRegistry(services.state_dir, services.metrics)
         for plan in services.cfg.plans:
             for source in streamed_sources(plan):
                 archiver = self._build(plan, source)
                 self.archivers[archiver.ref] = archiver
+        self._record_slots()
+
+    def _record_slots(self) -> None:
+        """Tell the slot registry which slots are in use; the others are dropped next round."""
+        self.slots.configured([(ref, a.receiver.slot) for ref, a in self.archivers.items()])
+        for ref, archiver in self.archivers.items():
+            self.slots.use(ref, archiver.receiver.slot, archiver.source.dsn)
 
     def _build(self, plan: Plan, source: PostgresPhysicalOptions) -> Archiver:
         services, metrics = self.services, self.services.metrics
@@ -201,16 +215,22 @@ class WalLoop:
             if entry is None or _signature(*entry) != archiver.signature:
                 del self.archivers[ref]
                 await self._stop_archiver(archiver)
-                self._forget(archiver)
+                self._forget(archiver, gone=entry is None)
         for ref, (plan, source) in wanted.items():
             if ref not in self.archivers:
                 archiver = self.archivers[ref] = self._build(plan, source)
                 if self._task is not None:
                     self._start_receiver(archiver)
+        # The receivers of sources that left are stopped: their slots can go now.
+        self._record_slots()
+        await self.slots.drop_pending(services.clock())
         self._wake.set()
 
-    def _forget(self, archiver: Archiver) -> None:
+    def _forget(self, archiver: Archiver, *, gone: bool) -> None:
         m = self.services.metrics
+        if gone:  # else the retention sweep's value stands: its base backups have not changed
+            with contextlib.suppress(KeyError):
+                m.pitr_window_start.remove(*archiver.labels)
         for metric in (
             m.wal_last_archived,
             m.wal_archive_lag,
@@ -220,6 +240,7 @@ class WalLoop:
             m.wal_receiver_up,
             m.wal_receiver_restarts,
             m.wal_archived,
+            m.pitr_window_end,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(*archiver.labels)
@@ -227,7 +248,9 @@ class WalLoop:
     # -- one round ----------------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Ship every source's spool (and sample, catch up when due); files stored."""
+        """Ship every source's spool (and sample, catch up when due); files stored. Slots of
+        sources that left are dropped first (at the first round after a start, and retried)."""
+        await self.slots.drop_pending(self.services.clock())
         stored = 0
         for archiver in list(self.archivers.values()):
             with log_context(job="wal", plan=archiver.ref.plan, source=archiver.ref.source):
@@ -323,6 +346,12 @@ class WalLoop:
                 if got.lsn <= archived.lsn and answered is not None:
                     # Sampled at the start of that round: all it had written is archived now.
                     archiver.complete_at = max(archiver.complete_at or answered, answered)
+        self._publish_window_end(archiver)
+
+    def _publish_window_end(self, archiver: Archiver) -> None:
+        end = self.recovery_point(archiver.ref)
+        if end is not None:
+            self.services.metrics.pitr_window_end.labels(*archiver.labels).set(end.timestamp())
 
     def recovery_point(self, ref: SourceRef) -> datetime | None:
         """Up to when `ref` can be recovered from the WAL held in min_copies regions: when its
@@ -336,8 +365,11 @@ class WalLoop:
         return max(through, complete) if complete is not None else through
 
     def seconds_until_due(self) -> float:
-        # Without streamed sources there is nothing to poll; a reload wakes the loop.
-        return ROUND_EVERY if self.archivers else IDLE_EVERY
+        # Without streamed sources there is nothing to poll but a slot left to drop; a reload
+        # wakes the loop.
+        if self.archivers:
+            return ROUND_EVERY
+        return SLOT_RETRY_EVERY.total_seconds() if self.slots.pending else IDLE_EVERY
 
     # -- running ------------------------------------------------------------------------------
 

@@ -413,7 +413,8 @@ class Window:
 
     def describe(self) -> str:
         text = (
-            f"{_when(self.start)} .. {_when(self.end)} (base backup {self.base.backup_id}, "
+            f"{format_when(self.start)} .. {format_when(self.end)} "
+            f"(base backup {self.base.backup_id}, "
             f"LSN {format_lsn(self.base.end_lsn)}..{format_lsn(self.end_lsn)})"
         )
         if self.chain.gap is not None:
@@ -433,7 +434,7 @@ class Window:
         }
 
 
-def _when(t: datetime) -> str:
+def format_when(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
@@ -549,7 +550,7 @@ class Target:
 
     def describe(self) -> str:
         if self.kind == "time" and self.time is not None:
-            return f"time {_when(self.time)}"
+            return f"time {format_when(self.time)}"
         if self.kind == "lsn" and self.lsn is not None:
             return f"LSN {format_lsn(self.lsn)}"
         return "the end of the archive" if self.kind == "latest" else "the end of the base backup"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from drd.retention.policy import human_age
-from drd.retention.sweep import SweepReport
+from drd.retention.sweep import RegionSweep, SweepReport
+from drd.retention.wal_retention import group_reasons
 
 
 def format_sweep(report: SweepReport) -> list[str]:
@@ -56,4 +57,29 @@ def format_sweep(report: SweepReport) -> list[str]:
                 lines.append(f"    FAILED {backup}: {reason}: {error}")
             else:
                 lines.append(f"    {verb} {backup}: {reason}")
+        lines += _wal_lines(region, verb, report.dry_run)
+    lines += [f"  WARNING {finding}" for finding in report.wal_findings]
+    return lines
+
+
+def _wal_lines(region: RegionSweep, verb: str, dry_run: bool) -> list[str]:
+    """WAL comes in thousands of files: one line per source and reason, first..last name."""
+    lines = []
+    for ref, decision in sorted(region.wal_decisions.items(), key=lambda kv: str(kv[0])):
+        kept = len(decision.keep)
+        doomed = len(decision.destroy)
+        if dry_run:
+            head = f"    WAL {ref}: {doomed} to destroy, {kept} kept"
+        else:
+            failed = len([k for k in decision.destroy if k in region.wal_failed])
+            head = f"    WAL {ref}: {doomed - failed} destroyed, {failed} failed, {kept} kept"
+        if decision.not_cut:
+            head += f" ({decision.not_cut})"
+        lines.append(head)
+        for reason, keys in group_reasons(decision.destroy):
+            names = [k.rsplit("/", 1)[-1].split("@")[0] for k in keys]
+            span = names[0] if len(names) == 1 else f"{min(names)}..{max(names)}"
+            lines.append(f"      {verb} {len(keys)} WAL file(s) {span}: {reason}")
+        for key in sorted(k for k in decision.destroy if k in region.wal_failed):
+            lines.append(f"      FAILED {key}: {region.wal_failed[key]}")
     return lines

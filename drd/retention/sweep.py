@@ -8,11 +8,17 @@ For each backup past its destroy age (and each leftover of interrupted work past
 3. then, once every doomed backup was deleted, each region's plan prefix is listed once and
    none of them may be in it: the proof (one listing per region, not one per backup).
 
+The archived WAL of physical PostgreSQL sources goes in the same sweep
+(drd.retention.wal_retention decides): what reached the region's destroy age, and what lies
+before the oldest base backup the region keeps, deleted after the backups and proved by the same
+listing. Reading where a base backup starts takes the key (the sweep's `keyring`); without it
+only max_age applies to WAL.
+
 Each region's outcome is reported and counted (drd_retention_deleted_total,
-drd_retention_delete_failures_total). Nothing is remembered between sweeps except the oldest
-copy age per region (below): the work left to do is whatever storage still holds, so a sweep
-interrupted anywhere (between manifest and data included) is finished by the next one, which
-finds the data as a leftover past max_age.
+drd_retention_wal_deleted_total, drd_retention_delete_failures_total). Nothing is
+remembered between sweeps except the oldest copy age per region (below): the work left to do
+is whatever storage still holds, so a sweep interrupted anywhere (between manifest and data
+included) is finished by the next one, which finds the data as a leftover past max_age.
 
 A region that cannot be listed cannot be swept, but its copies still age. The sweep remembers,
 per (plan, region), the capture time of the oldest copy the region held after its last
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,10 +42,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from drd import crypto
 from drd.config.models import Plan
 from drd.errors import DrdError, StorageError
 from drd.layout import MANIFEST_OBJECT, SourceRef, backup_id_time, is_backup_id
 from drd.metrics import Metrics
+from drd.repository.catalog import CatalogEntry, build_catalog
+from drd.repository.wal import WalArchive, WalKey, follow, parse_wal_key
 from drd.retention.policy import (
     DEFAULT_ORPHAN_GRACE,
     Backup,
@@ -49,7 +59,10 @@ from drd.retention.policy import (
     apply_policy,
     region_leads,
 )
+from drd.retention.wal_retention import BaseStart, WalDecision, decide_wal, kept_bases
 from drd.storage.base import DeletionSettings, Storage
+from drd.strategies.postgres_physical import KIND as PHYSICAL
+from drd.strategies.postgres_wal import parse_lsn, segment_of
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +199,17 @@ class RegionSweep:
     settings: DeletionSettings | None = None
     #: why the settings could not be read this time
     settings_error: str | None = None
+    #: the WAL objects of physical sources this region holds (before the sweep)
+    wal: dict[SourceRef, list[WalKey]] = field(default_factory=dict)
+    #: what retention decided about them here
+    wal_decisions: dict[SourceRef, WalDecision] = field(default_factory=dict)
+    wal_destroyed: list[str] = field(default_factory=list)
+    #: WAL object key -> why destroying it failed
+    wal_failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def wal_doomed(self) -> dict[str, str]:
+        return {k: r for d in self.wal_decisions.values() for k, r in d.destroy.items()}
 
 
 @dataclass
@@ -218,19 +242,38 @@ class SweepReport:
     def policy_for(self, region: str) -> RetentionPolicy:
         return self.policies.get(region, self.policy)
 
+    #: physical sources: their committed base backups as retention knows them
+    bases: dict[SourceRef, list[BaseStart]] = field(default_factory=dict)
+    #: kept base backups that cannot be restored to a point after their end, with why
+    wal_findings: list[str] = field(default_factory=list)
+
     @property
     def failures(self) -> int:
-        return sum(len(r.failed) + r.overdue_unreachable for r in self.regions.values())
+        return sum(
+            len(r.failed) + len(r.wal_failed) + r.overdue_unreachable for r in self.regions.values()
+        )
+
+    def window_start(self, ref: SourceRef) -> datetime | None:
+        """The earliest point `ref` restores to after this sweep: the end of the oldest base
+        backup some region keeps."""
+        kept = {b.key for d in self.decisions.values() for b in d.keep}
+        ends = [
+            b.end_time for b in self.bases.get(ref, []) if b.end_time and (ref, b.backup_id) in kept
+        ]
+        return min(ends, default=None)
 
     @property
     def ok(self) -> bool:
         return self.failures == 0 and not any(r.error for r in self.regions.values())
 
     def next_expiry(self) -> datetime | None:
-        return min(
-            (d for d in (x.next_expiry() for x in self.decisions.values()) if d is not None),
-            default=self.decision.next_expiry(),
-        )
+        dues = [d for d in (x.next_expiry() for x in self.decisions.values()) if d is not None]
+        for name, region in self.regions.items():
+            for decision in region.wal_decisions.values():
+                due = decision.next_expiry(self.policy_for(name))
+                if due is not None:
+                    dues.append(due)
+        return min(dues, default=self.decision.next_expiry())
 
 
 def _merge(decisions: Mapping[str, RetentionDecision]) -> RetentionDecision:
@@ -299,6 +342,10 @@ async def _list_regions(plan: str, regions: Mapping[str, Storage]) -> dict[str, 
             out.error = str(listing) or type(listing).__name__
         else:
             out.holds = _group(plan, [info.key for info in listing])
+            for info in listing:
+                wal = parse_wal_key(info.key)
+                if wal is not None and wal.ref.plan == plan:
+                    out.wal.setdefault(wal.ref, []).append(wal)
         if not isinstance(settings, BaseException):
             out.settings = settings
         else:
@@ -351,9 +398,13 @@ async def sweep(
     orphan_grace: timedelta = DEFAULT_ORPHAN_GRACE,
     memory: RetentionMemory | None = None,
     skip_sources: Collection[str] = (),
+    keyring: crypto.Keyring | None = None,
 ) -> SweepReport:
-    """Sweep `plan`'s backups out of every region in `regions` (all configured regions: a
-    region dropped from the plan may still hold its backups).
+    """Sweep `plan`'s backups (and archived WAL) out of every region in `regions` (all
+    configured regions: a region dropped from the plan may still hold its backups).
+
+    `keyring`: to read where base backups start, which WAL before them is cut at (without it
+    WAL goes at max_age only).
 
     `skip_sources`: sources whose backup is running (their leftovers may be live uploads);
     they are left for the next sweep. A dry run decides and reports but changes nothing, not
@@ -406,7 +457,8 @@ async def sweep(
                 dated if first < dated else None,
             )
         )
-    skipped = sorted({b.ref.source for b in backups if b.ref.source in skip_sources})
+    held = {b.ref.source for b in backups} | {ref.source for r in found.values() for ref in r.wal}
+    skipped = sorted(held & set(skip_sources))
     decisions = {
         name: apply_policy(
             [b for b in backups if b.key in region.holds and b.ref.source not in skip_sources],
@@ -430,15 +482,19 @@ async def sweep(
     for finding in findings:
         if finding.severity != "info":
             log.warning("plan %s: %s", plan.name, finding)
+    physical = {SourceRef(plan.name, s.name) for s in plan.sources if s.kind == PHYSICAL}
+    await _decide_wal(report, regions, backups, keyring, skip_sources, physical)
 
     if not dry_run:
         if metrics is not None:
             # The plan's regions at zero from the start, so that increase() sees the first one.
             for name in plan.storage.regions:
                 metrics.retention_deleted.labels(plan.name, name)
+                metrics.retention_wal_deleted.labels(plan.name, name)
                 metrics.retention_delete_failures.labels(plan.name, name)
         await _destroy_all(report, regions, metrics)
         await _remove_partials(plan, reachable, regions, orphan_grace, skip_sources, report)
+    _check_windows(report)
     _account_oldest(report, backups, memory, metrics, update=not dry_run)
     if metrics is not None and not dry_run:
         memory.publish(metrics, now)
@@ -446,16 +502,128 @@ async def sweep(
     return report
 
 
-async def _prove(plan: str, storage: Storage, deleted: Sequence[Backup]) -> dict[BackupKey, str]:
+def _base_start(entry: CatalogEntry) -> BaseStart:
+    captured = entry.captured
+    if entry.manifest is None:
+        why = str(entry.verify_error or "manifest not verified")
+        return BaseStart(entry.backup_id, captured, unknown=why)
+    meta = entry.manifest.body.strategy_metadata
+    try:
+        size = int(meta["wal_segment_size"])
+        start = segment_of(parse_lsn(str(meta["start_lsn"])), int(meta["timeline"]), size)
+        end_tli = int(meta.get("end_timeline") or meta["timeline"])
+        end = segment_of(parse_lsn(str(meta["end_lsn"])), end_tli, size)
+        end_time = datetime.fromisoformat(str(meta["end_time"]))
+        system_id = str(meta["system_identifier"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return BaseStart(entry.backup_id, captured, unknown=f"no WAL range in its manifest ({exc})")
+    return BaseStart(entry.backup_id, captured, system_id, size, start, end, end_time)
+
+
+async def _read_bases(
+    refs: Collection[SourceRef],
+    storages: Sequence[Storage],
+    keyring: crypto.Keyring | None,
+    backups: Sequence[Backup],
+) -> dict[SourceRef, list[BaseStart]]:
+    """The committed base backups of `refs`; without a key each one's start is unknown."""
+    out: dict[SourceRef, list[BaseStart]] = {}
+    for ref in sorted(refs, key=str):
+        committed = [b for b in backups if b.ref == ref and b.committed]
+        if keyring is None:
+            out[ref] = [
+                BaseStart(b.backup_id, b.captured, unknown="no key to read its manifest")
+                for b in committed
+            ]
+            continue
+        catalog = await build_catalog(storages, keyring, ref.prefix)
+        entries = {e.backup_id: e for e in catalog.for_source(ref)}
+        bases = []
+        for b in committed:
+            entry = entries.get(b.backup_id)
+            if entry is None:
+                bases.append(BaseStart(b.backup_id, b.captured, unknown="manifest not listed"))
+            elif entry.public is not None and entry.public.kind != PHYSICAL:
+                continue  # not a base backup: the source was of another kind once
+            else:
+                # Aged like the backup itself (the earliest time drd knows for it).
+                found = _base_start(entry)
+                bases.append(dataclasses.replace(found, captured=min(found.captured, b.captured)))
+        out[ref] = bases
+    return out
+
+
+async def _decide_wal(
+    report: SweepReport,
+    regions: Mapping[str, Storage],
+    backups: Sequence[Backup],
+    keyring: crypto.Keyring | None,
+    skip_sources: Collection[str],
+    physical: Collection[SourceRef],
+) -> None:
+    """Decide each region's WAL; `physical`: the plan's physical sources (their base backups
+    are read even before they have WAL: the recovery window starts at the oldest's end)."""
+    reachable = {n: r for n, r in report.regions.items() if r.error is None}
+    refs = {ref for r in reachable.values() for ref in r.wal} | set(physical)
+    refs = {ref for ref in refs if ref.source not in skip_sources}
+    if not refs:
+        return
+    report.bases = await _read_bases(
+        refs, [regions[n] for n in sorted(reachable)], keyring, backups
+    )
+    for name, region in reachable.items():
+        for ref, keys in region.wal.items():
+            if ref in refs:
+                region.wal_decisions[ref] = decide_wal(
+                    keys, report.bases[ref], report.policy_for(name), report.now
+                )
+
+
+def _check_windows(report: SweepReport) -> None:
+    """Every kept base backup must still find, in some region, the WAL from its end on that a
+    restore to a point replays: say so of each that does not."""
+    reachable = {n: r for n, r in report.regions.items() if r.error is None}
+    for ref, bases in sorted(report.bases.items(), key=lambda kv: str(kv[0])):
+        archive = WalArchive(ref, regions=sorted(reachable))
+        for name, region in reachable.items():
+            gone = set(region.wal_destroyed) | (set(region.wal_doomed) if report.dry_run else set())
+            for key in region.wal.get(ref, []):
+                if key.key not in gone:
+                    archive.add(name, key)
+        kept = {b.key for d in report.decisions.values() for b in d.keep}
+        for base in kept_bases(bases, report.policy, report.now):
+            if (ref, base.backup_id) not in kept or not base.known:
+                continue
+            assert base.system_id and base.end and base.segment_size
+            chain = follow(archive, base.system_id, base.end, base.segment_size)
+            if chain.segments or not chain.gap:
+                # Its end segment is held, or nothing after it yet (still being archived).
+                continue
+            missing = base.end.name(base.segment_size)
+            finding = (
+                f"{ref}@{base.backup_id}: WAL segment {missing} (the base backup's end) is in "
+                "no region: it restores to its end only, not to a point after it"
+            )
+            report.wal_findings.append(finding)
+            if not report.dry_run:
+                log.warning("retention: %s", finding)
+
+
+async def _prove(
+    plan: str, storage: Storage, deleted: Sequence[Backup], wal: Collection[str] = ()
+) -> tuple[dict[BackupKey, str], dict[str, str]]:
     """The proof, after the deletions: the plan's prefix listed once in the region, and every
-    deleted backup must be absent from it; backup -> why not (what is still listed, or why
-    the region could not be listed)."""
-    if not deleted:
-        return {}
+    deleted backup and WAL object must be absent from it; backup (WAL key) -> why not (what
+    is still listed, or why the region could not be listed)."""
+    if not deleted and not wal:
+        return {}, {}
     try:
         listed = await storage.list(f"{plan}/")
     except DrdError as exc:
-        return {b.key: f"cannot list to prove the deletion: {exc}" for b in deleted}
+        why = f"cannot list to prove the deletion: {exc}"
+        return {b.key: why for b in deleted}, dict.fromkeys(wal, why)
+    wanted_wal = set(wal)
+    left_wal = {i.key: "still listed after deletion" for i in listed if i.key in wanted_wal}
     left: dict[BackupKey, list[str]] = {}
     wanted = {b.ref.backup_prefix(b.backup_id): b.key for b in deleted}
     for info in listed:
@@ -464,7 +632,25 @@ async def _prove(plan: str, storage: Storage, deleted: Sequence[Backup]) -> dict
         key = wanted.get("/".join(parts[:3]) + "/") if len(parts) == 4 else None
         if key is not None:
             left.setdefault(key, []).append(parts[3])
-    return {key: f"still listed after deletion: {', '.join(names)}" for key, names in left.items()}
+    still = {key: f"still listed after deletion: {', '.join(names)}" for key, names in left.items()}
+    return still, left_wal
+
+
+async def _destroy_wal(
+    storage: Storage, keys: Sequence[str], semaphore: asyncio.Semaphore
+) -> dict[str, str | None]:
+    errors: dict[str, str | None] = {}
+
+    async def one(key: str) -> None:
+        async with semaphore:
+            try:
+                await storage.delete(key)
+                errors[key] = None
+            except DrdError as exc:
+                errors[key] = f"deleting: {exc}"
+
+    await asyncio.gather(*(one(k) for k in keys))
+    return errors
 
 
 async def _destroy_all(
@@ -495,11 +681,28 @@ async def _destroy_all(
                 failed[name][backup.key] = error
 
     await asyncio.gather(*(one(b) for b in report.decision.destroy))
+    # WAL after the backups: a base backup's WAL never goes before the base backup itself.
+    wal_errors = await asyncio.gather(
+        *(
+            _destroy_wal(regions[name], sorted(region.wal_doomed), semaphore)
+            for name, region in reachable.items()
+        )
+    )
+    wal_deleted = {
+        name: [k for k, e in errors.items() if e is None]
+        for name, errors in zip(reachable, wal_errors, strict=True)
+    }
     proofs = await asyncio.gather(
-        *(_prove(report.plan, regions[name], deleted[name]) for name in reachable)
+        *(
+            _prove(report.plan, regions[name], deleted[name], wal_deleted[name])
+            for name in reachable
+        )
     )
     by_key = {b.key: b for b in report.decision.destroy}
-    for name, unproven in zip(reachable, proofs, strict=True):
+    for (name, (unproven, wal_unproven)), errors in zip(
+        zip(reachable, proofs, strict=True), wal_errors, strict=True
+    ):
+        _account_wal(report, name, errors, wal_unproven, metrics)
         failed[name].update(unproven)
         for backup in deleted[name]:
             if backup.key in unproven:
@@ -518,6 +721,32 @@ async def _destroy_all(
             log.error("retention: destroying %s in region %s failed: %s", by_key[key], name, error)
             if metrics is not None:
                 metrics.retention_delete_failures.labels(report.plan, name).inc()
+
+
+def _account_wal(
+    report: SweepReport,
+    name: str,
+    errors: Mapping[str, str | None],
+    unproven: Mapping[str, str],
+    metrics: Metrics | None,
+) -> None:
+    region = report.regions[name]
+    failed = {k: e for k, e in errors.items() if e is not None} | dict(unproven)
+    region.wal_destroyed = sorted(k for k, e in errors.items() if e is None and k not in unproven)
+    region.wal_failed = failed
+    if region.wal_destroyed:
+        log.info(
+            "retention: destroyed %d WAL object(s) of plan %s in region %s",
+            len(region.wal_destroyed),
+            report.plan,
+            name,
+        )
+    for key, error in sorted(failed.items()):
+        log.error("retention: destroying WAL %s in region %s failed: %s", key, name, error)
+    if metrics is not None:
+        metrics.retention_wal_deleted.labels(report.plan, name).inc(len(region.wal_destroyed))
+        if failed:
+            metrics.retention_delete_failures.labels(report.plan, name).inc(len(failed))
 
 
 async def _remove_partials(
@@ -568,6 +797,9 @@ def _account_oldest(
     for name, region in report.regions.items():
         if region.error is None:
             left = [captured[k] for k in region.holds if k not in {b.key for b in region.destroyed}]
+            gone = set(region.wal_destroyed)
+            # WAL is a copy too: nothing of it may outlive max_age unseen.
+            left += [k.through for keys in region.wal.values() for k in keys if k.key not in gone]
             region.oldest = min(left, default=None)
         elif (report.plan, name) in memory.oldest:
             region.oldest, region.oldest_from = memory.oldest[(report.plan, name)], "remembered"
