@@ -688,6 +688,8 @@ def run(opts: Options, work: Path) -> dict[str, Any]:
             "seconds": round(idle.end - idle.start, 2),
             "cpu_seconds": round(idle.cpu_seconds, 3),
             "percent_of_one_core": round(idle.percent, 3),
+            # /proc counts CPU time in clock ticks: less than one is 0 here.
+            "tick_seconds": 1 / CLOCK_TICKS,
         },
         "cpu_after_start_percent": None if steady_cpu is None else round(steady_cpu, 3),
         "lateness": {
@@ -772,7 +774,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             "-"
             if idle is None
             else f"{idle['percent_of_one_core']:.2f} % ({idle['cpu_seconds']:.2f} s in "
-            f"{idle['seconds']:.0f} s)",
+            f"{idle['seconds']:.0f} s, counted in {idle['tick_seconds']:g} s ticks)",
         ),
         (
             "CPU from the end of the start burst to SIGTERM (scheduled rounds included)",
