@@ -884,12 +884,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tolerance must not be negative")
     from drd.durations import parse_duration
 
-    try:
-        every, jitter = parse_duration(args.every), parse_duration(args.jitter)
-    except ValueError as exc:
-        parser.error(f"--every/--jitter: {exc}")
-    if every <= timedelta(0) or not timedelta(0) <= jitter < every:
-        parser.error("--every must be positive and --jitter between 0 and --every")
+    durations = {}
+    for name in ("every", "jitter"):
+        try:
+            durations[name] = parse_duration(getattr(args, name))
+        except ValueError as exc:
+            parser.error(f"--{name}: {exc}")
+    if durations["every"] <= timedelta(0):
+        parser.error("--every must be more than 0")
+    if not timedelta(0) <= durations["jitter"] < durations["every"]:
+        parser.error("--jitter must be at least 0 and shorter than --every")
     opts = Options(
         sources=args.sources,
         plans=args.plans,

@@ -191,3 +191,24 @@ def test_daemon_scale_counts_only_a_slot_left_free_as_lateness() -> None:
     assert free_slot_time([], 5, 8, 2).longest == 3
     assert free_slot_time(busy, 4, 4, 2).total == 0
     assert most_at_once(queue) == 2 and most_at_once(busy) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--every", "soon"], "--every: invalid duration 'soon'"),
+        (["--every", "1m", "--jitter", "2m"], "--jitter must be at least 0 and shorter than"),
+        (["--sources", "2", "--plans", "3"], "--plans must not exceed --sources"),
+        (["--idle", "0"], "--idle must be more than 0 seconds"),
+    ],
+)
+def test_daemon_scale_refuses_bad_options_naming_them(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.daemon_scale", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
