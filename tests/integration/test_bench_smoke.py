@@ -119,3 +119,96 @@ def test_catalog_bench_runs_on_a_few_backups(tmp_path: Path) -> None:
     assert all(v > 0 for v in result["seconds"].values())
     assert result["objects_per_region"] == 2 * 40 and result["objects_left_per_region"] == 2 * 32
     assert "| list warm |" in out.read_text()
+
+
+@pytest.mark.timeout(600)
+def test_daemon_scale_bench_runs_on_a_few_sources(tmp_path: Path) -> None:
+    """bench/daemon_scale.py end to end on 6 sources in 2 plans, one scheduled round: every
+    measure of the table and every target of issue 19 is there, from a daemon that ran every
+    job it was given and stopped cleanly on SIGTERM."""
+    out = tmp_path / "DAEMON_SCALE.md"
+    args = ["--sources", "6", "--plans", "2", "--every", "30s", "--jitter", "3s"]
+    args += ["--rounds", "1", "--idle", "5", "--settle", "1", "--out", str(out), "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.daemon_scale", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=570,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert (result["sources"], result["plans"], result["concurrency"]) == (6, 2, 2)
+    assert result["exit_code"] == 0 and result["failed_jobs"] == []
+    # The first backup of every source and at least one scheduled one each.
+    assert result["backups"] >= 12 and result["restore_tests"] >= 6
+    assert result["idle"] is not None, "no idle window was found between the rounds"
+    assert result["memory"]["peak_bytes"] >= result["memory"]["steady_bytes"] > 1_000_000
+    late = result["lateness"]
+    for name in ("first", "scheduled", "scheduler_delay", "free_slot_longest_scheduled"):
+        assert set(late[name]) == {"p50", "p95", "max"}, name
+    # The daemon's semaphore as seen from outside: never more jobs at once than allowed.
+    assert 1 <= late["most_jobs_at_once"] <= 2
+    assert [t["target"] for t in result["targets"]] == [
+        "idle daemon < 2 % of one core",
+        "memory < 250 MB",
+        "no due backup starting later than its slot allows at concurrency 2",
+    ]
+    assert all(isinstance(t["met"], bool) for t in result["targets"])
+
+    text = out.read_text()
+    for row in (
+        "| start: exec -> /readyz 200 |",
+        "| start: exec -> first backup started |",
+        "| memory: peak RSS (VmHWM) |",
+        "| memory: steady RSS (median over the idle window) |",
+        "| CPU when idle (utime+stime over the window, % of one core) |",
+        "| lateness, first backups (all due at start): p50 / p95 / max |",
+        "| lateness, scheduled slots: p50 / p95 / max |",
+        "| backups later than their slot allows |",
+    ):
+        assert row in text, row
+    for target in result["targets"]:
+        assert f"| {target['target']} |" in text
+
+
+def test_daemon_scale_counts_only_a_slot_left_free_as_lateness() -> None:
+    """The lateness verdict's arithmetic: time with fewer busy slots than the concurrency, in
+    all and in the longest stretch; a queue of back-to-back jobs leaves no stretch."""
+    from bench.daemon_scale import Interval, free_slot_time, most_at_once
+
+    # Two slots; a job waits from 0 to 10. Slot 1 busy 0-10; slot 2 busy 0-4, free 4-7,
+    # then busy 7-10: one stretch of 3 s.
+    busy = [Interval(0, 10), Interval(0, 4), Interval(7, 10)]
+    free = free_slot_time(busy, 0, 10, 2)
+    assert (free.total, free.longest) == (3, 3)
+    # Back to back with 0.01 s hand-overs: 0.05 s free in all, never more than 0.01 at once.
+    queue = [Interval(0, 10)] + [Interval(i * 2 + 0.01, i * 2 + 2) for i in range(5)]
+    free = free_slot_time(queue, 0, 10, 2)
+    assert round(free.total, 6) == 0.05 and round(free.longest, 6) == 0.01
+    # Nothing running at all: the whole wait is free; a wait of no time frees nothing.
+    assert free_slot_time([], 5, 8, 2).longest == 3
+    assert free_slot_time(busy, 4, 4, 2).total == 0
+    assert most_at_once(queue) == 2 and most_at_once(busy) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--every", "soon"], "--every: invalid duration 'soon'"),
+        (["--every", "1m", "--jitter", "2m"], "--jitter must be at least 0 and shorter than"),
+        (["--sources", "2", "--plans", "3"], "--plans must not exceed --sources"),
+        (["--idle", "0"], "--idle must be more than 0 seconds"),
+    ],
+)
+def test_daemon_scale_refuses_bad_options_naming_them(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.daemon_scale", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
