@@ -455,7 +455,7 @@ async def prune(
     from drd.logs import log_context
     from drd.retention.policy import DEFAULT_ORPHAN_GRACE
     from drd.retention.report import format_sweep
-    from drd.retention.sweep import RetentionMemory, sweep
+    from drd.retention.sweep import RETENTION_STATE, RetentionMemory, sweep
 
     assert config_path is not None
     cfg = _load_config(config_path)
@@ -477,7 +477,7 @@ async def prune(
                     dry_run=dry_run,
                     orphan_grace=grace,
                     # The daemon's memory: when backups were first seen, regions' oldest copy.
-                    memory=RetentionMemory(cfg.state_dir / "retention.json"),
+                    memory=RetentionMemory(cfg.state_dir / RETENTION_STATE),
                     skip_sources=() if dry_run else busy,
                     keyring=keyring,
                 )

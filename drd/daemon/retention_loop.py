@@ -33,7 +33,7 @@ from drd.metrics import RESULTS
 from drd.repository.heads import HeadMemory
 from drd.retention.policy import DEFAULT_ORPHAN_GRACE
 from drd.retention.repair import RepairReport, repair
-from drd.retention.sweep import RetentionMemory, SweepReport, sweep
+from drd.retention.sweep import RETENTION_STATE, RetentionMemory, SweepReport, sweep
 from drd.runtime import Services
 from drd.strategies.postgres_physical import KIND as PHYSICAL
 
@@ -83,7 +83,7 @@ class RetentionLoop:
         self.on_copies = on_copies
         #: told when a plan's round starts and ends (the daemon's STATUS=)
         self.on_change = on_change
-        self.memory = RetentionMemory(services.state_dir / "retention.json")
+        self.memory = RetentionMemory(services.state_dir / RETENTION_STATE)
         # What each region is compared with to notice one going back in time (repair).
         self.heads = HeadMemory(services.state_dir)
         # A backup job may run up to job_timeout: its data is not a leftover before that.

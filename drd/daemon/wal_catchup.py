@@ -5,10 +5,11 @@ archive's state (newest archived WAL, gaps) from the listings.
   does not is copied there: the stored bytes as they are (a WAL object is bound to its key,
   the same in every region), after they were opened and verified with the keyring, written
   create-only, never over anything. A region that was down gets what it missed this way,
-  also what already left the spool. Never older WAL than the oldest segment the region holds
-  (of that cluster): retention cuts each region's archive at its own age and oldest kept base
-  backup (drd.retention.wal_retention), and what it destroyed there must not come back from a
-  region that keeps WAL longer. A region holding nothing of the cluster gets all of it.
+  also what already left the spool. Never WAL that retention destroyed in that region
+  (`cuts`: the newest segment it cut there, recorded by drd.retention.sweep): retention cuts
+  each region's archive at its own age and oldest kept base backup
+  (drd.retention.wal_retention), and that must not come back from a region that keeps WAL
+  longer; a region that only missed WAL (down, or added later) gets all of it.
 - Partial segments a region no longer needs (its completed segment is there, or a newer
   partial of it is) are deleted there: a partial is shipped every `partial_every`, and only the
   newest is ever used.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -100,14 +101,16 @@ async def catch_up(
     *,
     min_copies: int,
     segment_size: int | None,
+    cuts: Mapping[str, Mapping[str, str]] | None = None,
 ) -> CatchUp:
-    """One pass over the source's archive in every region (module docstring)."""
+    """One pass over the source's archive in every region (module docstring). `cuts`: system
+    id -> region -> the newest segment retention destroyed there."""
     archive = await list_archive(regions, ref)
     out = CatchUp(archive)
     by_name = {r.name: r for r in regions}
     reachable = [r.name for r in regions if r.name not in archive.region_errors]
-    for files in archive.systems.values():
-        floors = _floors(files, reachable)
+    for system, files in archive.systems.items():
+        floors = (cuts or {}).get(system, {})
         for f in list(files.values()):
             if f.kind == "partial":
                 continue
@@ -133,27 +136,13 @@ async def catch_up(
     return out
 
 
-def _floors(files: dict[str, WalFile], regions: list[str]) -> dict[str, tuple[str, str]]:
-    """Region -> the position of the oldest segment or partial it holds of this cluster (its
-    number, as the name's hex, which sorts like the number) and the lowest timeline it holds;
-    regions holding none are left out."""
-    floors: dict[str, tuple[str, str]] = {}
-    for f in files.values():
-        if f.kind == "history":
-            continue
-        for region in f.copies:
-            if region in regions:
-                position, timeline = floors.get(region, ("~", "~"))
-                floors[region] = (min(position, f.name[8:24]), min(timeline, f.name[:8]))
-    return floors
-
-
-def _above(f: WalFile, floor: tuple[str, str] | None) -> bool:
-    if floor is None:
+def _above(f: WalFile, cut: str | None) -> bool:
+    """Whether `f` lies after what retention cut in a region (its newest destroyed segment)."""
+    if cut is None:
         return True
     if f.kind == "history":
-        return f.name[:8] >= floor[1]
-    return f.name[8:24] >= floor[0]
+        return f.name[:8] >= cut[:8]  # a timeline's history: needed from that timeline on
+    return f.name > cut
 
 
 async def _verified(

