@@ -37,3 +37,28 @@ def test_the_rpo_is_the_probe_time_minus_the_last_transaction_replayed() -> None
         "rpo_seconds": 2.5,
     }
     assert achieved(PROBE, 0x8002F0, None)["rpo_seconds"] is None
+
+
+def test_the_summary_names_the_probe_and_the_point_reached() -> None:
+    from drd.verify.restore_report import RestoreTestReport
+
+    report = RestoreTestReport(
+        plan="billing",
+        source="db",
+        backup_id="20261201T115000Z-0000abcd",
+        kind="postgres-physical",
+        backup_captured_at=AT.isoformat(),
+        selection="newest",
+        started_at=AT,
+        rto_target_seconds=600,
+    )
+    report.restore = {
+        "pitr": {
+            "probe": {"time": AT.isoformat(), "lsn": "0/8002C8"},
+            "achieved": achieved(PROBE, 0x8002F0, AT - timedelta(seconds=2)),
+        }
+    }
+    assert (
+        f"  point: probe at {AT.isoformat()} (LSN 0/8002C8); reached LSN 0/8002F0, last "
+        f"transaction at {(AT - timedelta(seconds=2)).isoformat()}, RPO 2s"
+    ) in report.summary_lines()
