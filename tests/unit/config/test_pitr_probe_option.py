@@ -68,3 +68,21 @@ def test_drd_command_is_split_like_a_shell_would(tmp_path: Path) -> None:
 def test_mistakes_are_named_by_their_field(tmp_path: Path, probe: Any, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         config(tmp_path, probe)
+
+
+def test_a_plan_whose_physical_sources_are_not_streamed_is_warned(tmp_path: Path) -> None:
+    env = DrdEnv(tmp_path)
+    env.add_local_region("a")
+    env.add_local_region("b")
+    env.add_plan(
+        "billing",
+        [{**PHYSICAL, "archive": "command"}],
+        restore_test={"pitr_probe": {"tables": ["t"]}},
+    )
+    cfg = load_config(env.write())
+    assert [w.field for w in cfg.warnings] == ["restore_test.pitr_probe"]
+    assert "no probe will be recorded" in str(cfg.warnings[0])
+
+
+def test_a_streamed_source_is_not_warned(tmp_path: Path) -> None:
+    assert config(tmp_path, {"tables": ["t"]}).warnings == []
