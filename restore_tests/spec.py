@@ -24,6 +24,10 @@ check must fit its source's kind) live there, in `_check_restore_test_sources`.
           - command: [./checks/invoices.sh]  # PG* variables name the restored database
         uploads:
           - file: {path: logo.png, min_size: 1KiB}
+      pitr_probe:                      # postgres-physical sources: restore tests at a probe
+        tables: [invoices, app.ledger]
+        queries: ["SELECT sum(amount) FROM app.ledger"]
+        every: 10m
 
 Defaults come from each source kind's strategy (Strategy.default_scratch): postgres sources get
 an ephemeral server of the backup's major version, mysql sources an ephemeral server of the
