@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from drd.pipeline.pitr import (
     restore_to_point,
 )
 from drd.pipeline.pitr_probes import Probe, ProbeStore, Span, choose_probe, quote_table
+from drd.progress import Progress
 from drd.repository.catalog import CatalogEntry
 from drd.restore_tests import builtin
 from drd.restore_tests.expectations import same
@@ -89,6 +91,15 @@ async def pick(
     return probe, eligible, len(probes), windows
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The probe a test recovers to, how many were eligible, and the windows it was chosen in."""
+
+    probe: Probe
+    eligible: int
+    windows: Windows
+
+
 async def run_pitr_test(
     report: RestoreTestReport,
     plan: Plan,
@@ -96,12 +107,15 @@ async def run_pitr_test(
     storages: Sequence[Storage],
     keyring: crypto.Keyring,
     state_dir: Path,
-    probe: Probe,
-    eligible: int,
-    windows: Windows,
+    chosen: Chosen,
+    *,
+    prefer_region: str | None = None,
+    progress: Progress | None = None,
 ) -> CatalogEntry:
-    """Restore to `probe` and check (module docstring); failures go into `report`. Returns
-    the base backup restored (the report is kept next to it)."""
+    """Restore to the chosen probe and check (module docstring); failures go into `report`.
+    `prefer_region`: read the base backup and WAL there first. Returns the base backup
+    restored (the report is kept next to it)."""
+    probe, eligible, windows = chosen.probe, chosen.eligible, chosen.windows
     ref = report.ref
     target = Target("lsn", lsn=probe.lsn)
     window = choose(windows, target)
@@ -123,6 +137,7 @@ async def run_pitr_test(
     run_as = run_as_user(None)
     bin_dir = await bin_dir_for(int(base.metadata["server_version_num"]) // 10000)
     phases = report.phases
+    _phase(progress, "scratch_setup")
     began = time.perf_counter()
     async with recovered_scratch(
         state_dir, bin_dir=bin_dir, run_as=run_as, label=str(ref)
@@ -135,10 +150,21 @@ async def run_pitr_test(
             "note": "",
         }
         try:
+            _phase(progress, "restore")
             await _recover_and_check(
-                report, plan, storages, keyring, scratch, bin_dir, probe, target, pitr
+                report,
+                plan,
+                storages,
+                keyring,
+                scratch,
+                probe,
+                target,
+                pitr,
+                prefer_region,
+                progress,
             )
         finally:
+            _phase(progress, "teardown")
             stopping = time.perf_counter()
             try:
                 await stop_cluster(
@@ -156,10 +182,11 @@ async def _recover_and_check(
     storages: Sequence[Storage],
     keyring: crypto.Keyring,
     scratch: RecoveredScratch,
-    bin_dir: Path,
     probe: Probe,
     target: Target,
     pitr: dict[str, Any],
+    prefer_region: str | None,
+    progress: Progress | None,
 ) -> None:
     ref, phases = report.ref, report.phases
     spec = plan.restore_test.pitr_probe
@@ -177,6 +204,7 @@ async def _recover_and_check(
         server_options=scratch.server_options(),
         limit=plan.restore_test.timeout.total_seconds(),
         socket_dir=scratch.root,
+        prefer_region=prefer_region,
         drd_argv=spec.drd_argv if spec is not None else None,
     )
     phases.restore = time.perf_counter() - started
@@ -185,6 +213,7 @@ async def _recover_and_check(
     report.bytes = {"restored": int(details.get("bytes", 0))}
     pitr["wal_fetched"] = result.wal_fetched
     pitr["stop"] = result.recovery.stop_message if result.recovery else None
+    _phase(progress, "checks")
     started = time.perf_counter()
     restored_bytes = int(details.get("bytes", 0))
     report.checks.append(builtin.integrity(True, restored_bytes, restored_bytes))
@@ -307,6 +336,11 @@ async def queries_check(db: Any, probe: Probe) -> CheckResult:
         compared="each probe query and matches_source check, at the probe and restored",
         coverage=f"{len(probe.results)} quer(ies)",
     )
+
+
+def _phase(progress: Progress | None, name: str) -> None:
+    if progress is not None:
+        progress.phase(name)
 
 
 def _result(item: dict[str, Any]) -> Any:

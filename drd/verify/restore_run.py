@@ -267,7 +267,8 @@ async def _run(
     """Run the test; the backup it tested (a point-in-time test restores the base backup
     before its point, not necessarily `entry`)."""
     ref = report.ref
-    if pitr_restore_test.applies(plan, source):
+    # A base backup asked for by id is tested itself, not the point before a probe.
+    if pitr_restore_test.applies(plan, source) and report.selection != "requested":
         tested: CatalogEntry | None = None
 
         async def at_a_point() -> None:
@@ -295,9 +296,16 @@ async def _run(
                 )
                 return
             tested = entry
-            _phase(progress, "restore")
             tested = await pitr_restore_test.run_pitr_test(
-                report, plan, source, storages, keyring, state_dir, probe, eligible, windows
+                report,
+                plan,
+                source,
+                storages,
+                keyring,
+                state_dir,
+                pitr_restore_test.Chosen(probe, eligible, windows),
+                prefer_region=forced_region,
+                progress=progress,
             )
 
         await _guarded(report, plan, at_a_point())

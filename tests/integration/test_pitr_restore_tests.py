@@ -2,7 +2,8 @@
 probes (row count of `t`, `sum(v)`) while rows are committed in steps; a restore test then
 recovers to a probe into a data directory started as the scratch server, and finds there what
 the probe recorded (the earlier point, although the archive holds more rows). A probe whose
-recorded count differs fails the test naming the table; a drill that loses a region recovers
+recorded count differs fails the test naming the table; a base backup asked for by id is
+tested itself; a drill that loses a region recovers
 to the newest probe from the other and reports the RPO and RTO of that point."""
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
         keyring,
         state_dir=cfg.state_dir,
         base_dir=tmp_path,
+        region="b",
         rng=random.Random(3),
     )
     assert report.passed, report.summary_lines()
+    assert report.region == "b"  # --region: the copy read first
     pitr = report.restore["pitr"]
     chosen = next(p for p in five if p.time.isoformat() == pitr["probe"]["time"])
     assert parse_lsn(pitr["achieved"]["replay_lsn"]) >= chosen.lsn
@@ -146,6 +149,19 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
     assert failed.failure_message is not None
     assert "table t: 5 rows restored, the probe recorded 6" in failed.failure_message
 
+    # A base backup asked for by id is tested itself (restored into a scratch directory).
+    (asked,) = await restore_tests_for(
+        plan,
+        source,
+        regions,
+        keyring,
+        state_dir=cfg.state_dir,
+        base_dir=tmp_path,
+        backup_id=report.backup_id,
+    )
+    assert asked.passed, asked.summary_lines()
+    assert "pitr" not in asked.restore and asked.scratch["kind"] == "tempdir"
+
     # A drill loses region a and recovers to the newest probe (8 rows) from b.
     store._write(probes)
     drill = await run_drill(
@@ -154,8 +170,12 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
     (result,) = drill.sources
     assert drill.passed, drill.reasons
     assert result.region == "b"
-    newest_probe: Probe = max(probes, key=lambda p: p.time)
-    assert result.point_in_time["probe"]["time"] == newest_probe.time.isoformat()
+    # The newest probe inside the window: one after every insert (probes newer than the
+    # archived WAL are not in it).
+    drilled: Probe = next(
+        p for p in probes if p.time.isoformat() == result.point_in_time["probe"]["time"]
+    )
+    assert drilled.counts == {"t": 8}
     assert result.rpo_seconds is not None and drill.rpo_seconds == result.rpo_seconds
     assert drill.rto_seconds is not None
     assert {c["name"]: c["status"] for c in result.checks}["pitr_row_counts"] == "passed"
