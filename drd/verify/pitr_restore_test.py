@@ -10,7 +10,9 @@ archives (drd.pipeline.pitr_probes). A restore test of such a source then
         waits until recovery ended
     checks that recovery reached the probe (pg_last_wal_replay_lsn() >= its LSN, the server
         promoted: recovery_target_action is promote), and that every row count and query
-        result the probe recorded is what the recovered copy holds
+        result the probe recorded is what the recovered copy holds; then the plan's checks of
+        the source (command checks: PG* variables name the recovered server,
+        DRD_RESTORED_PATH its data directory, DRD_PITR_PROBE_TIME/LSN the probe)
     stops the server and removes the directory
 
 The report names the probe (its time and LSN), the base backup restored, the point reached
@@ -49,6 +51,7 @@ from drd.repository.catalog import CatalogEntry
 from drd.restore_tests import builtin
 from drd.restore_tests.expectations import same
 from drd.restore_tests.results import CheckResult, failed, passed
+from drd.restore_tests.runner import CheckTarget, run_checks
 from drd.storage.base import Storage
 from drd.strategies.base import SourceOptions
 from drd.strategies.postgres_physical import KIND, bin_dir_for, run_as_user, stop_cluster
@@ -111,10 +114,11 @@ async def run_pitr_test(
     *,
     prefer_region: str | None = None,
     progress: Progress | None = None,
+    base_dir: Path | None = None,
 ) -> CatalogEntry:
     """Restore to the chosen probe and check (module docstring); failures go into `report`.
-    `prefer_region`: read the base backup and WAL there first. Returns the base backup
-    restored (the report is kept next to it)."""
+    `prefer_region`: read the base backup and WAL there first; `base_dir`: where the plan's
+    command checks run. Returns the base backup restored (the report is kept next to it)."""
     probe, eligible, windows = chosen.probe, chosen.eligible, chosen.windows
     ref = report.ref
     target = Target("lsn", lsn=probe.lsn)
@@ -162,6 +166,7 @@ async def run_pitr_test(
                 pitr,
                 prefer_region,
                 progress,
+                base_dir or Path.cwd(),
             )
         finally:
             _phase(progress, "teardown")
@@ -187,6 +192,7 @@ async def _recover_and_check(
     pitr: dict[str, Any],
     prefer_region: str | None,
     progress: Progress | None,
+    base_dir: Path,
 ) -> None:
     ref, phases = report.ref, report.phases
     spec = plan.restore_test.pitr_probe
@@ -234,6 +240,11 @@ async def _recover_and_check(
         report.checks.append(await counts_check(db, probe))
         if probe.results:
             report.checks.append(await queries_check(db, probe))
+    checks = plan.restore_test.checks_for(ref.source)
+    if checks:
+        report.checks.extend(
+            await run_checks(plan_check_target(report, scratch, probe, dsn, base_dir), checks)
+        )
     phases.checks = time.perf_counter() - started
     report.measured = True
     failing = [c for c in report.checks if c.fails_test]
@@ -244,6 +255,36 @@ async def _recover_and_check(
             f"{len(failing)} check(s) failed: {', '.join(c.name for c in failing)}; "
             f"{first.name}: {first.detail}",
         )
+
+
+def plan_check_target(
+    report: RestoreTestReport, scratch: RecoveredScratch, probe: Probe, dsn: str, base_dir: Path
+) -> CheckTarget:
+    """The plan's own checks of the source (command checks) run against the recovered server:
+    PG* variables name it, DRD_RESTORED_PATH its data directory, DRD_PITR_* the probe."""
+    env = {
+        "DRD_SCRATCH_KIND": "recovered-postgres",
+        "PGHOST": str(scratch.socket_dir),
+        "PGPORT": str(scratch.port),
+        "PGUSER": probe.superuser,
+        "PGDATABASE": probe.database,
+        "DRD_RESTORED_DSN": dsn,
+        "DRD_RESTORED_PATH": str(scratch.datadir),
+        "DRD_PLAN": report.plan,
+        "DRD_SOURCE": report.source,
+        "DRD_BACKUP_ID": report.backup_id,
+        "DRD_BACKUP_CAPTURED_AT": report.backup_captured_at,
+        "DRD_PITR_PROBE_TIME": probe.time.isoformat(),
+        "DRD_PITR_PROBE_LSN": format_lsn(probe.lsn),
+    }
+    return CheckTarget(
+        kind=KIND,
+        target=dsn,
+        metadata={},
+        captured_at=probe.time,
+        command_env=env,
+        cwd=base_dir,
+    )
 
 
 def achieved(probe: Probe, replayed: int | None, last_xact: datetime | None) -> dict[str, Any]:

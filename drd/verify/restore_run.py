@@ -306,6 +306,7 @@ async def _run(
                 pitr_restore_test.Chosen(probe, eligible, windows),
                 prefer_region=forced_region,
                 progress=progress,
+                base_dir=base_dir,
             )
 
         await _guarded(report, plan, at_a_point())

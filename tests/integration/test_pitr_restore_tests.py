@@ -38,6 +38,10 @@ REPO = Path(__file__).resolve().parents[2]
 REF = SourceRef("billing", "db")
 SEG = 1 << 20
 SUM = "SELECT sum(v) FROM t"
+COPY_CHECK = (
+    'test -f "$DRD_RESTORED_PATH/PG_VERSION" && { test -z "$DRD_PITR_PROBE_LSN" || '
+    'test "$(psql -XAtc "SELECT count(*) FROM t WHERE v >= 10")" -ge 2; }'
+)
 
 
 async def _until(predicate: object, what: str, limit: float = 60.0) -> None:
@@ -79,7 +83,10 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
                 "every": "1s",
                 # The postgres user cannot run this checkout's virtualenv interpreter.
                 "drd_command": f"env PYTHONPATH={REPO} /usr/bin/python3 -m drd.cli.main",
-            }
+            },
+            # The plan's own checks run on the copy too: at a probe's point, on the running
+            # recovered server (PG* variables), and in the data directory either way.
+            "checks": {"db": [{"name": "copy", "command": COPY_CHECK}]},
         },
     )
     cfg = load_config(env.write())
@@ -135,6 +142,7 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
     assert checks["pitr_row_counts"].actual == {"t": 5}
     assert checks["pitr_queries"].actual == {SUM: 36}
     assert checks["recovery_target"].status == "passed"
+    assert checks["copy"].status == "passed", checks["copy"]
     assert report.scratch["kind"] == "recovered-postgres"
     assert not Path(report.scratch["resource"]).exists()
     assert list(registry_dir(cfg.state_dir).glob("*.json")) == []
