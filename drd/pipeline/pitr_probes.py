@@ -167,10 +167,11 @@ class ProbeStore:
         probes.append(probe)
         probes.sort(key=lambda p: p.time)
         probes = probes[-keep:]
-        self._write(probes)
+        self.write(probes)
         return probes
 
-    def _write(self, probes: Sequence[Probe]) -> None:
+    def write(self, probes: Sequence[Probe]) -> None:
+        """Keep exactly `probes` (atomically: a crash leaves the old file or the new one)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         body = json.dumps({"format": FORMAT, "probes": [p.as_json() for p in probes]}, indent=1)
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

@@ -121,7 +121,7 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
     source = plan.source("db")
 
     # Only probes of the earlier point: the recovery must stop there, with 8 rows archived.
-    store._write(five)
+    store.write(five)
     (report,) = await restore_tests_for(
         plan,
         source,
@@ -149,7 +149,7 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
 
     # A probe whose recorded count is not what the point holds: the test fails naming t.
     wrong = dataclasses.replace(chosen, counts={"t": 6})
-    store._write([wrong])
+    store.write([wrong])
     (failed,) = await restore_tests_for(
         plan, source, regions, keyring, state_dir=cfg.state_dir, base_dir=tmp_path
     )
@@ -171,7 +171,7 @@ async def test_restore_tests_recover_to_recorded_probes_of_a_real_cluster(
     assert "pitr" not in asked.restore and asked.scratch["kind"] == "tempdir"
 
     # A drill loses region a and recovers to the newest probe (8 rows) from b.
-    store._write(probes)
+    store.write(probes)
     drill = await run_drill(
         plan, regions, keyring, lose_region="a", state_dir=cfg.state_dir, base_dir=tmp_path
     )
