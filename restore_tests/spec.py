@@ -24,6 +24,10 @@ check must fit its source's kind) live there, in `_check_restore_test_sources`.
           - command: [./checks/invoices.sh]  # PG* variables name the restored database
         uploads:
           - file: {path: logo.png, min_size: 1KiB}
+      pitr_probe:                      # postgres-physical sources: restore tests at a probe
+        tables: [invoices, app.ledger]
+        queries: ["SELECT sum(amount) FROM app.ledger"]
+        every: 10m
 
 Defaults come from each source kind's strategy (Strategy.default_scratch): postgres sources get
 an ephemeral server of the backup's major version, mysql sources an ephemeral server of the
@@ -272,6 +276,77 @@ class ScratchSpec(_Spec):
         source = creds.get("source", "")
         query["credentials"] = source if source == "anonymous" else f"{source}:{creds['name']}"
         return f"gs://{self.bucket}/{prefix}?{urlencode(query, safe=':/')}"
+
+
+_TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$"
+#: the most probes kept per source (the oldest go first), whatever `keep` says
+MAX_PROBES = 10_000
+
+
+class PitrProbeSpec(_Spec):
+    """restore_test.pitr_probe: what the daemon records of each physical PostgreSQL source
+    while it archives its WAL, for restore tests at a random point in time
+    (drd.pipeline.pitr_probes). Tables and queries are read in the database the source's dsn
+    names (default postgres), by the source's role."""
+
+    #: tables whose row count each probe records (`name` or `schema.name`)
+    tables: list[str] = Field(default_factory=list)
+    #: queries whose result each probe records (the plan's matches_source checks of the
+    #: source are recorded too)
+    queries: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    #: how often a probe is taken
+    every: PositiveDuration = timedelta(minutes=10)
+    #: how many probes are kept per source (older ones also go once past retention.max_age)
+    keep: int = Field(default=1000, ge=1, le=MAX_PROBES)
+    #: how the recovered server's OS user runs drd for its restore_command (a command line,
+    #: e.g. /usr/bin/drd); default: this drd's own interpreter, which that user must be able
+    #: to run
+    drd_command: str | None = None
+
+    @field_validator("drd_command")
+    @classmethod
+    def _command_line(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        import shlex
+
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"not a command line: {exc}") from None
+        if not words:
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def drd_argv(self) -> list[str] | None:
+        import shlex
+
+        return shlex.split(self.drd_command) if self.drd_command is not None else None
+
+    @field_validator("queries")
+    @classmethod
+    def _not_blank(cls, value: list[str]) -> list[str]:
+        for index, query in enumerate(value):
+            if not query.strip():
+                raise ValueError(f"queries[{index}] is blank")
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        seen = set()
+        for index, name in enumerate(value):
+            if not re.fullmatch(_TABLE_NAME, name):
+                raise ValueError(
+                    f"tables[{index}]: {name!r} is not a table name or schema.name (letters, "
+                    "digits, _ and $, each part at most 63 characters, as written in the "
+                    "catalog: no quotes)"
+                )
+            if name in seen:
+                raise ValueError(f"table {name} is listed twice")
+            seen.add(name)
+        return value
 
 
 def default_scratch(source_kind: str) -> ScratchSpec | None:

@@ -111,6 +111,14 @@ class Strategy(abc.ABC, Generic[OptionsT]):
     restored_as: ClassVar[str | None] = None
     #: the name of the restored file or directory in a scratch directory
     restored_name: ClassVar[str] = "restored"
+
+    #: the OS user (besides drd) who writes into a scratch directory during the restore, e.g.
+    #: the server's user a data directory is extracted as; the scratch directory is handed to
+    #: them. None: drd writes it itself
+    @classmethod
+    def scratch_owner(cls) -> str | None:
+        return None
+
     #: the source's `path` is a directory tree backed up whole: a scratch directory inside it
     #: is refused (the restore would write into the live tree, and the next backup hold it)
     source_is_tree: ClassVar[bool] = False

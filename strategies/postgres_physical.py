@@ -166,6 +166,11 @@ class PostgresPhysicalStrategy(Strategy[PostgresPhysicalOptions]):
     kind: ClassVar[str] = KIND
     Options: ClassVar[type[SourceOptions]] = PostgresPhysicalOptions
 
+    @classmethod
+    def scratch_owner(cls) -> str | None:
+        # tar runs as the cluster's user when drd is root: it must enter the scratch directory.
+        return run_as_user(None)
+
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None
         opts = self.opts

@@ -40,7 +40,7 @@ from drd.fields import (
     rule,
     secret_name_problem,
 )
-from drd.restore_tests.spec import CheckSpec, ScratchSpec, default_scratch
+from drd.restore_tests.spec import CheckSpec, PitrProbeSpec, ScratchSpec, default_scratch
 from drd.storage.google_auth import (
     PLAIN_HTTP_REFUSED,
     anonymous_allowed,
@@ -476,6 +476,9 @@ class RestoreTest(_Model):
     content: ContentMode | dict[str, ContentMode] = "sampled"
     #: the per-table row budget of a sampled content digest: smaller tables are digested whole
     sample_rows: int = Field(default=DEFAULT_SAMPLE_ROWS, ge=1, le=10_000_000)
+    #: postgres-physical sources: probes recorded while archiving, for restore tests and
+    #: drills at a random point in time (none: their restore tests restore the base backup)
+    pitr_probe: PitrProbeSpec | None = None
 
     def scratch_for(self, source: SourceOptions) -> ScratchSpec | None:
         """The plan's scratch for the source (by name, else by kind), else its kind's default

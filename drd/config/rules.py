@@ -242,6 +242,15 @@ def check_restore_test_sources(
         refused = refusal(spec, source)
         if refused is not None:
             report.error((*loc, refused[0]), refused[1])
+    if restore_test.pitr_probe is not None and not any(
+        source.kind == "postgres-physical" and getattr(source, "archive", "") == "stream"
+        for source in sources
+    ):
+        report.warning(
+            ("restore_test", "pitr_probe"),
+            "no postgres-physical source of this plan is archived by the daemon (archive: "
+            "stream): no probe will be recorded, and restore tests restore base backups only",
+        )
     if isinstance(restore_test.content, dict):
         kinds = sorted({source.kind for source in sources})
         for key in restore_test.content:

@@ -7,6 +7,8 @@ For every such source of every plan:
   (`slot`, default drd_<plan>_<source>, created if missing) into its spool directory;
 - every round (each second) the spool is shipped to the plan's regions (drd.daemon.wal_spool):
   completed segments at once, the partial segment every `partial_every` while it grows;
+- every `restore_test.pitr_probe.every` of the plan a probe of the source is recorded
+  (drd.daemon.pitr_prober), for restore tests at a random point in time;
 - every SAMPLE_EVERY (5 s) the server is sampled (its WAL position, the slot's retained WAL)
   for the lag and slot metrics;
 - at the first round and then every CATCH_UP_EVERY (every CATCH_UP_SOON while a region is
@@ -37,6 +39,7 @@ from typing import Any
 
 from drd.config.models import Plan
 from drd.daemon.lifecycle import cancel_task, run_rounds
+from drd.daemon.pitr_prober import Prober
 from drd.daemon.wal_catchup import catch_up, describe
 from drd.daemon.wal_receiver import Receiver
 from drd.daemon.wal_slots import RETRY_EVERY as SLOT_RETRY_EVERY
@@ -93,6 +96,7 @@ class Archiver:
     source: PostgresPhysicalOptions
     shipper: Shipper
     receiver: Receiver
+    prober: Prober
     catch_up_due: datetime | None = None
     sampled_at: datetime | None = None
     #: when the last sample was answered, by this host's clock
@@ -140,6 +144,7 @@ class Archiver:
         if db is not None:
             with contextlib.suppress(Exception):
                 await db.close()
+        await self.prober.close()
 
 
 class WalLoop:
@@ -200,7 +205,8 @@ class WalLoop:
         for region in plan.storage.regions:
             for result in RESULTS:
                 metrics.wal_copy_repairs.labels(plan.name, region, result)
-        return Archiver(ref, source, shipper, receiver, signature=_signature(plan, source))
+        prober = Prober(ref, source.dsn, services.state_dir)
+        return Archiver(ref, source, shipper, receiver, prober, signature=_signature(plan, source))
 
     async def reconfigure(self, services: Services) -> None:
         """A reload: sources that are new, changed (their options, or their plan's regions or
@@ -271,6 +277,9 @@ class WalLoop:
             if await archiver.sample() is not None:
                 archiver.answered_at = now
                 archiver.seen_at = datetime.now(UTC)  # compared with the spool's file times
+        if self.sample_server:
+            with contextlib.suppress(KeyError):  # a plan a reload is removing
+                await archiver.prober.maybe_probe(self.services.cfg.plan(archiver.ref.plan), now)
         got = archiver.last_sample
         stored = await shipper.ship(
             now,

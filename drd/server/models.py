@@ -349,6 +349,10 @@ class DrillSource(Stored):
     ready_after_seconds: Seconds | None
     lock_wait_seconds: Seconds
     rpo_seconds: Seconds | None
+    point_in_time: dict[str, Any] = Field(
+        description="recovered to a point-in-time probe: {probe: {time, lsn}, base_backup, "
+        "achieved: {replay_lsn, last_transaction_at, rpo_seconds}}; empty otherwise"
+    )
     checks: list[DrillCheck]
     scratch: dict[str, str]
     failure_category: str | None

@@ -15,7 +15,10 @@ into the plan's scratch environments and runs all checks: it is a restore test
   of a recovery and is taken out (`lock_wait_seconds`). Per source: the restore test's own RTO
   (its phases) and `ready_after_seconds` (drill start -> its checks passed).
 - Achieved RPO: the age of the restored data at the drill's start, i.e. drill start minus the
-  capture time of the backup restored; the plan's is the worst source's.
+  capture time of the backup restored; the plan's is the worst source's. A physical
+  PostgreSQL source with point-in-time probes (restore_test.pitr_probe) is recovered to its
+  newest probe inside the window instead (drd.verify.pitr_restore_test): its RPO is the
+  probe's time minus the commit time of the last transaction recovery replayed.
 - Both are compared with the plan's targets. The drill passes when every source restored and
   every critical check held, and both targets are met; `reasons` says why not, with a code
   each (a restore test category, `no_backup`, `rto_above_target`, `rpo_above_target`,
@@ -125,8 +128,11 @@ class SourceResult:
     ready_after_seconds: float | None = None
     #: time spent waiting for another restore test of the source (not counted in the RTO)
     lock_wait_seconds: float = 0.0
-    #: the restored data's age at the drill's start
+    #: the restored data's age at the drill's start; restored to a point in time: the
+    #: probe's time minus the last transaction replayed
     rpo_seconds: float | None = None
+    #: restored to a point in time (drd.verify.pitr_restore_test): the probe, the point reached
+    point_in_time: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     scratch: dict[str, Any] = field(default_factory=dict)
     failure_category: str | None = None
@@ -165,6 +171,7 @@ class SourceResult:
             "ready_after_seconds": _round(self.ready_after_seconds),
             "lock_wait_seconds": round(self.lock_wait_seconds, 3),
             "rpo_seconds": _round(self.rpo_seconds),
+            "point_in_time": self.point_in_time,
             "checks": self.checks,
             "scratch": self.scratch,
             "failure_category": self.failure_category,
@@ -570,6 +577,20 @@ async def _drill_source(
         if tested.passed or tested.failure_category not in _TRY_NEXT_REGION:
             break
     assert tested is not None
+    pitr = tested.restore.get("pitr")
+    if isinstance(pitr, dict):
+        # Restored to the newest probe: the RPO is what that point lost, not the base
+        # backup's age.
+        achieved = pitr.get("achieved") or {}
+        result.backup_id = tested.backup_id
+        result.backup_captured_at = tested.backup_captured_at
+        result.point_in_time = {
+            "probe": pitr.get("probe"),
+            "base_backup": pitr.get("base_backup"),
+            "achieved": achieved,
+        }
+        rpo = achieved.get("rpo_seconds")
+        result.rpo_seconds = float(rpo) if isinstance(rpo, int | float) else None
     result.region = tested.region
     result.phases = tested.phases.as_json()
     result.restore_rto_seconds = tested.rto_seconds

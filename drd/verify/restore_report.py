@@ -201,8 +201,26 @@ class RestoreTestReport:
         )
         if self.scratch.get("note"):
             lines.append(f"  note: {self.scratch['note']}")
+        point = self.restore.get("pitr")
+        if isinstance(point, dict):
+            lines.append(f"  {_point_line(point)}")
         lines.extend(f"  {check.summary()}" for check in self.checks)
         return lines
+
+
+def _point_line(point: Mapping[str, Any]) -> str:
+    """A point-in-time test's target and what recovery reached (drd.verify.pitr_restore_test)."""
+    probe = point.get("probe") or {}
+    reached = point.get("achieved") or {}
+    text = f"point: probe at {probe.get('time')} (LSN {probe.get('lsn')})"
+    if reached:
+        rpo = reached.get("rpo_seconds")
+        text += (
+            f"; reached LSN {reached.get('replay_lsn') or '-'}, last transaction at "
+            f"{reached.get('last_transaction_at') or '-'}, RPO "
+            f"{fe(float(rpo)) if isinstance(rpo, int | float) else '-'}"
+        )
+    return text
 
 
 def report_key(ref: SourceRef, backup_id: str, tested_at: datetime) -> str:

@@ -30,7 +30,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from drd.restore_tests.spec import ScratchSpec
 from drd.storage.base import Storage
 from drd.strategies import get_strategy
 from drd.strategies.base import AnyStrategy, SourceOptions
+from drd.verify import pitr_restore_test
 from drd.verify.restore_report import Category, RestoreTestReport, store_report
 from drd.verify.scratch.base import ScratchEnv
 from drd.verify.scratch.environment import open_scratch
@@ -190,6 +191,7 @@ async def run_restore_test(
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
     progress: Progress | None = None,
+    rng: random.Random | None = None,
 ) -> RestoreTestReport:
     """Test one backup (see the module docstring); never raises for a failed test: the report
     says what failed. Raises LockBusy if a test of this source is already running. `progress`
@@ -214,7 +216,7 @@ async def run_restore_test(
     with log_context(plan=plan.name, source=source.name, backup_id=entry.backup_id):
         with restore_test_lock(state_dir, ref):
             log.info("restore test %s@%s (%s): starting", ref, entry.backup_id, candidate.selection)
-            await _run(
+            tested = await _run(
                 report,
                 plan,
                 source,
@@ -225,11 +227,14 @@ async def run_restore_test(
                 entry,
                 region,
                 progress,
+                rng,
             )
             report.finished_at = clock()
             # Next to the backup wherever its manifest is: a report lives as long as the backup.
             holders = [
-                s for s in storages if s.name in entry.copies and entry.copies[s.name].has_manifest
+                s
+                for s in storages
+                if s.name in tested.copies and tested.copies[s.name].has_manifest
             ]
             if holders:
                 await store_report(report, holders, keyring)
@@ -257,8 +262,56 @@ async def _run(
     entry: CatalogEntry,
     forced_region: str | None,
     progress: Progress | None,
-) -> None:
+    rng: random.Random | None = None,
+) -> CatalogEntry:
+    """Run the test; the backup it tested (a point-in-time test restores the base backup
+    before its point, not necessarily `entry`)."""
     ref = report.ref
+    # A base backup asked for by id is tested itself, not the point before a probe.
+    if pitr_restore_test.applies(plan, source) and report.selection != "requested":
+        tested: CatalogEntry | None = None
+
+        async def at_a_point() -> None:
+            nonlocal tested
+            probe, eligible, recorded, windows = await pitr_restore_test.pick(
+                plan,
+                source,
+                storages,
+                keyring,
+                state_dir,
+                newest=report.selection == "drill",
+                rng=rng,
+            )
+            if probe is None:
+                # A new source, or probes not yet archived: its base backup is tested instead.
+                log.warning(
+                    "restore test %s: none of the %d recorded point-in-time probe(s) is inside "
+                    "the recovery window (%s): testing the base backup",
+                    ref,
+                    recorded,
+                    windows.describe(),
+                )
+                report.selection_reason += (
+                    f"; no point-in-time probe inside the recovery window ({recorded} recorded)"
+                )
+                return
+            tested = entry
+            tested = await pitr_restore_test.run_pitr_test(
+                report,
+                plan,
+                source,
+                storages,
+                keyring,
+                state_dir,
+                pitr_restore_test.Chosen(probe, eligible, windows),
+                prefer_region=forced_region,
+                progress=progress,
+                base_dir=base_dir,
+            )
+
+        await _guarded(report, plan, at_a_point())
+        if tested is not None or report.failure_category is not None:
+            return tested or entry
     if not entry.verified:
         category: Category = (
             "fetch_failed" if isinstance(entry.verify_error, StorageError) else "integrity_failed"
@@ -268,7 +321,7 @@ async def _run(
             f"no copy of the manifest can be verified: {entry.verify_error} (a restore would "
             "fail on this backup; `--allow-older` tests the newest backup that verifies)",
         )
-        return
+        return entry
     available = entry.complete_regions
     order = list(plan.storage.regions)
     if forced_region is not None:
@@ -276,11 +329,11 @@ async def _run(
             problem = entry.copy_problems().get(forced_region, "no copy there")
             report.region = forced_region
             report.fail("fetch_failed", f"region {forced_region} has no intact copy: {problem}")
-            return
+            return entry
         report.region = forced_region
     elif not available:
         report.fail("fetch_failed", "no region holds an intact copy")
-        return
+        return entry
     else:
         report.region = next_region(state_dir, ref, order, available)
     storage = next(s for s in storages if s.name == report.region)
@@ -292,17 +345,28 @@ async def _run(
             f"no scratch environment for source {source.name} (kind {source.kind}): add "
             f"restore_test.scratch.{source.name} with kind {' or '.join(fitting)}",
         )
-        return
+        return entry
     refused = refusal(spec, source)
     if refused is not None:
         report.fail("restore_failed", f"scratch {refused[0]} {refused[1]}")
-        return
+        return entry
+    await _guarded(
+        report,
+        plan,
+        _fetch_restore_check(
+            report, plan, source, storage, keyring, state_dir, base_dir, entry, spec, progress
+        ),
+    )
+    return entry
+
+
+async def _guarded(report: RestoreTestReport, plan: Plan, work: Awaitable[None]) -> None:
+    """Run a test's work within restore_test.timeout; whatever it raises fails the report."""
+    ref = report.ref
     timeout = plan.restore_test.timeout
     try:
         async with asyncio.timeout(timeout.total_seconds()) as deadline:
-            await _fetch_restore_check(
-                report, plan, source, storage, keyring, state_dir, base_dir, entry, spec, progress
-            )
+            await work
     except TimeoutError:
         if deadline.expired():
             report.fail(
@@ -498,6 +562,7 @@ async def restore_tests_for(
     metrics: Metrics | None = None,
     allow_older: bool = False,
     progress: Progress | None = None,
+    rng: random.Random | None = None,
 ) -> list[RestoreTestReport]:
     """A whole run for one source: the newest backup (or `backup_id`; with `allow_older` the
     newest that can be verified), plus a random older one when the plan asks for it.
@@ -529,6 +594,7 @@ async def restore_tests_for(
                     clock=clock,
                     metrics=metrics,
                     progress=progress,
+                    rng=rng,
                 )
             )
     return reports

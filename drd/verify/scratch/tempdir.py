@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -27,13 +28,19 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def scratch_dir(state_dir: Path, parent: Path | None, *, label: str) -> AsyncIterator[Path]:
+async def scratch_dir(
+    state_dir: Path, parent: Path | None, *, label: str, owner: str | None = None
+) -> AsyncIterator[Path]:
+    """A registered scratch directory (0700), handed to `owner` (an OS user) if given."""
     base = parent or Path(tempfile.gettempdir())
     resource_id = new_id()
     path = base / f"{DIR_PREFIX}{resource_id}"
     registration = register(state_dir, resource_id, "tempdir", path=str(path), label=label)
     try:
         os.mkdir(path, 0o700)
+        if owner is not None:
+            account = pwd.getpwnam(owner)
+            os.chown(path, account.pw_uid, account.pw_gid)
         yield path
     finally:
         try:
@@ -49,8 +56,11 @@ async def scratch_dir(state_dir: Path, parent: Path | None, *, label: str) -> As
 async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[ScratchEnv]:
     """The tempdir scratch kind: the copy restored into a scratch directory, under the name its
     kind's strategy gives it (Strategy.restored_name)."""
-    async with scratch_dir(request.state_dir, spec.dir, label=request.label) as directory:
-        restored = directory / get_strategy(request.source_kind).restored_name
+    strategy = get_strategy(request.source_kind)
+    async with scratch_dir(
+        request.state_dir, spec.dir, label=request.label, owner=strategy.scratch_owner()
+    ) as directory:
+        restored = directory / strategy.restored_name
         yield ScratchEnv(
             kind=spec.kind,
             target=str(restored),
