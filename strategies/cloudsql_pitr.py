@@ -97,11 +97,20 @@ async def recovery_window(api: AdminApi, project: str, instance: str) -> Recover
     return RecoveryWindow(earliest, latest)
 
 
+#: the window's start moves on while a test sets up: a point this close to it could leave the
+#: window before the clone is asked for, failing a test whose recovery was never at fault
+START_MARGIN = timedelta(minutes=10)
+
+
 def random_point(window: RecoveryWindow, rng: random.Random | None = None) -> datetime:
-    """A point chosen uniformly inside the window, to the millisecond."""
-    span_ms = int((window.latest - window.earliest).total_seconds() * 1000)
+    """A point chosen uniformly inside the window, to the millisecond, clear of its first
+    START_MARGIN when the window is wider than twice that."""
+    start = window.earliest
+    if window.latest - start > 2 * START_MARGIN:
+        start += START_MARGIN
+    span_ms = int((window.latest - start).total_seconds() * 1000)
     offset = (rng or random.SystemRandom()).randint(0, max(0, span_ms))
-    return window.earliest + timedelta(milliseconds=offset)
+    return start + timedelta(milliseconds=offset)
 
 
 async def clone_at(

@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from drd.errors import RestoreError
-from drd.strategies.cloudsql_pitr import RecoveryWindow, parse_time, random_point, rfc3339
+from drd.strategies.cloudsql_pitr import (
+    START_MARGIN,
+    RecoveryWindow,
+    parse_time,
+    random_point,
+    rfc3339,
+)
 
 START = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 WINDOW = RecoveryWindow(START, START + timedelta(days=3))
@@ -23,6 +29,15 @@ def test_random_points_fall_inside_the_window_and_spread_over_it() -> None:
     middle = START + timedelta(days=1.5)
     assert any(p < middle for p in points) and any(p > middle for p in points)
     assert len(set(points)) > 450
+
+
+def test_points_keep_clear_of_the_start_that_moves_on_unless_the_window_is_narrow() -> None:
+    rng = random.Random(7)
+    assert min(random_point(WINDOW, rng) for _ in range(2000)) >= START + START_MARGIN
+    narrow = RecoveryWindow(START, START + START_MARGIN)
+    points = [random_point(narrow, rng) for _ in range(2000)]
+    assert all(p in narrow for p in points)
+    assert min(points) < START + START_MARGIN / 4  # the whole narrow window is used
 
 
 def test_an_instant_window_gives_its_one_point() -> None:
