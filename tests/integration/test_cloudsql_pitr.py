@@ -152,6 +152,24 @@ def test_a_cross_project_clone_lands_in_the_scratch_project(tmp_path: Path, worl
     assert clones(world) == []
 
 
+def test_a_failed_clone_fails_the_test_and_its_instance_is_deleted(
+    tmp_path: Path, world: World
+) -> None:
+    env = make_env(tmp_path, world)
+    env.ok("backup", "billing/main-db")
+    world.api.fail_next("CLONE", "injected: the recovery could not replay the logs")
+    with InstanceWatcher(world) as watcher:
+        proc = env.run("restore-test", "billing/main-db", "--json")
+    assert proc.returncode == 11, proc.stderr
+    (report,) = json.loads(proc.stdout)["reports"]
+    assert report["failure_category"] == "restore_failed", report
+    assert "could not replay the logs" in report["failure_message"]
+    # The clone's instance came to exist (as on Google's side) and was deleted all the same.
+    assert [n for _, n in watcher.seen if n.startswith("drd-scratch-")]
+    assert clones(world) == []
+    assert list((tmp_path / "state" / "scratch").glob("*.json")) == []
+
+
 def test_a_leftover_clone_of_a_crashed_test_is_swept(tmp_path: Path, world: World) -> None:
     env = make_env(tmp_path, world)
     env.ok("backup", "billing/main-db")

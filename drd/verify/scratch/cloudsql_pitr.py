@@ -22,8 +22,7 @@ database version and labelled; it holds the source's database; and, when drd can
 PostgreSQL (`connect`, or the local fake's DSN from a loopback endpoint), every table the backup
 recorded is there and readable (count(*) of each, reported). The counts are not compared with
 the export's: the clone is of another moment than the export, so only a table missing or
-unreadable fails. A plan's `matches_source` checks compare with the backup's time too, so they
-do not fit a PITR test.
+unreadable fails.
 """
 
 from __future__ import annotations
