@@ -555,7 +555,7 @@ async def _clone_instead(
     async for _ in chunks:  # every byte authenticated: the drd copy is proven as well
         pass
     point = clone["point"]
-    await clone_at(
+    made = await clone_at(
         api,
         source_project=str(clone["source_project"]),
         source_instance=str(clone["source_instance"]),
@@ -572,6 +572,11 @@ async def _clone_instead(
             "point_in_time": rfc3339(point),
             "source": f"{clone['source_project']}/{clone['source_instance']}",
             "instance": target.instance,
+            "recovery_window": {
+                "earliest": rfc3339(made.window.earliest),
+                "latest": rfc3339(made.window.latest),
+            },
+            "rpo_seconds": round(made.log_lag_seconds, 3),
         },
     )
 

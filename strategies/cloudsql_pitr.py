@@ -113,6 +113,21 @@ def random_point(window: RecoveryWindow, rng: random.Random | None = None) -> da
     return start + timedelta(milliseconds=offset)
 
 
+@dataclass(frozen=True)
+class Clone:
+    #: the clone's instance resource
+    instance: dict[str, Any]
+    #: the source's window when the clone was asked for, and when that was read
+    window: RecoveryWindow
+    read_at: datetime
+
+    @property
+    def log_lag_seconds(self) -> float:
+        """How far the latest recoverable time trailed the clock: what a recovery right then
+        would have lost, the RPO point-in-time recovery achieves."""
+        return max(0.0, (self.read_at - self.window.latest).total_seconds())
+
+
 async def clone_at(
     api: AdminApi,
     *,
@@ -123,10 +138,11 @@ async def clone_at(
     point: datetime,
     labels: Mapping[str, str],
     poll: Any,
-) -> dict[str, Any]:
-    """Clone the source at `point` into a new instance `name`, label it; the clone's resource.
-    A point outside the window fails before anything is created, naming the window."""
+) -> Clone:
+    """Clone the source at `point` into a new instance `name`, label it. A point outside the
+    window fails before anything is created, naming the window."""
     where = f"clone of {source_project}/{source_instance} at {rfc3339(point)}"
+    read_at = datetime.now(UTC)
     window = await recovery_window(api, source_project, source_instance)
     if point not in window:
         raise RestoreError(
@@ -165,4 +181,4 @@ async def clone_at(
         )
     except CloudSqlError as exc:
         raise RestoreError(str(exc)) from None
-    return dict(clone)
+    return Clone(dict(clone), window, read_at)

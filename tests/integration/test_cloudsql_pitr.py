@@ -89,6 +89,8 @@ def test_restore_test_clones_the_source_at_a_point_in_its_window(
     }
     assert "sales.orders" in checks["tables"]["actual"]
     assert report["restore"]["method"] == "clone"
+    window = report["restore"]["recovery_window"]
+    assert parse_time(window["earliest"], "e") < parse_time(window["latest"], "l") <= after
     assert report["restore"]["source"] == f"{SOURCE_PROJECT}/prod-db"
     assert_window_point(report, before, after)
     assert "chosen at random in the recovery window" in report["scratch"]["note"]
@@ -123,6 +125,11 @@ def test_a_drill_uses_the_clone_and_deletes_it(tmp_path: Path, world: World) -> 
     assert report["status"] == "passed", json.dumps(report, indent=1)
     (source,) = report["sources"]
     assert source["result"] == "passed"
+    # The RPO is that of point-in-time recovery: how far the latest recoverable time trailed
+    # the clock (the fake's window ends now), not the age of the drd backup under test.
+    backup_age = (before - parse_time(source["backup_captured_at"], "captured")).total_seconds()
+    assert 0 <= source["rpo_seconds"] < backup_age, source
+    assert report["rpo_seconds"] == source["rpo_seconds"]
     assert source["scratch"]["resource"].startswith(f"{SOURCE_PROJECT}/drd-scratch-")
     clone_posts = [p for m, p in world.api.requests if m == "POST" and p.endswith("/clone")]
     assert clone_posts == [f"/v1/projects/{SOURCE_PROJECT}/instances/prod-db/clone"]

@@ -23,6 +23,10 @@ PostgreSQL (`connect`, or the local fake's DSN from a loopback endpoint), every 
 recorded is there and readable (count(*) of each, reported). The counts are not compared with
 the export's: the clone is of another moment than the export, so only a table missing or
 unreadable fails.
+
+The restore's details carry the window as the clone saw it and `rpo_seconds`, how far its latest
+recoverable time trailed the clock: a drill reports that as the source's RPO (what a recovery
+then would have lost), instead of the age of the drd backup it read.
 """
 
 from __future__ import annotations
