@@ -50,8 +50,7 @@ from drd.errors import ConfigError, RestoreError
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
-from drd.verify.scratch.cloudsql import resolve_dsn as resolve_dsn
-from drd.verify.scratch.cloudsql import target_url as target_url
+from drd.verify.scratch.cloudsql import resolve_dsn, target_url
 
 if TYPE_CHECKING:
     from drd.config.models import Config
