@@ -83,7 +83,7 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "ephemeral-postgres": ("dir", "bin_dir", "user"),
     "postgres-server": ("dsn",),
     "tempdir": ("dir",),
-    "cloudsql-scratch-project": ("project", "staging", "tier", "region", "connect"),
+    "cloudsql-scratch-project": ("project", "staging", "tier", "region", "connect", "pitr"),
     "ephemeral-mariadb": ("dir", "bin_dir", "user"),
     "mysql-server": ("url",),
     "gcs-scratch-bucket": ("bucket", "prefix", "project", "endpoint", "credentials"),
@@ -149,6 +149,13 @@ class ScratchSpec(_Spec):
     #: "host=127.0.0.1 port=5433 dbname={database} user=drd" behind a Cloud SQL Auth Proxy.
     #: Without it the row counts are skipped (the API's checks still run).
     connect: str | None = Field(default=None, min_length=1)
+    #: cloudsql-scratch-project: test Cloud SQL's own point-in-time recovery instead of
+    #: restoring drd's copy: the source is cloned (instances.clone) at a random point of its
+    #: recovery window into a drd-scratch-<id> instance, checked and deleted.
+    #: `clone-in-source-project`: the clone is created in the source's project, next to the
+    #: source (Cloud SQL clones only within a project); `clone`: into `project`, a cross-project
+    #: clone Google allows only for allowlisted projects (drd.strategies.cloudsql_pitr)
+    pitr: Literal["clone", "clone-in-source-project"] | None = None
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> Self:
@@ -167,6 +174,7 @@ class ScratchSpec(_Spec):
             "prefix",
             "endpoint",
             "credentials",
+            "pitr",
         ):
             if getattr(self, name) is not None and name not in _APPLIES[self.kind]:
                 kinds = [k for k in SCRATCH_KINDS if name in _APPLIES[k]]
@@ -193,8 +201,15 @@ class ScratchSpec(_Spec):
                 raise _rule("url", str(exc)) from None
         if self.kind == "gcs-scratch-bucket":
             self._check_gcs_scratch()
+        in_source = self.pitr == "clone-in-source-project"
+        if self.kind == "cloudsql-scratch-project" and in_source and self.project is not None:
+            raise _rule(
+                "project",
+                "does not apply with pitr: clone-in-source-project (the clone is made in the "
+                "source's project); use pitr: clone to name another project",
+            )
         if self.kind == "cloudsql-scratch-project":
-            if self.project is None:
+            if self.project is None and not in_source:
                 raise _rule(
                     "project",
                     "field required for kind: cloudsql-scratch-project (the scratch GCP project)",

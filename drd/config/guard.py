@@ -18,7 +18,10 @@ test applies it again before it creates anything, in case a plan was built some 
   the same endpoint, and one prefix inside the other): the restore would write among them and
   its teardown delete them. Another prefix of the source's bucket is fine.
 - cloudsql-scratch-project: the scratch project must not be the source's own project: scratch
-  instances (created, restored into, deleted) never live next to the instance they copy.
+  instances (created, restored into, deleted) never live next to the instance they copy. The
+  one exception is a plan that says so in words: `pitr: clone-in-source-project` (Cloud SQL
+  clones within the source's project; the clone is a new drd-scratch-<id> instance, and drd
+  deletes only instances of that name).
 """
 
 from __future__ import annotations
@@ -141,7 +144,13 @@ def refusal(spec: ScratchSpec, source: Any) -> tuple[str, str] | None:
         return (
             "project",
             f"is the project of source {name} itself: restore tests never touch their source; "
-            "name a separate scratch project (drd creates and deletes its instances there)",
+            "name a separate scratch project (drd creates and deletes its instances there)"
+            + (
+                "; for a point-in-time clone next to the source, say pitr: "
+                "clone-in-source-project instead"
+                if spec.pitr == "clone"
+                else ""
+            ),
         )
     if spec.kind == "postgres-server" and spec.dsn is not None:
         source_dsn = getattr(source, "dsn", None)

@@ -610,6 +610,9 @@ async def _drill_source(
         k: v for k, v in tested.scratch.items() if k in ("kind", "description", "resource") and v
     }
     result.restore_test_report_in = list(tested.stored_in)
+    log_lag = tested.restore.get("rpo_seconds")  # a point-in-time clone: its log's lag
+    if tested.passed and isinstance(log_lag, int | float):
+        result.rpo_seconds = float(log_lag)
     if tested.passed:
         result.result = "passed"
         finished = tested.finished_at or clock()

@@ -10,6 +10,10 @@ It serves the v1 REST paths drd uses, with the request and response bodies of Go
     POST   v1/projects/{project}/instances/{instance}/export        instances.export
     POST   v1/projects/{project}/instances/{instance}/import        instances.import
     POST   v1/projects/{project}/instances/{instance}/restoreBackup instances.restoreBackup
+    PATCH  v1/projects/{project}/instances/{instance}               instances.patch (userLabels)
+    POST   v1/projects/{project}/instances/{instance}/clone         instances.clone
+    GET    v1/projects/{project}/instances/{instance}/getLatestRecoveryTime
+                                                   projects.instances.getLatestRecoveryTime
     POST   v1/projects/{project}/instances/{instance}/backupRuns    backupRuns.insert
     GET    v1/projects/{project}/instances/{instance}/backupRuns    backupRuns.list
     GET    v1/projects/{project}/instances/{instance}/backupRuns/{id}  backupRuns.get
@@ -33,6 +37,16 @@ Semantics:
   that SQL (psql, ON_ERROR_STOP, one transaction) into the instance's database; a backup run is
   a set of pg_dump files kept by the fake; restoreBackup really restores them into the target
   instance (replacing its databases, as Google does).
+- Point-in-time recovery: an instance made with `add_instance(..., pitr_since=T)` has
+  `backupConfiguration.pointInTimeRecoveryEnabled` and a recovery window from T (or the
+  retention days before now, whichever is later) to now, which getLatestRecoveryTime reports.
+  `instances.clone` with `pointInTime` refuses a point outside that window (400, as Google does)
+  and otherwise creates the destination instance (in `destinationProject` if given, else the
+  source's) with a copy of every database of the source: a pg_dump of each database piped into
+  a new one. What it does NOT emulate: the copy is of the source AS IT IS when the clone runs,
+  not as it was at `pointInTime` (no WAL is replayed), so a test that wants to tell two points
+  apart cannot use this fake; Google's rule that only allowlisted projects may clone across
+  projects; the clone inheriting the source's settings beyond version, tier and region.
 - Fault injection: `fail_next(op_type, message)` (the next operation of that type ends DONE
   with an error), `hang_next(op_type)` (it stays RUNNING until cancelled), `http_errors(n,
   status)` (the next n requests fail with that status before doing anything).
@@ -58,7 +72,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +95,11 @@ _REASONS = {404: "notFound", 409: "alreadyExists", 400: "invalid", 429: "rateLim
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return _rfc3339(datetime.now(UTC))
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # The fake runs in the test process; two test runs at once (two checkouts on one machine)
@@ -127,6 +145,8 @@ class Instance:
     body: dict[str, Any]
     databases: list[str] = field(default_factory=lambda: ["postgres"])
     backup_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: point-in-time recovery enabled since then (None: not enabled)
+    pitr_since: datetime | None = None
 
 
 @dataclass
@@ -172,9 +192,29 @@ class FakeCloudSql:
 
     # -- helpers for tests ----------------------------------------------------------------------
 
-    def add_instance(self, project: str, name: str, version: str = "POSTGRES_15") -> Instance:
-        """An existing instance (as if created long ago), with its `postgres` database."""
-        inst = Instance(project, name, self._instance_body(project, name, version, {}, "RUNNABLE"))
+    def add_instance(
+        self,
+        project: str,
+        name: str,
+        version: str = "POSTGRES_15",
+        *,
+        pitr_since: datetime | None = None,
+        retention_days: int = 7,
+    ) -> Instance:
+        """An existing instance (as if created long ago), with its `postgres` database; with
+        `pitr_since`, point-in-time recovery enabled since then."""
+        settings: dict[str, Any] = {}
+        if pitr_since is not None:
+            settings["backupConfiguration"] = {
+                "kind": "sql#backupConfiguration",
+                "enabled": True,
+                "pointInTimeRecoveryEnabled": True,
+                "transactionLogRetentionDays": retention_days,
+            }
+        inst = Instance(
+            project, name, self._instance_body(project, name, version, settings, "RUNNABLE")
+        )
+        inst.pitr_since = pitr_since
         self.instances[(project, name)] = inst
         self._create_pg(project, name, "postgres")
         return inst
@@ -319,6 +359,29 @@ class FakeCloudSql:
             target.databases.append(db)
             self._psql_file(dump, project, instance, db)
 
+    def _recovery_window(self, inst: Instance) -> tuple[datetime, datetime]:
+        backup = inst.body["settings"].get("backupConfiguration") or {}
+        if inst.pitr_since is None or not backup.get("pointInTimeRecoveryEnabled"):
+            raise ApiError(
+                400, "Invalid request: point-in-time recovery is not enabled for the instance."
+            )
+        now = datetime.now(UTC)
+        days = int(backup.get("transactionLogRetentionDays") or 7)
+        return max(inst.pitr_since, now - timedelta(days=days)), now
+
+    def _do_clone(self, source: Instance, clone: Instance) -> None:
+        for db in source.databases:
+            self._create_pg(clone.project, clone.name, db)
+            if db not in clone.databases:
+                clone.databases.append(db)
+            local = self.workdir / f"clone-{uuid.uuid4().hex}.sql"
+            try:
+                self._pg_dump(source.project, source.name, db, local)
+                self._psql_file(local, clone.project, clone.name, db)
+            finally:
+                local.unlink(missing_ok=True)
+        clone.body["state"] = "RUNNABLE"
+
     def _do_delete_instance(self, project: str, instance: str) -> None:
         inst = self.instances.pop((project, instance))
         for db in inst.databases:
@@ -405,6 +468,9 @@ class FakeCloudSql:
         app.router.add_post(i + "/export", self.instances_export)
         app.router.add_post(i + "/import", self.instances_import)
         app.router.add_post(i + "/restoreBackup", self.instances_restore_backup)
+        app.router.add_patch(i, self.instances_patch)
+        app.router.add_post(i + "/clone", self.instances_clone)
+        app.router.add_get(i + "/getLatestRecoveryTime", self.instances_recovery_time)
         app.router.add_post(i + "/backupRuns", self.backup_runs_insert)
         app.router.add_get(i + "/backupRuns", self.backup_runs_list)
         app.router.add_get(i + "/backupRuns/{id}", self.backup_runs_get)
@@ -562,6 +628,74 @@ class FakeCloudSql:
                 "RESTORE_VOLUME",
                 inst.name,
                 lambda: self._do_restore(inst.project, inst.name, ctx),
+            )
+        )
+
+    async def instances_patch(self, request: web.Request) -> web.Response:
+        inst = self._instance(request)
+        settings = (await self._json(request)).get("settings") or {}
+        labels = settings.get("userLabels")
+
+        def work() -> None:
+            if isinstance(labels, dict):
+                inst.body["settings"]["userLabels"] = dict(labels)
+
+        return web.json_response(self._start(inst.project, "UPDATE", inst.name, work))
+
+    async def instances_recovery_time(self, request: web.Request) -> web.Response:
+        earliest, latest = self._recovery_window(self._instance(request))
+        return web.json_response(
+            {
+                "kind": "sql#getLatestRecoveryTime",
+                "earliestRecoveryTime": _rfc3339(earliest),
+                "latestRecoveryTime": _rfc3339(latest),
+            }
+        )
+
+    async def instances_clone(self, request: web.Request) -> web.Response:
+        source = self._instance(request)
+        ctx = (await self._json(request)).get("cloneContext") or {}
+        name = str(ctx.get("destinationInstanceName") or "")
+        if not _NAME_RE.match(name):
+            raise ApiError(400, "Invalid request: destinationInstanceName is invalid.")
+        project = str(ctx.get("destinationProject") or source.project)
+        if (project, name) in self.instances:
+            raise ApiError(409, "The Cloud SQL instance already exists.")
+        point = ctx.get("pointInTime")
+        if point is not None:
+            try:
+                at = datetime.fromisoformat(str(point).replace("Z", "+00:00"))
+            except ValueError:
+                raise ApiError(400, f"Invalid value at 'pointInTime' ({point})") from None
+            earliest, latest = self._recovery_window(source)
+            if not earliest <= at <= latest:
+                raise ApiError(
+                    400,
+                    f"Invalid request: pointInTime {point} is outside the recovery window "
+                    f"{_rfc3339(earliest)} .. {_rfc3339(latest)}.",
+                )
+        settings = {
+            "tier": source.body["settings"].get("tier", "db-f1-micro"),
+            "userLabels": dict(source.body["settings"].get("userLabels") or {}),
+        }
+        clone = Instance(
+            project,
+            name,
+            self._instance_body(
+                project, name, source.body["databaseVersion"], settings, "PENDING_CREATE"
+            ),
+        )
+        clone.body["region"] = source.body["region"]
+        clone.databases = []
+        self.instances[(project, name)] = clone
+        # The operation lives in the source's project: the request was made there.
+        return web.json_response(
+            self._start(
+                source.project,
+                "CLONE",
+                source.name,
+                lambda: self._do_clone(source, clone),
+                {"cloneContext": {"kind": "sql#cloneContext", **ctx}},
             )
         )
 

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+from drd.errors import RestoreError
 from drd.strategies.cloudsql import (
     CloudSqlError,
     CloudSqlTarget,
@@ -58,21 +60,18 @@ class ScratchInstance:
 
 
 @contextlib.asynccontextmanager
-async def scratch_instance(
+async def reserved_instance(
     api: SqlAdmin,
     project: str,
     *,
-    database_version: str,
-    region: str | None = None,
-    tier: str = SMALLEST_TIER,
     poll: PollPolicy,
     state_dir: Path | None = None,
     api_spec: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[ScratchInstance]:
-    """A new labelled instance in `project`, deleted on exit (see the module docstring).
-
-    With `state_dir`, a registry record (with `api_spec`: endpoint and credential *source*,
-    never a secret) lets a later sweep delete the instance should this process die."""
+    """A scratch instance's name in `project`, recorded before anything creates it (with
+    `state_dir`: a registry record naming the endpoint and the credential *source*, never a
+    secret, lets a later sweep delete it should this process die), and the instance of that
+    name deleted on exit, if it came to exist, however the block ends."""
     scratch_id = secrets.token_hex(6)
     name = NAME_PREFIX + scratch_id
     registration = None
@@ -82,24 +81,7 @@ async def scratch_instance(
         registration = register(
             state_dir, scratch_id, KIND, project=project, instance=name, api=dict(api_spec or {})
         )
-    body: dict[str, Any] = {
-        "name": name,
-        "databaseVersion": database_version,
-        "settings": {
-            "tier": tier,
-            "userLabels": {LABEL: "true", f"{LABEL}-id": scratch_id},
-            "backupConfiguration": {"enabled": False},
-        },
-    }
-    if region:
-        body["region"] = region
     try:
-        await api.run(
-            project,
-            f"create scratch instance {project}/{name}",
-            lambda s: s.instances().insert(project=project, body=body),
-            poll,
-        )
         yield ScratchInstance(project, name, scratch_id)
     finally:
         from drd.verify.scratch.teardown import run_to_completion
@@ -117,6 +99,48 @@ async def scratch_instance(
 
         # Runs to its end even when the test is cancelled (timeout, shutdown) meanwhile.
         await run_to_completion(teardown())
+
+
+def scratch_labels(scratch: ScratchInstance) -> dict[str, str]:
+    """The labels that mark an instance as drd's, for the label sweep."""
+    return {LABEL: "true", f"{LABEL}-id": scratch.id}
+
+
+@contextlib.asynccontextmanager
+async def scratch_instance(
+    api: SqlAdmin,
+    project: str,
+    *,
+    database_version: str,
+    region: str | None = None,
+    tier: str = SMALLEST_TIER,
+    poll: PollPolicy,
+    state_dir: Path | None = None,
+    api_spec: Mapping[str, Any] | None = None,
+) -> AsyncIterator[ScratchInstance]:
+    """A new labelled instance in `project`, deleted on exit (see the module docstring and
+    reserved_instance)."""
+    async with reserved_instance(
+        api, project, poll=poll, state_dir=state_dir, api_spec=api_spec
+    ) as scratch:
+        body: dict[str, Any] = {
+            "name": scratch.name,
+            "databaseVersion": database_version,
+            "settings": {
+                "tier": tier,
+                "userLabels": scratch_labels(scratch),
+                "backupConfiguration": {"enabled": False},
+            },
+        }
+        if region:
+            body["region"] = region
+        await api.run(
+            project,
+            f"create scratch instance {project}/{scratch.name}",
+            lambda s: s.instances().insert(project=project, body=body),
+            poll,
+        )
+        yield scratch
 
 
 async def delete_instance(api: SqlAdmin, project: str, name: str, poll: PollPolicy) -> None:
@@ -175,6 +199,80 @@ async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) ->
         await delete_instance(api, str(record["project"]), str(record["instance"]), PollPolicy(600))
     finally:
         await asyncio.to_thread(api.close)
+
+
+def _credentials_param(creds: Any) -> str | None:
+    if creds is None:
+        return None
+    source = getattr(creds, "source", None) or dict(creds).get("source")
+    name = getattr(creds, "name", None) if not isinstance(creds, Mapping) else creds.get("name")
+    return "anonymous" if source == "anonymous" else f"{source}:{name}"
+
+
+def target_url(
+    project: str,
+    instance: str,
+    database: str | None,
+    *,
+    endpoint: str | None,
+    credentials: Any,
+    staging: Any,
+) -> str:
+    """The `cloudsql://` restore target (drd.strategies.cloudsql.CloudSqlTarget) of a scratch
+    instance: no secret, only where the credentials come from."""
+    path = f"cloudsql://{quote(project, safe='')}/{quote(instance, safe='')}"
+    if database:
+        path += f"/{quote(database, safe='')}"
+    params: dict[str, str] = {}
+    if endpoint:
+        params["endpoint"] = endpoint
+    creds = _credentials_param(credentials)
+    if creds:
+        params["credentials"] = creds
+    if staging is not None:
+        params["staging"] = f"gs://{staging.bucket}/{staging.prefix}"
+        if staging.endpoint:
+            params["staging_endpoint"] = staging.endpoint
+        if staging.project:
+            params["staging_project"] = staging.project
+        staging_creds = _credentials_param(staging.credentials)
+        if staging_creds:
+            params["staging_credentials"] = staging_creds
+    return path + ("?" + urlencode(params) if params else "")
+
+
+async def resolve_dsn(
+    api: Any, project: str, instance: str, database: str, template: str | None, loopback: bool
+) -> str | None:
+    """A libpq DSN of `database` in the scratch instance (module docstring), or None."""
+    if template is not None:
+        body = await api.call(
+            f"instances.get {project}/{instance}",
+            lambda s: s.instances().get(project=project, instance=instance),
+        )
+        addresses = {
+            str(a.get("type")): str(a.get("ipAddress"))
+            for a in body.get("ipAddresses") or []
+            if a.get("ipAddress")
+        }
+        ip = addresses.get("PRIVATE") or addresses.get("PRIMARY") or ""
+        if "{ip}" in template and not ip:
+            raise RestoreError(f"scratch instance {project}/{instance} has no IP address")
+        return template.format(
+            ip=ip,
+            database=database,
+            instance=instance,
+            project=project,
+            connection_name=str(body.get("connectionName") or ""),
+        )
+    if loopback:
+        found = await api.call(
+            f"databases.get {project}/{instance}/{database}",
+            lambda s: s.databases().get(project=project, instance=instance, database=database),
+        )
+        dsn = found.get("drdLocalDsn")
+        return str(dsn) if dsn else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

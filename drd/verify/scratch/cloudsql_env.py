@@ -34,6 +34,9 @@ tables when drd can reach the instance's PostgreSQL:
 - from a loopback endpoint (the local fake API in tests), the non-standard `drdLocalDsn` of the
   database resource, which names the local database behind it;
 - otherwise the row counts are skipped (reported as such).
+
+With `pitr:` the test is of Cloud SQL's own point-in-time recovery instead: a clone of the
+source at a random point of its recovery window (drd.verify.scratch.cloudsql_pitr).
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
 
 from drd.errors import ConfigError, RestoreError
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
+from drd.verify.scratch.cloudsql import resolve_dsn, target_url
 
 if TYPE_CHECKING:
     from drd.config.models import Config
@@ -55,80 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_EXPORT = "cloudsql-export-sql"
-
-
-def _credentials_param(creds: Any) -> str | None:
-    if creds is None:
-        return None
-    source = getattr(creds, "source", None) or dict(creds).get("source")
-    name = getattr(creds, "name", None) if not isinstance(creds, Mapping) else creds.get("name")
-    return "anonymous" if source == "anonymous" else f"{source}:{name}"
-
-
-def target_url(
-    project: str,
-    instance: str,
-    database: str | None,
-    *,
-    endpoint: str | None,
-    credentials: Any,
-    staging: Any,
-) -> str:
-    """The `cloudsql://` restore target (drd.strategies.cloudsql.CloudSqlTarget) of a scratch
-    instance: no secret, only where the credentials come from."""
-    path = f"cloudsql://{quote(project, safe='')}/{quote(instance, safe='')}"
-    if database:
-        path += f"/{quote(database, safe='')}"
-    params: dict[str, str] = {}
-    if endpoint:
-        params["endpoint"] = endpoint
-    creds = _credentials_param(credentials)
-    if creds:
-        params["credentials"] = creds
-    if staging is not None:
-        params["staging"] = f"gs://{staging.bucket}/{staging.prefix}"
-        if staging.endpoint:
-            params["staging_endpoint"] = staging.endpoint
-        if staging.project:
-            params["staging_project"] = staging.project
-        staging_creds = _credentials_param(staging.credentials)
-        if staging_creds:
-            params["staging_credentials"] = staging_creds
-    return path + ("?" + urlencode(params) if params else "")
-
-
-async def resolve_dsn(
-    api: Any, project: str, instance: str, database: str, template: str | None, loopback: bool
-) -> str | None:
-    """A libpq DSN of `database` in the scratch instance (module docstring), or None."""
-    if template is not None:
-        body = await api.call(
-            f"instances.get {project}/{instance}",
-            lambda s: s.instances().get(project=project, instance=instance),
-        )
-        addresses = {
-            str(a.get("type")): str(a.get("ipAddress"))
-            for a in body.get("ipAddresses") or []
-            if a.get("ipAddress")
-        }
-        ip = addresses.get("PRIVATE") or addresses.get("PRIMARY") or ""
-        if "{ip}" in template and not ip:
-            raise RestoreError(f"scratch instance {project}/{instance} has no IP address")
-        return template.format(
-            ip=ip,
-            database=database,
-            instance=instance,
-            project=project,
-            connection_name=str(body.get("connectionName") or ""),
-        )
-    if loopback:
-        found = await api.call(
-            f"databases.get {project}/{instance}/{database}",
-            lambda s: s.databases().get(project=project, instance=instance, database=database),
-        )
-        dsn = found.get("drdLocalDsn")
-        return str(dsn) if dsn else None
-    return None
 
 
 #: what each of the API's checks compares
@@ -249,6 +178,12 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
     )
     from drd.verify.scratch.cloudsql import SMALLEST_TIER, scratch_instance
 
+    if spec.pitr is not None:
+        from drd.verify.scratch.cloudsql_pitr import open_pitr_env
+
+        async with open_pitr_env(spec, request) as pitr_env:
+            yield pitr_env
+        return
     source, metadata, state_dir = request.source, request.metadata, request.state_dir
     if not isinstance(source, CloudSqlOptions) or spec.project is None:
         raise RestoreError("a cloudsql-scratch-project holds only cloudsql sources")
@@ -326,6 +261,7 @@ async def sweep_labelled_instances(cfg: Config) -> list[str]:
     """
     from drd.strategies.cloudsql import CloudSqlOptions, PollPolicy, open_api
     from drd.verify.scratch.cloudsql import sweep_scratch_instances
+    from drd.verify.scratch.cloudsql_pitr import destination_project
 
     gone: list[str] = []
     for plan in cfg.plans:
@@ -333,8 +269,9 @@ async def sweep_labelled_instances(cfg: Config) -> list[str]:
             if not isinstance(source, CloudSqlOptions):
                 continue
             spec = plan.restore_test.scratch_for(source)
-            if spec is None or spec.kind != "cloudsql-scratch-project" or spec.project is None:
+            if spec is None or spec.kind != "cloudsql-scratch-project":
                 continue
+            project = destination_project(spec, source)
             try:
                 api = open_api(
                     source.credentials,
@@ -346,7 +283,7 @@ async def sweep_labelled_instances(cfg: Config) -> list[str]:
                 older_than = 2 * plan.restore_test.timeout.total_seconds()
                 try:
                     gone += await sweep_scratch_instances(
-                        api, spec.project, poll=poll, older_than=older_than
+                        api, project, poll=poll, older_than=older_than
                     )
                 finally:
                     api.close()
@@ -354,7 +291,7 @@ async def sweep_labelled_instances(cfg: Config) -> list[str]:
                 log.warning(
                     "plan %s: cannot sweep scratch instances in %s: %s",
                     plan.name,
-                    spec.project,
+                    project,
                     exc,
                 )
     return gone
