@@ -27,7 +27,7 @@ from drd.strategies import postgres_frames as frames
 from drd.strategies.postgres import PARALLEL_FORMAT, PostgresOptions, PostgresStrategy
 from drd.verify.scratch.registry import sweep_leftovers
 from tests.support.drdenv import DrdEnv
-from tests.support.pg import ADMIN_DSN, PgDatabaseFactory, databases_like
+from tests.support.pg import PgDatabaseFactory, databases_like
 from tests.support.pg_estate import ODD, TICKETS, Estate
 
 pytestmark = pytest.mark.integration
@@ -234,10 +234,3 @@ def _first_table_data(stream: bytes) -> int:
     while stream[offset : offset + 1] != frames.TABLE_DATA:
         offset += 9 + int.from_bytes(stream[offset + 5 : offset + 9], "big")
     return offset
-
-
-def test_jobs_without_the_parallel_format_is_refused() -> None:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="jobs: only a source with format: parallel"):
-        PostgresOptions(name="db", kind="postgres", dsn=ADMIN_DSN, jobs=2)
