@@ -1,8 +1,9 @@
 """PostgreSQL: one database through pg_dump's custom format, restored with pg_restore.
 
 Dump: `pg_dump --format=custom --compress=0` (the pipeline compresses with zstd itself) streamed
-from its stdout. pg_dump uses one snapshot for the whole dump, so the image is consistent; no
-option that would break that (parallel jobs need a directory archive) is used. The snapshot is
+from its stdout. pg_dump uses one snapshot for the whole dump, so the image is consistent
+(`format: parallel` copies the tables in several sessions of that same snapshot instead:
+drd.strategies.postgres_parallel_dump, restored by postgres_parallel_restore). The snapshot is
 exported by a read-only transaction drd holds open (`--snapshot`), in which the statistics for
 restore tests (row counts, schema fingerprint, captured query results) are taken meanwhile, so
 they describe exactly the dumped data (drd.strategies.postgres_stats). Connection
