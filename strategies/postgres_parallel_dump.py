@@ -7,8 +7,10 @@ reads the TABLE DATA entries from the table of contents of `pg_dump --section=da
 before any row; the child is stopped there). So partitions are copied leaf by leaf, an
 inheritance parent without its children (COPY TO never includes them), generated columns are
 left out, unlogged tables are copied, and `exclude_tables` leave no data, exactly as pg_dump
-does. Tables whose rows an extension filters (pg_extension_config_dump with a condition) and
-any whose statement drd does not recognise are left to pg_dump, in the data remainder.
+does. The tables copied here are locked (ACCESS SHARE) in a session of the snapshot until the
+dump ends, as pg_dump's leader locks them. Extensions' configuration tables
+(pg_extension_config_dump, whose rows pg_dump may filter) and any table whose statement drd does
+not recognise are left to pg_dump, in the data remainder.
 
 Each table is copied by its own `psql` with pg_dump's session settings (ISO dates, exact float
 digits, row security off) in a REPEATABLE READ READ ONLY transaction that imports the snapshot
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from drd.errors import SourceError
@@ -167,9 +169,56 @@ class ParallelDump:
         if toc is not None:
             self.rest_toc = toc
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, chosen: list[tuple[TableData, bytes]]) -> AsyncIterator[None]:
+        """ACCESS SHARE locks on the tables copied here, held in a session of the snapshot
+        until the dump ends, as pg_dump's leader holds them: a TRUNCATE or ALTER TABLE
+        meanwhile (neither MVCC-safe) waits instead of changing what a later COPY reads."""
+        import psycopg
+        from psycopg import sql
+
+        if not chosen:
+            yield
+            return
+        try:
+            db = await psycopg.AsyncConnection.connect(self.dsn)
+        except psycopg.Error as exc:
+            raise self._failed("locking the tables", exc) from None
+        try:
+            try:
+                await db.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                await db.set_read_only(True)
+                await db.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot))
+                )
+                await db.execute("SET idle_in_transaction_session_timeout = 0")
+                # With an empty search_path every name comes back schema-qualified and quoted.
+                await db.execute("SELECT pg_catalog.set_config('search_path', '', true)")
+                cur = await db.execute(
+                    "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c "
+                    "WHERE c.oid = ANY(%s::oid[])",
+                    ([t.oid for t, _ in chosen],),
+                )
+                names = [sql.SQL(str(r[0])) for r in await cur.fetchall()]
+                await db.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.SQL(", ").join(names))
+                )
+            except psycopg.Error as exc:
+                raise self._failed("locking the tables", exc) from None
+            yield
+        finally:
+            await db.close()
+
     async def stream(self) -> AsyncGenerator[bytes, None]:
         tables, encoding = await self._table_data()
         chosen = await self._order(tables) if tables else []
+        async with self._locked(chosen):
+            async for piece in self._stream(chosen, encoding):
+                yield piece
+
+    async def _stream(
+        self, chosen: list[tuple[TableData, bytes]], encoding: str
+    ) -> AsyncGenerator[bytes, None]:
         yield frames.MAGIC
         async for piece in self._sections("pre-data", frames.PRE_DATA):
             yield piece

@@ -234,3 +234,37 @@ def _first_table_data(stream: bytes) -> int:
     while stream[offset : offset + 1] != frames.TABLE_DATA:
         offset += 9 + int.from_bytes(stream[offset + 5 : offset + 9], "big")
     return offset
+
+
+async def test_tables_not_yet_copied_are_locked_against_truncate(
+    pg_database_factory: PgDatabaseFactory,
+) -> None:
+    """TRUNCATE is not MVCC-safe: had it run between the snapshot and a table's COPY, the copy
+    would be empty. While the first table is copied, the second one cannot be truncated."""
+    source = pg_database_factory("drdt_par_lock")
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE first_big (id int, v text)")
+        conn.execute(
+            "INSERT INTO first_big SELECT g, repeat('v', 300) FROM generate_series(1, 60000) g"
+        )
+        conn.execute("CREATE TABLE second (id int)")
+        conn.execute("INSERT INTO second SELECT generate_series(1, 7)")
+        conn.execute("ANALYZE")
+    strategy = parallel(source.dsn, jobs=1)
+    chunks: list[bytes] = []
+    refused = None
+    async for chunk in strategy.dump():
+        chunks.append(chunk)
+        if refused is None and chunk[:1] == frames.TABLE_DATA:
+            with psycopg.connect(source.dsn, autocommit=True) as conn:
+                conn.execute("SET lock_timeout = '500ms'")
+                try:
+                    conn.execute("TRUNCATE second")
+                    refused = False
+                except psycopg.errors.LockNotAvailable:
+                    refused = True
+    assert refused is True
+    target = pg_database_factory.reserve("drdt_par_lock_copy")
+    await PostgresStrategy.restore(replay(chunks), target.dsn, strategy.restore_metadata())
+    with psycopg.connect(target.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM second").fetchone() == (7,)
