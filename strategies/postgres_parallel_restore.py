@@ -26,6 +26,8 @@ from drd.strategies._subprocess import feed_stdin
 from drd.strategies.postgres_toc import DatabaseEntries, TocWatcher
 
 TABLE_QUEUE = 4
+#: the tables for the COPY sessions: (COPY ... FROM stdin, its rows ending with None), or None
+Work = asyncio.Queue[tuple[bytes, asyncio.Queue[bytes | None]] | None]
 
 
 def copy_session(toast: str) -> list[str]:
@@ -100,13 +102,48 @@ async def restore_parallel(
     return entries, "\n".join(w for w in warnings if w)
 
 
+async def demultiplex(reader: frames.FrameReader, jobs: int, work: Work) -> int:
+    """Hand each table to the sessions (`work`: its COPY statement and the queue of its rows,
+    None once per session at the end) and its rows to its queue, until the tables' frames
+    end; returns how many tables there were. FrameError if the frames are not a dump's."""
+    open_tables: dict[int, asyncio.Queue[bytes | None]] = {}
+    count = 0
+    kinds = (frames.TABLE_BEGIN, frames.TABLE_DATA, frames.TABLE_END)
+    while (got := await reader.peek()) is not None and got.kind in kinds:
+        await reader.next()
+        if got.kind == frames.TABLE_BEGIN:
+            if got.stream in open_tables or len(open_tables) >= jobs:
+                raise frames.FrameError(
+                    f"table {got.stream} begins while {len(open_tables)} tables are open "
+                    f"({jobs} sessions)"
+                )
+            rows: asyncio.Queue[bytes | None] = asyncio.Queue(TABLE_QUEUE)
+            open_tables[got.stream] = rows
+            work.put_nowait((got.payload, rows))
+            count += 1
+            continue
+        queue = open_tables.get(got.stream)
+        if queue is None:
+            raise frames.FrameError(f"rows of table {got.stream}, which has not begun")
+        if got.kind == frames.TABLE_DATA:
+            await queue.put(got.payload)
+        else:
+            del open_tables[got.stream]
+            await queue.put(None)
+    if open_tables:
+        raise frames.FrameError(f"the dump ended inside table {min(open_tables)}")
+    for _ in range(jobs):
+        work.put_nowait(None)
+    return count
+
+
 async def _copy_tables(
     reader: frames.FrameReader, dsn: str, setup: list[str], jobs: int, where: str
 ) -> int:
     """Load every table's frames through `jobs` sessions; returns how many tables there were."""
     import psycopg
 
-    work: asyncio.Queue[tuple[bytes, asyncio.Queue[bytes | None]] | None] = asyncio.Queue()
+    work: Work = asyncio.Queue()
 
     async def copier() -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as db:
@@ -118,38 +155,7 @@ async def _copy_tables(
                     while (piece := await rows.get()) is not None:
                         await copy.write(piece)
 
-    async def demultiplex() -> int:
-        open_tables: dict[int, asyncio.Queue[bytes | None]] = {}
-        count = 0
-        kinds = (frames.TABLE_BEGIN, frames.TABLE_DATA, frames.TABLE_END)
-        while (got := await reader.peek()) is not None and got.kind in kinds:
-            await reader.next()
-            if got.kind == frames.TABLE_BEGIN:
-                if got.stream in open_tables or len(open_tables) >= jobs:
-                    raise frames.FrameError(
-                        f"table {got.stream} begins while {len(open_tables)} tables are open "
-                        f"({jobs} sessions)"
-                    )
-                rows: asyncio.Queue[bytes | None] = asyncio.Queue(TABLE_QUEUE)
-                open_tables[got.stream] = rows
-                work.put_nowait((got.payload, rows))
-                count += 1
-                continue
-            queue = open_tables.get(got.stream)
-            if queue is None:
-                raise frames.FrameError(f"rows of table {got.stream}, which has not begun")
-            if got.kind == frames.TABLE_DATA:
-                await queue.put(got.payload)
-            else:
-                del open_tables[got.stream]
-                await queue.put(None)
-        if open_tables:
-            raise frames.FrameError(f"the dump ended inside table {min(open_tables)}")
-        for _ in range(jobs):
-            work.put_nowait(None)
-        return count
-
-    demux = asyncio.ensure_future(demultiplex())
+    demux = asyncio.ensure_future(demultiplex(reader, jobs, work))
     copiers = [asyncio.ensure_future(copier()) for _ in range(jobs)]
     tasks: list[asyncio.Future[Any]] = [demux, *copiers]
     try:

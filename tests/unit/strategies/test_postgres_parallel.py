@@ -6,6 +6,7 @@ test_postgres_parallel.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from drd.strategies import postgres_frames as frames
 from drd.strategies.postgres import PostgresOptions
 from drd.strategies.postgres_parallel_dump import copy_to, pattern
+from drd.strategies.postgres_parallel_restore import TABLE_QUEUE, Work, demultiplex
 from drd.strategies.postgres_toc import TableData, TocError, TocScanner
 
 INT_SIZE = 4
@@ -161,3 +163,66 @@ def test_the_options_name_jobs_when_they_are_wrong() -> None:
         PostgresOptions(name="db", kind="postgres", dsn=dsn, format="parallel", jobs=0)
     with pytest.raises(ValidationError, match="format"):
         PostgresOptions(name="db", kind="postgres", dsn=dsn, format="directory")  # type: ignore[arg-type]
+
+
+def _dump(*body: bytes) -> bytes:
+    return frames.MAGIC + b"".join(body) + frames.frame(frames.DATA_REST, 0, b"rest")
+
+
+async def _sessions(work: Work, jobs: int, got: dict[bytes, bytes], depth: list[int]) -> None:
+    """`jobs` sessions reading their tables' rows slowly (a few loop turns per piece)."""
+
+    async def session() -> None:
+        while (job := await work.get()) is not None:
+            statement, rows = job
+            data = b""
+            while True:
+                depth.append(rows.qsize())
+                piece = await rows.get()
+                if piece is None:
+                    break
+                data += piece
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            got[statement] = data
+
+    await asyncio.gather(*(session() for _ in range(jobs)))
+
+
+async def test_the_demultiplexer_hands_every_table_its_rows_through_bounded_queues() -> None:
+    t, d, e = frames.TABLE_BEGIN, frames.TABLE_DATA, frames.TABLE_END
+    body = [
+        frames.frame(t, 1, b"COPY a.x FROM stdin;"),
+        frames.frame(t, 2, b"COPY a.y FROM stdin;"),
+    ]
+    for i in range(60):
+        body.append(frames.frame(d, 1 + i % 2, b"%d\n" % i))
+    body += [frames.frame(e, 2), frames.frame(e, 1)]
+    reader = frames.FrameReader(_pieces(_dump(*body), 11))
+    work: Work = asyncio.Queue()
+    got: dict[bytes, bytes] = {}
+    depth: list[int] = []
+    count, _ = await asyncio.gather(demultiplex(reader, 2, work), _sessions(work, 2, got, depth))
+    assert count == 2
+    assert got == {
+        b"COPY a.x FROM stdin;": b"".join(b"%d\n" % i for i in range(0, 60, 2)),
+        b"COPY a.y FROM stdin;": b"".join(b"%d\n" % i for i in range(1, 60, 2)),
+    }
+    assert max(depth) <= TABLE_QUEUE  # the sessions are slower than the reader, yet bounded
+    after = await reader.next()
+    assert after is not None and after.kind == frames.DATA_REST  # left for the next step
+
+
+async def test_the_demultiplexer_refuses_frames_no_dump_writes() -> None:
+    t, d, e = frames.TABLE_BEGIN, frames.TABLE_DATA, frames.TABLE_END
+    for body, jobs, message in (
+        ([frames.frame(t, 1, b"C1"), frames.frame(t, 2, b"C2")], 1, "begins while 1 tables"),
+        ([frames.frame(t, 1, b"C1"), frames.frame(t, 1, b"C1")], 2, "table 1 begins"),
+        ([frames.frame(d, 3, b"rows")], 1, "rows of table 3, which has not begun"),
+        ([frames.frame(e, 3)], 1, "which has not begun"),
+        ([frames.frame(t, 4, b"C4"), frames.frame(d, 4, b"r")], 1, "ended inside table 4"),
+    ):
+        reader = frames.FrameReader(_pieces(_dump(*body), 64))
+        work: Work = asyncio.Queue()
+        with pytest.raises(frames.FrameError, match=message):
+            await demultiplex(reader, jobs, work)
