@@ -27,7 +27,7 @@ from drd.strategies import postgres_frames as frames
 from drd.strategies.postgres import PARALLEL_FORMAT, PostgresOptions, PostgresStrategy
 from drd.verify.scratch.registry import sweep_leftovers
 from tests.support.drdenv import DrdEnv
-from tests.support.pg import PgDatabaseFactory, databases_like
+from tests.support.pg import ADMIN_DSN, PgDatabaseFactory, databases_like
 from tests.support.pg_estate import ODD, TICKETS, Estate
 
 pytestmark = pytest.mark.integration
@@ -268,3 +268,47 @@ async def test_tables_not_yet_copied_are_locked_against_truncate(
     await PostgresStrategy.restore(replay(chunks), target.dsn, strategy.restore_metadata())
     with psycopg.connect(target.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM second").fetchone() == (7,)
+
+
+async def test_odd_names_in_a_latin1_database_are_copied_once_each(
+    pg_database_factory: PgDatabaseFactory,
+) -> None:
+    """The tables copied in parallel are excluded from pg_dump's data remainder by exact
+    patterns: a name with quotes, a space, a pattern character and a LATIN1 letter is loaded
+    once, not twice; a table without columns keeps its rows; floats keep every digit; an
+    excluded table is left out, as pg_dump leaves it."""
+    source = pg_database_factory("drdt_par_latin1")
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{source.name}"')
+        conn.execute(
+            f"CREATE DATABASE \"{source.name}\" TEMPLATE template0 ENCODING 'LATIN1' "
+            "LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    odd = '"té ""x"" *"'
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("SET client_encoding = 'UTF8'")
+        conn.execute(f"CREATE TABLE {odd} (v text, n float8, i interval)")
+        conn.execute(f"INSERT INTO {odd} VALUES ('é ü', 0.1::float8 + 0.2::float8, '1 day 2 hours')")
+        conn.execute("CREATE TABLE nocols ()")
+        conn.execute("INSERT INTO nocols DEFAULT VALUES")
+        conn.execute("INSERT INTO nocols DEFAULT VALUES")
+        conn.execute("CREATE TABLE skipped AS SELECT 1 AS id")
+    strategy = PostgresStrategy(
+        PostgresOptions(
+            name="db",
+            kind="postgres",
+            dsn=source.dsn,
+            format="parallel",
+            jobs=2,
+            exclude_tables=["skipped"],
+        )
+    )
+    chunks = [chunk async for chunk in strategy.dump()]
+    target = pg_database_factory.reserve("drdt_par_latin1_copy")
+    await PostgresStrategy.restore(replay(chunks), target.dsn, strategy.restore_metadata())
+    with psycopg.connect(target.dsn) as conn:
+        conn.execute("SET client_encoding = 'UTF8'")
+        rows = conn.execute(f"SELECT v, n, i::text FROM {odd}").fetchall()
+        assert rows == [("é ü", 0.1 + 0.2, "1 day 02:00:00")]
+        assert conn.execute("SELECT count(*) FROM nocols").fetchone() == (2,)
+        assert conn.execute("SELECT to_regclass('skipped')").fetchone() == (None,)
