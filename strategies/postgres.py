@@ -218,7 +218,7 @@ class PostgresStrategy(Strategy[PostgresOptions]):
         where = f"source {opts.name!r}"
         try:
             conn = _Conn.parse(opts.dsn)
-            conn.dbname_arg()
+            conn.dbname_arg()  # refuses a secret keyword before any child or session starts
         except ValueError as exc:
             raise SourceError(f"{where}: dsn: {exc}") from None
         tools = {}
