@@ -212,24 +212,25 @@ class ParallelDump:
     async def stream(self) -> AsyncGenerator[bytes, None]:
         tables, encoding = await self._table_data()
         chosen = await self._order(tables) if tables else []
-        async with self._locked(chosen):
-            async for piece in self._stream(chosen, encoding):
+        async with self._locked(chosen), contextlib.aclosing(self._stream(chosen, encoding)) as out:
+            async for piece in out:
                 yield piece
 
     async def _stream(
         self, chosen: list[tuple[TableData, bytes]], encoding: str
     ) -> AsyncGenerator[bytes, None]:
         yield frames.MAGIC
-        async for piece in self._sections("pre-data", frames.PRE_DATA):
-            yield piece
-        async with contextlib.aclosing(self._tables(chosen, encoding)) as copied:
-            async for piece in copied:
-                yield piece
         excluded = [f"--exclude-table-data={pattern(t)}" for t, _ in chosen]
-        async for piece in self._sections("data", frames.DATA_REST, *excluded):
-            yield piece
-        async for piece in self._sections("post-data", frames.POST_DATA):
-            yield piece
+        # Each part closed at once when the consumer stops early: that kills its children.
+        for part in (
+            self._sections("pre-data", frames.PRE_DATA),
+            self._tables(chosen, encoding),
+            self._sections("data", frames.DATA_REST, *excluded),
+            self._sections("post-data", frames.POST_DATA),
+        ):
+            async with contextlib.aclosing(part) as pieces:
+                async for piece in pieces:
+                    yield piece
         self.tables = len(chosen)
         yield frames.end_frame(len(chosen))
 

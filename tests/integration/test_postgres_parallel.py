@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -312,3 +315,36 @@ async def test_odd_names_in_a_latin1_database_are_copied_once_each(
         assert rows == [("é ü", 0.1 + 0.2, "26:00:00")]
         assert conn.execute("SELECT count(*) FROM nocols").fetchone() == (2,)
         assert conn.execute("SELECT to_regclass('skipped')").fetchone() == (None,)
+
+
+async def test_a_dump_stopped_midway_leaves_no_session_or_child(
+    pg_database_factory: PgDatabaseFactory,
+) -> None:
+    source = pg_database_factory("drdt_par_stop")
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        for name in ("a", "b", "c"):
+            conn.execute(f"CREATE TABLE {name} AS SELECT g AS id, repeat('r', 500) AS v "
+                         "FROM generate_series(1, 20000) g")  # fmt: skip
+    dump = parallel(source.dsn, jobs=2).dump()
+    seen = 0
+    async for chunk in dump:
+        seen += chunk[:1] == frames.TABLE_DATA
+        if seen == 2:
+            break
+    await dump.aclose()
+    # A killed psql's backend ends when it next writes to the closed socket: wait for that.
+    sessions: list[Any] = []
+    for _ in range(100):
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            sessions = conn.execute(
+                "SELECT application_name, state, query FROM pg_stat_activity WHERE datname = %s",
+                (source.name,),
+            ).fetchall()
+        if not sessions:
+            break
+        time.sleep(0.1)
+    assert sessions == []
+    children = subprocess.run(
+        ["pgrep", "-P", str(os.getpid())], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert children == []
