@@ -1,8 +1,9 @@
 """PostgreSQL: one database through pg_dump's custom format, restored with pg_restore.
 
 Dump: `pg_dump --format=custom --compress=0` (the pipeline compresses with zstd itself) streamed
-from its stdout. pg_dump uses one snapshot for the whole dump, so the image is consistent; no
-option that would break that (parallel jobs need a directory archive) is used. The snapshot is
+from its stdout. pg_dump uses one snapshot for the whole dump, so the image is consistent
+(`format: parallel` copies the tables in several sessions of that same snapshot instead:
+drd.strategies.postgres_parallel_dump, restored by postgres_parallel_restore). The snapshot is
 exported by a read-only transaction drd holds open (`--snapshot`), in which the statistics for
 restore tests (row counts, schema fingerprint, captured query results) are taken meanwhile, so
 they describe exactly the dumped data (drd.strategies.postgres_stats). Connection
@@ -66,12 +67,15 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from drd.errors import MissingRoles, RestoreError, SourceError, TargetExists
 from drd.strategies._subprocess import CountingStream, ToolError, feed_stdin, redact, stream_stdout
 from drd.strategies.base import RestoreOutcome, SourceOptions, Strategy
 from drd.strategies.postgres_conn import Owners, ToastCompression, _Conn
+from drd.strategies.postgres_frames import FrameError
+from drd.strategies.postgres_parallel_dump import ParallelDump, default_jobs
+from drd.strategies.postgres_parallel_restore import copy_session, restore_parallel
 from drd.strategies.postgres_source import _Snapshot, _source_facts, _toc_sequences
 from drd.strategies.postgres_target import (
     _create_roles,
@@ -96,6 +100,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 FORMAT = "pg_dump-custom"
+PARALLEL_FORMAT = "drd-pg-parallel"
 MAINTENANCE_DB = "postgres"
 STAGING_INFIX = "_drd_restoring_"
 _MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1
@@ -109,6 +114,18 @@ class PostgresOptions(SourceOptions):
     pg_bin_dir: str | None = None
     #: pg_dump --exclude-table patterns
     exclude_tables: list[str] = Field(default_factory=list)
+    #: "custom": one pg_dump archive, restored by one session; "parallel": sections as small
+    #: archives and every table's rows copied by `jobs` sessions at once, restored as many
+    #: at once (drd.strategies.postgres_parallel_dump)
+    format: Literal["custom", "parallel"] = "custom"
+    #: sessions of a parallel dump and of its restores; default: this machine's cores, up to 8
+    jobs: int | None = Field(default=None, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _jobs_need_parallel(self) -> PostgresOptions:
+        if self.jobs is not None and self.format != "parallel":
+            raise ValueError("jobs: only a source with format: parallel dumps in several sessions")
+        return self
 
 
 def staging_name(target: str) -> str:
@@ -133,6 +150,11 @@ class PostgresStrategy(Strategy[PostgresOptions]):
     async def dump(self) -> AsyncGenerator[bytes, None]:
         self._metadata = None
         opts = self.opts
+        if opts.format == "parallel":
+            async with contextlib.aclosing(self._dump_parallel()) as stream:
+                async for chunk in stream:
+                    yield chunk
+            return
         where = f"source {opts.name!r}"
         try:
             conn = _Conn.parse(opts.dsn)
@@ -191,6 +213,61 @@ class PostgresStrategy(Strategy[PostgresOptions]):
             "statistics": statistics,
         }
 
+    async def _dump_parallel(self) -> AsyncGenerator[bytes, None]:
+        opts = self.opts
+        where = f"source {opts.name!r}"
+        try:
+            conn = _Conn.parse(opts.dsn)
+            conn.dbname_arg()  # refuses a secret keyword before any child or session starts
+        except ValueError as exc:
+            raise SourceError(f"{where}: dsn: {exc}") from None
+        tools = {}
+        for name in ("pg_dump", "psql"):
+            tool = await find_tool(name, opts.pg_bin_dir)
+            if tool is None:
+                place = opts.pg_bin_dir or "/usr/lib/postgresql/*/bin or PATH"
+                raise SourceError(f"{where}: no working {name} found in {place}")
+            tools[name] = tool
+        jobs = opts.jobs or default_jobs()
+        size = 0
+        async with _Snapshot.open(opts.dsn, where, conn.password) as snapshot:
+            snapshot.start_statistics(self.capture_queries, self.content)
+            dump = ParallelDump(
+                dsn=opts.dsn,
+                pg_dump=tools["pg_dump"].path,
+                psql=tools["psql"].path,
+                conn=conn,
+                snapshot=snapshot.id,
+                jobs=jobs,
+                exclude_tables=opts.exclude_tables,
+                where=where,
+            )
+            async with contextlib.aclosing(dump.stream()) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    yield chunk
+            statistics = await snapshot.statistics()
+            if "error" not in statistics:
+                rest = dump.rest_toc or TocScanner()
+                statistics["sequences"] = _toc_sequences(rest)
+        try:
+            facts = await _source_facts(opts.dsn)
+        except Exception as exc:
+            raise SourceError(
+                f"{where}: cannot read the server facts after pg_dump: "
+                f"{redact(str(exc), [conn.password])}"
+            ) from None
+        self._metadata = {
+            "format": PARALLEL_FORMAT,
+            "pg_dump_version": tools["pg_dump"].version,
+            **facts,
+            "exclude_tables": list(opts.exclude_tables),
+            "jobs": jobs,
+            "parallel_tables": dump.tables,
+            "dump_bytes": size,
+            "statistics": statistics,
+        }
+
     # -- restore --------------------------------------------------------------------------
 
     @classmethod
@@ -230,8 +307,11 @@ class PostgresStrategy(Strategy[PostgresOptions]):
         secret = [conn.password]
 
         fmt = metadata.get("format", FORMAT)
-        if fmt != FORMAT:
+        if fmt not in (FORMAT, PARALLEL_FORMAT):
             raise RestoreError(f"{where}: unsupported dump format {fmt!r}")
+        jobs = metadata.get("jobs", 1)
+        if fmt == PARALLEL_FORMAT and not (isinstance(jobs, int) and 1 <= jobs <= 64):
+            raise RestoreError(f"{where}: the backup's metadata has no valid jobs ({jobs!r})")
         tool = await find_tool("pg_restore", pg_bin_dir)
         if tool is None:
             raise RestoreError(f"{where}: no working pg_restore found")
@@ -274,15 +354,25 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 tool.path,
                 "--format=custom",
                 "--exit-on-error",
-                "--single-transaction",
                 "--no-password",
                 *([] if keep_owners else ["--no-owner", "--no-privileges"]),
                 *dbname_arg,
             ]
-            warnings = await feed_stdin(argv, env, watched)
+            if fmt == PARALLEL_FORMAT:
+                entries, warnings = await restore_parallel(
+                    counted,
+                    pg_restore=argv,
+                    env=env,
+                    staging_dsn=conn.with_dbname(staging),
+                    session=copy_session(toast),
+                    jobs=jobs,
+                    where=where,
+                )
+            else:
+                warnings = await feed_stdin([*argv, "--single-transaction"], env, watched)
+                entries = watched.scanner.finish()
             if warnings:
                 log.info("%s: pg_restore said: %s", where, redact(warnings, secret))
-            entries = watched.scanner.finish()
             tables, applied, skipped = await _finish_staging(
                 conn, staging, entries, keep_owners=keep_owners, where=where, secret=secret
             )
@@ -305,6 +395,8 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                     where,
                     ", ".join(created),
                 )
+            if isinstance(exc, FrameError):
+                raise RestoreError(f"{where}: the parallel dump is damaged: {exc}") from None
             if isinstance(exc, TocError):
                 raise RestoreError(
                     f"{where}: cannot read the archive's table of contents, where pg_dump keeps "
@@ -327,5 +419,6 @@ class PostgresStrategy(Strategy[PostgresOptions]):
                 "pg_restore_version": tool.version,
                 "locale": locale_note,
                 "toast_compression": toast,
+                "jobs": jobs if fmt == PARALLEL_FORMAT else 1,
             },
         )

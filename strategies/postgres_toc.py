@@ -35,6 +35,7 @@ _TAGGED_DESCS = frozenset({"COMMENT", "SECURITY LABEL", "ACL"})
 _SESSION_DESCS = frozenset({"ENCODING", "STDSTRINGS"})
 #: the value pg_dump read for a sequence: `SELECT pg_catalog.setval('s.n', 42, true);`
 _SEQUENCE_SET = "SEQUENCE SET"
+_TABLE_DATA = "TABLE DATA"
 #: consumed bytes are dropped from the buffer once this many have piled up
 _COMPACT = 1 << 20
 
@@ -79,6 +80,19 @@ class DatabaseEntries:
     #: SEQUENCE SET entries, (schema, sequence, the setval statement), in the archive's
     #: encoding: the values this backup restores (restore tests compare them with the copy)
     sequences: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    #: TABLE DATA entries: the relations pg_dump dumps rows of, each with its COPY statement
+    table_data: list[TableData] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TableData:
+    """A TABLE DATA entry: which relation pg_dump takes rows of and the COPY ... FROM stdin
+    statement (schema-qualified, generated columns left out) it restores them with."""
+
+    oid: int
+    namespace: bytes
+    tag: bytes
+    copy: bytes
 
 
 class TocScanner:
@@ -204,10 +218,11 @@ class TocScanner:
             raise TocError(f"the archive's table of contents is damaged (entry id {dump_id})")
         yield from self._int()  # has data
         yield from self._str(keep=False)  # table oid
-        yield from self._str(keep=False)  # oid
+        oid = yield from self._raw()
         tag = yield from self._raw()
         desc = (yield from self._raw()).decode("ascii", "replace")
         sequence = desc == _SEQUENCE_SET
+        table_data = desc == _TABLE_DATA
         wanted = (
             sequence
             or desc in _DATABASE_DESCS
@@ -217,8 +232,8 @@ class TocScanner:
         yield from self._int()  # section
         defn = (yield from self._str(keep=wanted)) or b""
         yield from self._str(keep=False)  # drop statement
-        yield from self._str(keep=False)  # copy statement
-        namespace = (yield from self._str(keep=sequence)) or b""
+        copy = (yield from self._str(keep=table_data)) or b""
+        namespace = (yield from self._str(keep=sequence or table_data)) or b""
         yield from self._str(keep=False)  # tablespace
         if version >= (1, 14):
             yield from self._str(keep=False)  # table access method
@@ -234,6 +249,10 @@ class TocScanner:
         yield from self._skip(off_size)
         if wanted:
             self._keep(TocEntry(desc, tag, owner, defn, namespace))
+        elif table_data:
+            if not oid.isdigit():
+                raise TocError("the archive's table of contents is damaged (TABLE DATA oid)")
+            self.found.table_data.append(TableData(int(oid), namespace, tag, copy))
 
     def _keep(self, entry: TocEntry) -> None:
         found = self.found

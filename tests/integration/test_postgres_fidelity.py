@@ -199,15 +199,23 @@ def roles(pg_database_factory: PgDatabaseFactory) -> Iterator[Roles]:
 
 # --------------------------------------------------------------------------------------------
 
+#: every test here runs for the default format and the parallel one
+FORMATS = pytest.mark.parametrize(
+    "fmt", [{}, {"format": "parallel", "jobs": 2}], ids=["custom", "parallel"]
+)
 
+
+@FORMATS
 async def test_database_acl_owner_comment_limit_and_settings_come_back(
-    pg_database_factory: PgDatabaseFactory, roles: Roles
+    fmt: dict[str, Any], pg_database_factory: PgDatabaseFactory, roles: Roles
 ) -> None:
     source = pg_database_factory("drdt_fid")
     target = pg_database_factory.reserve("drdt_fid")
     try:
         build_source(source, roles)
-        strategy = PostgresStrategy(PostgresOptions(name="db", kind="postgres", dsn=source.dsn))
+        strategy = PostgresStrategy(
+            PostgresOptions(name="db", kind="postgres", dsn=source.dsn, **fmt)
+        )
         chunks = [c async for c in strategy.dump()]
         meta = strategy.restore_metadata()
         uses = meta["role_uses"]
@@ -258,7 +266,9 @@ async def test_database_acl_owner_comment_limit_and_settings_come_back(
         pg_database_factory.cleanup()
 
 
+@FORMATS
 async def test_a_setting_the_target_cannot_apply_fails_the_restore(
+    fmt: dict[str, Any],
     pg_database_factory: PgDatabaseFactory,
 ) -> None:
     """Restoring as a role that may create databases but is no superuser: a superuser-only
@@ -274,7 +284,9 @@ async def test_a_setting_the_target_cannot_apply_fails_the_restore(
             conn.execute(f"ALTER DATABASE {q(source.name)} SET work_mem = '8MB'")
         with psycopg.connect(source.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g")
-        strategy = PostgresStrategy(PostgresOptions(name="db", kind="postgres", dsn=source.dsn))
+        strategy = PostgresStrategy(
+            PostgresOptions(name="db", kind="postgres", dsn=source.dsn, **fmt)
+        )
         chunks = [c async for c in strategy.dump()]
         as_restorer = psycopg.conninfo.make_conninfo(target.dsn, user=restorer)
         with pytest.raises(RestoreError) as failed:
@@ -323,8 +335,9 @@ def _sweep(env: DrdEnv) -> Iterator[None]:
         asyncio.run(sweep_leftovers(env.root / "state", []))
 
 
+@FORMATS
 def test_restore_into_a_fresh_server_checks_roles_first_and_creates_them_on_request(
-    tmp_path: Path, pg_database_factory: PgDatabaseFactory, roles: Roles
+    fmt: dict[str, Any], tmp_path: Path, pg_database_factory: PgDatabaseFactory, roles: Roles
 ) -> None:
     import asyncio
 
@@ -333,7 +346,7 @@ def test_restore_into_a_fresh_server_checks_roles_first_and_creates_them_on_requ
     env = DrdEnv(tmp_path)
     env.add_local_region("a")
     env.add_local_region("b")
-    env.add_plan("estate", [{"name": "db", "kind": "postgres", "dsn": source.dsn}])
+    env.add_plan("estate", [{"name": "db", "kind": "postgres", "dsn": source.dsn, **fmt}])
     env.write()
     env.ok("backup", "estate")
     restored = "estate_restored"
@@ -387,8 +400,9 @@ def test_restore_into_a_fresh_server_checks_roles_first_and_creates_them_on_requ
     )
 
 
+@FORMATS
 async def test_owners_dropped_still_needs_policy_and_mapping_roles(
-    pg_database_factory: PgDatabaseFactory, roles: Roles
+    fmt: dict[str, Any], pg_database_factory: PgDatabaseFactory, roles: Roles
 ) -> None:
     """`owners="drop"` (the postgres-server scratch) leaves owners, grants, the database ACL
     and per-role settings out, says so, and still checks the roles policies and user mappings
@@ -396,7 +410,7 @@ async def test_owners_dropped_still_needs_policy_and_mapping_roles(
     source = pg_database_factory("drdt_fid")
     build_source(source, roles)
     target = pg_database_factory.reserve("drdt_fid")
-    strategy = PostgresStrategy(PostgresOptions(name="db", kind="postgres", dsn=source.dsn))
+    strategy = PostgresStrategy(PostgresOptions(name="db", kind="postgres", dsn=source.dsn, **fmt))
     chunks = [c async for c in strategy.dump()]
     meta = strategy.restore_metadata()
     gone = {**meta["role_uses"], "drdt_nobody_policy": ["policy"], "drdt_nobody": ["owner"]}
