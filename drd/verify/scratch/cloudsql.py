@@ -187,6 +187,29 @@ async def sweep_scratch_instances(
     return gone
 
 
+def source_api(source: Any) -> tuple[Any, dict[str, Any]]:
+    """The Admin API client a cloudsql source's scratch instances are made with (its own
+    credentials and endpoint), and what a registry record keeps to delete them after a crash
+    (the endpoint and where the credentials come from, never the credentials). RestoreError
+    when the client cannot be built."""
+    from drd.errors import ConfigError, RestoreError
+
+    try:
+        api = open_api(
+            source.credentials,
+            source.endpoint,
+            what=f"source {source.name!r}: credentials",
+            request_deadline=source.request_deadline,
+        )
+    except ConfigError as exc:
+        raise RestoreError(str(exc)) from None
+    spec = {
+        "endpoint": source.endpoint,
+        "credentials": source.credentials.model_dump(exclude_none=True),
+    }
+    return api, spec
+
+
 async def destroy(record: Mapping[str, Any], _known_dsns: Sequence[str] = ()) -> None:
     """drd.verify.scratch.registry Destroyer for kind `cloudsql-instance`."""
     spec = dict(record.get("api") or {})

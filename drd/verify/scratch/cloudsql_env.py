@@ -46,7 +46,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from drd.errors import ConfigError, RestoreError
+from drd.errors import RestoreError
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
@@ -174,9 +174,8 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
         CloudSqlOptions,
         PollPolicy,
         StagingOptions,
-        open_api,
     )
-    from drd.verify.scratch.cloudsql import SMALLEST_TIER, scratch_instance
+    from drd.verify.scratch.cloudsql import SMALLEST_TIER, scratch_instance, source_api
 
     if spec.pitr is not None:
         from drd.verify.scratch.cloudsql_pitr import open_pitr_env
@@ -194,19 +193,7 @@ async def open_env(spec: ScratchSpec, request: ScratchRequest) -> AsyncIterator[
     export = metadata.get("format") == FORMAT_EXPORT
     if export and staging is None:
         raise RestoreError("restoring a cloudsql export needs a staging bucket (scratch staging)")
-    try:
-        api = open_api(
-            source.credentials,
-            source.endpoint,
-            what=f"source {source.name!r}: credentials",
-            request_deadline=source.request_deadline,
-        )
-    except ConfigError as exc:
-        raise RestoreError(str(exc)) from None
-    api_spec = {
-        "endpoint": source.endpoint,
-        "credentials": source.credentials.model_dump(exclude_none=True),
-    }
+    api, api_spec = source_api(source)
     version = str(metadata.get("database_version") or "POSTGRES_15")
     tier = spec.tier or SMALLEST_TIER
     database = str(metadata.get("database") or "restored")

@@ -37,7 +37,7 @@ import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from drd.errors import ConfigError, RestoreError
+from drd.errors import RestoreError
 from drd.restore_tests.results import CheckResult
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
@@ -75,28 +75,21 @@ async def open_pitr_env(
 ) -> AsyncIterator[ScratchEnv]:
     """The PITR clone environment of the cloudsql source `request.source` (module docstring)."""
     from drd.storage.google_auth import is_loopback_url
-    from drd.strategies.cloudsql import CloudSqlError, CloudSqlOptions, PollPolicy, open_api
+    from drd.strategies.cloudsql import CloudSqlError, CloudSqlOptions, PollPolicy
     from drd.strategies.cloudsql_pitr import random_point, recovery_window, rfc3339
-    from drd.verify.scratch.cloudsql import reserved_instance, scratch_labels, target_url
+    from drd.verify.scratch.cloudsql import (
+        reserved_instance,
+        scratch_labels,
+        source_api,
+        target_url,
+    )
 
     source, metadata = request.source, request.metadata
     if not isinstance(source, CloudSqlOptions):
         raise RestoreError("a cloudsql-scratch-project holds only cloudsql sources")
     poll = PollPolicy(source.operation_timeout, source.poll_initial, source.poll_max)
     project = destination_project(spec, source)
-    try:
-        api = open_api(
-            source.credentials,
-            source.endpoint,
-            what=f"source {source.name!r}: credentials",
-            request_deadline=source.request_deadline,
-        )
-    except ConfigError as exc:
-        raise RestoreError(str(exc)) from None
-    api_spec = {
-        "endpoint": source.endpoint,
-        "credentials": source.credentials.model_dump(exclude_none=True),
-    }
+    api, api_spec = source_api(source)
     loopback = source.endpoint is not None and is_loopback_url(source.endpoint)
     database = source.database or str(metadata.get("database") or "postgres")
     try:
