@@ -197,21 +197,14 @@ class PostgresStrategy(Strategy[PostgresOptions]):
             statistics = await snapshot.statistics()
             if "error" not in statistics:
                 statistics["sequences"] = _toc_sequences(toc)
-        try:
-            facts = await _source_facts(opts.dsn)
-        except Exception as exc:
-            raise SourceError(
-                f"{where}: cannot read the server facts after pg_dump: "
-                f"{redact(str(exc), [conn.password])}"
-            ) from None
-        self._metadata = {
-            "format": FORMAT,
-            "pg_dump_version": tool.version,
-            **facts,
-            "exclude_tables": list(opts.exclude_tables),
-            "dump_bytes": size,
-            "statistics": statistics,
-        }
+        self._metadata = await self._finished(
+            where,
+            conn,
+            format=FORMAT,
+            pg_dump_version=tool.version,
+            dump_bytes=size,
+            statistics=statistics,
+        )
 
     async def _dump_parallel(self) -> AsyncGenerator[bytes, None]:
         opts = self.opts
@@ -250,23 +243,28 @@ class PostgresStrategy(Strategy[PostgresOptions]):
             if "error" not in statistics:
                 rest = dump.rest_toc or TocScanner()
                 statistics["sequences"] = _toc_sequences(rest)
+        self._metadata = await self._finished(
+            where,
+            conn,
+            format=PARALLEL_FORMAT,
+            pg_dump_version=tools["pg_dump"].version,
+            jobs=jobs,
+            parallel_tables=dump.tables,
+            dump_bytes=size,
+            statistics=statistics,
+        )
+
+    async def _finished(self, where: str, conn: _Conn, **fields: Any) -> dict[str, Any]:
+        """The restore metadata of a finished dump: `fields` and the server's facts (read after
+        the dump: they say what the restore needs, e.g. its version and encoding)."""
         try:
-            facts = await _source_facts(opts.dsn)
+            facts = await _source_facts(self.opts.dsn)
         except Exception as exc:
             raise SourceError(
                 f"{where}: cannot read the server facts after pg_dump: "
                 f"{redact(str(exc), [conn.password])}"
             ) from None
-        self._metadata = {
-            "format": PARALLEL_FORMAT,
-            "pg_dump_version": tools["pg_dump"].version,
-            **facts,
-            "exclude_tables": list(opts.exclude_tables),
-            "jobs": jobs,
-            "parallel_tables": dump.tables,
-            "dump_bytes": size,
-            "statistics": statistics,
-        }
+        return {**facts, **fields, "exclude_tables": list(self.opts.exclude_tables)}
 
     # -- restore --------------------------------------------------------------------------
 
