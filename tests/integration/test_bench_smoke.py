@@ -99,6 +99,10 @@ def test_bench_harness_runs_on_a_tiny_database(tmp_path: Path) -> None:
         expected.add("drd-local backup <= 1.05x floor-zstd")
     assert set(targets) >= expected
     assert all(isinstance(t["met"], bool) for t in results["targets"])
+    # A missed ratio target says why (what bounds it, whether the run can tell the rows apart).
+    ratios = [t for t in results["targets"] if t["value"].endswith("'s time")]
+    assert ratios and all(t["why"] for t in ratios if t["met"] is False)
+    assert "| why not (when missed) |" in md.read_text()
     if physical:
         phys = summary[("drd-physical", "backup")]
         assert phys["copies"] == 2
