@@ -855,7 +855,7 @@ class DrdPhysical(_Drd):
         self.physical = PhysicalCluster.of(self.ctx).acquire()
         self.cluster = self.physical.cluster
         self.roots = {r: self.home / "regions" / r for r in self.regions}
-        source = {
+        source: dict[str, object] = {
             "name": "db",
             "kind": "postgres-physical",
             "dsn": self.cluster.dsn(),
