@@ -40,7 +40,17 @@ from bench.measure import (
     run_pipeline,
 )
 from bench.stages import measure_stages
-from bench.tools import ALL_TOOLS, DrdGcs, DrdLocal, Floor, PgBackRestPeer, RunContext, Tool
+from bench.tools import (
+    ALL_TOOLS,
+    DrdGcs,
+    DrdLocal,
+    DrdPhysical,
+    Floor,
+    PhysicalCluster,
+    RunContext,
+    Tool,
+    restore_toast_compression,
+)
 
 log = logging.getLogger("bench")
 
@@ -326,8 +336,11 @@ class Bench:
                 log.warning("%s not measured: %s", name, reason)
                 self.unavailable[name] = reason
                 continue
-            if isinstance(tool, PgBackRestPeer):
-                self.extra_checkpoint.append(tool.cluster.dsn())
+            physical = ctx.shared.get("physical-cluster")
+            if isinstance(physical, PhysicalCluster):
+                dsn = physical.cluster.dsn()
+                if dsn not in self.extra_checkpoint:
+                    self.extra_checkpoint.append(dsn)
             ready.append(tool)
         return ready
 
@@ -384,7 +397,7 @@ class Bench:
         """drd's peak RSS for one backup and one restore of another database size."""
         ctx = RunContext(dataset, work, self.args.data, secrets.token_hex(4))
         found = []
-        for cls in (DrdLocal, DrdGcs):
+        for cls in (DrdLocal, DrdGcs, DrdPhysical):
             if cls.name not in names:
                 continue
             tool = cls(ctx)
@@ -520,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reps": args.reps,
             "tools": args.tool_names,
             "drd_zstd_level": ZSTD_LEVEL,
+            # Every logical restore's session, drd's and the others' (bench.tools.restore_env).
+            "restore_toast_compression": restore_toast_compression() or "server default",
             "duration_s": round(time.monotonic() - started),
         },
         "dataset": {

@@ -209,7 +209,7 @@ class ThrowawayCluster:
             f"-c max_wal_senders=2 -c fsync=on -c cluster_name=drd_bench_pgbr {archive_opts}"
         )
 
-    def start(self) -> None:
+    def start(self, *, archive: bool = True) -> None:
         self.sock.mkdir(parents=True, exist_ok=True)
         chown_postgres(self.sock)
         self.port = free_port()
@@ -219,7 +219,7 @@ class ThrowawayCluster:
         run_as_postgres(
             [
                 *(f"{PG_BIN}/pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-t", "120"),
-                *("-o", self.server_options(self.port, archive=True), "start"),
+                *("-o", self.server_options(self.port, archive=archive), "start"),
             ]
         )
 

@@ -8,27 +8,35 @@ database (or, for pgBackRest, a new cluster), measured the same way.
 - drd-gcs:     drd's CLI, two fake-gcs-server regions; restore from one of them
 - gpg:         `pg_dump -Fc | gpg --symmetric` (the classic cron script); `gpg -d | pg_restore`
 - restic:      `pg_dump | restic backup --stdin`; `restic dump | psql`
+- floor-parallel: `pg_dump -Fd -Z0 -j N` to a directory; `pg_restore -j N` from it (N = cores)
+- drd-physical: drd's `postgres-physical` source (pg_basebackup) of the same throwaway cluster
+               pgBackRest backs up, two local regions; restore to the end of the base backup
+               into a new data directory, started (`--start`) until it accepts writes
 - pgbackrest:  full physical backup of a throwaway cluster holding the same data; restore into a
                new data directory, start it and wait until recovery has finished
 
 Every restore goes into a fresh target, is checked (row counts of the two big tables) outside the
 timed section, and dropped afterwards. Every restore of a logical dump uses the same flags drd
-uses (`--single-transaction --exit-on-error`, or psql's equivalents), so that the numbers compare
-the tools, not restore options.
+uses (`--single-transaction --exit-on-error`, or psql's equivalents; floor-parallel cannot run
+`-j` in one transaction), and the same TOAST compression drd's restore session sets
+(`default_toast_compression=lz4` where the server offers it, through PGOPTIONS), so that the
+numbers compare the tools, not restore options.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import psycopg
 import yaml
@@ -60,6 +68,8 @@ class RunContext:
     token: str  # unique per run: restore target names
     python: str = sys.executable
     repo_root: Path = Path(__file__).resolve().parent.parent
+    #: what several tools of this run use together (the physical contenders' cluster)
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def target_name(self, tool: str, rep: int) -> str:
         return f"drd_bench_r_{self.token}_{tool.replace('-', '_')}_{rep}"
@@ -154,6 +164,27 @@ def restore_flags() -> list[str]:
     return ["--exit-on-error", "--single-transaction", "--no-password"]
 
 
+@functools.cache
+def restore_toast_compression() -> str | None:
+    """What drd's restore session sets (strategies/postgres.py: lz4 where the server offers
+    it): every logical restore here gets the same, or the floor pays for pglz and drd does not."""
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        ).fetchone()
+    return "lz4" if row is not None and row[0] else None
+
+
+def restore_env() -> dict[str, str]:
+    """The environment of a peer's or floor's restore client (pg_restore, psql)."""
+    env = dict(os.environ)
+    toast = restore_toast_compression()
+    if toast is not None:
+        setting = f"-c default_toast_compression={toast}"
+        env["PGOPTIONS"] = f"{env['PGOPTIONS']} {setting}" if env.get("PGOPTIONS") else setting
+    return env
+
+
 def pg_restore_from(
     ctx: RunContext, tool: str, rep: int, source: Path, decoders: list[Stage]
 ) -> Measurement:
@@ -166,6 +197,7 @@ def pg_restore_from(
         # pg_restore is the floor's tool itself; behind a decoder it is the peer's PostgreSQL
         # client, reported apart (ProcUsage roles).
         role="pg" if decoders else "tool",
+        env=restore_env(),
     )
     m.add(run_pipeline([*decoders, restore], stdin_path=source))
     return m
@@ -245,6 +277,51 @@ class FloorZstd(_DumpThroughFilter):
         return Stage(["zstd", "-d", "-q", "-c"], "zstd")
 
 
+class FloorParallel(Tool):
+    """What PostgreSQL's own tools reach with every core: a directory archive, one file per
+    table, dumped and restored by N workers (N = cores). Not a peer either: no compression, no
+    encryption, one copy, and a seekable directory on the same disk."""
+
+    name = "floor-parallel"
+    description = "pg_dump -Fd -Z0 -j N to a directory; pg_restore -j N from it (N = cores)"
+
+    def setup(self) -> None:
+        self.jobs = os.cpu_count() or 1
+        self.out = self.ctx.work / "floor-parallel.dir"
+
+    def before_rep(self, rep: int) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)  # pg_dump -Fd refuses an existing one
+
+    def backup(self, rep: int) -> Measurement:
+        dump = [
+            *(pg("pg_dump"), "-Fd", "-Z0", "-j", str(self.jobs)),
+            *("-f", str(self.out), f"--dbname={self.ctx.dataset.dsn}"),
+        ]
+        m = run_pipeline([Stage(dump, "pg_dump")])
+        m.stored_bytes = tree_size(self.out)
+        m.notes["jobs"] = self.jobs
+        return m
+
+    def restore(self, rep: int) -> Measurement:
+        target = self.ctx.target_name(self.name, rep)
+        m = timed(lambda: create_database(target))
+        # --single-transaction and --jobs exclude each other: each worker commits its own.
+        argv = [
+            *(pg("pg_restore"), "-j", str(self.jobs), "--exit-on-error", "--no-password"),
+            *(f"--dbname={dsn_for(target)}", str(self.out)),
+        ]
+        m.add(run_pipeline([Stage(argv, "pg_restore", env=restore_env())]))
+        m.notes["jobs"] = self.jobs
+        return m
+
+    def after_rep(self, rep: int) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)
+
+    def teardown(self) -> None:
+        if hasattr(self, "out"):
+            shutil.rmtree(self.out, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------ drd
 
 
@@ -270,7 +347,9 @@ class _Drd(Tool):
         env["PYTHONPATH"] = str(self.ctx.repo_root)  # bench.drd_probe, also from other cwds
         return env
 
-    def write_config(self, regions: list[dict[str, object]]) -> Path:
+    def write_config(
+        self, regions: list[dict[str, object]], source: dict[str, object] | None = None
+    ) -> Path:
         plans = self.home / "plans"
         plans.mkdir(exist_ok=True)
         plan = {
@@ -280,7 +359,7 @@ class _Drd(Tool):
             "targets": {"rpo": "6h", "rto": "1h"},
             "schedule": {"every": "4h"},
             "storage": {"regions": [r["name"] for r in regions], "min_copies": len(regions)},
-            "sources": [{"name": "db", "kind": "postgres", "dsn": self.ctx.dataset.dsn}],
+            "sources": [source or {"name": "db", "kind": "postgres", "dsn": self.ctx.dataset.dsn}],
         }
         (plans / f"{self.plan}.yaml").write_text(yaml.safe_dump(plan))
         config = {
@@ -518,6 +597,7 @@ class ResticPeer(Tool):
                         ],
                         "psql",
                         "pg",
+                        env=restore_env(),
                     ),
                 ]
             )
@@ -530,39 +610,60 @@ class ResticPeer(Tool):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-class PgBackRestPeer(Tool):
-    """pgBackRest needs WAL archiving, which means a restart of the server: instead of
-    reconfiguring the shared system cluster it backs up a throwaway cluster of its own, loaded
-    once with the same database (pg_dump | pg_restore) and kept under bench/data."""
+class PhysicalCluster:
+    """The cluster both physical contenders (pgBackRest, drd-physical) back up. pgBackRest needs
+    WAL archiving, which means a restart of the server: instead of reconfiguring the shared
+    system cluster, a throwaway cluster of our own, loaded once with the same database (pg_dump
+    | pg_restore) and kept under bench/data. One per run and size: the first contender that
+    needs it starts it, the last one stops it, so both measure the same files."""
 
-    name = "pgbackrest"
-    description = "pgbackrest --type=full backup of a throwaway cluster (aes-256-cbc, defaults)"
-    restore_kind = "physical"
     stanza = "bench"
 
-    def unavailable(self) -> str | None:
-        if not shutil.which("pgbackrest"):
-            return "pgbackrest is not installed"
-        if os.geteuid() == 0 and not shutil.which("runuser"):
-            return "runuser is missing (the cluster must run as the postgres user)"
-        return None
-
-    def setup(self) -> None:
-        size = self.ctx.dataset.size_mb
-        self.root = self.ctx.data / f"pgbackrest-{size}mb"
-        self.root.mkdir(parents=True, exist_ok=True)
-        chown_postgres(self.root)
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.root = ctx.data / f"pgbackrest-{ctx.dataset.size_mb}mb"
         self.repo = self.root / "repo"
         self.conf = self.root / "pgbackrest.conf"
         self.cluster = ThrowawayCluster(self.root / "cluster", self.stanza, self.conf)
-        self.restored = self.root / "restored"
-        for d in (self.root / "log", self.root / "lock", self.root / "spool"):
-            d.mkdir(exist_ok=True)
-            chown_postgres(d)
-        self.cluster.ensure_initialized()
-        self.cluster.start()
-        self.write_conf()
-        self._load_once()
+        # Without pgBackRest nothing reads the archive, and a failing archive_command would
+        # keep every WAL segment in pg_wal.
+        self.archive = shutil.which("pgbackrest") is not None
+        self.users = 0
+
+    @classmethod
+    def of(cls, ctx: RunContext) -> PhysicalCluster:
+        found = ctx.shared.get("physical-cluster")
+        if not isinstance(found, PhysicalCluster):
+            found = ctx.shared["physical-cluster"] = cls(ctx)
+        return found
+
+    def acquire(self) -> PhysicalCluster:
+        if self.users == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            chown_postgres(self.root)
+            reach = as_postgres(["test", "-x", str(self.root)])
+            if subprocess.run(reach, capture_output=True, check=False).returncode != 0:
+                raise RuntimeError(
+                    f"--data {self.ctx.data}: the postgres user cannot reach {self.root} "
+                    "(the cluster runs as postgres: every directory above it needs o+x)"
+                )
+            for d in (self.root / "log", self.root / "lock", self.root / "spool"):
+                d.mkdir(exist_ok=True)
+                chown_postgres(d)
+            self.cluster.ensure_initialized()
+            self.cluster.start(archive=self.archive)
+            self.write_conf()
+            if self.archive:
+                self.fresh_repo()
+            self._load_once()
+        self.users += 1
+        return self
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.cluster.stop()
+            shutil.rmtree(self.repo, ignore_errors=True)
 
     def write_conf(self) -> None:
         self.conf.write_text(
@@ -588,6 +689,19 @@ class PgBackRestPeer(Tool):
         )
         chown_postgres(self.conf)
 
+    def fresh_repo(self) -> None:
+        """An empty pgBackRest repository with its stanza: archive-push works from now on."""
+        if self.repo.exists():
+            shutil.rmtree(self.repo)
+        self.repo.mkdir()
+        chown_postgres(self.repo)
+        run_checked(self.pgbackrest("stanza-create"))
+
+    def pgbackrest(self, *args: str) -> list[str]:
+        return as_postgres(
+            ["pgbackrest", f"--config={self.conf}", f"--stanza={self.stanza}", *args]
+        )
+
     def _load_once(self) -> None:
         name = self.ctx.dataset.name
         dsn = self.cluster.dsn(name)
@@ -612,44 +726,75 @@ class PgBackRestPeer(Tool):
         with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
             conn.execute("CHECKPOINT")
 
-    def pgbackrest(self, *args: str) -> list[str]:
-        return as_postgres(
-            ["pgbackrest", f"--config={self.conf}", f"--stanza={self.stanza}", *args]
+
+class _RestoredCluster:
+    """A data directory a physical restore made, started on its own port."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.port = 0
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return psycopg.conninfo.make_conninfo(
+            "", host="127.0.0.1", port=str(self.port), user="postgres", dbname=dbname
         )
+
+    def remove(self) -> None:
+        if (self.path / "postmaster.pid").exists():
+            with contextlib.suppress(RuntimeError):
+                run_as_postgres([pg("pg_ctl"), "-D", str(self.path), "-m", "immediate", "stop"])
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class PgBackRestPeer(Tool):
+    """pgBackRest backs up the PhysicalCluster (the same data, in a cluster of its own)."""
+
+    name = "pgbackrest"
+    description = "pgbackrest --type=full backup of a throwaway cluster (aes-256-cbc, defaults)"
+    restore_kind = "physical"
+
+    def unavailable(self) -> str | None:
+        if not shutil.which("pgbackrest"):
+            return "pgbackrest is not installed"
+        if os.geteuid() == 0 and not shutil.which("runuser"):
+            return "runuser is missing (the cluster must run as the postgres user)"
+        return None
+
+    def setup(self) -> None:
+        self.physical = PhysicalCluster.of(self.ctx).acquire()
+        self.cluster = self.physical.cluster
+        self.root = self.physical.root
+        self.repo = self.physical.repo
+        self.restored = _RestoredCluster(self.root / "restored")
 
     def before_rep(self, rep: int) -> None:
         # A fresh repository each repetition (a full backup never reuses an older one anyway).
-        if self.repo.exists():
-            shutil.rmtree(self.repo)
-        self.repo.mkdir()
-        chown_postgres(self.repo)
-        run_checked(self.pgbackrest("stanza-create"))
+        self.physical.fresh_repo()
 
     def backup(self, rep: int) -> Measurement:
-        m = run_pipeline([Stage(self.pgbackrest("--type=full", "backup"), "pgbackrest")])
+        m = run_pipeline([Stage(self.physical.pgbackrest("--type=full", "backup"), "pgbackrest")])
         m.stored_bytes = tree_size(self.repo)
         return m
 
     def restore(self, rep: int) -> Measurement:
-        self._remove_restored()
-        self.restored.mkdir(mode=0o700)
-        chown_postgres(self.restored)
-        self.restore_port = free_port()
+        self.restored.remove()
+        self.restored.path.mkdir(mode=0o700)
+        chown_postgres(self.restored.path)
+        self.restored.port = free_port()
         log = self.root / "restored.log"
         log.write_text("")
         chown_postgres(log)
         # RTO: until the restored server has replayed the archive and accepts writes.
-        m = run_pipeline(
-            [Stage(self.pgbackrest(f"--pg1-path={self.restored}", "restore"), "pgbackrest")]
-        )
-        opts = self.cluster.server_options(self.restore_port, archive=False)
+        restore = self.physical.pgbackrest(f"--pg1-path={self.restored.path}", "restore")
+        m = run_pipeline([Stage(restore, "pgbackrest")])
+        opts = self.cluster.server_options(self.restored.port, archive=False)
         m.add(
             run_pipeline(
                 [
                     Stage(
                         as_postgres(
                             [
-                                *(pg("pg_ctl"), "-D", str(self.restored), "-l", str(log)),
+                                *(pg("pg_ctl"), "-D", str(self.restored.path), "-l", str(log)),
                                 *("-w", "-t", "600", "-o", opts, "start"),
                             ]
                         ),
@@ -659,13 +804,8 @@ class PgBackRestPeer(Tool):
                 ]
             )
         )
-        m.add(timed(lambda: self._wait_promoted(self.restore_dsn())))
+        m.add(timed(lambda: self._wait_promoted(self.restored.dsn())))
         return m
-
-    def restore_dsn(self, dbname: str = "postgres") -> str:
-        return psycopg.conninfo.make_conninfo(
-            "", host="127.0.0.1", port=str(self.restore_port), user="postgres", dbname=dbname
-        )
 
     @staticmethod
     def _wait_promoted(dsn: str) -> None:
@@ -680,24 +820,111 @@ class PgBackRestPeer(Tool):
         raise RuntimeError("the restored cluster did not finish recovery in 600 s")
 
     def verify(self, rep: int) -> None:
-        check_counts(self.ctx.dataset.dsn, self.restore_dsn(self.ctx.dataset.name))
+        check_counts(self.ctx.dataset.dsn, self.restored.dsn(self.ctx.dataset.name))
 
     def drop_target(self, rep: int) -> None:
-        self._remove_restored()
-
-    def _remove_restored(self) -> None:
-        if (self.restored / "postmaster.pid").exists():
-            with contextlib.suppress(RuntimeError):
-                run_as_postgres([pg("pg_ctl"), "-D", str(self.restored), "-m", "immediate", "stop"])
-        shutil.rmtree(self.restored, ignore_errors=True)
+        self.restored.remove()
 
     def teardown(self) -> None:
-        if hasattr(self, "cluster"):
-            self._remove_restored()
-            self.cluster.stop()
-            shutil.rmtree(self.repo, ignore_errors=True)
+        if hasattr(self, "physical"):
+            self.restored.remove()
+            self.physical.release()
+
+
+class DrdPhysical(_Drd):
+    """drd's `postgres-physical` source of the PhysicalCluster pgBackRest backs up: a base
+    backup (pg_basebackup tar through drd's compression, encryption and fan-out) to two local
+    regions; restored to the end of that base backup (`--backup ID`: no archived WAL needed)
+    into a new data directory, started by drd (`--start`) until it accepts writes, as
+    pgBackRest's restore is measured. `archive: command`: the backup CLI runs no WAL receiver,
+    and the cluster's archive_command already belongs to pgBackRest."""
+
+    name = "drd-physical"
+    description = "drd backup of a postgres-physical source (pg_basebackup) to two local regions"
+    plan = "bench-physical"
+    regions = ("phys-a", "phys-b")
+    restore_kind = "physical"
+
+    def unavailable(self) -> str | None:
+        if os.geteuid() == 0 and not shutil.which("runuser"):
+            return "runuser is missing (the cluster must run as the postgres user)"
+        return None
+
+    def setup(self) -> None:
+        super().setup()
+        self.physical = PhysicalCluster.of(self.ctx).acquire()
+        self.cluster = self.physical.cluster
+        self.roots = {r: self.home / "regions" / r for r in self.regions}
+        source: dict[str, object] = {
+            "name": "db",
+            "kind": "postgres-physical",
+            "dsn": self.cluster.dsn(),
+            "archive": "command",
+        }
+        self.config = self.write_config(
+            [{"name": r, "url": f"file:{path}"} for r, path in self.roots.items()], source
+        )
+        self.restored = _RestoredCluster(self.physical.root / "drd-restored")
+        self.backup_ids: dict[int, str] = {}
+
+    def before_rep(self, rep: int) -> None:
+        for path in self.roots.values():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+
+    def backup(self, rep: int) -> Measurement:
+        m, out = self.drd("backup", f"{self.plan}/db", child="pg_basebackup")
+        found = re.search(rf"^ok {re.escape(self.plan)}/db@(\S+?):", out, re.M)
+        if found is None:
+            raise RuntimeError(f"drd backup did not report success: {out}")
+        self.backup_ids[rep] = found.group(1)
+        m.stored_bytes = self.stored_per_copy()
+        m.notes["copies"] = len(self.regions)
+        return m
+
+    def restore(self, rep: int) -> Measurement:
+        region = self.regions[rep % len(self.regions)]
+        self.restored.remove()
+        self.restored.port = free_port()
+        m, out = self.drd(
+            *("restore", f"{self.plan}/db", "--to", str(self.restored.path)),
+            *("--backup", self.backup_ids[rep], "--region", region),
+            *("--start", "--port", str(self.restored.port)),
+            child="tar",
+        )
+        if f"from region {region}" not in out or "running and promoted" not in out:
+            raise RuntimeError(f"drd restore did not start the copy from region {region}: {out}")
+        m.notes["region"] = region
+        return m
+
+    def verify(self, rep: int) -> None:
+        check_counts(self.ctx.dataset.dsn, self.restored.dsn(self.ctx.dataset.name))
+
+    def drop_target(self, rep: int) -> None:
+        self.restored.remove()
+
+    def stored_per_copy(self) -> int:
+        return tree_size(self.roots[self.regions[0]])
+
+    def teardown(self) -> None:
+        if hasattr(self, "physical"):
+            self.restored.remove()
+            self.physical.release()
+        for path in getattr(self, "roots", {}).values():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 ALL_TOOLS: dict[str, type[Tool]] = {
-    t.name: t for t in (Floor, FloorZstd, DrdLocal, DrdGcs, GpgPeer, ResticPeer, PgBackRestPeer)
+    t.name: t
+    for t in (
+        Floor,
+        FloorZstd,
+        FloorParallel,
+        DrdLocal,
+        DrdGcs,
+        DrdPhysical,
+        GpgPeer,
+        ResticPeer,
+        PgBackRestPeer,
+    )
 }
