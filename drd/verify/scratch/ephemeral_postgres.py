@@ -41,6 +41,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from drd.errors import RestoreError
 from drd.fsutil import remove_tree
 from drd.restore_tests.spec import ScratchSpec
 from drd.verify.scratch.base import ScratchEnv, ScratchRequest
-from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
+from drd.verify.scratch.registry import DIR_PREFIX, Registration, new_id, register
 from drd.verify.scratch.server_tools import HOST, free_port, run_tool, tail
 from drd.verify.scratch.teardown import run_to_completion
 
@@ -141,6 +142,25 @@ async def _run(argv: Sequence[str], log_path: Path, limit: float = _TOOL_TIMEOUT
     await run_tool(argv, log_path, kind="ephemeral-postgres", tool=tool, limit=limit)
 
 
+def register_server(
+    state_dir: Path, parent: Path | None, *, bin_dir: Path, run_as: str | None, label: str
+) -> tuple[Path, Registration]:
+    """The directory a throwaway server will live in, recorded before anything is made in it
+    (drd.verify.scratch.registry: `destroy` removes what a killed drd left there)."""
+    resource_id = new_id()
+    root = (parent or Path(tempfile.gettempdir())) / f"{DIR_PREFIX}{resource_id}"
+    registration = register(
+        state_dir,
+        resource_id,
+        "ephemeral-postgres",
+        root=str(root),
+        bin_dir=str(bin_dir),
+        run_as=run_as,
+        label=label,
+    )
+    return root, registration
+
+
 @contextlib.asynccontextmanager
 async def ephemeral_postgres(
     state_dir: Path,
@@ -153,7 +173,6 @@ async def ephemeral_postgres(
 ) -> AsyncIterator[EphemeralServer]:
     """Start a server for a backup of PostgreSQL `major`; stop and remove it afterwards,
     however the block ends."""
-    import tempfile
 
     from drd.strategies.postgres_tools import find_tool
 
@@ -162,16 +181,8 @@ async def ephemeral_postgres(
     if pg_ctl is None:
         raise RestoreError(f"ephemeral-postgres: {tools}/pg_ctl does not work")
     run_as = (user or DEFAULT_RUN_AS) if os.geteuid() == 0 else None
-    resource_id = new_id()
-    root = (parent or Path(tempfile.gettempdir())) / f"{DIR_PREFIX}{resource_id}"
-    registration = register(
-        state_dir,
-        resource_id,
-        "ephemeral-postgres",
-        root=str(root),
-        bin_dir=str(tools),
-        run_as=run_as,
-        label=label,
+    root, registration = register_server(
+        state_dir, parent, bin_dir=tools, run_as=run_as, label=label
     )
     try:
         password = secrets.token_urlsafe(24)

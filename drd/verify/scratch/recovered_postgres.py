@@ -27,14 +27,12 @@ import logging
 import os
 import pwd
 import shlex
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from drd.errors import RestoreError
-from drd.verify.scratch.ephemeral_postgres import destroy
-from drd.verify.scratch.registry import DIR_PREFIX, new_id, register
+from drd.verify.scratch.ephemeral_postgres import destroy, register_server
 from drd.verify.scratch.server_tools import HOST, free_port
 from drd.verify.scratch.teardown import run_to_completion
 
@@ -112,16 +110,8 @@ async def recovered_scratch(
 ) -> AsyncIterator[RecoveredScratch]:
     """A registered scratch directory for a recovered cluster; on exit the server (if it was
     started) is stopped and everything removed, however the block ends."""
-    resource_id = new_id()
-    root = (parent or Path(tempfile.gettempdir())) / f"{DIR_PREFIX}{resource_id}"
-    registration = register(
-        state_dir,
-        resource_id,
-        "ephemeral-postgres",
-        root=str(root),
-        bin_dir=str(bin_dir),
-        run_as=run_as,
-        label=label,
+    root, registration = register_server(
+        state_dir, parent, bin_dir=bin_dir, run_as=run_as, label=label
     )
     try:
         _prepare(root, run_as)
