@@ -140,10 +140,16 @@ async def test_a_changed_parallel_copy_fails_the_checks(
 
 
 _BOUNDED = """
-import asyncio, json, resource, sys
+import asyncio, json, sys
 from drd.strategies.postgres import PostgresOptions, PostgresStrategy
 
 source, target, path = sys.argv[1:4]
+
+def hwm_kib():
+    # VmHWM is this process's own peak; ru_maxrss would carry the parent's peak at fork
+    # across exec (the pytest process, hundreds of MiB deep into a full run).
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 async def main():
     strategy = PostgresStrategy(PostgresOptions(
@@ -153,13 +159,13 @@ async def main():
         async for chunk in strategy.dump():
             out.write(chunk)
             size += len(chunk)
-    dumped = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    dumped = hwm_kib()
     async def chunks():
         with open(path, "rb") as f:
             while piece := f.read(1 << 20):
                 yield piece
     outcome = await PostgresStrategy.restore(chunks(), target, strategy.restore_metadata())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = hwm_kib()
     print(json.dumps({"bytes": size, "dump_kib": dumped, "peak_kib": peak,
                       "tables": outcome.details["tables"]}))
 

@@ -197,7 +197,7 @@ def test_daemon_archives_wal_continuously_through_a_crash_and_an_outage(
                 )
                 > 0
             ),
-            90,
+            180,  # a catch-up round comes within 30 s; a loaded CI machine needs slack
             "segments copied to the region that was down",
         )
 
@@ -273,7 +273,13 @@ def test_daemon_archives_wal_continuously_through_a_crash_and_an_outage(
     assert held["ew1"][-1] - held["ew1"][0] > 10, held  # it went through many segments
     # ... from before the base backup's end on: nothing between it and the end is missing.
     assert held["ew1"][0] <= before_backup // SEG, (held["ew1"][0], before_backup)
-    assert held["ew1"] == held["uc1"]
+    # Both regions hold the same WAL but at the edges: retention cuts each region's archive
+    # before the oldest base backup it keeps (a region that was down at a sweep is cut at the
+    # next), and the segment in flight at the kill -9 may have reached one region only
+    # (min_copies is 1).
+    low, high = max(h[0] for h in held.values()), min(h[-1] for h in held.values())
+    assert high - low > 10, held
+    assert abs(held["ew1"][-1] - held["uc1"][-1]) <= 1, held
 
     # Restore everything archived into a new data directory and start it.
     target = pg_cluster_factory.scratch_dir() / "restored"
