@@ -49,6 +49,7 @@ def _scrub_environment(
 
     manifest_cache.PROCESS_CACHE.clear()
     manifest_cache.PROCESS_CACHE.path = None
+    manifest_cache.PROCESS_CACHE._unread = False
     # drd's CLI makes its process non-dumpable with a core limit of 0 at start: called in-process,
     # that would harden the test runner itself for every later test (and their children). The
     # hardening is tested on real drd processes (test_secret_source, test_daemon_key_material).

@@ -221,6 +221,8 @@ async def build_catalog(
     listings = await asyncio.gather(
         *(_list_region(r, prefix) for r in regions), return_exceptions=True
     )
+    if cache is not None:
+        await asyncio.to_thread(cache.read_file)
     region_errors: dict[str, str] = {}
     found: dict[tuple[SourceRef, str], dict[str, CopyState]] = {}
     for storage, listing in zip(regions, listings, strict=True):

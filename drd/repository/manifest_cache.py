@@ -53,6 +53,8 @@ class ManifestCache:
         self._entries: dict[tuple[str, str], tuple[int, str, bytes]] = {}
         self._dirty = False
         self._saving = threading.Lock()
+        #: the file at `path` is still to be read (keep_in defers it to the first build)
+        self._unread = False
         self.hits = 0
         self.misses = 0
 
@@ -100,10 +102,13 @@ class ManifestCache:
     def load(cls, state_dir: Path) -> ManifestCache:
         """The cache kept in `state_dir`; empty when there is none or it cannot be read (a
         cache is never a reason to fail)."""
-        cache = cls(state_dir / CACHE_FILE)
-        assert cache.path is not None
+        return cls.from_file(state_dir / CACHE_FILE)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ManifestCache:
+        cache = cls(path)
         try:
-            document = json.loads(cache.path.read_bytes())
+            document = json.loads(path.read_bytes())
             if document.get("format") != _FORMAT:
                 return cache
             for region, key, size, checksum, raw in document["manifests"]:
@@ -112,9 +117,18 @@ class ManifestCache:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("manifest cache %s ignored (it is rebuilt): %s", cache.path, exc)
+            log.warning("manifest cache %s ignored (it is rebuilt): %s", path, exc)
             cache._entries.clear()
         return cache
+
+    def read_file(self) -> None:
+        """Merge the file at `path` in, once, if keep_in deferred it (blocking: in a thread)."""
+        if not self._unread or self.path is None:
+            return
+        self._unread = False
+        loaded = ManifestCache.from_file(self.path)
+        for where, entry in loaded._entries.items():
+            self._entries.setdefault(where, entry)
 
     def snapshot(self) -> bytes | None:
         """What save() writes, taken now (in the event loop, where the cache changes); None
@@ -163,9 +177,8 @@ PROCESS_CACHE = ManifestCache()
 
 
 def keep_in(state_dir: Path) -> None:
-    """From now on the process's cache is also kept in `state_dir` (loaded now, merged with
-    what it holds; saved by each catalog build that read something new)."""
-    loaded = ManifestCache.load(state_dir)
-    for where, entry in loaded._entries.items():
-        PROCESS_CACHE._entries.setdefault(where, entry)
-    PROCESS_CACHE.path = loaded.path
+    """From now on the process's cache is also kept in `state_dir`: read at the first catalog
+    build (a command that builds none, `drd validate`, reads nothing), merged with what the
+    process holds, and saved by each build that read something new."""
+    PROCESS_CACHE.path = state_dir / CACHE_FILE
+    PROCESS_CACHE._unread = True

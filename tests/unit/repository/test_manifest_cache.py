@@ -225,3 +225,21 @@ async def test_builds_at_once_leave_a_whole_cache_file(
     await asyncio.gather(*(build_catalog(storages, keyring) for _ in range(6)))
     assert len(ManifestCache.load(tmp_path)) == 8
     assert [p.name for p in (tmp_path / CACHE_FILE).parent.iterdir()] == ["manifests.json"]
+
+
+async def test_the_file_is_read_at_the_first_build_not_at_start(
+    keyring: crypto.Keyring, tmp_path: Path
+) -> None:
+    """keep_in only names the file: a command that builds no catalog reads none of it; the
+    first build merges it in and reads no manifest the file holds."""
+    regions = await counted(keyring, days=(26, 27))
+    storages = list(regions.values())
+    warm = ManifestCache(tmp_path / CACHE_FILE)
+    await build_catalog(storages, keyring, cache=warm)
+    assert (tmp_path / CACHE_FILE).is_file()
+    before = [r.manifest_gets() for r in storages]
+    keep_in(tmp_path)
+    assert len(PROCESS_CACHE) == 0
+    await build_catalog(storages, keyring)
+    assert len(PROCESS_CACHE) == 4
+    assert [r.manifest_gets() for r in storages] == before
