@@ -8,7 +8,6 @@ class and Autoclass from recorded bucket resources)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,26 +16,15 @@ import pytest
 from tests.support.drdenv import DrdEnv
 from tests.support.fakegcs import StartRegions
 from tests.support.gcsproxy import GcsProxy
+from tests.support.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    run = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700,ro", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if run.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,mode=0700,ro") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def files_env(tmp_path: Path) -> DrdEnv:

@@ -19,26 +19,15 @@ import pytest
 
 from drd.server.auth import generate_token, token_hash
 from tests.support.drdenv import DrdEnv, free_port
+from tests.support.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "state"
-    mount.mkdir()
-    run = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if run.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "state", "size=1m,mode=0700") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(directory: Path) -> Path:
