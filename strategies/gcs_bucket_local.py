@@ -254,6 +254,10 @@ def _read_index(
         except (ValueError, KeyError, TypeError):
             problems.append(f"{INDEX} line {number}: not an index entry")
             continue
+        if plain_path(rel) != rel and rel != _odd_path(name):
+            # Only where restore_to_directory puts an object: never a path out of the copy.
+            problems.append(f"{name}: the index names {rel!r}, not where it was restored")
+            continue
         indexed.add(rel)
         try:
             sha, crc, size = _hash_file(root / rel)

@@ -117,7 +117,7 @@ async def test_restore_and_read_back(tmp_path: Path) -> None:
     assert result.coverage and f"{len(OBJECTS)} objects" in result.coverage
 
 
-@pytest.mark.parametrize("how", ["content", "removed", "extra", "properties"])
+@pytest.mark.parametrize("how", ["content", "removed", "extra", "properties", "outside"])
 async def test_a_changed_copy_fails_the_objects_check(tmp_path: Path, how: str) -> None:
     target = tmp_path / "objects"
     await restore(target, archive(OBJECTS))
@@ -127,6 +127,15 @@ async def test_a_changed_copy_fails_the_objects_check(tmp_path: Path, how: str) 
         (target / "a").unlink()
     elif how == "extra":
         (target / "planted").write_bytes(b"x")
+    elif how == "outside":
+        (tmp_path / "elsewhere").write_bytes(b"file a")  # the same bytes, out of the copy
+        lines = (target / INDEX).read_text().splitlines()
+        entries = [json.loads(line) for line in lines]
+        for entry in entries:
+            if entry["name"] == "a":
+                (target / entry["file"]).unlink()
+                entry["file"] = "../elsewhere"
+        (target / INDEX).write_text("".join(json.dumps(e) + "\n" for e in entries))
     else:
         lines = (target / INDEX).read_text().splitlines()
         entries = [json.loads(line) for line in lines]
@@ -139,7 +148,13 @@ async def test_a_changed_copy_fails_the_objects_check(tmp_path: Path, how: str) 
         metadata()["statistics"]["objects"], read.digests, read.bytes, read.problems, where="x"
     )
     assert result.status == "failed"
-    named = {"content": "big.bin", "removed": "a", "extra": "planted", "properties": "a"}[how]
+    named = {
+        "content": "big.bin",
+        "removed": "a",
+        "extra": "planted",
+        "properties": "a",
+        "outside": "a",
+    }[how]
     assert named in (result.detail or ""), result.detail
 
 
